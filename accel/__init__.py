@@ -1,0 +1,3 @@
+"""accel: a caching accelerator reverse proxy on Twisted."""
+
+__version__ = "0.1.0"
