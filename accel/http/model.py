@@ -145,6 +145,10 @@ class Responder(Protocol):
     #: Set once the client has gone away; writes are then ignored.
     disconnected: bool
 
+    #: Annotations for the access log, set by the handler: ``cache`` (the
+    #: cache status word, e.g. ``"HIT"``), ``upstream`` (origin name).
+    log: dict[str, str]
+
     def start(self, status: int, reason: bytes, headers: Headers) -> None: ...
 
     def write(self, data: bytes) -> None: ...

@@ -1,0 +1,1 @@
+"""The cache: RFC 9111 policy (pure) and the diskcache-backed store."""
