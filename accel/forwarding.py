@@ -1,0 +1,143 @@
+"""What a proxy adds to and removes from messages as they cross it.
+
+Pure: builds header lists, reads no clock and does no I/O.
+
+* Hop-by-hop fields, and the fields ``Connection`` names, stop here in both
+  directions (RFC 9110 section 7.6.1).
+* ``Via`` records the hop (RFC 9110 section 7.6.3).
+* ``X-Forwarded-For/-Proto/-Host`` and ``Forwarded`` (RFC 7239) tell the
+  origin who the client is. Values a client sent are kept (and appended to)
+  only when the client's address is one the operator trusts to have set them,
+  another proxy in front of accel; from anyone else they are replaced, so a
+  client cannot forge its address to the origin.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from ipaddress import IPv4Network, IPv6Network
+
+from attrs import frozen
+
+from accel.http.headers import Headers
+from accel.http.model import Request
+
+__all__ = [
+    "ForwardingPolicy",
+    "request_headers_for_origin",
+    "response_headers_for_client",
+]
+
+_FORWARDED_FIELDS = (
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"forwarded",
+)
+
+#: Fields a client must never pass through: ``Expect`` is answered by accel
+#: itself (the server sends ``100 Continue`` when the body is wanted).
+_REQUEST_ONLY_HERE = (b"expect",)
+
+
+@frozen
+class ForwardingPolicy:
+    """How requests are rewritten on their way to an origin.
+
+    ``trusted`` lists the networks whose ``X-Forwarded-*``/``Forwarded``
+    fields are believed and extended; ``via`` is this hop's pseudonym in
+    ``Via``; ``host`` replaces the client's ``Host`` when a route says so.
+    """
+
+    trusted: tuple[IPv4Network | IPv6Network, ...] = ()
+    via: bytes = b"accel"
+    host: bytes | None = None
+
+    @classmethod
+    def from_strings(
+        cls, trusted: Iterable[str], via: str = "accel", host: str | None = None
+    ) -> ForwardingPolicy:
+        return cls(
+            trusted=tuple(ipaddress.ip_network(t, strict=False) for t in trusted),
+            via=via.encode("ascii"),
+            host=host.encode("ascii") if host is not None else None,
+        )
+
+    def trusts(self, client: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted)
+
+
+def _forwarded_node(client: str) -> bytes:
+    """A ``Forwarded`` node (RFC 7239 section 6): IPv6 is quoted and bracketed."""
+    if ":" in client:
+        return b'"[' + client.encode("ascii") + b']"'
+    if not client or client == "unix":
+        return b"unknown"
+    return client.encode("ascii")
+
+
+def request_headers_for_origin(request: Request, policy: ForwardingPolicy) -> Headers:
+    """The header list to send upstream for ``request``.
+
+    Keeps the client's end-to-end fields in order, drops hop-by-hop ones,
+    and adds ``Via`` and the forwarding fields as the module docstring says.
+    """
+    headers = request.headers.without_hop_by_hop()
+    trusted = policy.trusts(request.client)
+    client = request.client or "unknown"
+    if trusted:
+        prior_xff = headers.get(b"x-forwarded-for")
+        prior_fwd = headers.get(b"forwarded")
+        proto = headers.get(b"x-forwarded-proto") or request.scheme
+        host = headers.get(b"x-forwarded-host") or request.authority
+    else:
+        prior_xff = prior_fwd = None
+        proto = request.scheme
+        host = request.authority
+    headers.remove(*_FORWARDED_FIELDS, *_REQUEST_ONLY_HERE)
+
+    node = client.encode("ascii", "replace")
+    headers.add(b"x-forwarded-for", prior_xff + b", " + node if prior_xff else node)
+    headers.add(b"x-forwarded-proto", proto)
+    headers.add(b"x-forwarded-host", host)
+    element = b"for=%s;host=%s;proto=%s" % (
+        _forwarded_node(client),
+        _quote_if_needed(request.authority),
+        request.scheme,
+    )
+    headers.add(b"forwarded", prior_fwd + b", " + element if prior_fwd else element)
+    headers.add(b"via", _via(request.version, policy.via))
+    if policy.host is not None:
+        headers.set(b"host", policy.host)
+    else:
+        headers.set(b"host", request.authority)
+    return headers
+
+
+def response_headers_for_client(
+    origin_headers: Headers, version: bytes, policy: ForwardingPolicy
+) -> Headers:
+    """The origin's header list as it may go to the client: hop-by-hop
+    fields removed and this hop added to ``Via``."""
+    headers = origin_headers.without_hop_by_hop()
+    headers.add(b"via", _via(version, policy.via))
+    return headers
+
+
+def _via(version: bytes, pseudonym: bytes) -> bytes:
+    """``Via`` entry: protocol version without the ``HTTP/`` prefix, then us."""
+    return version + b" " + pseudonym
+
+
+def _quote_if_needed(value: bytes) -> bytes:
+    """RFC 7239 values containing ``:`` (a port) or ``[`` must be quoted."""
+    if any(c in value for c in b':[]"'):
+        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return value

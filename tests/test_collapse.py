@@ -1,0 +1,72 @@
+"""Request collapsing bookkeeping (accel.cache.collapse), on a fake clock."""
+
+from twisted.internet.task import Clock
+
+from accel.cache.collapse import Collapser
+
+
+def make(timeout: float = 5.0, pass_ttl: float = 60.0) -> tuple[Collapser, Clock]:
+    clock = Clock()
+    return Collapser(clock, timeout=timeout, pass_ttl=pass_ttl), clock
+
+
+def test_first_miss_leads_and_second_does_not():
+    """Only one request per key becomes the leader."""
+    c, _ = make()
+    assert c.lead("k")
+    assert not c.lead("k")
+    assert c.in_flight("k")
+
+
+def test_waiters_are_woken_once_when_the_leader_is_done():
+    """Every waiter is called exactly once, not timed out, when the fetch ends."""
+    c, clock = make()
+    c.lead("k")
+    woken: list[bool] = []
+    c.wait("k", woken.append)
+    c.wait("k", woken.append)
+    c.done("k", storable=True)
+    clock.advance(10)
+    assert woken == [False, False]
+    assert not c.in_flight("k")
+
+
+def test_waiter_times_out_and_is_not_woken_again():
+    """A waiter past the lock timeout is released with timed_out=True, once."""
+    c, clock = make(timeout=5)
+    c.lead("k")
+    woken: list[bool] = []
+    c.wait("k", woken.append)
+    clock.advance(5)
+    assert woken == [True]
+    c.done("k", storable=True)
+    assert woken == [True]
+
+
+def test_unstorable_response_leaves_a_hit_for_miss_marker_that_expires():
+    """After an uncacheable answer, requests skip collapsing until the marker expires."""
+    c, clock = make(pass_ttl=60)
+    c.lead("k")
+    c.done("k", storable=False)
+    assert c.passing("k")
+    clock.advance(59)
+    assert c.passing("k")
+    clock.advance(1)
+    assert not c.passing("k")
+
+
+def test_storable_response_clears_a_marker():
+    """A later cacheable answer removes the hit-for-miss marker at once."""
+    c, _ = make()
+    c.lead("k")
+    c.done("k", storable=False)
+    c.lead("k")
+    c.done("k", storable=True)
+    assert not c.passing("k")
+
+
+def test_keys_are_independent():
+    """Collapsing one key never holds another."""
+    c, _ = make()
+    assert c.lead("a")
+    assert c.lead("b")

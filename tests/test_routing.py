@@ -1,0 +1,38 @@
+"""Route selection (accel.routing)."""
+
+from accel.routing import Router, host_without_port
+
+
+def test_longest_prefix_wins():
+    """/api/v2 beats /api beats /."""
+    r = Router([(["*"], [("/", "root"), ("/api", "api"), ("/api/v2", "v2")])])
+    assert r.select(b"x", b"/api/v2/users") == "v2"
+    assert r.select(b"x", b"/api/v1") == "api"
+    assert r.select(b"x", b"/other") == "root"
+
+
+def test_site_by_host_case_insensitive_and_without_port():
+    """Host picks the site; case and port do not matter."""
+    r = Router([(["a.example"], [("/", "a")]), (["b.example"], [("/", "b")])])
+    assert r.select(b"B.Example:8080", b"/") == "b"
+    assert r.select(b"a.example", b"/") == "a"
+
+
+def test_unknown_host_falls_back_to_the_wildcard_site_or_the_first():
+    """A Host no site names goes to '*' when there is one, else to the first site."""
+    with_star = Router([(["a.example"], [("/", "a")]), (["*"], [("/", "star")])])
+    assert with_star.select(b"zzz", b"/") == "star"
+    without = Router([(["a.example"], [("/", "a")]), (["b.example"], [("/", "b")])])
+    assert without.select(b"zzz", b"/") == "a"
+
+
+def test_no_matching_prefix_is_none():
+    """A path outside every prefix has no route."""
+    r = Router([(["*"], [("/api", "api")])])
+    assert r.select(b"x", b"/web") is None
+
+
+def test_host_without_port_keeps_ipv6_brackets():
+    assert host_without_port(b"[::1]:8080") == b"[::1]"
+    assert host_without_port(b"example.com:80") == b"example.com"
+    assert host_without_port(b"example.com") == b"example.com"
