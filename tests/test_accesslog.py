@@ -1,0 +1,51 @@
+"""The access log (accel.accesslog)."""
+
+from twisted.internet.task import Clock
+
+from accel.accesslog import AccessLog, format_line
+from accel.http.headers import Headers
+from accel.http.model import Request
+
+
+def req(**kw) -> Request:
+    base = dict(
+        method=b"GET",
+        target=b"/a?b=1",
+        path=b"/a",
+        query=b"b=1",
+        version=b"1.1",
+        headers=Headers.of((b"User-Agent", b"curl/8"), (b"Referer", b"http://x/")),
+        authority=b"x",
+        client="192.0.2.1",
+    )
+    base.update(kw)
+    return Request(**base)
+
+
+def test_combined_format_with_cache_status_and_time():
+    """Combined log format, then the cache status and the request time."""
+    line = format_line(req(), 200, 1024, 0.0, 0.25, {"cache": "HIT"})
+    assert line == (
+        b'192.0.2.1 - - [01/Jan/1970:00:00:00 +0000] "GET /a?b=1 HTTP/1.1" 200 1024 '
+        b'"http://x/" "curl/8" HIT 0.250\n'
+    )
+
+
+def test_hostile_bytes_are_escaped():
+    """Quotes, newlines and non-ASCII in client fields cannot forge log lines."""
+    r = req(headers=Headers.of((b"User-Agent", b'a"b\nc\xff')))
+    line = format_line(r, 400, 0, 0.0, 0.0, {})
+    assert line.count(b"\n") == 1
+    assert b'"a\\x22b\\x0Ac\\xFF"' in line
+    assert line.endswith(b" - 0.000\n")
+
+
+def test_lines_reach_the_file_on_flush(tmp_path):
+    """Lines are buffered and written by the periodic flush."""
+    path = tmp_path / "access.log"
+    clock = Clock()
+    log = AccessLog(str(path), clock)
+    log(req(), 200, 5, 0.0, 0.0, {"cache": "MISS"})
+    clock.advance(1.0)
+    assert path.read_bytes().endswith(b" MISS 0.000\n")
+    log.close()
