@@ -1,0 +1,79 @@
+"""Cache keys: which stored responses a request may be answered from.
+
+The *primary* key names the resource: scheme, host (lower-case, without a
+default port) and path plus query, exactly as the client sent them except
+for the normalisations a route asks for (drop or sort the query, add the
+value of some request fields). GET and HEAD share keys: a stored GET
+answers a HEAD. Vary's *secondary* keys live under it (see the policy).
+
+Only validated parts of the request reach the key: the server has already
+checked the method, target and Host; nothing else the client sends (such as
+``X-Forwarded-Host``) is part of it unless the operator names it.
+
+Pure.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from accel.http.headers import Headers
+
+__all__ = ["KeyRecipe", "primary_key"]
+
+_DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
+
+
+@frozen
+class KeyRecipe:
+    """How a route builds primary keys.
+
+    ``query``: ``"keep"`` (as sent), ``"sort"`` (parameters sorted, so
+    ``?b=1&a=2`` and ``?a=2&b=1`` share an entry) or ``"ignore"``.
+    ``headers``: request fields whose values join the key (lower-case names).
+    """
+
+    query: str = "keep"
+    headers: tuple[bytes, ...] = ()
+
+
+DEFAULT_RECIPE = KeyRecipe()
+
+
+def primary_key(
+    scheme: bytes,
+    authority: bytes,
+    path: bytes,
+    query: bytes | None,
+    headers: Headers | None = None,
+    recipe: KeyRecipe = DEFAULT_RECIPE,
+) -> str:
+    """The primary cache key, as text (latin-1 keeps every byte)."""
+    authority = authority.lower()
+    default_port = _DEFAULT_PORTS.get(scheme)
+    if default_port is not None and authority.endswith(default_port):
+        authority = authority[: -len(default_port)]
+    key = scheme + b"://" + authority + path
+    if query is not None and recipe.query != "ignore":
+        if recipe.query == "sort":
+            query = b"&".join(sorted(query.split(b"&")))
+        key += b"?" + query
+    if recipe.headers and headers is not None:
+        for name in recipe.headers:
+            key += b"\n" + name + b": " + b", ".join(headers.get_all(name))
+    return key.decode("latin-1")
+
+
+def primary_key_for_uri(uri: bytes) -> str | None:
+    """The default-recipe key for an absolute URI (for invalidation); None if not one."""
+    scheme, sep, rest = uri.partition(b"://")
+    if not sep or scheme.lower() not in _DEFAULT_PORTS:
+        return None
+    slash = rest.find(b"/")
+    if slash == -1:
+        authority, target = rest, b"/"
+    else:
+        authority, target = rest[:slash], rest[slash:]
+    target = target.partition(b"#")[0]
+    path, qmark, query = target.partition(b"?")
+    return primary_key(scheme.lower(), authority, path, query if qmark else None)
