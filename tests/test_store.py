@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 
+from accel.cache.memory import MemoryTier
 from accel.cache.store import Entry, Store, StoreUnavailable, _key_range, _make_key
 
 URL = "GET http://example.com/a"
@@ -475,3 +476,47 @@ def test_purge_while_degraded_raises_and_clears_on_recovery(tmp_path: Path) -> N
     clock.advance(5)
     assert store.lookup(URL + "2") == []
     assert store.healthy and store.stats()["entries"] == 0
+
+
+def test_memory_tier_is_lru_and_bounded() -> None:
+    """The memory tier holds at most max_bytes, evicting the least recently used body."""
+    tier = MemoryTier(max_bytes=10, max_item=4)
+    tier.put("a", b"aaaa")
+    tier.put("b", b"bbbb")
+    assert tier.get("a") == b"aaaa"
+    tier.put("c", b"cccc")
+    assert (tier.get("a"), tier.get("b"), tier.get("c")) == (b"aaaa", None, b"cccc")
+    tier.put("big", b"12345")
+    assert tier.get("big") is None and tier.size == 8
+
+
+def test_small_bodies_are_served_from_memory(tmp_path: Path) -> None:
+    """read_small keeps a small body in memory; the second read does not touch the disk."""
+    store = make_store(tmp_path, memory=MemoryTier(MiB))
+    entry = put(store, b"small")
+    assert entry is not None
+    assert store.read_small(entry) == b"small"
+    (tmp_path / entry.body_id).unlink()
+    assert store.read_small(entry) == b"small"
+    assert store.stats()["memory_entries"] == 1
+
+
+def test_large_bodies_bypass_memory(tmp_path: Path) -> None:
+    """A body above the memory tier's item bound is left to open_body."""
+    store = make_store(tmp_path, memory=MemoryTier(MiB, max_item=4))
+    entry = put(store, b"too large")
+    assert entry is not None
+    assert store.read_small(entry) is None
+    assert read(store, entry) == b"too large"
+
+
+def test_memory_follows_replace_and_purge(tmp_path: Path) -> None:
+    """A replaced body is never served from memory for the new entry; purges free the memory."""
+    store = make_store(tmp_path, memory=MemoryTier(MiB))
+    old = put(store, b"old")
+    assert old is not None and store.read_small(old) == b"old"
+    new = put(store, b"new")
+    assert new is not None and store.read_small(new) == b"new"
+    assert store.purge_all() == 1
+    assert store.stats()["memory_entries"] == 1  # the replaced body, unreachable, ages out
+    assert store.read_small(new) is None

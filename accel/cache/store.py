@@ -85,6 +85,8 @@ from attrs import evolve, field, frozen
 from diskcache.core import DBNAME, MODE_BINARY, UNKNOWN
 from twisted.logger import Logger
 
+from accel.cache.memory import MemoryTier
+
 __all__ = [
     "BodyWriter",
     "Clock",
@@ -375,7 +377,8 @@ class Store:
 
     ``directory`` is created if needed and may be shared by several processes.
     ``clock`` is the reactor (``task.Clock`` in tests); it times the degraded
-    mode's back-off and stamps ``stored_at``.
+    mode's back-off and stamps ``stored_at``. ``memory``, if given, holds small
+    hot bodies for :meth:`read_small`.
     """
 
     def __init__(
@@ -389,11 +392,13 @@ class Store:
         touch_interval: float = 60.0,
         retry_interval: float = 5.0,
         max_retry_interval: float = 300.0,
+        memory: MemoryTier | None = None,
     ) -> None:
         self._directory = directory
         self._spool = os.path.join(directory, _SPOOL)
         self._size_limit = size_limit
         self._clock = clock
+        self._memory = memory
         self._log = log if log is not None else _log
         self._timeout = timeout
         self._touch_interval = touch_interval
@@ -470,6 +475,36 @@ class Store:
             return None
         self._touch(entry)
         return f
+
+    def read_small(self, entry: Entry) -> bytes | None:
+        """The whole body of ``entry`` if it fits the memory tier, else ``None``.
+
+        Served from memory when held there, else read from disk (at most
+        ``memory.max_item`` bytes) and kept. ``None`` for a larger body (use
+        :meth:`open_body`), without a memory tier, or if the body is gone
+        (the entry is then removed).
+        """
+        memory = self._memory
+        if memory is None or entry.length > memory.max_item or not self._usable():
+            return None
+        body = memory.get(entry.body_id)
+        if body is not None:
+            self._touch(entry)
+            return body
+        f = self.open_body(entry)
+        if f is None:
+            return None
+        try:
+            with f:
+                body = f.read(entry.length + 1)
+        except OSError as e:
+            self._degrade(e)
+            return None
+        if len(body) != entry.length:
+            self._drop_row(entry.key, entry.body_id)
+            return None
+        memory.put(entry.body_id, body)
+        return body
 
     # -- writes -------------------------------------------------------------
 
@@ -621,6 +656,8 @@ class Store:
             "size_limit": self._size_limit,
             **self._counters,
             "pending_invalidations": -1 if pending is None else len(pending),
+            "memory_entries": 0 if self._memory is None else len(self._memory),
+            "memory_bytes": 0 if self._memory is None else self._memory.size,
         }
 
     def close(self) -> None:
@@ -706,11 +743,13 @@ class Store:
         try:
             if self._cache is None:
                 self._open()
+                self._sweep()
             assert self._cache is not None
             probe = self._spool_path(f"probe-{os.getpid()}")
             with open(probe, "wb") as f:
                 f.write(b"probe")
-            os.unlink(probe)
+            with contextlib.suppress(FileNotFoundError):  # another process's sweep took it
+                os.unlink(probe)
             self._cache.set(_PROBE_KEY, b"probe")
             self._cache.delete(_PROBE_KEY)
             self._replay()
@@ -788,6 +827,8 @@ class Store:
         for name in filenames:
             if name is not None:
                 self._cache.disk.remove(name)
+                if self._memory is not None:
+                    self._memory.discard(name)
         return len(filenames)
 
     def _drop_row(self, key: str, filename: object, value: object = None, *, counted: bool = True) -> bool:
@@ -807,6 +848,8 @@ class Store:
             return False
         if cursor.rowcount and isinstance(filename, str):
             self._cache.disk.remove(filename)
+            if self._memory is not None:
+                self._memory.discard(filename)
         return bool(cursor.rowcount)
 
     def _spool_path(self, name: str) -> str:
