@@ -28,8 +28,8 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-def make_store(directory: Path, clock: Clock | None = None, **kwargs: object) -> Store:
-    return Store(str(directory), kwargs.pop("size_limit", 256 * MiB), clock or Clock(), **kwargs)  # type: ignore[arg-type]
+def make_store(directory: Path, clock: Clock | None = None, size_limit: int = 256 * MiB, **kwargs: object) -> Store:
+    return Store(str(directory), size_limit, clock or Clock(), **kwargs)  # type: ignore[arg-type]
 
 
 def put(
@@ -61,9 +61,8 @@ def read(store: Store, entry: Entry) -> bytes | None:
 
 def files(directory: Path) -> list[str]:
     """Every file in the store but the database: spool files and bodies."""
-    return sorted(
-        str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and not p.name.startswith("cache.db")
-    )
+    found = (p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("cache.db"))
+    return sorted(str(p.relative_to(directory)) for p in found)
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -305,6 +305,7 @@ class _SpoolDisk(diskcache.Disk):
 class BodyWriter:
     """Streams one response body into the store; commit makes it visible.
 
+    Made by :meth:`Store.begin`; exactly one of ``commit``/``abort`` ends it.
     Every ``write`` goes straight to the spool file (unbuffered), so the writer
     never holds more than the chunk it is given. Nothing here raises: a disk
     failure degrades the store and turns the writer into a sink that stores
@@ -375,7 +376,9 @@ def _body_id(token: str) -> str:
 class Store:
     """Stored responses, keyed by primary key and variant, bounded in bytes.
 
-    ``directory`` is created if needed and may be shared by several processes.
+    Use one ``Store`` from one thread (the reactor's): its SQLite connection is
+    bound to the thread that opened it. ``directory`` is created if needed and
+    may be shared by several processes, each with its own ``Store``.
     ``clock`` is the reactor (``task.Clock`` in tests); it times the degraded
     mode's back-off and stamps ``stored_at``. ``memory``, if given, holds small
     hot bodies for :meth:`read_small`.
@@ -640,7 +643,9 @@ class Store:
         if self._cache is not None and self._con is not None:
             try:
                 totals = dict(
-                    self._con.execute("SELECT key, value FROM Settings WHERE key IN ('count', 'size')").fetchall()
+                    self._con.execute(
+                        "SELECT key, value FROM Settings WHERE key IN ('count', 'size')"
+                    ).fetchall()
                 )
                 entries, body_bytes = totals.get("count"), totals.get("size")
                 volume = self._cache.volume()
@@ -716,7 +721,8 @@ class Store:
                 removed += 1
             finally:
                 os.close(fd)
-        known = {name for (name,) in self._con.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+        rows = self._con.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")
+        known = {name for (name,) in rows}
         cutoff = time.time() - _ORPHAN_GRACE  # file times are wall-clock
         for top in os.scandir(self._directory):
             if not (top.is_dir() and len(top.name) == 2):
