@@ -1,0 +1,920 @@
+"""The response store: entry metadata in SQLite, bodies in files, on diskcache.
+
+The proxy calls this from the reactor thread, so every call is small and
+bounded: one or two single-row SQL statements and file opens. Bodies are never
+held whole in memory; they stream in through a :class:`BodyWriter` and out
+through a plain file handle from :meth:`Store.open_body`.
+
+Layout
+------
+One diskcache row per stored variant. Its key is ``"v:" + primary + "\\0" +
+secondary.hex()``, so all variants of a URL, and all URLs under a prefix, are
+one range of the ``Cache(key, raw)`` index. The row's file is the body; its
+``value`` column holds the entry's metadata record (a pickle of builtins only,
+loaded with an unpickler that refuses every global); its ``tag`` column holds
+the entry's surrogate keys as a JSON array. diskcache allows one tag per key,
+so triggers keep an ``AccelTag(tag, row)`` table in step with the Cache table
+on every insert, update and delete, *including* diskcache's own evictions:
+the tag index can never point at a row that is gone, nor miss one that exists.
+
+diskcache has no range query, no "update the value but keep the file" and no
+"delete if still this version", so the store reads and does those single-row
+compare-and-set statements on its own SQLite connection to the same database
+(diskcache's ``Cache`` table schema, stable across diskcache 4 and 5).
+diskcache still does the heavy part: placing the body file, the insert or
+replace, size accounting and eviction.
+
+Write path and crash safety
+---------------------------
+A body is spooled to ``spool/<id>.part`` inside the store directory, under an
+``flock`` held until the body is placed. On commit, :class:`_SpoolDisk` (the
+``disk=`` of the diskcache) *renames* the spool file to the body file name,
+so the body is written exactly once, and then diskcache inserts the row in one
+transaction. A reader therefore never finds a row whose body is incomplete.
+A kill at any point leaves at most an unlocked spool file or a body file no row
+names; opening the store removes both (a locked spool file belongs to a live
+writer in another process and is left alone). A committed row whose body file
+has vanished, or whose size or record is wrong, is treated as a miss and
+deleted, never raised to the caller.
+
+Eviction
+--------
+The store is bounded by ``size_limit`` bytes (diskcache's estimate: bodies
+plus the database pages) and evicts in least-recently-used order, coarsely.
+diskcache's ``least-recently-used`` policy turns every ``get`` into a write
+transaction. Measured here (2,000 entries of 40 KB, 20,000 random hits, one
+process, Python 3.11, SQLite 3.40): ``get(read=True)`` costs
+~50 us under least-recently-stored but ~180 us under least-recently-used, and
+takes the database write lock on every hit, which serialises all worker
+processes. Least-recently-stored is cheap but evicts a hot object as soon as it
+is old. So the store asks diskcache to cull by ``access_time`` (the LRU
+policy's index) but never reads through ``get``: a hit updates
+``access_time`` itself, at most once per ``touch_interval`` (60 s) per entry.
+That measured ~32 us per hit, the same as least-recently-stored, and gives LRU
+order to within a minute, which is what a cache of hot URLs needs. As
+diskcache does, each insert that finds the store over its limit evicts up to
+ten of the least recently used rows in the same transaction.
+
+Degraded mode
+-------------
+An ``OSError``, ``sqlite3.Error`` or diskcache ``Timeout`` marks the store
+unhealthy (``healthy``, ``last_error``), logs once, and from then on the store
+behaves as an empty cache that stores nothing. After a back-off (doubling from
+``retry_interval`` up to ``max_retry_interval``, measured on the injected
+clock) the next call probes the store by writing a spool file and a row; on
+success the store is healthy again. Invalidations that could not be applied
+meanwhile are queued and replayed on recovery before anything is served (if
+the queue overflows, recovery empties the cache), so a URL invalidated while
+the disk was failing is never served stale afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import pickle
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import BinaryIO, Protocol
+
+import diskcache
+from attrs import evolve, field, frozen
+from diskcache.core import DBNAME, MODE_BINARY, UNKNOWN
+from twisted.logger import Logger
+
+from accel.cache.memory import MemoryTier
+
+__all__ = [
+    "BodyWriter",
+    "Clock",
+    "Entry",
+    "Store",
+    "StoreUnavailable",
+]
+
+_log = Logger()
+
+#: Errors that mean "the disk or the database is unusable right now".
+_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+
+#: Version of the metadata record layout in the ``value`` column.
+_RECORD_FORMAT = 1
+
+_VARIANT = "v:"
+_PROBE_KEY = "probe"
+_SPOOL = "spool"
+#: Bound on invalidations queued while degraded; beyond it, recovery clears all.
+_MAX_PENDING = 1024
+#: Rows deleted per statement by purges, so each holds the write lock briefly.
+_PURGE_BATCH = 256
+#: An unreferenced body file younger than this may be mid-commit in another
+#: process, so the orphan sweep leaves it for the next start.
+_ORPHAN_GRACE = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS AccelTag (tag TEXT NOT NULL, row INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS AccelTag_tag ON AccelTag (tag);
+CREATE INDEX IF NOT EXISTS AccelTag_row ON AccelTag (row);
+CREATE TRIGGER IF NOT EXISTS AccelTag_insert AFTER INSERT ON Cache
+WHEN NEW.tag IS NOT NULL BEGIN
+    INSERT INTO AccelTag (tag, row) SELECT value, NEW.rowid FROM json_each(NEW.tag);
+END;
+CREATE TRIGGER IF NOT EXISTS AccelTag_update AFTER UPDATE OF tag ON Cache BEGIN
+    DELETE FROM AccelTag WHERE row = OLD.rowid;
+    INSERT INTO AccelTag (tag, row)
+        SELECT value, NEW.rowid FROM json_each(NEW.tag) WHERE NEW.tag IS NOT NULL;
+END;
+CREATE TRIGGER IF NOT EXISTS AccelTag_delete AFTER DELETE ON Cache BEGIN
+    DELETE FROM AccelTag WHERE row = OLD.rowid;
+END;
+"""
+
+
+class Clock(Protocol):
+    """The part of ``IReactorTime`` the store needs (``task.Clock`` in tests)."""
+
+    def seconds(self) -> float: ...
+
+
+class StoreUnavailable(Exception):
+    """A purge could not run because the store is failing.
+
+    It is not lost: the store empties itself when it recovers, and serves
+    nothing until then, so nothing the purge targeted is ever served again.
+    """
+
+    status = 503
+
+
+@frozen
+class Entry:
+    """The metadata of one stored variant: small, immutable, picklable.
+
+    ``primary`` is the URL key the proxy computed; ``secondary`` the key of the
+    selecting header values for ``vary`` (RFC 9111 section 4.1). ``headers``
+    are the response header fields as stored, in order, names lower-case.
+    ``request_time``/``response_time``/``stored_at`` are on the proxy's clock.
+    ``length`` is the body length in bytes. ``body_id`` names the body file
+    (its path relative to the store directory); a replacement gets a new one.
+    ``accessed_at`` is the store's wall-clock LRU stamp as read, not part of
+    the entry's identity.
+    """
+
+    primary: str
+    secondary: bytes
+    vary: tuple[bytes, ...]
+    status: int
+    reason: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    request_time: float
+    response_time: float
+    length: int
+    body_id: str
+    tags: tuple[str, ...]
+    stored_at: float
+    accessed_at: float = field(default=0.0, eq=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        """The diskcache key of this variant."""
+        return _variant_key(self.primary, self.secondary)
+
+
+def _variant_key(primary: str, secondary: bytes) -> str:
+    if "\0" in primary:
+        raise ValueError(f"expected a primary cache key without NUL, got {primary!r}")
+    return _make_key(primary, secondary)
+
+
+def _make_key(primary: str, secondary: bytes) -> str:
+    return f"{_VARIANT}{primary}\0{secondary.hex()}"
+
+
+def _key_range(prefix: str) -> tuple[str, str]:
+    """The half-open key range of every variant whose primary starts with ``prefix``."""
+    low = _VARIANT + prefix
+    stem = low.rstrip(chr(0x10FFFF))
+    return low, stem[:-1] + chr(ord(stem[-1]) + 1)
+
+
+def _encode(entry: Entry) -> bytes:
+    """The metadata record: a tuple of builtins (no classes, no globals)."""
+    return pickle.dumps(
+        (
+            _RECORD_FORMAT,
+            entry.primary,
+            entry.secondary,
+            entry.vary,
+            entry.status,
+            entry.reason,
+            entry.headers,
+            entry.request_time,
+            entry.response_time,
+            entry.length,
+            entry.tags,
+            entry.stored_at,
+        ),
+        protocol=5,
+    )
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        raise pickle.UnpicklingError(f"expected builtins only in an entry record, got {module}.{name}")
+
+
+def _decode(key: str, raw: object, filename: object, accessed_at: object) -> Entry | None:
+    """The entry the row of ``key`` holds, or ``None`` if it is not a sound entry."""
+    if not isinstance(raw, bytes) or not isinstance(filename, str):
+        return None
+    try:
+        record = _PlainUnpickler(io.BytesIO(raw)).load()
+        fmt, primary, secondary, vary, status, reason, headers, *rest = record
+        request_time, response_time, length, tags, stored_at = rest
+    except Exception:  # whatever the column holds, garbage is a corrupt entry, nothing more
+        return None
+    if (
+        fmt != _RECORD_FORMAT
+        or not isinstance(primary, str)
+        or not isinstance(secondary, bytes)
+        or _make_key(primary, secondary) != key
+        or not isinstance(length, int)
+        or not isinstance(headers, tuple)
+    ):
+        return None
+    return Entry(
+        primary=primary,
+        secondary=secondary,
+        vary=vary,
+        status=status,
+        reason=reason,
+        headers=headers,
+        request_time=request_time,
+        response_time=response_time,
+        length=length,
+        body_id=filename,
+        tags=tags,
+        stored_at=stored_at,
+        accessed_at=accessed_at if isinstance(accessed_at, float) else 0.0,
+    )
+
+
+@frozen
+class _Spooled:
+    """A complete body in the spool directory, ready to become a row's file."""
+
+    path: str
+    body_id: str
+    length: int
+    record: bytes
+
+
+class _SpoolDisk(diskcache.Disk):
+    """A diskcache ``Disk`` that moves spooled bodies in instead of copying them.
+
+    ``Cache.set(key, _Spooled(...))`` renames the spool file to the body file
+    name and stores the metadata record in the row's ``value`` column; every
+    other value is handled as diskcache always does.
+    """
+
+    def filename(self, key: object = UNKNOWN, value: object = UNKNOWN) -> tuple[str, str]:
+        if isinstance(value, _Spooled):
+            return value.body_id, os.path.join(self._directory, value.body_id)
+        return super().filename(key, value)
+
+    def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple[int, int, str | None, object]:
+        if not isinstance(value, _Spooled):
+            return super().store(value, read, key=key)
+        filename, full_path = self.filename(key, value)
+        for attempt in range(10):
+            # Another process's Disk.remove may prune the empty parent between
+            # makedirs and rename; try again, as diskcache's own _write does.
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            try:
+                os.rename(value.path, full_path)
+                break
+            except FileNotFoundError:
+                if attempt == 9:
+                    raise
+        return value.length, MODE_BINARY, filename, sqlite3.Binary(value.record)
+
+
+class BodyWriter:
+    """Streams one response body into the store; commit makes it visible.
+
+    Made by :meth:`Store.begin`; exactly one of ``commit``/``abort`` ends it.
+    Every ``write`` goes straight to the spool file (unbuffered), so the writer
+    never holds more than the chunk it is given. Nothing here raises: a disk
+    failure degrades the store and turns the writer into a sink that stores
+    nothing, so the caller can keep streaming to its client regardless.
+    """
+
+    def __init__(
+        self, store: Store, template: Entry, expected_length: int | None, spool: tuple[io.FileIO, str] | None
+    ) -> None:
+        self._store = store
+        self._template = template
+        self._expected = expected_length
+        self._written = 0
+        self._spool = spool
+
+    @property
+    def active(self) -> bool:
+        """Whether the body is still being stored (false after a failure or abort)."""
+        return self._spool is not None
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` to the body."""
+        if self._spool is None:
+            return
+        self._written += len(data)
+        if self._expected is not None and self._written > self._expected:
+            self.abort()
+            return
+        f = self._spool[0]
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[f.write(view) or 0 :]
+        except OSError as e:
+            self._store._degrade(e)
+            self.abort()
+
+    def commit(self) -> Entry | None:
+        """Store the body if it is complete; ``None`` means nothing was stored.
+
+        Complete means it matches the declared length, when there was one.
+        Replacing a stored variant is atomic: lookups see the old entry or the
+        new one, and a handle already open on the old body stays readable.
+        """
+        spool = self._spool
+        if spool is None:
+            return None
+        if self._expected is not None and self._written != self._expected:
+            self.abort()
+            return None
+        self._spool = None
+        f, token = spool
+        entry = evolve(self._template, length=self._written, body_id=_body_id(token))
+        return self._store._commit(entry, f, token)
+
+    def abort(self) -> None:
+        """Discard the body; idempotent."""
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            self._store._discard_spool(*spool)
+
+
+def _body_id(token: str) -> str:
+    """The body file of ``token``, in diskcache's two-level directory layout."""
+    return f"{token[:2]}/{token[2:4]}/{token[4:]}.val"
+
+
+class Store:
+    """Stored responses, keyed by primary key and variant, bounded in bytes.
+
+    Use one ``Store`` from one thread (the reactor's): its SQLite connection is
+    bound to the thread that opened it. ``directory`` is created if needed and
+    may be shared by several processes, each with its own ``Store``.
+    ``clock`` is the reactor (``task.Clock`` in tests); it times the degraded
+    mode's back-off and stamps ``stored_at``. ``memory``, if given, holds small
+    hot bodies for :meth:`read_small`.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        size_limit: int,
+        clock: Clock,
+        *,
+        log: Logger | None = None,
+        timeout: float = 0.1,
+        touch_interval: float = 60.0,
+        retry_interval: float = 5.0,
+        max_retry_interval: float = 300.0,
+        memory: MemoryTier | None = None,
+    ) -> None:
+        self._directory = directory
+        self._spool = os.path.join(directory, _SPOOL)
+        self._size_limit = size_limit
+        self._clock = clock
+        self._memory = memory
+        self._log = log if log is not None else _log
+        self._timeout = timeout
+        self._touch_interval = touch_interval
+        self._retry_interval = retry_interval
+        self._max_retry_interval = max_retry_interval
+        self._interval = retry_interval
+        self._retry_at = 0.0
+        self._cache: diskcache.Cache | None = None
+        self._con: sqlite3.Connection | None = None
+        #: Primaries to invalidate on recovery; ``None`` once it overflowed.
+        self._pending: set[str] | None = set()
+        self._counters = {"hits": 0, "misses": 0, "stores": 0, "errors": 0, "corrupt": 0}
+        #: False while degraded: the store then serves and stores nothing.
+        self.healthy = True
+        #: The most recent storage error, ``""`` if there never was one.
+        self.last_error = ""
+        try:
+            self._open()
+            self._sweep()
+        except _ERRORS as e:
+            self._degrade(e)
+
+    # -- reads --------------------------------------------------------------
+
+    def lookup(self, primary: str) -> list[Entry]:
+        """Every stored variant of ``primary`` (one indexed range read)."""
+        low, high = _key_range(primary + "\0")
+        entries: list[Entry] = []
+        if self._usable():
+            assert self._con is not None
+            try:
+                rows = self._con.execute(
+                    "SELECT key, filename, value, access_time FROM Cache"
+                    " WHERE key >= ? AND key < ? AND raw = 1",
+                    (low, high),
+                ).fetchall()
+            except _ERRORS as e:
+                self._degrade(e)
+                rows = []
+            for key, filename, value, accessed_at in rows:
+                entry = _decode(key, value, filename, accessed_at)
+                if entry is None:
+                    self._drop_row(key, filename, value)
+                else:
+                    entries.append(entry)
+        self._counters["hits" if entries else "misses"] += 1
+        return entries
+
+    def open_body(self, entry: Entry) -> BinaryIO | None:
+        """The body of ``entry``, open for reading; the caller closes it.
+
+        ``None`` if the body is gone or damaged; the entry is then removed.
+        The handle stays readable if the entry is replaced or removed later.
+        """
+        if not self._usable():
+            return None
+        try:
+            f = open(os.path.join(self._directory, entry.body_id), "rb")  # noqa: SIM115 - caller closes
+        except FileNotFoundError:
+            self._drop_row(entry.key, entry.body_id)
+            return None
+        except OSError as e:
+            self._degrade(e)
+            return None
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except OSError as e:
+            f.close()
+            self._degrade(e)
+            return None
+        if size != entry.length:
+            f.close()
+            self._drop_row(entry.key, entry.body_id)
+            return None
+        self._touch(entry)
+        return f
+
+    def read_small(self, entry: Entry) -> bytes | None:
+        """The whole body of ``entry`` if it fits the memory tier, else ``None``.
+
+        Served from memory when held there, else read from disk (at most
+        ``memory.max_item`` bytes) and kept. ``None`` for a larger body (use
+        :meth:`open_body`), without a memory tier, or if the body is gone
+        (the entry is then removed).
+        """
+        memory = self._memory
+        if memory is None or entry.length > memory.max_item or not self._usable():
+            return None
+        body = memory.get(entry.body_id)
+        if body is not None:
+            self._touch(entry)
+            return body
+        f = self.open_body(entry)
+        if f is None:
+            return None
+        try:
+            with f:
+                body = f.read(entry.length + 1)
+        except OSError as e:
+            self._degrade(e)
+            return None
+        if len(body) != entry.length:
+            self._drop_row(entry.key, entry.body_id)
+            return None
+        memory.put(entry.body_id, body)
+        return body
+
+    # -- writes -------------------------------------------------------------
+
+    def begin(
+        self,
+        primary: str,
+        secondary: bytes,
+        vary: tuple[bytes, ...],
+        status: int,
+        reason: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        request_time: float,
+        response_time: float,
+        expected_length: int | None,
+        tags: Iterable[str] = (),
+    ) -> BodyWriter:
+        """Start storing a response; stream its body into the returned writer.
+
+        Raises ``ValueError`` only for a ``primary`` containing NUL (a bug in
+        the caller); storage failures give a writer that stores nothing.
+        """
+        template = Entry(
+            primary=primary,
+            secondary=secondary,
+            vary=tuple(vary),
+            status=status,
+            reason=reason,
+            headers=tuple(headers),
+            request_time=request_time,
+            response_time=response_time,
+            length=0,
+            body_id="",
+            tags=tuple(tags),
+            stored_at=0.0,
+        )
+        _variant_key(primary, secondary)  # validate now, not at commit
+        spool = None
+        if self._usable():
+            token = secrets.token_hex(16)
+            try:
+                spool = (self._open_spool(token), token)
+            except _ERRORS as e:
+                self._degrade(e)
+        return BodyWriter(self, template, expected_length, spool)
+
+    def update(
+        self,
+        entry: Entry,
+        headers: Iterable[tuple[bytes, bytes]],
+        request_time: float,
+        response_time: float,
+    ) -> Entry | None:
+        """Freshen ``entry`` after a 304 (RFC 9111 section 4.3.4), keeping its body.
+
+        ``None`` if the entry is no longer stored (removed or replaced).
+        """
+        if not self._usable():
+            return None
+        assert self._con is not None
+        fresh = evolve(entry, headers=tuple(headers), request_time=request_time, response_time=response_time)
+        try:
+            cursor = self._con.execute(
+                "UPDATE Cache SET value = ?, access_time = ? WHERE key = ? AND raw = 1 AND filename = ?",
+                (sqlite3.Binary(_encode(fresh)), time.time(), entry.key, entry.body_id),
+            )
+        except _ERRORS as e:
+            self._degrade(e)
+            return None
+        return fresh if cursor.rowcount else None
+
+    def remove(self, entry: Entry) -> bool:
+        """Remove ``entry`` if it is still the stored version of its variant."""
+        return self._drop_row(entry.key, entry.body_id, counted=False)
+
+    # -- purges -------------------------------------------------------------
+
+    def invalidate(self, primary: str) -> int:
+        """Remove every variant of ``primary`` (RFC 9111 section 4.4); the count removed.
+
+        Never raises: if the store is failing the invalidation is queued and
+        applied on recovery, and 0 is returned.
+        """
+        if self._usable():
+            try:
+                return self._delete_range(primary + "\0")
+            except _ERRORS as e:
+                self._degrade(e)
+        self._defer(primary)
+        return 0
+
+    def purge_tag(self, tag: str) -> int:
+        """Remove every entry stored with surrogate key ``tag``; the count removed.
+
+        Raises :class:`StoreUnavailable` if the store is failing (the purge
+        then runs when it recovers).
+        """
+        return self._purge(
+            "DELETE FROM Cache WHERE rowid IN"
+            " (SELECT row FROM AccelTag WHERE tag = ? LIMIT ?) RETURNING filename",
+            (tag,),
+            what=f"tag {tag!r}",
+        )
+
+    def purge_prefix(self, prefix: str) -> int:
+        """Remove every entry whose primary key starts with ``prefix``; the count removed.
+
+        Raises :class:`StoreUnavailable` as :meth:`purge_tag` does.
+        """
+        low, high = _key_range(prefix)
+        return self._purge(
+            "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache"
+            " WHERE key >= ? AND key < ? AND raw = 1 LIMIT ?) RETURNING filename",
+            (low, high),
+            what=f"prefix {prefix!r}",
+        )
+
+    def purge_all(self) -> int:
+        """Remove every entry; the count removed.
+
+        Raises :class:`StoreUnavailable` as :meth:`purge_tag` does.
+        """
+        return self.purge_prefix("")
+
+    # -- housekeeping -------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        """Counters and sizes, for the admin API and logs.
+
+        ``entries`` and ``bytes`` (body bytes) are read from diskcache's own
+        running totals, so this is one small read whatever the store's size.
+        """
+        entries = body_bytes = volume = None
+        if self._cache is not None and self._con is not None:
+            try:
+                totals = dict(
+                    self._con.execute(
+                        "SELECT key, value FROM Settings WHERE key IN ('count', 'size')"
+                    ).fetchall()
+                )
+                entries, body_bytes = totals.get("count"), totals.get("size")
+                volume = self._cache.volume()
+            except _ERRORS:
+                pass  # stats are best effort; the next real operation reports the failure
+        pending = self._pending
+        return {
+            "healthy": self.healthy,
+            "last_error": self.last_error,
+            "entries": entries,
+            "bytes": body_bytes,
+            "volume": volume,
+            "size_limit": self._size_limit,
+            **self._counters,
+            "pending_invalidations": -1 if pending is None else len(pending),
+            "memory_entries": 0 if self._memory is None else len(self._memory),
+            "memory_bytes": 0 if self._memory is None else self._memory.size,
+        }
+
+    def close(self) -> None:
+        """Close the database connections; idempotent. Open body handles stay valid."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    # -- internals ----------------------------------------------------------
+
+    def _open(self) -> None:
+        os.makedirs(self._spool, exist_ok=True)
+        cache = diskcache.Cache(
+            self._directory,
+            timeout=self._timeout,
+            disk=_SpoolDisk,
+            size_limit=self._size_limit,
+            eviction_policy="least-recently-used",
+        )
+        try:
+            con = sqlite3.connect(
+                os.path.join(self._directory, DBNAME), timeout=self._timeout, isolation_level=None
+            )
+            try:
+                con.execute("PRAGMA synchronous = NORMAL")  # as diskcache's own connection
+                con.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                con.close()
+                raise
+        except BaseException:
+            cache.close()
+            raise
+        self._cache, self._con = cache, con
+
+    def _sweep(self) -> None:
+        """Remove what a killed writer left: unlocked spool files, unreferenced bodies."""
+        assert self._con is not None
+        removed = 0
+        for name in os.listdir(self._spool):
+            path = os.path.join(self._spool, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer in another process holds it
+            else:
+                os.unlink(path)
+                removed += 1
+            finally:
+                os.close(fd)
+        rows = self._con.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")
+        known = {name for (name,) in rows}
+        cutoff = time.time() - _ORPHAN_GRACE  # file times are wall-clock
+        for top in os.scandir(self._directory):
+            if not (top.is_dir() and len(top.name) == 2):
+                continue
+            for sub in os.scandir(top.path):
+                if not sub.is_dir():
+                    continue
+                for body in os.scandir(sub.path):
+                    name = f"{top.name}/{sub.name}/{body.name}"
+                    if name.endswith(".val") and name not in known and body.stat().st_mtime < cutoff:
+                        assert self._cache is not None
+                        self._cache.disk.remove(name)
+                        removed += 1
+        if removed:
+            self._log.info("cache store {directory}: removed {count} files left by interrupted writes",
+                           directory=self._directory, count=removed)
+
+    def _usable(self) -> bool:
+        """Whether to use the disk now; probes for recovery once the back-off is over."""
+        if self.healthy:
+            return True
+        if self._clock.seconds() < self._retry_at:
+            return False
+        try:
+            if self._cache is None:
+                self._open()
+                self._sweep()
+            assert self._cache is not None
+            probe = self._spool_path(f"probe-{os.getpid()}")
+            with open(probe, "wb") as f:
+                f.write(b"probe")
+            with contextlib.suppress(FileNotFoundError):  # another process's sweep took it
+                os.unlink(probe)
+            self._cache.set(_PROBE_KEY, b"probe")
+            self._cache.delete(_PROBE_KEY)
+            self._replay()
+        except _ERRORS as e:
+            self._counters["errors"] += 1
+            self.last_error = _describe(e)
+            self._interval = min(self._interval * 2, self._max_retry_interval)
+            self._retry_at = self._clock.seconds() + self._interval
+            return False
+        self.healthy = True
+        self._interval = self._retry_interval
+        self._log.info("cache store {directory} recovered", directory=self._directory)
+        return True
+
+    def _degrade(self, error: BaseException) -> None:
+        self._counters["errors"] += 1
+        self.last_error = _describe(error)
+        self._retry_at = self._clock.seconds() + self._interval
+        if self.healthy:
+            self.healthy = False
+            self._log.error(
+                "cache store {directory} failed ({error}); serving without the cache,"
+                " retrying in {interval}s",
+                directory=self._directory,
+                error=self.last_error,
+                interval=self._interval,
+            )
+
+    def _defer(self, primary: str) -> None:
+        if self._pending is not None:
+            self._pending.add(primary)
+            if len(self._pending) > _MAX_PENDING:
+                self._pending = None
+
+    def _replay(self) -> None:
+        """Apply the invalidations queued while degraded; raises if the store still fails."""
+        pending = self._pending
+        if pending is None:
+            self._delete_range("")
+        else:
+            for primary in sorted(pending):
+                self._delete_range(primary + "\0")
+        self._pending = set()
+
+    def _purge(self, statement: str, args: tuple[str, ...], what: str) -> int:
+        if self._usable():
+            try:
+                count = 0
+                while n := self._delete_batch(statement, args):
+                    count += n
+                return count
+            except _ERRORS as e:
+                self._degrade(e)
+        self._pending = None  # a purge we could not do: recovery must clear everything
+        raise StoreUnavailable(
+            f"cache store {self._directory} is failing ({self.last_error}); the purge of {what}"
+            " is deferred: the whole cache is cleared when the store recovers"
+        )
+
+    def _delete_range(self, prefix: str) -> int:
+        low, high = _key_range(prefix)
+        count = 0
+        while n := self._delete_batch(
+            "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache"
+            " WHERE key >= ? AND key < ? AND raw = 1 LIMIT ?) RETURNING filename",
+            (low, high),
+        ):
+            count += n
+        return count
+
+    def _delete_batch(self, statement: str, args: tuple[str, ...]) -> int:
+        """Run one batched ``DELETE ... RETURNING filename``; remove the files after commit."""
+        assert self._con is not None and self._cache is not None
+        filenames = [name for (name,) in self._con.execute(statement, (*args, _PURGE_BATCH)).fetchall()]
+        for name in filenames:
+            if name is not None:
+                self._cache.disk.remove(name)
+                if self._memory is not None:
+                    self._memory.discard(name)
+        return len(filenames)
+
+    def _drop_row(self, key: str, filename: object, value: object = None, *, counted: bool = True) -> bool:
+        """Delete the row of ``key`` if it is still this version (same file, same record)."""
+        if self._con is None or self._cache is None:
+            return False
+        if counted:
+            self._counters["corrupt"] += 1
+        where, params = "key = ? AND raw = 1 AND filename IS ?", [key, filename]
+        if value is not None:
+            where += " AND value = ?"
+            params.append(value)
+        try:
+            cursor = self._con.execute(f"DELETE FROM Cache WHERE {where}", params)
+        except _ERRORS as e:
+            self._degrade(e)
+            return False
+        if cursor.rowcount and isinstance(filename, str):
+            self._cache.disk.remove(filename)
+            if self._memory is not None:
+                self._memory.discard(filename)
+        return bool(cursor.rowcount)
+
+    def _spool_path(self, name: str) -> str:
+        return os.path.join(self._spool, name + ".part")
+
+    def _open_spool(self, token: str) -> io.FileIO:
+        """A new spool file, unbuffered, locked against the startup sweep of other processes."""
+        path = self._spool_path(token)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return io.FileIO(fd, "w")
+
+    def _discard_spool(self, f: io.FileIO, token: str) -> None:
+        with contextlib.suppress(OSError):  # a leftover is swept at the next start
+            f.close()
+            os.unlink(self._spool_path(token))
+
+    def _commit(self, entry: Entry, f: io.FileIO, token: str) -> Entry | None:
+        """Move the spooled body in and insert its row (the body first, then the row)."""
+        if not self.healthy or self._cache is None:
+            self._discard_spool(f, token)
+            return None
+        entry = evolve(entry, stored_at=self._clock.seconds(), accessed_at=time.time())
+        spooled = _Spooled(self._spool_path(token), entry.body_id, entry.length, _encode(entry))
+        try:
+            # The spool file stays open, hence locked, until it has been renamed.
+            self._cache.set(entry.key, spooled, tag=json.dumps(entry.tags) if entry.tags else None)
+        except _ERRORS as e:
+            self._degrade(e)
+            self._discard_spool(f, token)
+            self._cache.disk.remove(entry.body_id)
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                f.close()
+        self._counters["stores"] += 1
+        return entry
+
+    def _touch(self, entry: Entry) -> None:
+        """Stamp ``entry`` as used, at most once per ``touch_interval`` (see Eviction above)."""
+        now = time.time()  # diskcache's access_time is wall-clock
+        if self._con is None or now - entry.accessed_at < self._touch_interval:
+            return
+        try:
+            self._con.execute(
+                "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1 AND filename = ?",
+                (now, entry.key, entry.body_id),
+            )
+        except _ERRORS:
+            # A lost LRU stamp only ages the entry; the writes that matter report failures.
+            self._counters["errors"] += 1
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -1,0 +1,521 @@
+"""The diskcache-backed store: real diskcache in a temporary directory."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel
+
+from accel.cache.memory import MemoryTier
+from accel.cache.store import Entry, Store, StoreUnavailable, _key_range, _make_key
+
+URL = "GET http://example.com/a"
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def make_store(directory: Path, clock: Clock | None = None, size_limit: int = 256 * MiB, **kwargs: object) -> Store:
+    return Store(str(directory), size_limit, clock or Clock(), **kwargs)  # type: ignore[arg-type]
+
+
+def put(
+    store: Store,
+    body: bytes,
+    primary: str = URL,
+    secondary: bytes = b"",
+    tags: tuple[str, ...] = (),
+    declared: int | None | bool = True,
+) -> Entry | None:
+    """Store ``body`` (declared length = its length unless told otherwise)."""
+    length = len(body) if declared is True else declared
+    writer = store.begin(
+        primary, secondary, (b"accept-encoding",) if secondary else (), 200, b"OK",
+        [(b"content-type", b"text/plain"), (b"x-sha256", hashlib.sha256(body).hexdigest().encode())],
+        10.0, 11.0, length if length is not False else None, tags,
+    )  # fmt: skip
+    writer.write(body)
+    return writer.commit()
+
+
+def read(store: Store, entry: Entry) -> bytes | None:
+    f = store.open_body(entry)
+    if f is None:
+        return None
+    with f:
+        return f.read()
+
+
+def files(directory: Path) -> list[str]:
+    """Every file in the store but the database: spool files and bodies."""
+    found = (p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("cache.db"))
+    return sorted(str(p.relative_to(directory)) for p in found)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    """A committed response comes back from lookup with its metadata and body."""
+    store = make_store(tmp_path)
+    entry = put(store, b"hello", tags=("t1",))
+    assert entry is not None
+    [found] = store.lookup(URL)
+    assert found == entry
+    assert (found.status, found.reason, found.length, found.tags) == (200, b"OK", 5, ("t1",))
+    assert found.headers[0] == (b"content-type", b"text/plain")
+    assert read(store, found) == b"hello"
+    assert store.lookup("GET http://example.com/") == []
+    assert store.stats()["entries"] == 1 and store.stats()["bytes"] == 5
+
+
+def test_variants_share_a_primary(tmp_path: Path) -> None:
+    """Variants under one primary key are all returned, and invalidated together."""
+    store = make_store(tmp_path)
+    put(store, b"plain", secondary=b"identity")
+    put(store, b"zipped", secondary=b"gzip")
+    put(store, b"other", primary=URL + "b")
+    assert sorted(read(store, e) for e in store.lookup(URL)) == [b"plain", b"zipped"]
+    assert store.invalidate(URL) == 2
+    assert store.lookup(URL) == []
+    assert len(store.lookup(URL + "b")) == 1
+
+
+def test_large_body_streams_through_a_file(tmp_path: Path) -> None:
+    """A 20 MiB body is written through to disk chunk by chunk, never held by the writer."""
+    store = make_store(tmp_path)
+    chunk = os.urandom(64 * KiB)
+    total = 20 * MiB
+    writer = store.begin(URL, b"", (), 200, b"OK", [], 0.0, 0.0, total, ())
+    [spool] = (tmp_path / "spool").iterdir()
+    digest = hashlib.sha256()
+    for written in range(len(chunk), total + 1, len(chunk)):
+        writer.write(chunk)
+        digest.update(chunk)
+        assert spool.stat().st_size == written
+    entry = writer.commit()
+    assert entry is not None and entry.length == total
+    assert not spool.exists()
+    f = store.open_body(entry)
+    assert f is not None
+    with f:
+        check = hashlib.sha256()
+        while block := f.read(MiB):
+            check.update(block)
+    assert check.digest() == digest.digest()
+
+
+@pytest.mark.parametrize("declared", [4, 6])
+def test_length_mismatch_stores_nothing(tmp_path: Path, declared: int) -> None:
+    """A body shorter or longer than its declared length leaves no row and no file."""
+    store = make_store(tmp_path)
+    assert put(store, b"hello", declared=declared) is None
+    assert store.lookup(URL) == []
+    assert files(tmp_path) == []
+
+
+def test_unknown_length_is_stored_as_received(tmp_path: Path) -> None:
+    """Without a declared length, whatever arrived before commit is the body."""
+    store = make_store(tmp_path)
+    entry = put(store, b"chunked", declared=None)
+    assert entry is not None and read(store, entry) == b"chunked"
+
+
+def test_abort_stores_nothing(tmp_path: Path) -> None:
+    """An aborted body leaves nothing; abort is idempotent and commit after it is a no-op."""
+    store = make_store(tmp_path)
+    writer = store.begin(URL, b"", (), 200, b"OK", [], 0.0, 0.0, None, ())
+    writer.write(b"partial")
+    writer.abort()
+    writer.abort()
+    assert writer.commit() is None
+    assert store.lookup(URL) == []
+    assert files(tmp_path) == []
+
+
+def test_replace_keeps_an_open_old_body_readable(tmp_path: Path) -> None:
+    """Replacing a variant swaps it atomically; a reader of the old body reads on."""
+    store = make_store(tmp_path)
+    old = put(store, b"old body")
+    assert old is not None
+    handle = store.open_body(old)
+    assert handle is not None
+    new = put(store, b"new body, longer")
+    assert new is not None and new.body_id != old.body_id
+    with handle:
+        assert handle.read() == b"old body"
+    assert store.lookup(URL) == [new]
+    assert not (tmp_path / old.body_id).exists()
+    assert store.remove(old) is False
+    assert store.lookup(URL) == [new]
+
+
+def test_update_keeps_the_body(tmp_path: Path) -> None:
+    """A 304 freshening replaces the headers and times, not the body."""
+    store = make_store(tmp_path)
+    entry = put(store, b"body")
+    assert entry is not None
+    fresh = store.update(entry, [(b"etag", b'"2"')], 20.0, 21.0)
+    assert fresh is not None and fresh.body_id == entry.body_id
+    assert store.lookup(URL) == [fresh]
+    assert fresh.headers == ((b"etag", b'"2"'),) and fresh.response_time == 21.0
+    assert read(store, fresh) == b"body"
+
+
+def test_update_of_a_replaced_entry_is_refused(tmp_path: Path) -> None:
+    """Freshening an entry that was replaced meanwhile does not touch the new one."""
+    store = make_store(tmp_path)
+    old = put(store, b"old")
+    new = put(store, b"new")
+    assert old is not None and new is not None
+    assert store.update(old, [], 20.0, 21.0) is None
+    assert store.lookup(URL) == [new]
+
+
+def test_remove(tmp_path: Path) -> None:
+    """remove() deletes the entry and its body file, once."""
+    store = make_store(tmp_path)
+    entry = put(store, b"body")
+    assert entry is not None
+    assert store.remove(entry) is True
+    assert store.remove(entry) is False
+    assert store.lookup(URL) == []
+    assert files(tmp_path) == []
+
+
+def test_size_limit_evicts(tmp_path: Path) -> None:
+    """Past the size limit the oldest entries are evicted; the store stays near its bound."""
+    store = make_store(tmp_path, size_limit=MiB)
+    for i in range(40):
+        put(store, os.urandom(50 * KiB), primary=f"{URL}/{i}")
+    stats = store.stats()
+    assert isinstance(stats["entries"], int) and 0 < stats["entries"] < 40
+    assert isinstance(stats["bytes"], int) and stats["bytes"] <= MiB
+    assert store.lookup(f"{URL}/39") != []
+    assert store.lookup(f"{URL}/0") == []
+    assert len(files(tmp_path)) == stats["entries"]
+
+
+def test_read_entries_outlive_unread_ones(tmp_path: Path) -> None:
+    """Eviction is least-recently-used: a body that was read outlives entries stored after it."""
+    store = make_store(tmp_path, size_limit=MiB, touch_interval=0.0)
+    body = os.urandom(20 * KiB)
+    read_later = put(store, body, primary=f"{URL}/read")
+    put(store, body, primary=f"{URL}/unread")
+    for i in range(12):
+        put(store, body, primary=f"{URL}/filler{i}")
+    assert read_later is not None and read(store, read_later) == body
+    for i in range(100):
+        if not store.lookup(f"{URL}/unread"):
+            break
+        put(store, body, primary=f"{URL}/more{i}")
+    assert store.lookup(f"{URL}/unread") == []
+    assert store.lookup(f"{URL}/read") != []
+
+
+def test_reopen_keeps_entries(tmp_path: Path) -> None:
+    """Entries persist across close and reopen of the directory."""
+    store = make_store(tmp_path)
+    entry = put(store, b"persistent", tags=("t",))
+    store.close()
+    store.close()
+    reopened = make_store(tmp_path)
+    assert reopened.lookup(URL) == [entry]
+    assert read(reopened, entry) == b"persistent"
+    assert reopened.purge_tag("t") == 1
+
+
+_CRASH_WRITER = """
+import hashlib, os, sys, time
+from accel.cache.store import Store
+
+class WallClock:
+    def seconds(self):
+        return time.time()
+
+store = Store(sys.argv[1], 1 << 30, WallClock())
+for i in range(300):
+    body = os.urandom(64 * 1024 + i)
+    digest = hashlib.sha256(body).hexdigest().encode()
+    writer = store.begin(f"k{i}", b"", (), 200, b"OK", [(b"x-sha256", digest)], 0.0, 0.0, len(body), ())
+    for offset in range(0, len(body), 1024):
+        writer.write(body[offset:offset + 1024])
+        if offset == 32 * 1024:
+            print(i, flush=True)
+    writer.commit()
+"""
+
+
+def test_kill_during_writes_leaves_no_torn_entry(tmp_path: Path) -> None:
+    """After SIGKILL in the middle of a write loop, a reopened store serves only whole bodies."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_CRASH_WRITER), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if int(line) >= 40:
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    store = make_store(tmp_path)
+    served = 0
+    for i in range(300):
+        for entry in store.lookup(f"k{i}"):
+            body = read(store, entry)
+            assert body is not None and len(body) == 64 * 1024 + i
+            assert dict(entry.headers)[b"x-sha256"] == hashlib.sha256(body).hexdigest().encode()
+            served += 1
+    assert served >= 40
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_corrupt_metadata_is_a_miss_and_removed(tmp_path: Path) -> None:
+    """An unreadable metadata record is a miss; the row and its body are deleted."""
+    store = make_store(tmp_path)
+    entry = put(store, b"body")
+    assert entry is not None
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (b"\x80garbage", entry.key))
+    assert store.lookup(URL) == []
+    assert store.stats()["entries"] == 0 and store.stats()["corrupt"] == 1
+    assert files(tmp_path) == []
+
+
+def test_a_record_naming_a_global_is_refused(tmp_path: Path) -> None:
+    """Records are loaded without globals: a pickle that names a class is corrupt, not run."""
+    store = make_store(tmp_path)
+    entry = put(store, b"body")
+    assert entry is not None
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (pickle.dumps(entry), entry.key))
+    assert store.lookup(URL) == []
+    assert store.stats()["corrupt"] == 1
+
+
+def test_vanished_body_is_a_miss_and_removed(tmp_path: Path) -> None:
+    """A body file deleted behind the store's back: open_body gives None and the entry goes."""
+    store = make_store(tmp_path)
+    entry = put(store, b"body")
+    assert entry is not None
+    (tmp_path / entry.body_id).unlink()
+    assert store.open_body(entry) is None
+    assert store.lookup(URL) == []
+
+
+def test_truncated_body_is_a_miss_and_removed(tmp_path: Path) -> None:
+    """A body file whose size differs from the entry's length is never served."""
+    store = make_store(tmp_path)
+    entry = put(store, b"body")
+    assert entry is not None
+    os.truncate(tmp_path / entry.body_id, 2)
+    assert store.open_body(entry) is None
+    assert store.lookup(URL) == []
+
+
+def test_purge_counts(tmp_path: Path) -> None:
+    """purge_tag, purge_prefix and purge_all report how many entries they removed."""
+    store = make_store(tmp_path)
+    put(store, b"1", primary="GET http://a/x", tags=("red", "blue"))
+    put(store, b"2", primary="GET http://a/y", tags=("blue",))
+    put(store, b"3", primary="GET http://b/z", tags=("green",))
+    put(store, b"4", primary="GET http://c/w")
+    assert store.purge_tag("blue") == 2
+    assert store.purge_tag("blue") == 0
+    assert store.purge_tag("red") == 0
+    assert store.purge_prefix("GET http://b/") == 1
+    assert store.purge_all() == 1
+    assert store.stats()["entries"] == 0
+    assert files(tmp_path) == []
+
+
+def test_replacing_an_entry_replaces_its_tags(tmp_path: Path) -> None:
+    """The tag index follows replacement: the old entry's tags no longer reach the new one."""
+    store = make_store(tmp_path)
+    put(store, b"old", tags=("old-tag",))
+    put(store, b"new", tags=("new-tag",))
+    assert store.purge_tag("old-tag") == 0
+    assert store.purge_tag("new-tag") == 1
+
+
+def test_tag_index_follows_eviction(tmp_path: Path) -> None:
+    """Rows diskcache evicts on its own leave nothing behind in the tag index."""
+    store = make_store(tmp_path, size_limit=MiB)
+    for i in range(40):
+        put(store, os.urandom(50 * KiB), primary=f"{URL}/{i}", tags=("all", f"t{i}"))
+    entries = store.stats()["entries"]
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        ((indexed,),) = con.execute("SELECT COUNT(*) FROM AccelTag").fetchall()
+    assert indexed == 2 * entries
+    assert store.purge_tag("all") == entries
+
+
+def test_nul_in_primary_is_refused(tmp_path: Path) -> None:
+    """A primary key containing NUL is a caller bug, reported at begin()."""
+    store = make_store(tmp_path)
+    with pytest.raises(ValueError, match="without NUL"):
+        store.begin("a\0b", b"", (), 200, b"OK", [], 0.0, 0.0, None, ())
+
+
+_NO_NUL = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)))
+
+
+@given(primary=_NO_NUL, secondary=st.binary(), prefix=_NO_NUL)
+def test_prefix_range_holds_exactly_the_prefixed_keys(primary: str, secondary: bytes, prefix: str) -> None:
+    """A variant key falls in a prefix's key range iff its primary starts with the prefix."""
+    low, high = _key_range(prefix)
+    assert (low <= _make_key(primary, secondary) < high) == primary.startswith(prefix)
+
+
+def test_orphans_are_swept_at_open(tmp_path: Path) -> None:
+    """Opening removes unlocked spool files and old unreferenced bodies, not a live writer's."""
+    make_store(tmp_path).close()
+    (tmp_path / "spool" / "dead.part").write_bytes(b"torn")
+    live = tmp_path / "spool" / "live.part"
+    live.write_bytes(b"in progress")
+    orphan = tmp_path / "ab" / "cd" / "0123.val"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"renamed, never committed")
+    os.utime(orphan, (time.time() - 3600,) * 2)
+    with live.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        make_store(tmp_path)
+    assert files(tmp_path) == ["spool/live.part"]
+
+
+def _break_spool(directory: Path) -> None:
+    """Make body spooling fail with a real OSError, even as root: the spool dir becomes a file."""
+    (directory / "spool").rename(directory / "spool.away")
+    (directory / "spool").write_bytes(b"")
+
+
+def _mend_spool(directory: Path) -> None:
+    (directory / "spool").unlink()
+    (directory / "spool.away").rename(directory / "spool")
+
+
+def test_degrades_and_recovers(tmp_path: Path) -> None:
+    """A disk failure logs once, makes the store an empty non-storing cache, and it recovers by itself."""
+    clock = Clock()
+    events: list[dict[str, object]] = []
+    store = make_store(tmp_path, clock, log=Logger(observer=events.append), retry_interval=5.0)
+    entry = put(store, b"kept")
+    assert entry is not None
+    _break_spool(tmp_path)
+    assert put(store, b"lost", primary=URL + "2") is None
+    assert not store.healthy and "NotADirectoryError" in store.last_error
+    assert store.lookup(URL) == []  # degraded: serves nothing, though the row is there
+    assert store.open_body(entry) is None
+    clock.advance(5)
+    assert put(store, b"lost", primary=URL + "2") is None  # the probe fails: back-off doubles
+    clock.advance(5)
+    assert store.lookup(URL) == []
+    assert [e["log_level"] for e in events] == [LogLevel.error]
+    _mend_spool(tmp_path)
+    clock.advance(5)
+    assert store.healthy is False
+    assert store.lookup(URL) == [entry]
+    assert store.healthy is True
+    assert put(store, b"stored", primary=URL + "2") is not None
+    assert [e["log_level"] for e in events] == [LogLevel.error, LogLevel.info]
+    assert store.stats()["errors"] == 2
+
+
+def test_database_lock_timeout_degrades_without_leftovers(tmp_path: Path) -> None:
+    """A commit that cannot get the database lock stores nothing and leaves no file."""
+    store = make_store(tmp_path, timeout=0.01)
+    blocker = sqlite3.connect(tmp_path / "cache.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        assert put(store, b"body") is None
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert not store.healthy and "Timeout" in store.last_error
+    assert files(tmp_path) == []
+
+
+def test_invalidation_while_degraded_is_applied_on_recovery(tmp_path: Path) -> None:
+    """A URL invalidated while the store fails is gone once it recovers, never served stale."""
+    clock = Clock()
+    store = make_store(tmp_path, clock, log=Logger(observer=lambda e: None))
+    put(store, b"stale")
+    _break_spool(tmp_path)
+    put(store, b"x", primary=URL + "2")
+    assert store.invalidate(URL) == 0
+    _mend_spool(tmp_path)
+    clock.advance(5)
+    assert store.lookup(URL) == []
+    assert store.stats()["entries"] == 0
+
+
+def test_purge_while_degraded_raises_and_clears_on_recovery(tmp_path: Path) -> None:
+    """A purge the failing store cannot do is reported, and recovery empties the cache."""
+    clock = Clock()
+    store = make_store(tmp_path, clock, log=Logger(observer=lambda e: None))
+    put(store, b"tagged", tags=("t",))
+    put(store, b"untagged", primary=URL + "2")
+    _break_spool(tmp_path)
+    put(store, b"x", primary=URL + "3")
+    with pytest.raises(StoreUnavailable, match="deferred"):
+        store.purge_tag("t")
+    _mend_spool(tmp_path)
+    clock.advance(5)
+    assert store.lookup(URL + "2") == []
+    assert store.healthy and store.stats()["entries"] == 0
+
+
+def test_memory_tier_is_lru_and_bounded() -> None:
+    """The memory tier holds at most max_bytes, evicting the least recently used body."""
+    tier = MemoryTier(max_bytes=10, max_item=4)
+    tier.put("a", b"aaaa")
+    tier.put("b", b"bbbb")
+    assert tier.get("a") == b"aaaa"
+    tier.put("c", b"cccc")
+    assert (tier.get("a"), tier.get("b"), tier.get("c")) == (b"aaaa", None, b"cccc")
+    tier.put("big", b"12345")
+    assert tier.get("big") is None and tier.size == 8
+
+
+def test_small_bodies_are_served_from_memory(tmp_path: Path) -> None:
+    """read_small keeps a small body in memory; the second read does not touch the disk."""
+    store = make_store(tmp_path, memory=MemoryTier(MiB))
+    entry = put(store, b"small")
+    assert entry is not None
+    assert store.read_small(entry) == b"small"
+    (tmp_path / entry.body_id).unlink()
+    assert store.read_small(entry) == b"small"
+    assert store.stats()["memory_entries"] == 1
+
+
+def test_large_bodies_bypass_memory(tmp_path: Path) -> None:
+    """A body above the memory tier's item bound is left to open_body."""
+    store = make_store(tmp_path, memory=MemoryTier(MiB, max_item=4))
+    entry = put(store, b"too large")
+    assert entry is not None
+    assert store.read_small(entry) is None
+    assert read(store, entry) == b"too large"
+
+
+def test_memory_follows_replace_and_purge(tmp_path: Path) -> None:
+    """A replaced body is never served from memory for the new entry; purges free the memory."""
+    store = make_store(tmp_path, memory=MemoryTier(MiB))
+    old = put(store, b"old")
+    assert old is not None and store.read_small(old) == b"old"
+    new = put(store, b"new")
+    assert new is not None and store.read_small(new) == b"new"
+    assert store.purge_all() == 1
+    assert store.stats()["memory_entries"] == 1  # the replaced body, unreachable, ages out
+    assert store.read_small(new) is None
