@@ -110,7 +110,7 @@ class OriginURL:
             if not path.startswith("/") or "\x00" in path:
                 _fail(name, f"{cls._EXPECTED} (an absolute socket path), got {raw!r}")
             return cls(scheme="unix", path=path)
-        match = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[^/:\[\]]+)(?::([0-9]{1,5}))?/?", raw, re.A)
+        match = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[^/:\[\]?#@]+)(?::([0-9]{1,5}))?/?", raw, re.A)
         if match is None:
             _fail(name, f"{cls._EXPECTED}, got {raw!r}")
         scheme, host, port_text = match.groups()
