@@ -33,11 +33,12 @@ from datetime import datetime, timezone
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUNIX
+from twisted.internet.interfaces import IListeningPort, IPushProducer, IReactorTime, IReactorUNIX
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 __all__ = ["DemoOrigin", "banner", "make_demo_site"]
 
@@ -174,24 +175,48 @@ class _Vary(_Page):
         return _text(request, body, b"public, max-age=60")
 
 
+@implementer(IPushProducer)
 class _BigBody:
-    """A pull producer writing ``size`` bytes in fixed chunks."""
+    """A push producer writing ``size`` bytes in fixed chunks until paused."""
 
     def __init__(self, request: Request, size: int) -> None:
         self._request = request
         self._left = size
+        self._paused = False
+        self._writing = False
+        self._stopped = False
         self._chunk = (b"accel demo big body 0123456789abcdefghijklmnopqrstuvwxyz\n" * (_CHUNK // 58 + 1))[:_CHUNK]
 
-    def resumeProducing(self) -> None:
-        data = self._chunk[: min(self._left, _CHUNK)]
-        self._left -= len(data)
-        self._request.write(data)
-        if self._left == 0:
+    def start(self) -> None:
+        self._request.registerProducer(self, True)
+        self._produce()
+
+    def _produce(self) -> None:
+        if self._writing or self._stopped:
+            return
+        self._writing = True
+        try:
+            # The transport pauses us from inside write() once its buffer fills.
+            while self._left and not self._paused and not self._stopped:
+                data = self._chunk[: min(self._left, _CHUNK)]
+                self._left -= len(data)
+                self._request.write(data)
+        finally:
+            self._writing = False
+        if self._left == 0 and not self._stopped:
+            self._stopped = True
             self._request.unregisterProducer()
             self._request.finish()
 
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._produce()
+
     def stopProducing(self) -> None:
-        self._left = 0
+        self._stopped = True
 
 
 class _Big(_Page):
@@ -207,7 +232,7 @@ class _Big(_Page):
         request.setHeader(b"content-length", str(size).encode("ascii"))
         if size == 0 or request.method == b"HEAD":
             return b""
-        request.registerProducer(_BigBody(request, size), False)
+        _BigBody(request, size).start()
         return NOT_DONE_YET
 
 
