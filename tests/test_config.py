@@ -468,3 +468,48 @@ def test_trusted_proxy_lookup() -> None:
     config = Config.from_options(options(origin=["http://a"], trusted_proxy=["10.0.0.0/8", "::1"]))
     assert config.is_trusted_proxy("10.1.2.3") and config.is_trusted_proxy("::1")
     assert not config.is_trusted_proxy("192.0.2.1") and not config.is_trusted_proxy("unix")
+
+
+# --- the reference documentation ------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.rst"
+
+
+def accepted_toml_keys(tmp_path: Path) -> set[str]:
+    """Every dotted key the loader asks for, found by watching it read a file
+    (it visits every table, present or not, and asks for every key)."""
+    import accel.config
+
+    seen: set[str] = set()
+    original = accel.config._Table.finish
+
+    def finish(self: Any, also: Any = ()) -> None:
+        where = re.sub(r"\[\d+\]", "", self._where)
+        seen.update(f"{where}.{key}" if where else key for key in (*self._used, *also))
+        original(self, also)
+
+    path = write(tmp_path, ROUTE + "timeouts = {}\ncache = {}\ncompression = {}\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(accel.config._Table, "finish", finish)
+        Config.from_toml(path)
+    return seen
+
+
+@pytest.mark.skipif(not DOCS.exists(), reason="not running from a source checkout")
+def test_every_toml_key_is_documented(tmp_path: Path) -> None:
+    """docs/configuration.rst names every key the TOML loader accepts."""
+    text = DOCS.read_text()
+    keys = accepted_toml_keys(tmp_path)
+    assert {"listen", "cache.size", "sites.routes.cache.sort_query", "sites.routes.timeouts.idle"} <= keys
+    missing = sorted(key for key in keys if not re.search(rf"``\[*{re.escape(key)}\]*``", text))
+    assert missing == []
+
+
+@pytest.mark.skipif(not DOCS.exists(), reason="not running from a source checkout")
+def test_every_option_is_documented() -> None:
+    """docs/configuration.rst names every command-line option."""
+    from accel.tap import Options
+
+    text = DOCS.read_text()
+    missing = sorted(name for name in (name.rstrip("=") for name in Options().longOpt) if f"``--{name}" not in text and name != "help")
+    assert missing == []
