@@ -40,7 +40,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
-from attrs import evolve, field, frozen
+from attrs import evolve, frozen
 
 __all__ = [
     "CacheSettings",
@@ -546,9 +546,6 @@ class _Table:
 
     def path(self, key: str) -> str:
         return f"{self._where + '.' if self._where else ''}{key}"
-
-    def has(self, key: str) -> bool:
-        return key in self._data
 
     def get(self, key: str, parse: Callable[[object, str], T], default: T) -> T:
         """The parsed value of ``key``, or ``default`` when absent."""
