@@ -1,0 +1,874 @@
+"""accel's configuration: frozen values, built and validated once at start-up.
+
+Two named constructors build the same :class:`Config`:
+
+* :meth:`Config.from_options` from the command line (the simple case: one
+  default site with one route ``/``), optionally layered over a TOML file
+  given with ``--config``;
+* :meth:`Config.from_toml` from a TOML file alone (the full case: several
+  sites chosen by Host, routes by longest path prefix).
+
+Every problem is reported as a :class:`ConfigError` whose text is one line
+naming the option or key and saying what is wrong, in the form
+``--cache-size: expected a size such as 512M or 2G, got '12Q'`` or
+``accel.toml: sites[0].routes[1].origin: expected http://host[:port], ...``.
+The twistd plugin turns it into ``accel: <message>`` and a non-zero exit.
+
+The values are dumb frozen ``attrs`` classes; all checking happens in the
+loaders, which know where each value came from and so can name it. Apart
+from the endpoint syntax check (Twisted's own parser, run against a memory
+reactor) and a few file-system checks (directories exist, files readable),
+this module does no I/O and never touches the reactor.
+
+Precedence when both a file and options are given (``--config`` plus
+others): a scalar option replaces the file's value; ``--listen`` replaces the
+file's listen list; ``--trusted-proxy`` extends the file's list; the routes
+that ``--origin``/``--parent``/``--static`` define join the file's default
+site (the one without ``hosts``), replacing a file route with the same
+prefix, and take their cache, compression, timeout and body-size settings
+from the file's top-level defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
+
+from attrs import evolve, frozen
+
+__all__ = [
+    "CacheSettings",
+    "CompressionSettings",
+    "Config",
+    "ConfigError",
+    "Limits",
+    "OriginURL",
+    "Route",
+    "Site",
+    "Timeouts",
+    "NOT_YET_SUPPORTED",
+    "parse_duration",
+    "parse_size",
+]
+
+#: The text that ends start-up when an option for a later release is used.
+NOT_YET_SUPPORTED = "not yet supported by this version of accel"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem: the message is one line, naming the culprit."""
+
+
+def _fail(name: str, message: str) -> NoReturn:
+    raise ConfigError(f"{name}: {message}")
+
+
+# ---------------------------------------------------------------------------
+# Values
+
+
+@frozen
+class OriginURL:
+    """Where an origin (or a parent cache) listens.
+
+    ``scheme`` is ``"http"``, ``"https"`` or ``"unix"``; for ``unix``,
+    ``path`` is the socket path and ``host``/``port`` are unused. IPv6
+    literals are kept without brackets. ``str()`` gives the canonical URL.
+    """
+
+    scheme: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    _DEFAULT_PORTS = {"http": 80, "https": 443}
+    # RFC 3986 reg-name restricted to what DNS can hold, or an IPv4 literal.
+    _HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.?", re.A)
+    _EXPECTED = "expected http://host[:port], https://host[:port] or unix:/path"
+
+    @classmethod
+    def parse(cls, raw: object, name: str) -> OriginURL:
+        """Parse ``http://host[:port]``, ``https://host[:port]`` or ``unix:/path``.
+
+        A trailing ``/`` is allowed; any other path, a query, a fragment or
+        user information is refused: an origin is an address, not a URL
+        prefix. ``name`` is how the value is called in error messages.
+        """
+        if not isinstance(raw, str):
+            _fail(name, f"{cls._EXPECTED}, got {raw!r}")
+        if raw.startswith("unix:"):
+            path = raw[len("unix:"):]
+            if not path.startswith("/") or "\x00" in path:
+                _fail(name, f"{cls._EXPECTED} (an absolute socket path), got {raw!r}")
+            return cls(scheme="unix", path=path)
+        match = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[^/:\[\]?#@]+)(?::([0-9]{1,5}))?/?", raw, re.A)
+        if match is None:
+            _fail(name, f"{cls._EXPECTED}, got {raw!r}")
+        scheme, host, port_text = match.groups()
+        host = host.lower()
+        if host.startswith("["):
+            host = host[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                _fail(name, f"{cls._EXPECTED} (bad IPv6 address), got {raw!r}")
+        elif cls._HOSTNAME.fullmatch(host) is None:
+            _fail(name, f"{cls._EXPECTED} (bad host name), got {raw!r}")
+        port = cls._DEFAULT_PORTS[scheme] if port_text is None else int(port_text)
+        if not 1 <= port <= 65535:
+            _fail(name, f"{cls._EXPECTED} (port out of range 1-65535), got {raw!r}")
+        return cls(scheme=scheme, host=host, port=port)
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@frozen
+class Timeouts:
+    """Upstream timeouts, in seconds.
+
+    ``connect``: to establish the connection (and TLS); ``first_byte``: from
+    the request sent to the response head received; ``idle``: the longest
+    silence while a response body streams.
+    """
+
+    connect: float = 10.0
+    first_byte: float = 60.0
+    idle: float = 60.0
+
+
+@frozen
+class CacheSettings:
+    """Per-route cache policy.
+
+    ``ignore_query``: the query is left out of the cache key;
+    ``sort_query``: query parameters are sorted before keying (so ``?a=1&b=2``
+    and ``?b=2&a=1`` share an entry); ``key_headers``: request header values
+    added to the key (lower-case names). ``heuristic_fraction`` and
+    ``heuristic_max`` bound heuristic freshness (RFC 9111 section 4.2.2: a
+    fraction of the time since Last-Modified, at most ``heuristic_max``
+    seconds). ``store_set_cookie``: responses carrying Set-Cookie may be
+    stored (off by default: they are usually personal). ``stale_if_error``:
+    seconds a stale entry may be served when the origin fails (RFC 5861),
+    unless the response says otherwise. ``range_fetch_max``: a Range request
+    for an uncached resource fetches (and caches) the whole body when it is
+    at most this many bytes; larger ones pass the range through uncached.
+    """
+
+    enabled: bool = True
+    ignore_query: bool = False
+    sort_query: bool = False
+    key_headers: tuple[bytes, ...] = ()
+    heuristic_fraction: float = 0.1
+    heuristic_max: float = 86400.0
+    store_set_cookie: bool = False
+    stale_if_error: float = 0.0
+    range_fetch_max: int = 8 * 1024**2
+
+
+@frozen
+class CompressionSettings:
+    """Per-route response compression. Reserved: accepted and validated, not
+    yet applied by this version."""
+
+    enabled: bool = False
+    encodings: tuple[str, ...] = ("br", "gzip")
+    types: tuple[str, ...] = (
+        "text/html",
+        "text/css",
+        "text/plain",
+        "text/javascript",
+        "application/javascript",
+        "application/json",
+        "image/svg+xml",
+    )
+    min_size: int = 1024
+
+
+@frozen
+class Route:
+    """What serves the paths under ``prefix`` (a bytes prefix of the
+    percent-encoded path, as nginx's prefix ``location``).
+
+    A route is served by an origin pool (``origins``), optionally through
+    ``parents`` (upstream caches), or by a ``static`` directory. ``host``,
+    when set, is the Host sent upstream instead of the client's.
+    ``max_body`` caps request bodies (bytes).
+    """
+
+    prefix: bytes
+    origins: tuple[OriginURL, ...] = ()
+    parents: tuple[OriginURL, ...] = ()
+    static: str | None = None
+    host: bytes | None = None
+    max_body: int = 1024**3
+    timeouts: Timeouts = Timeouts()
+    cache: CacheSettings = CacheSettings()
+    compression: CompressionSettings = CompressionSettings()
+
+
+@frozen
+class Site:
+    """A virtual host: the names it answers for and its routes.
+
+    ``hosts`` holds lower-case names, exact (``example.com``) or wildcard
+    (``*.example.com``, any depth of subdomain, not the bare domain). An empty
+    ``hosts`` makes this the default site, chosen when no other matches.
+    """
+
+    hosts: tuple[bytes, ...]
+    routes: tuple[Route, ...]
+
+    def route_for(self, path: bytes) -> Route | None:
+        """The route with the longest prefix of ``path``, or None."""
+        best: Route | None = None
+        for route in self.routes:
+            if path.startswith(route.prefix) and (best is None or len(route.prefix) > len(best.prefix)):
+                best = route
+        return best
+
+
+@frozen
+class Limits:
+    """Client-side limits of the HTTP server.
+
+    ``header_timeout``: seconds to receive a complete request head;
+    ``keepalive_timeout``: seconds an idle persistent connection is kept;
+    ``max_header_bytes``: the largest request head accepted.
+    """
+
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 60.0
+    max_header_bytes: int = 64 * 1024
+
+
+@frozen
+class Config:
+    """The whole configuration of one accel process.
+
+    ``listen``: endpoint descriptions (Twisted ``serverFromString`` syntax).
+    ``sites``: the virtual hosts (at most one default site). ``cache_dir``:
+    the cache directory, or None for a private temporary one that lasts as
+    long as the process. ``cache_size``: the cache's size limit in bytes.
+    ``admin``/``admin_token_file``: the admin API listener and its token.
+    ``trusted_proxies``: client networks whose X-Forwarded-For/Forwarded
+    fields are believed. ``access_log``: a file path, ``"-"`` for standard
+    output, or None for the Twisted log. ``demo``: no origin was configured,
+    so the built-in demo origin is to be started; see
+    :meth:`with_demo_origin`.
+    """
+
+    listen: tuple[str, ...] = ("tcp:8080",)
+    sites: tuple[Site, ...] = ()
+    cache_dir: str | None = None
+    cache_size: int = 1024**3
+    admin: str | None = None
+    admin_token_file: str | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+    access_log: str | None = None
+    workers: int = 1
+    limits: Limits = Limits()
+    demo: bool = False
+
+    def site_for(self, authority: bytes) -> Site | None:
+        """The site for a request's Host (``authority``, port ignored).
+
+        An exact name wins over a wildcard, a longer wildcard over a shorter
+        one, and the default site catches the rest; None when nothing does.
+        """
+        host = _host_of(authority)
+        default: Site | None = None
+        wildcard: tuple[int, Site] | None = None
+        for site in self.sites:
+            if not site.hosts:
+                default = site
+            for name in site.hosts:
+                if name == host:
+                    return site
+                if name.startswith(b"*.") and host.endswith(name[1:]):
+                    if wildcard is None or len(name) > wildcard[0]:
+                        wildcard = (len(name), site)
+        return wildcard[1] if wildcard is not None else default
+
+    def is_trusted_proxy(self, client: str) -> bool:
+        """Whether the peer address ``client`` may set forwarding fields."""
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
+
+    def with_demo_origin(self, origin: str) -> Config:
+        """This configuration with one default site proxying ``/`` to the
+        demo origin at ``origin`` (its URL, e.g. ``unix:/tmp/…/origin.sock``).
+        """
+        route = Route(prefix=b"/", origins=(OriginURL.parse(origin, "demo origin"),))
+        return evolve(self, sites=(Site(hosts=(), routes=(route,)),))
+
+    @classmethod
+    def from_toml(cls, path: str) -> Config:
+        """Load and validate a TOML configuration file (see the docs)."""
+        config, _ = _load_file(path, "--config")
+        if not config.sites:
+            _fail(path, "sites: expected at least one [[sites]] table with routes (or give --origin)")
+        return config
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Config:
+        """Build the configuration from parsed command-line options.
+
+        ``options`` maps long option names to raw values: strings (or None
+        when not given) for single options, lists of strings for repeatable
+        ones (``listen``, ``origin``, ``parent``, ``static``,
+        ``trusted-proxy``), as :class:`accel.tap.Options` collects them.
+        """
+        return _from_options(options)
+
+
+# ---------------------------------------------------------------------------
+# Scalar parsers, shared by the file and the command line
+
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?", re.A | re.I)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?", re.A)
+_DURATION_UNITS = {"ms": 0.001, None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(raw: object, name: str) -> int:
+    """A size in bytes: ``512M``, ``2G``, ``64k``, ``1.5G`` or plain bytes.
+
+    Units are binary (K = 1024) and case-insensitive; a ``B``/``iB`` suffix
+    is allowed. TOML integers are taken as bytes.
+    """
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw
+    match = _SIZE.fullmatch(raw.strip()) if isinstance(raw, str) else None
+    if match is None:
+        _fail(name, f"expected a size such as 512M or 2G, got {raw!r}")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def parse_duration(raw: object, name: str) -> float:
+    """A duration in seconds: ``30s``, ``5m``, ``1h``, ``1d``, ``250ms`` or
+    plain seconds (TOML numbers are seconds)."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw) and raw >= 0:
+        return float(raw)
+    match = _DURATION.fullmatch(raw.strip()) if isinstance(raw, str) else None
+    if match is None:
+        _fail(name, f"expected a duration such as 30s, 5m or 1h, got {raw!r}")
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit]
+
+
+def _parse_endpoint(raw: object, name: str) -> str:
+    """Check a server endpoint description with Twisted's own parser.
+
+    The description is parsed against a memory reactor, so nothing listens;
+    TLS descriptions do load their key and certificate files here, so a
+    missing file is reported at start-up.
+    """
+    # Imported here: the rest of this module is pure, and only this check
+    # needs Twisted.
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    expected = "expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock"
+    if not isinstance(raw, str) or not raw.strip():
+        _fail(name, f"{expected}, got {raw!r}")
+    try:
+        endpoint = serverFromString(MemoryReactor(), raw)
+    except TypeError as error:
+        unknown = re.search(r"unexpected keyword argument '([^']+)'", str(error))
+        detail = f"unknown parameter {unknown.group(1)!r}" if unknown else str(error)
+        _fail(name, f"{expected}, got {raw!r} ({detail})")
+    except OSError as error:
+        _fail(name, f"cannot use {raw!r}: {error.strerror or error}: {error.filename!r}")
+    except Exception as error:  # Twisted's parsers raise ValueError, KeyError, ...
+        _fail(name, f"{expected}, got {raw!r} ({error})")
+    # TCP-based endpoints keep their port here; Twisted does not range-check it.
+    port = getattr(endpoint, "_port", 0)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        _fail(name, f"{expected}, got {raw!r} (port out of range 0-65535)")
+    return raw
+
+
+def _parse_network(raw: object, name: str) -> Network:
+    expected = "expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1"
+    if not isinstance(raw, str):
+        _fail(name, f"{expected}, got {raw!r}")
+    try:
+        return ipaddress.ip_network(raw.strip(), strict=True)
+    except ValueError as error:
+        _fail(name, f"{expected}, got {raw!r} ({error})")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.A)  # RFC 9110 section 5.6.2
+_SITE_HOST = re.compile(r"(?:\*\.)?[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*", re.A)
+
+
+def _parse_header_name(raw: object, name: str) -> bytes:
+    if not isinstance(raw, str) or _TOKEN.fullmatch(raw) is None:
+        _fail(name, f"expected a header field name such as Accept-Language, got {raw!r}")
+    return raw.lower().encode("ascii")
+
+
+def _parse_host_rewrite(raw: object, name: str) -> bytes:
+    """A Host value to send upstream: ``host`` or ``host:port`` (RFC 9110 section 7.2)."""
+    if isinstance(raw, str):
+        host, _, port = raw.lower().rpartition(":") if raw.count(":") == 1 else (raw.lower(), "", "")
+        if _SITE_HOST.fullmatch(host) and not host.startswith("*") and (not port or port.isdigit()):
+            return raw.lower().encode("ascii")
+        if raw.startswith("[") and raw.endswith("]"):
+            try:
+                ipaddress.IPv6Address(raw[1:-1])
+                return raw.lower().encode("ascii")
+            except ValueError:
+                pass
+    _fail(name, f"expected a host such as example.com or example.com:8080, got {raw!r}")
+
+
+def _parse_site_host(raw: object, name: str) -> bytes:
+    if not isinstance(raw, str) or _SITE_HOST.fullmatch(raw.lower()) is None:
+        _fail(name, f"expected a host name such as example.com or *.example.com, got {raw!r}")
+    return raw.lower().encode("ascii")
+
+
+def _parse_prefix(raw: object, name: str) -> bytes:
+    if not isinstance(raw, str) or not raw.startswith("/") or not raw.isascii() or any(c in raw for c in " ?#\x7f") or not raw.isprintable():
+        _fail(name, f"expected a path prefix starting with '/', such as /static/, got {raw!r}")
+    return raw.encode("ascii")
+
+
+def _check_directory(raw: object, name: str) -> str:
+    if not isinstance(raw, str) or not raw:
+        _fail(name, f"expected a directory, got {raw!r}")
+    if not os.path.isdir(raw):
+        _fail(name, f"expected an existing directory, got {raw!r}")
+    return raw
+
+
+def _check_cache_dir(raw: object, name: str) -> str:
+    """The directory, or its nearest existing ancestor, must be a writable directory."""
+    if not isinstance(raw, str) or not raw:
+        _fail(name, f"expected a directory, got {raw!r}")
+    probe = os.path.abspath(raw)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        _fail(name, f"expected a directory, but {probe!r} is not one")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        _fail(name, f"cannot create or write {raw!r}: {probe!r} is not writable")
+    return raw
+
+
+def _check_readable_file(raw: object, name: str) -> str:
+    if not isinstance(raw, str) or not raw:
+        _fail(name, f"expected a file, got {raw!r}")
+    if not os.path.isfile(raw) or not os.access(raw, os.R_OK):
+        _fail(name, f"expected a readable file, got {raw!r}")
+    return raw
+
+
+def _check_log_path(raw: object, name: str) -> str:
+    if raw == "-":
+        return raw
+    if not isinstance(raw, str) or not raw:
+        _fail(name, f"expected a file path or '-' for standard output, got {raw!r}")
+    if os.path.isdir(raw):
+        _fail(name, f"expected a file path or '-' for standard output, got the directory {raw!r}")
+    parent = os.path.dirname(os.path.abspath(raw))
+    if not os.path.isdir(parent):
+        _fail(name, f"cannot write {raw!r}: no directory {parent!r}")
+    target = raw if os.path.exists(raw) else parent
+    if not os.access(target, os.W_OK):
+        _fail(name, f"cannot write {raw!r}: permission denied")
+    return raw
+
+
+def _parse_workers(raw: object, name: str) -> int:
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
+        raw = int(raw)
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= 1024:
+        _fail(name, f"expected a number of processes from 1 to 1024, got {raw!r}")
+    return raw
+
+
+def _parse_fraction(raw: object, name: str) -> float:
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 <= raw <= 1:
+        return float(raw)
+    _fail(name, f"expected a number from 0 to 1 such as 0.1, got {raw!r}")
+
+
+def _parse_bool(raw: object, name: str) -> bool:
+    if not isinstance(raw, bool):
+        _fail(name, f"expected true or false, got {raw!r}")
+    return raw
+
+
+def _parse_str(raw: object, name: str) -> str:
+    if not isinstance(raw, str):
+        _fail(name, f"expected a string, got {raw!r}")
+    return raw
+
+
+# ---------------------------------------------------------------------------
+# The TOML file
+
+
+class _Table:
+    """A TOML table being read: tracks which keys were used, names values."""
+
+    def __init__(self, data: object, where: str, source: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: {where}: expected a table, got {data!r}")
+        self._data: dict[str, object] = data
+        self._where = where
+        self._source = source
+        self._used: set[str] = set()
+
+    def name(self, key: str) -> str:
+        """How ``key`` is called in messages: ``file: path.key``."""
+        return f"{self._source}: {self._where + '.' if self._where else ''}{key}"
+
+    def path(self, key: str) -> str:
+        return f"{self._where + '.' if self._where else ''}{key}"
+
+    def get(self, key: str, parse: Callable[[object, str], T], default: T) -> T:
+        """The parsed value of ``key``, or ``default`` when absent."""
+        self._used.add(key)
+        if key not in self._data:
+            return default
+        return parse(self._data[key], self.name(key))
+
+    def get_list(self, key: str, parse: Callable[[object, str], T]) -> tuple[T, ...] | None:
+        """A string-or-list value as a tuple of parsed items, None when absent."""
+        self._used.add(key)
+        if key not in self._data:
+            return None
+        value = self._data[key]
+        if isinstance(value, list):
+            return tuple(parse(item, f"{self.name(key)}[{i}]") for i, item in enumerate(value))
+        return (parse(value, self.name(key)),)
+
+    def table(self, key: str) -> _Table:
+        """A sub-table (empty when absent)."""
+        self._used.add(key)
+        return _Table(self._data.get(key, {}), self.path(key), self._source)
+
+    def tables(self, key: str) -> list[_Table]:
+        """An array of tables (``[[key]]``)."""
+        self._used.add(key)
+        value = self._data.get(key, [])
+        if not isinstance(value, list):
+            raise ConfigError(f"{self.name(key)}: expected an array of tables ([[{key}]]), got {value!r}")
+        return [_Table(item, f"{self.path(key)}[{i}]", self._source) for i, item in enumerate(value)]
+
+    def finish(self, also: Iterable[str] = ()) -> None:
+        """Refuse keys nobody asked for (typos must not pass silently)."""
+        known = self._used | set(also)
+        for key in self._data:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{self.name(key)}: unknown key{hint}")
+
+
+def _read_timeouts(table: _Table, base: Timeouts) -> Timeouts:
+    timeouts = Timeouts(
+        connect=table.get("connect", parse_duration, base.connect),
+        first_byte=table.get("first_byte", parse_duration, base.first_byte),
+        idle=table.get("idle", parse_duration, base.idle),
+    )
+    table.finish()
+    return timeouts
+
+
+def _read_cache_settings(table: _Table, base: CacheSettings, also: Iterable[str] = ()) -> CacheSettings:
+    key_headers = table.get_list("key_headers", _parse_header_name)
+    cache = CacheSettings(
+        enabled=table.get("enabled", _parse_bool, base.enabled),
+        ignore_query=table.get("ignore_query", _parse_bool, base.ignore_query),
+        sort_query=table.get("sort_query", _parse_bool, base.sort_query),
+        key_headers=base.key_headers if key_headers is None else key_headers,
+        heuristic_fraction=table.get("heuristic_fraction", _parse_fraction, base.heuristic_fraction),
+        heuristic_max=table.get("heuristic_max", parse_duration, base.heuristic_max),
+        store_set_cookie=table.get("store_set_cookie", _parse_bool, base.store_set_cookie),
+        stale_if_error=table.get("stale_if_error", parse_duration, base.stale_if_error),
+        range_fetch_max=table.get("range_fetch_max", parse_size, base.range_fetch_max),
+    )
+    if cache.ignore_query and cache.sort_query:
+        raise ConfigError(f"{table.name('sort_query')}: cannot be combined with ignore_query = true")
+    table.finish(also)
+    return cache
+
+
+_ENCODINGS = ("br", "gzip")
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+*-]+", re.A)
+
+
+def _parse_encoding(raw: object, name: str) -> str:
+    if raw not in _ENCODINGS:
+        _fail(name, f"expected one of {', '.join(_ENCODINGS)}, got {raw!r}")
+    return str(raw)
+
+
+def _parse_media_type(raw: object, name: str) -> str:
+    if not isinstance(raw, str) or _MEDIA_TYPE.fullmatch(raw.lower()) is None:
+        _fail(name, f"expected a media type such as text/html, got {raw!r}")
+    return raw.lower()
+
+
+def _read_compression(table: _Table, base: CompressionSettings) -> CompressionSettings:
+    encodings = table.get_list("encodings", _parse_encoding)
+    types = table.get_list("types", _parse_media_type)
+    compression = CompressionSettings(
+        enabled=table.get("enabled", _parse_bool, base.enabled),
+        encodings=base.encodings if encodings is None else encodings,
+        types=base.types if types is None else types,
+        min_size=table.get("min_size", parse_size, base.min_size),
+    )
+    table.finish()
+    return compression
+
+
+def _read_route(table: _Table, template: Route, unsupported: list[str]) -> Route:
+    prefix = table.get("prefix", _parse_prefix, None)
+    if prefix is None:
+        raise ConfigError(f"{table.name('prefix')}: missing (every route needs a path prefix such as \"/\")")
+    origins = table.get_list("origin", OriginURL.parse) or ()
+    parents = table.get_list("parent", OriginURL.parse) or ()
+    static = table.get("static", _check_directory, None)
+    route = evolve(
+        template,
+        prefix=prefix,
+        origins=origins,
+        parents=parents,
+        static=static,
+        host=table.get("host", _parse_host_rewrite, template.host),
+        max_body=table.get("max_body", parse_size, template.max_body),
+        timeouts=_read_timeouts(table.table("timeouts"), template.timeouts),
+        cache=_read_cache_settings(table.table("cache"), template.cache),
+        compression=_read_compression(table.table("compression"), template.compression),
+    )
+    table.finish()
+    if static is not None and (origins or parents):
+        raise ConfigError(f"{table.name('static')}: a static route cannot also have origin or parent")
+    if static is None and not origins and not parents:
+        raise ConfigError(f"{table.name('origin')}: missing (a route needs origin, parent or static)")
+    if static is not None:
+        unsupported.append(table.name("static"))
+    if parents:
+        unsupported.append(table.name("parent"))
+    return route
+
+
+def _read_sites(tables: list[_Table], template: Route, unsupported: list[str]) -> tuple[Site, ...]:
+    sites: list[Site] = []
+    seen_hosts: dict[bytes, str] = {}
+    default_site: str | None = None
+    for table in tables:
+        hosts = table.get_list("hosts", _parse_site_host) or ()
+        for i, host in enumerate(hosts):
+            if host in seen_hosts:
+                raise ConfigError(f"{table.name('hosts')}[{i}]: {host.decode()!r} is already a host of {seen_hosts[host]}")
+            seen_hosts[host] = table.path("hosts")
+        if not hosts:
+            if default_site is not None:
+                raise ConfigError(f"{table.name('hosts')}: missing, but {default_site} is already the default site (the one without hosts)")
+            default_site = table.path("hosts").rpartition(".")[0]
+        routes: list[Route] = []
+        prefixes: set[bytes] = set()
+        route_tables = table.tables("routes")
+        if not route_tables:
+            raise ConfigError(f"{table.name('routes')}: expected at least one [[sites.routes]] table")
+        for route_table in route_tables:
+            route = _read_route(route_table, template, unsupported)
+            if route.prefix in prefixes:
+                raise ConfigError(f"{route_table.name('prefix')}: duplicate prefix {route.prefix.decode()!r} in this site")
+            prefixes.add(route.prefix)
+            routes.append(route)
+        table.finish()
+        sites.append(Site(hosts=hosts, routes=tuple(routes)))
+    return tuple(sites)
+
+
+_STORE_KEYS = ("dir", "size")
+
+
+def _load_file(path: str, option: str) -> tuple[Config, Route]:
+    """Read ``path``; return its Config and the route template (the file's
+    top-level defaults) that command-line routes are built from.
+
+    Features of later releases are parsed and validated, then refused.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"{option}: cannot read {path!r}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({error.reason})") from None
+    top = _Table(data, "", path)
+    unsupported: list[str] = []
+
+    defaults, server = Limits(), top.table("server")
+    limits = Limits(
+        header_timeout=server.get("header_timeout", parse_duration, defaults.header_timeout),
+        keepalive_timeout=server.get("keepalive_timeout", parse_duration, defaults.keepalive_timeout),
+        max_header_bytes=server.get("max_header_bytes", parse_size, defaults.max_header_bytes),
+    )
+    max_body = server.get("max_body", parse_size, Route(prefix=b"/").max_body)
+    server.finish()
+
+    cache = top.table("cache")
+    cache_dir = cache.get("dir", _check_cache_dir, None)
+    cache_size = cache.get("size", parse_size, Config().cache_size)
+    template = Route(
+        prefix=b"/",
+        max_body=max_body,
+        timeouts=_read_timeouts(top.table("timeouts"), Timeouts()),
+        cache=_read_cache_settings(cache, CacheSettings(), also=_STORE_KEYS),
+        compression=_read_compression(top.table("compression"), CompressionSettings()),
+    )
+
+    admin = top.table("admin")
+    admin_listen = admin.get("listen", _parse_endpoint, None)
+    admin_token_file = admin.get("token_file", _check_readable_file, None)
+    admin.finish()
+    if admin_listen is not None:
+        unsupported.append(admin.name("listen"))
+    if admin_token_file is not None:
+        unsupported.append(admin.name("token_file"))
+
+    workers = top.get("workers", _parse_workers, 1)
+    if workers > 1:
+        unsupported.append(top.name("workers") + " > 1")
+    config = Config(
+        listen=top.get_list("listen", _parse_endpoint) or Config().listen,
+        sites=_read_sites(top.tables("sites"), template, unsupported),
+        cache_dir=cache_dir,
+        cache_size=cache_size,
+        admin=admin_listen,
+        admin_token_file=admin_token_file,
+        trusted_proxies=top.get_list("trusted_proxies", _parse_network) or (),
+        access_log=top.get("access_log", _check_log_path, None),
+        workers=workers,
+        limits=limits,
+    )
+    top.finish()
+    if unsupported:
+        raise ConfigError(f"{unsupported[0]}: {NOT_YET_SUPPORTED}")
+    return config, template
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+def _from_options(options: Mapping[str, Any]) -> Config:
+    def given(key: str) -> Any:
+        return options.get(key)
+
+    def many(key: str) -> Sequence[str]:
+        return options.get(key) or ()
+
+    # Validate everything first, then refuse what later releases will do,
+    # so that a typo is reported as a typo even in a reserved option.
+    listen = tuple(_parse_endpoint(value, "--listen") for value in many("listen"))
+    origins = tuple(OriginURL.parse(value, "--origin") for value in many("origin"))
+    parents = tuple(OriginURL.parse(value, "--parent") for value in many("parent"))
+    statics = [_parse_static(value) for value in many("static")]
+    trusted = tuple(_parse_network(value, "--trusted-proxy") for value in many("trusted-proxy"))
+    host = None if given("origin-host") is None else _parse_host_rewrite(given("origin-host"), "--origin-host")
+    cache_dir = None if given("cache-dir") is None else _check_cache_dir(given("cache-dir"), "--cache-dir")
+    cache_size = None if given("cache-size") is None else parse_size(given("cache-size"), "--cache-size")
+    admin = None if given("admin") is None else _parse_endpoint(given("admin"), "--admin")
+    token_file = None if given("admin-token-file") is None else _check_readable_file(given("admin-token-file"), "--admin-token-file")
+    access_log = None if given("access-log") is None else _check_log_path(given("access-log"), "--access-log")
+    workers = None if given("workers") is None else _parse_workers(given("workers"), "--workers")
+    if host is not None and not origins and not parents:
+        _fail("--origin-host", "needs --origin (it sets the Host sent to the --origin pool)")
+    for option, value in (("--static", statics), ("--parent", parents), ("--admin", admin), ("--admin-token-file", token_file)):
+        if value:
+            _fail(option, NOT_YET_SUPPORTED)
+    if workers is not None and workers > 1:
+        _fail("--workers", f"more than one worker is {NOT_YET_SUPPORTED}")
+
+    config_file = given("config")
+    if config_file is not None:
+        config, template = _load_file(_parse_str(config_file, "--config"), "--config")
+    else:
+        config, template = Config(), Route(prefix=b"/")
+
+    routes = []
+    if origins or parents:
+        routes.append(evolve(template, prefix=b"/", origins=origins, parents=parents, host=host))
+    for prefix, directory in statics:
+        if any(route.prefix == prefix for route in routes):
+            _fail("--static", f"prefix {prefix.decode()!r} is already served by --origin")
+        routes.append(evolve(template, prefix=prefix, static=directory))
+
+    changes: dict[str, Any] = {"sites": _merge_default_site(config.sites, routes)}
+    if listen:
+        changes["listen"] = listen
+    if trusted:
+        changes["trusted_proxies"] = config.trusted_proxies + trusted
+    for key, value in (
+        ("cache_dir", cache_dir),
+        ("cache_size", cache_size),
+        ("admin", admin),
+        ("admin_token_file", token_file),
+        ("access_log", access_log),
+        ("workers", workers),
+    ):
+        if value is not None:
+            changes[key] = value
+    config = evolve(config, **changes)
+    if not config.sites:
+        if config_file is not None:
+            _fail(config_file, "sites: expected at least one [[sites]] table with routes (or give --origin)")
+        config = evolve(config, demo=True)
+    return config
+
+
+def _parse_static(raw: str) -> tuple[bytes, str]:
+    prefix, sep, directory = raw.partition("=")
+    if not sep:
+        _fail("--static", f"expected PREFIX=DIR such as /assets=/srv/www/assets, got {raw!r}")
+    return _parse_prefix(prefix, "--static"), _check_directory(directory, "--static")
+
+
+def _merge_default_site(sites: tuple[Site, ...], routes: list[Route]) -> tuple[Site, ...]:
+    """Add command-line routes to the default site, replacing same prefixes."""
+    if not routes:
+        return sites
+    new = {route.prefix for route in routes}
+    for i, site in enumerate(sites):
+        if not site.hosts:
+            kept = tuple(route for route in site.routes if route.prefix not in new)
+            return sites[:i] + (evolve(site, routes=kept + tuple(routes)),) + sites[i + 1:]
+    return sites + (Site(hosts=(), routes=tuple(routes)),)
+
+
+def _host_of(authority: bytes) -> bytes:
+    """The host part of a Host value: without port, brackets kept for IPv6."""
+    authority = authority.lower()
+    if authority.startswith(b"["):
+        return authority[: authority.find(b"]") + 1]
+    return authority.rpartition(b":")[0] if b":" in authority else authority

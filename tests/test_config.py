@@ -1,0 +1,515 @@
+"""accel.config: values, validation messages, the TOML loader, the command
+line, and how the two combine."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from accel.config import (
+    NOT_YET_SUPPORTED,
+    CacheSettings,
+    Config,
+    ConfigError,
+    OriginURL,
+    Route,
+    Site,
+    Timeouts,
+    parse_duration,
+    parse_size,
+)
+
+
+def options(**given: Any) -> dict[str, Any]:
+    """Options as accel.tap.Options collects them: keyword names with ``_``
+    for ``-``; repeatable ones are lists."""
+    raw: dict[str, Any] = {key: [] for key in ("listen", "origin", "parent", "static", "trusted-proxy")}
+    raw.update({key.replace("_", "-"): value for key, value in given.items()})
+    return raw
+
+
+def write(tmp_path: Path, text: str, name: str = "accel.toml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def error_of(call: Any, *args: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        call(*args)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- scalars ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("512M", 512 * 1024**2), ("2G", 2 * 1024**3), ("64k", 65536), ("1.5KiB", 1536), ("1000", 1000), ("3 MB", 3 * 1024**2), (0, 0), (4096, 4096)],
+)
+def test_size_units(raw: Any, expected: int) -> None:
+    """Sizes take binary K/M/G/T units, case-insensitive, or plain bytes."""
+    assert parse_size(raw, "x") == expected
+
+
+@pytest.mark.parametrize("raw", ["12Q", "", "-1", "1e3", "G", "1_000", True, -5, 1.5, "１２"])
+def test_size_rejected(raw: Any) -> None:
+    """A bad size names the option and shows the value."""
+    assert error_of(parse_size, raw, "--cache-size") == f"--cache-size: expected a size such as 512M or 2G, got {raw!r}"
+
+
+@pytest.mark.parametrize("raw, expected", [("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("1d", 86400.0), ("250ms", 0.25), ("7", 7.0), (2, 2.0), (0.5, 0.5)])
+def test_duration_units(raw: Any, expected: float) -> None:
+    """Durations take ms/s/m/h/d or plain seconds."""
+    assert parse_duration(raw, "x") == expected
+
+
+@pytest.mark.parametrize("raw", ["5 minutes", "-1s", "s", False, float("inf"), -3])
+def test_duration_rejected(raw: Any) -> None:
+    """A bad duration names the key and shows the value."""
+    assert error_of(parse_duration, raw, "k") == f"k: expected a duration such as 30s, 5m or 1h, got {raw!r}"
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.sampled_from(["", "k", "M", "g", "T"]))
+def test_size_roundtrip(number: int, unit: str) -> None:
+    """Any whole number with any unit is that many units of bytes."""
+    factor = {"": 1, "k": 1024, "M": 1024**2, "g": 1024**3, "T": 1024**4}[unit]
+    assert parse_size(f"{number}{unit}", "x") == number * factor
+
+
+# --- origins ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, parsed, text",
+    [
+        ("http://127.0.0.1:8000", OriginURL("http", "127.0.0.1", 8000), "http://127.0.0.1:8000"),
+        ("https://Example.COM", OriginURL("https", "example.com", 443), "https://example.com:443"),
+        ("http://origin.internal/", OriginURL("http", "origin.internal", 80), "http://origin.internal:80"),
+        ("http://[::1]:8080", OriginURL("http", "::1", 8080), "http://[::1]:8080"),
+        ("unix:/run/app.sock", OriginURL("unix", path="/run/app.sock"), "unix:/run/app.sock"),
+    ],
+)
+def test_origin_parse(raw: str, parsed: OriginURL, text: str) -> None:
+    """Origins are http/https host[:port] or unix:/path, with a canonical text form."""
+    assert OriginURL.parse(raw, "x") == parsed
+    assert str(parsed) == text
+
+
+@pytest.mark.parametrize(
+    "raw, detail",
+    [
+        ("ftp://x", ""),
+        ("http://a/b", ""),
+        ("http://a?q", ""),
+        ("http://user@a", ""),
+        ("http://a:0", " (port out of range 1-65535)"),
+        ("http://a:99999", " (port out of range 1-65535)"),
+        ("http://a_b", " (bad host name)"),
+        ("http://[1::2::3]", " (bad IPv6 address)"),
+        ("unix:run/app.sock", " (an absolute socket path)"),
+        ("127.0.0.1:8000", ""),
+    ],
+)
+def test_origin_rejected(raw: str, detail: str) -> None:
+    """A bad origin says what forms are expected."""
+    assert error_of(OriginURL.parse, raw, "--origin") == (
+        f"--origin: expected http://host[:port], https://host[:port] or unix:/path{detail}, got {raw!r}"
+    )
+
+
+# --- the command line --------------------------------------------------------
+
+
+def test_no_origin_means_demo() -> None:
+    """Without --origin or --config the configuration asks for the demo origin."""
+    config = Config.from_options(options())
+    assert config.demo and config.sites == () and config.listen == ("tcp:8080",)
+
+
+def test_demo_origin_is_wired_in() -> None:
+    """with_demo_origin proxies / of a default site to the demo origin."""
+    config = Config.from_options(options()).with_demo_origin("unix:/tmp/d/origin.sock")
+    assert config.site_for(b"anything").route_for(b"/x").origins == (OriginURL("unix", path="/tmp/d/origin.sock"),)
+
+
+def test_cli_simple_case() -> None:
+    """Command-line options build one default site with one route /."""
+    config = Config.from_options(
+        options(
+            listen=["tcp:8080", "unix:/tmp/accel.sock"],
+            origin=["http://10.0.0.1:8000", "http://10.0.0.2:8000"],
+            origin_host="example.com",
+            cache_size="2G",
+            cache_dir="/tmp/accel-cache-test",
+            access_log="-",
+            workers="1",
+            trusted_proxy=["10.0.0.0/8", "::1"],
+        )
+    )
+    assert not config.demo
+    assert config.listen == ("tcp:8080", "unix:/tmp/accel.sock")
+    assert config.cache_size == 2 * 1024**3 and config.cache_dir == "/tmp/accel-cache-test"
+    assert config.access_log == "-" and config.workers == 1
+    assert config.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    (site,) = config.sites
+    (route,) = site.routes
+    assert site.hosts == () and route.prefix == b"/" and route.host == b"example.com"
+    assert [str(o) for o in route.origins] == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+    assert route.cache == CacheSettings() and route.timeouts == Timeouts()
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"cache_size": "12Q"}, "--cache-size: expected a size such as 512M or 2G, got '12Q'"),
+        ({"listen": ["tcp:http"]}, "--listen: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'tcp:http' (invalid literal for int() with base 10: 'http')"),
+        ({"listen": ["bogus:1"]}, "--listen: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'bogus:1' (Unknown endpoint type: 'bogus')"),
+        ({"listen": ["tcp:8080:colour=red"]}, "--listen: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'tcp:8080:colour=red' (unknown parameter 'colour')"),
+        ({"listen": ["tcp:70000"]}, "--listen: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'tcp:70000' (port out of range 0-65535)"),
+        ({"listen": ["ssl:8443:privateKey=/nonexistent/key.pem"]}, "--listen: cannot use 'ssl:8443:privateKey=/nonexistent/key.pem': No such file or directory: '/nonexistent/key.pem'"),
+        ({"origin": ["ftp://x"]}, "--origin: expected http://host[:port], https://host[:port] or unix:/path, got 'ftp://x'"),
+        ({"trusted_proxy": ["10.0.0.1/8"]}, "--trusted-proxy: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, got '10.0.0.1/8' (10.0.0.1/8 has host bits set)"),
+        ({"trusted_proxy": ["everyone"]}, "--trusted-proxy: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, got 'everyone' ('everyone' does not appear to be an IPv4 or IPv6 network)"),
+        ({"workers": "0"}, "--workers: expected a number of processes from 1 to 1024, got 0"),
+        ({"workers": "two"}, "--workers: expected a number of processes from 1 to 1024, got 'two'"),
+        ({"origin": ["http://a"], "origin_host": "a b"}, "--origin-host: expected a host such as example.com or example.com:8080, got 'a b'"),
+        ({"origin_host": "example.com"}, "--origin-host: needs --origin (it sets the Host sent to the --origin pool)"),
+        ({"static": ["/assets"]}, "--static: expected PREFIX=DIR such as /assets=/srv/www/assets, got '/assets'"),
+        ({"static": ["assets=/tmp"]}, "--static: expected a path prefix starting with '/', such as /static/, got 'assets'"),
+        ({"static": ["/assets=/nonexistent/dir"]}, "--static: expected an existing directory, got '/nonexistent/dir'"),
+        ({"admin": "tcp:x"}, "--admin: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'tcp:x' (invalid literal for int() with base 10: 'x')"),
+        ({"admin_token_file": "/nonexistent/token"}, "--admin-token-file: expected a readable file, got '/nonexistent/token'"),
+        ({"access_log": "/nonexistent/dir/access.log"}, "--access-log: cannot write '/nonexistent/dir/access.log': no directory '/nonexistent/dir'"),
+        ({"access_log": "/"}, "--access-log: expected a file path or '-' for standard output, got the directory '/'"),
+        ({"config": "/nonexistent/accel.toml"}, "--config: cannot read '/nonexistent/accel.toml': No such file or directory"),
+    ],
+)
+def test_cli_errors(given: dict[str, Any], message: str) -> None:
+    """Each bad option ends start-up with one line naming it."""
+    assert error_of(Config.from_options, options(**given)) == message
+
+
+def test_cache_dir_parent_must_be_a_directory(tmp_path: Path) -> None:
+    """A cache directory under a regular file cannot be created."""
+    (tmp_path / "file").write_text("")
+    target = str(tmp_path / "file" / "cache")
+    assert error_of(Config.from_options, options(cache_dir=target)) == (
+        f"--cache-dir: expected a directory, but {str(tmp_path / 'file')!r} is not one"
+    )
+
+
+def test_cache_dir_may_not_exist_yet(tmp_path: Path) -> None:
+    """A missing cache directory is fine when an ancestor is writable."""
+    target = str(tmp_path / "a" / "b")
+    assert Config.from_options(options(cache_dir=target)).cache_dir == target
+    assert not os.path.exists(target)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_cache_dir_unwritable(tmp_path: Path) -> None:
+    """A cache directory whose nearest ancestor is read-only is refused."""
+    tmp_path.chmod(0o500)
+    try:
+        message = error_of(Config.from_options, options(cache_dir=str(tmp_path / "c")))
+    finally:
+        tmp_path.chmod(0o700)
+    assert message == f"--cache-dir: cannot create or write {str(tmp_path / 'c')!r}: {str(tmp_path)!r} is not writable"
+
+
+@pytest.mark.parametrize(
+    "given, option",
+    [
+        ({"static": ["/assets=/tmp"]}, "--static"),
+        ({"origin": ["http://a"], "parent": ["http://cache1:3128"]}, "--parent"),
+        ({"admin": "tcp:9090"}, "--admin"),
+    ],
+)
+def test_reserved_options_are_refused_after_validation(given: dict[str, Any], option: str) -> None:
+    """Options of later releases parse and validate, then end start-up naming the option."""
+    assert error_of(Config.from_options, options(**given)) == f"{option}: {NOT_YET_SUPPORTED}"
+
+
+def test_reserved_token_file(tmp_path: Path) -> None:
+    """--admin-token-file is validated, then refused."""
+    token = write(tmp_path, "secret\n", "token")
+    assert error_of(Config.from_options, options(admin_token_file=token)) == f"--admin-token-file: {NOT_YET_SUPPORTED}"
+
+
+def test_several_workers_refused() -> None:
+    """--workers above 1 is refused; 1 is accepted."""
+    assert error_of(Config.from_options, options(workers="4")) == f"--workers: more than one worker is {NOT_YET_SUPPORTED}"
+
+
+# --- the TOML file ------------------------------------------------------------
+
+FULL = """\
+listen = ["tcp:8080", "tcp:8081:interface=127.0.0.1"]
+access_log = "-"
+trusted_proxies = ["10.0.0.0/8"]
+
+[server]
+header_timeout = "5s"
+keepalive_timeout = 30
+max_header_bytes = "32k"
+max_body = "10M"
+
+[cache]
+dir = "{cache_dir}"
+size = "2G"
+heuristic_max = "1h"
+
+[timeouts]
+connect = "2s"
+
+[compression]
+enabled = true
+types = ["text/html"]
+
+[[sites]]
+hosts = ["example.com", "*.example.com"]
+
+  [[sites.routes]]
+  prefix = "/"
+  origin = ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+  host = "example.com"
+
+  [[sites.routes]]
+  prefix = "/api/"
+  origin = "unix:/run/api.sock"
+  max_body = "1M"
+  timeouts = {{ first_byte = "5m" }}
+  cache = {{ sort_query = true, key_headers = ["Accept-Language"], stale_if_error = "10m" }}
+
+[[sites]]
+  [[sites.routes]]
+  prefix = "/"
+  origin = "https://fallback.internal"
+  cache = {{ enabled = false, store_set_cookie = true, heuristic_fraction = 0.2, range_fetch_max = "1M", ignore_query = true }}
+  compression = {{ encodings = ["gzip"], min_size = 256 }}
+"""
+
+
+def test_toml_full(tmp_path: Path) -> None:
+    """A full file: sites by Host, routes by prefix, defaults and overrides."""
+    config = Config.from_toml(write(tmp_path, FULL.format(cache_dir=tmp_path / "cache")))
+    assert config.listen == ("tcp:8080", "tcp:8081:interface=127.0.0.1")
+    assert config.access_log == "-" and config.cache_size == 2 * 1024**3
+    assert config.cache_dir == str(tmp_path / "cache")
+    assert config.limits.header_timeout == 5.0 and config.limits.keepalive_timeout == 30.0
+    assert config.limits.max_header_bytes == 32 * 1024
+    main, fallback = config.sites
+    assert main.hosts == (b"example.com", b"*.example.com") and fallback.hosts == ()
+    root, api = main.routes
+    assert root.host == b"example.com" and len(root.origins) == 2 and root.max_body == 10 * 1024**2
+    assert root.timeouts == Timeouts(connect=2.0) and root.cache == CacheSettings(heuristic_max=3600.0)
+    assert root.compression.enabled and root.compression.types == ("text/html",)
+    assert api.origins == (OriginURL("unix", path="/run/api.sock"),) and api.max_body == 1024**2
+    assert api.timeouts == Timeouts(connect=2.0, first_byte=300.0)
+    assert api.cache == CacheSettings(sort_query=True, key_headers=(b"accept-language",), stale_if_error=600.0, heuristic_max=3600.0)
+    (other,) = fallback.routes
+    assert other.cache == CacheSettings(enabled=False, store_set_cookie=True, heuristic_fraction=0.2, range_fetch_max=1024**2, ignore_query=True, heuristic_max=3600.0)
+    assert other.compression.encodings == ("gzip",) and other.compression.min_size == 256
+
+
+def test_site_selection(tmp_path: Path) -> None:
+    """Exact host beats wildcard; the default site takes the rest; port ignored."""
+    config = Config.from_toml(write(tmp_path, FULL.format(cache_dir=tmp_path)))
+    main, fallback = config.sites
+    assert config.site_for(b"example.com:8080") is main
+    assert config.site_for(b"www.example.com") is main
+    assert config.site_for(b"a.b.example.com") is main
+    assert config.site_for(b"notexample.com") is fallback
+    assert config.site_for(b"[::1]:8080") is fallback
+
+
+def test_wildcard_specificity() -> None:
+    """The longest matching wildcard wins, and no default means None."""
+    route = Route(prefix=b"/")
+    broad, narrow = Site((b"*.example.com",), (route,)), Site((b"*.cdn.example.com",), (route,))
+    config = Config(sites=(broad, narrow))
+    assert config.site_for(b"x.cdn.example.com") is narrow
+    assert config.site_for(b"x.example.com") is broad
+    assert config.site_for(b"example.com") is None
+
+
+def test_longest_prefix_wins() -> None:
+    """Routes are chosen by the longest prefix of the path, as nginx prefix locations."""
+    routes = tuple(Route(prefix=p) for p in (b"/", b"/api", b"/api/v2/"))
+    site = Site((), routes)
+    assert site.route_for(b"/api/v2/users").prefix == b"/api/v2/"
+    assert site.route_for(b"/api/v1").prefix == b"/api"
+    assert site.route_for(b"/apiary").prefix == b"/api"
+    assert site.route_for(b"/index.html").prefix == b"/"
+    assert Site((), routes[1:]).route_for(b"/other") is None
+
+
+ROUTE = '[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n'
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('listen = "tcp:x"\n' + ROUTE, "listen: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'tcp:x' (invalid literal for int() with base 10: 'x')"),
+        ('listen = ["tcp:80", 3]\n' + ROUTE, "listen[1]: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 3"),
+        ("workers = 0\n" + ROUTE, "workers: expected a number of processes from 1 to 1024, got 0"),
+        ("workers = 2\n" + ROUTE, f"workers > 1: {NOT_YET_SUPPORTED}"),
+        ('trusted_proxies = ["x"]\n' + ROUTE, "trusted_proxies[0]: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, got 'x' ('x' does not appear to be an IPv4 or IPv6 network)"),
+        ("access_log = 1\n" + ROUTE, "access_log: expected a file path or '-' for standard output, got 1"),
+        ("lisen = []\n" + ROUTE, "lisen: unknown key (did you mean 'listen'?)"),
+        ('[cache]\nsize = "12Q"\n' + ROUTE, "cache.size: expected a size such as 512M or 2G, got '12Q'"),
+        ("[cache]\nsize = true\n" + ROUTE, "cache.size: expected a size such as 512M or 2G, got True"),
+        ("[cache]\nheuristic_fraction = 2\n" + ROUTE, "cache.heuristic_fraction: expected a number from 0 to 1 such as 0.1, got 2"),
+        ('[cache]\nenabled = "yes"\n' + ROUTE, "cache.enabled: expected true or false, got 'yes'"),
+        ("[cache]\nignore_query = true\nsort_query = true\n" + ROUTE, "cache.sort_query: cannot be combined with ignore_query = true"),
+        ('[cache]\nkey_headers = ["Accept Language"]\n' + ROUTE, "cache.key_headers[0]: expected a header field name such as Accept-Language, got 'Accept Language'"),
+        ('[cache]\nstale_if_eror = "1m"\n' + ROUTE, "cache.stale_if_eror: unknown key (did you mean 'stale_if_error'?)"),
+        ('[server]\nheader_timeout = "soon"\n' + ROUTE, "server.header_timeout: expected a duration such as 30s, 5m or 1h, got 'soon'"),
+        ('[timeouts]\nconnect = "1 week"\n' + ROUTE, "timeouts.connect: expected a duration such as 30s, 5m or 1h, got '1 week'"),
+        ('[compression]\nencodings = ["zstd"]\n' + ROUTE, "compression.encodings[0]: expected one of br, gzip, got 'zstd'"),
+        ('[compression]\ntypes = ["html"]\n' + ROUTE, "compression.types[0]: expected a media type such as text/html, got 'html'"),
+        ('[admin]\nlisten = "tcp:9090"\n' + ROUTE, f"admin.listen: {NOT_YET_SUPPORTED}"),
+        ("server = 3\n" + ROUTE, "server: expected a table, got 3"),
+        ("sites = 3\n", "sites: expected an array of tables ([[sites]]), got 3"),
+        ("", "sites: expected at least one [[sites]] table with routes (or give --origin)"),
+        ("[[sites]]\n", "sites[0].routes: expected at least one [[sites.routes]] table"),
+        ('[[sites]]\nhosts = ["a b"]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n', "sites[0].hosts[0]: expected a host name such as example.com or *.example.com, got 'a b'"),
+        ('[[sites]]\n[[sites.routes]]\norigin = "http://a"\n', 'sites[0].routes[0].prefix: missing (every route needs a path prefix such as "/")'),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "api"\norigin = "http://a"\n', "sites[0].routes[0].prefix: expected a path prefix starting with '/', such as /static/, got 'api'"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\n', "sites[0].routes[0].origin: missing (a route needs origin, parent or static)"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n[[sites.routes]]\nprefix = "/"\norigin = "http://b"\n', "sites[0].routes[1].prefix: duplicate prefix '/' in this site"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n[[sites.routes]]\nprefix = "/x"\norigin = "ftp://x"\n', "sites[0].routes[1].origin: expected http://host[:port], https://host[:port] or unix:/path, got 'ftp://x'"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = ["http://a", "b"]\n', "sites[0].routes[0].origin[1]: expected http://host[:port], https://host[:port] or unix:/path, got 'b'"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\nhost = "*"\n', "sites[0].routes[0].host: expected a host such as example.com or example.com:8080, got '*'"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\norigins = "http://b"\n', "sites[0].routes[0].origins: unknown key (did you mean 'origin'?)"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\ntimeouts = { idle = "x" }\n', "sites[0].routes[0].timeouts.idle: expected a duration such as 30s, 5m or 1h, got 'x'"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\ncache = { dir = "/tmp" }\n', "sites[0].routes[0].cache.dir: unknown key"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\nstatic = "/tmp"\norigin = "http://a"\n', "sites[0].routes[0].static: a static route cannot also have origin or parent"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\nstatic = "/nonexistent"\n', "sites[0].routes[0].static: expected an existing directory, got '/nonexistent'"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\nstatic = "/tmp"\n', f"sites[0].routes[0].static: {NOT_YET_SUPPORTED}"),
+        ('[[sites]]\n[[sites.routes]]\nprefix = "/"\nparent = "http://c:3128"\norigin = "http://a"\n', f"sites[0].routes[0].parent: {NOT_YET_SUPPORTED}"),
+        (ROUTE + ROUTE, "sites[1].hosts: missing, but sites[0] is already the default site (the one without hosts)"),
+        ('[[sites]]\nhosts = ["a.com"]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n[[sites]]\nhosts = ["A.com"]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n', "sites[1].hosts[0]: 'a.com' is already a host of sites[0].hosts"),
+    ],
+)
+def test_toml_errors(tmp_path: Path, text: str, message: str) -> None:
+    """Each bad key ends start-up with one line: file, key path, what is wrong."""
+    path = write(tmp_path, text)
+    assert error_of(Config.from_toml, path) == f"{path}: {message}"
+
+
+def test_toml_syntax_error(tmp_path: Path) -> None:
+    """A TOML syntax error names the file and the position."""
+    path = write(tmp_path, "listen = = 3\n")
+    assert re.fullmatch(rf"{re.escape(path)}: invalid TOML: .*\(at line \d+, column \d+\)", error_of(Config.from_toml, path))
+
+
+def test_toml_not_utf8(tmp_path: Path) -> None:
+    """A file that is not UTF-8 is reported as such."""
+    path = tmp_path / "accel.toml"
+    path.write_bytes(b'listen = "\xff"\n')
+    assert error_of(Config.from_toml, str(path)).startswith(f"{path}: invalid TOML:")
+
+
+# --- file and command line together -------------------------------------------
+
+
+def test_cli_overrides_file(tmp_path: Path) -> None:
+    """Scalars and --listen replace the file's; --trusted-proxy extends it."""
+    path = write(tmp_path, 'listen = "tcp:9000"\ntrusted_proxies = ["10.0.0.0/8"]\naccess_log = "-"\n[cache]\nsize = "1G"\n' + ROUTE)
+    config = Config.from_options(options(config=path, listen=["tcp:9001"], cache_size="3G", trusted_proxy=["192.0.2.0/24"]))
+    assert config.listen == ("tcp:9001",) and config.cache_size == 3 * 1024**3 and config.access_log == "-"
+    assert config.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.0/24"))
+
+
+def test_cli_origin_replaces_default_site_root(tmp_path: Path) -> None:
+    """--origin replaces the / route of the file's default site, keeping its other routes."""
+    path = write(tmp_path, ROUTE + '[[sites.routes]]\nprefix = "/api"\norigin = "http://api"\n')
+    config = Config.from_options(options(config=path, origin=["http://new:81"]))
+    (site,) = config.sites
+    assert {route.prefix: str(route.origins[0]) for route in site.routes} == {b"/api": "http://api:80", b"/": "http://new:81"}
+
+
+def test_cli_origin_adds_default_site(tmp_path: Path) -> None:
+    """Without a default site in the file, --origin adds one using the file's defaults."""
+    path = write(tmp_path, '[timeouts]\nconnect = "3s"\n[[sites]]\nhosts = ["a.com"]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n')
+    config = Config.from_options(options(config=path, origin=["http://b"]))
+    named, default = config.sites
+    assert named.hosts == (b"a.com",) and default.hosts == ()
+    assert default.routes[0].timeouts.connect == 3.0
+    assert config.site_for(b"b.com") is default
+
+
+def test_file_with_only_defaults_and_cli_origin(tmp_path: Path) -> None:
+    """A file may hold only settings, the origin coming from the command line."""
+    path = write(tmp_path, '[cache]\nsize = "5G"\n')
+    config = Config.from_options(options(config=path, origin=["http://a"]))
+    assert config.cache_size == 5 * 1024**3 and not config.demo
+
+
+def test_file_without_sites_or_origin(tmp_path: Path) -> None:
+    """A file with no sites and no --origin is an error, not the demo."""
+    path = write(tmp_path, '[cache]\nsize = "5G"\n')
+    assert error_of(Config.from_options, options(config=path)) == f"{path}: sites: expected at least one [[sites]] table with routes (or give --origin)"
+
+
+def test_trusted_proxy_lookup() -> None:
+    """is_trusted_proxy matches addresses inside the configured networks only."""
+    config = Config.from_options(options(origin=["http://a"], trusted_proxy=["10.0.0.0/8", "::1"]))
+    assert config.is_trusted_proxy("10.1.2.3") and config.is_trusted_proxy("::1")
+    assert not config.is_trusted_proxy("192.0.2.1") and not config.is_trusted_proxy("unix")
+
+
+# --- the reference documentation ------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.rst"
+
+
+def accepted_toml_keys(tmp_path: Path) -> set[str]:
+    """Every dotted key the loader asks for, found by watching it read a file
+    (it visits every table, present or not, and asks for every key)."""
+    import accel.config
+
+    seen: set[str] = set()
+    original = accel.config._Table.finish
+
+    def finish(self: Any, also: Any = ()) -> None:
+        where = re.sub(r"\[\d+\]", "", self._where)
+        seen.update(f"{where}.{key}" if where else key for key in (*self._used, *also))
+        original(self, also)
+
+    path = write(tmp_path, ROUTE + "timeouts = {}\ncache = {}\ncompression = {}\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(accel.config._Table, "finish", finish)
+        Config.from_toml(path)
+    return seen
+
+
+@pytest.mark.skipif(not DOCS.exists(), reason="not running from a source checkout")
+def test_every_toml_key_is_documented(tmp_path: Path) -> None:
+    """docs/configuration.rst names every key the TOML loader accepts."""
+    text = DOCS.read_text()
+    keys = accepted_toml_keys(tmp_path)
+    assert {"listen", "cache.size", "sites.routes.cache.sort_query", "sites.routes.timeouts.idle"} <= keys
+    missing = sorted(key for key in keys if not re.search(rf"``\[*{re.escape(key)}\]*``", text))
+    assert missing == []
+
+
+@pytest.mark.skipif(not DOCS.exists(), reason="not running from a source checkout")
+def test_every_option_is_documented() -> None:
+    """docs/configuration.rst names every command-line option."""
+    from accel.tap import Options
+
+    text = DOCS.read_text()
+    missing = sorted(name for name in (name.rstrip("=") for name in Options().longOpt) if f"``--{name}" not in text and name != "help")
+    assert missing == []

@@ -1,0 +1,136 @@
+"""accel.tap and the twistd plugin: option parsing, the service maker, and
+what an operator sees from a real ``twistd`` process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from twisted.application.service import IServiceMaker, Service
+from twisted.plugin import getPlugins
+from twisted.python import usage
+
+import accel
+from accel.config import NOT_YET_SUPPORTED, Config, OriginURL
+from accel.tap import Options, makeService
+
+#: The directory that holds the ``accel`` package these tests import (the
+#: checkout, or site-packages for an installed copy). twistd subprocesses get
+#: it as PYTHONPATH, so they run the same code and find the plugin beside it.
+SOURCE_ROOT = str(Path(accel.__file__).resolve().parent.parent)
+
+
+def twistd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``twistd -n accel ARGS`` in a subprocess with this interpreter."""
+    env = dict(os.environ, PYTHONPATH=SOURCE_ROOT)
+    command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "accel", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_repeatable_options_accumulate() -> None:
+    """--listen, --origin and --trusted-proxy may be given several times."""
+    options = parse(
+        "--listen", "tcp:8080", "--listen", "tcp:8081",
+        "--origin", "http://a:1", "--origin", "http://b:2",
+        "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1",
+    )  # fmt: skip
+    assert options["listen"] == ["tcp:8080", "tcp:8081"]
+    assert options["trusted-proxy"] == ["10.0.0.0/8", "::1"]
+    assert options.config is not None
+    assert options.config.listen == ("tcp:8080", "tcp:8081")
+    assert options.config.sites[0].routes[0].origins == (OriginURL("http", "a", 1), OriginURL("http", "b", 2))
+
+
+def test_options_build_the_same_config() -> None:
+    """Options hand their raw values to Config.from_options."""
+    options = parse("--origin", "unix:/run/app.sock", "--cache-size", "2G", "--access-log", "-")
+    assert options.config == Config.from_options(options)
+    assert options.config.cache_size == 2 * 1024**3
+
+
+def test_no_origin_is_demo() -> None:
+    """With no options at all the configuration asks for the demo origin."""
+    config = parse().config
+    assert config is not None and config.demo
+
+
+def test_bad_value_exits_with_one_line() -> None:
+    """A bad value ends parsing with SystemExit carrying 'accel: <message>'."""
+    with pytest.raises(SystemExit) as info:
+        parse("--cache-size", "12Q")
+    assert info.value.code == "accel: --cache-size: expected a size such as 512M or 2G, got '12Q'"
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    """A misspelt option is twistd's usual UsageError."""
+    with pytest.raises(usage.UsageError):
+        parse("--cache-sise", "1G")
+
+
+def test_make_service_passes_config_and_reactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """makeService hands the built Config and the global reactor to accel.app.make_service."""
+    from twisted.internet import reactor
+
+    calls = []
+    service = Service()
+    fake = types.ModuleType("accel.app")
+    fake.make_service = lambda config, given_reactor: calls.append((config, given_reactor)) or service  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "accel.app", fake)
+    options = parse("--origin", "http://a")
+    assert makeService(options) is service
+    assert calls == [(options.config, reactor)]
+
+
+def test_plugin_is_found() -> None:
+    """Twisted's plugin system finds the 'accel' service maker, pointing at accel.tap."""
+    makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+    assert makers["accel"].module == "accel.tap"
+    assert makers["accel"].description == "Caching accelerator reverse proxy."
+
+
+def test_help_lists_every_option() -> None:
+    """`twistd -n accel --help` lists every long option, each with an explanation."""
+    result = twistd("--help")
+    assert result.returncode == 0, result.stderr
+    names = [name.rstrip("=") for name in Options().longOpt]
+    for name in names:
+        assert f"--{name}" in result.stdout
+    for required in ("listen", "origin", "cache-dir", "cache-size", "static", "admin", "admin-token-file", "parent", "config", "access-log", "workers", "trusted-proxy"):
+        assert required in names
+
+
+def test_bad_cache_size_process() -> None:
+    """A bad --cache-size exits non-zero with one line naming it, and no traceback."""
+    result = twistd("--cache-size", "12Q")
+    assert result.returncode != 0
+    assert result.stderr == "accel: --cache-size: expected a size such as 512M or 2G, got '12Q'\n"
+    assert result.stdout == ""
+
+
+def test_reserved_option_process() -> None:
+    """An option of a later release exits with one 'not yet supported' line naming it."""
+    result = twistd("--admin", "tcp:0:interface=127.0.0.1")
+    assert result.returncode != 0
+    assert result.stderr == f"accel: --admin: {NOT_YET_SUPPORTED}\n"
+
+
+def test_bad_config_file_process(tmp_path: Path) -> None:
+    """A bad key in the config file exits with one line naming the file and the key."""
+    path = tmp_path / "accel.toml"
+    path.write_text('[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "ftp://x"\n')
+    result = twistd("--config", str(path))
+    assert result.returncode != 0
+    assert result.stderr == (
+        f"accel: {path}: sites[0].routes[0].origin: expected http://host[:port], https://host[:port] or unix:/path, got 'ftp://x'\n"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
