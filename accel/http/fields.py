@@ -104,11 +104,13 @@ class CacheControl:
     attributes that apply to it (RFC 9111 sections 5.2.1 and 5.2.2).
     Unknown extension directives are ignored, as section 5.2.3 requires.
 
-    Delta-seconds attributes are ``None`` when the directive is absent or
-    unusable. ``invalid_freshness`` records the section 4.2.1 case of a
-    ``max-age``/``s-maxage`` that was invalid or duplicated with different
-    values: such a response is treated as stale. ``max_stale`` is
-    :data:`DELTA_SECONDS_MAX` for a bare ``max-stale`` (any staleness).
+    Delta-seconds attributes are ``None`` when the directive is absent.
+    A ``max-age``/``s-maxage`` that is invalid, or repeated with different
+    values, reads as ``0``: RFC 9111 section 4.2.1 lets a cache consider such
+    a response stale, and a shared cache should err that way. The other
+    delta-seconds directives ignore an invalid value and resolve duplicates
+    to the most restrictive one. ``max_stale`` is :data:`DELTA_SECONDS_MAX`
+    for a bare ``max-stale`` (any staleness is acceptable).
     ``no_cache`` is true for both forms of the directive;
     ``no_cache_fields`` lists the names of the qualified form and is empty
     for the unqualified one (which then wins). ``private`` likewise.
@@ -117,7 +119,6 @@ class CacheControl:
     present: bool = False
     max_age: int | None = None
     s_maxage: int | None = None
-    invalid_freshness: bool = False
     max_stale: int | None = None
     min_fresh: int | None = None
     stale_while_revalidate: int | None = None
@@ -136,7 +137,7 @@ class CacheControl:
 
 
 #: Directives whose duplicates or bad values make a response stale
-#: (RFC 9111 section 4.2.1).
+#: (RFC 9111 section 4.2.1): they read as 0.
 _FRESHNESS = (b"max-age", b"s-maxage")
 #: Directives whose argument is delta-seconds; duplicates resolve to the
 #: most restrictive value (the smallest, except ``min-fresh``).
@@ -182,11 +183,9 @@ def _build(directives: Iterable[tuple[bytes, bytes | None]]) -> CacheControl:
         elif name in _FLAGS:
             fields[_FLAGS[name]] = True
     for name, values in freshness.items():
-        distinct = set(values)
-        if None in distinct or len(distinct) > 1:
-            fields["invalid_freshness"] = True
-        value = values[0]
-        fields[name.decode().replace("-", "_")] = value
+        first = values[0]
+        agreed = first is not None and all(value == first for value in values)
+        fields[name.decode().replace("-", "_")] = first if agreed else 0
     for name, seconds in deltas.items():
         pick = max if name == b"min-fresh" else min
         fields[name.decode().replace("-", "_")] = pick(seconds)
