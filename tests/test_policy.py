@@ -879,23 +879,31 @@ class TestValidation:
         stored = H((b"cache-control", b"max-age=1"), (b"test-header", b"A"), (b"content-type", b"text/plain"),
                    (b"content-length", b"36"), (b"x", b"1"), (b"x", b"2"))  # fmt: skip
         new = H((b"cache-control", b"max-age=3600"), (b"test-header", b"B"), (b"content-length", b"10"),
-                (b"x", b"3"), (b"new", b"n"))  # fmt: skip
-        assert freshen(stored, new) == H(
+                (b"x", b"3"), (b"new", b"n"), (b"date", date()))  # fmt: skip
+        assert freshen(stored, new, NOW) == H(
             (b"cache-control", b"max-age=3600"), (b"test-header", b"B"), (b"content-type", b"text/plain"),
-            (b"content-length", b"36"), (b"x", b"3"), (b"new", b"n"),
+            (b"content-length", b"36"), (b"x", b"3"), (b"new", b"n"), (b"date", date()),
         )  # fmt: skip
+
+    def test_freshen_dates_an_undated_304(self) -> None:
+        """A 304 without Date replaces the stored Date with its arrival time."""
+        stored = H((b"date", date(-3600)), (b"cache-control", b"max-age=60"))
+        out = freshen(stored, H((b"etag", b'"a"')), NOW)
+        assert out.get_all(b"date") == [date()]
+        assert current_age(out, NOW, NOW, NOW) == 0
 
     def test_freshen_skips_hop_by_hop(self) -> None:
         """Hop-by-hop and Connection-listed fields of the 304 are not stored."""
-        stored = H((b"a", b"1"))
-        new = H((b"connection", b"a"), (b"a", b"2"), (b"keep-alive", b"5"), (b"transfer-encoding", b"chunked"))
-        assert freshen(stored, new) == H((b"a", b"1"))
+        stored = H((b"a", b"1"), (b"date", date(-5)))
+        new = H((b"connection", b"a"), (b"a", b"2"), (b"keep-alive", b"5"),
+                (b"transfer-encoding", b"chunked"), (b"date", date()))  # fmt: skip
+        assert freshen(stored, new, NOW) == H((b"a", b"1"), (b"date", date()))
 
     def test_freshen_applies_new_qualified_no_cache(self) -> None:
         """Fields the new directives exclude are removed."""
         stored = H((b"secret", b"1"), (b"cache-control", b"max-age=1"))
         new = H((b"cache-control", b'no-cache="secret", max-age=60'))
-        assert b"secret" not in freshen(stored, new)
+        assert b"secret" not in freshen(stored, new, NOW)
 
 
 class TestInvalidation:

@@ -842,7 +842,10 @@ def selects_stored(stored_headers: Headers, new_headers: Headers) -> bool:
 
 
 def freshen(
-    stored_headers: Headers, new_headers: Headers, settings: PolicySettings = DEFAULT_SETTINGS
+    stored_headers: Headers,
+    new_headers: Headers,
+    response_time: float,
+    settings: PolicySettings = DEFAULT_SETTINGS,
 ) -> Headers:
     """The stored header section updated from a 304 (RFC 9111 sections 3.2 and 4.3.4).
 
@@ -851,10 +854,15 @@ def freshen(
     the fields a cache never stores (section 3.1: hop-by-hop, those named by
     ``Connection``, ``Proxy-Authentication-Info``). Fields the new
     directives exclude from storage (qualified ``no-cache``/``private``) are
-    then removed. Other stored fields are kept.
+    then removed. Other stored fields are kept. A 304 without ``Date`` counts
+    as dated ``response_time`` (when it arrived, RFC 9110 section 6.6.1), so
+    that the old ``Date`` does not age the freshened response; the caller
+    also sets the entry's request and response times to the 304's.
     """
     incoming = new_headers.without_hop_by_hop()
     incoming.remove(b"content-length", *_NOT_STORED)
+    if b"date" not in incoming:
+        incoming.add(b"date", format_http_date(response_time))
     by_name: dict[bytes, list[tuple[bytes, bytes]]] = {}
     for pair in incoming:
         by_name.setdefault(pair[0], []).append(pair)
