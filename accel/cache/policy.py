@@ -24,7 +24,7 @@ import re
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
-from attrs import evolve, field, frozen
+from attrs import field, frozen
 from attrs.validators import ge, gt
 
 from accel.http.dates import format_http_date, parse_http_date
@@ -108,6 +108,11 @@ SAFE_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE
 _NOT_STORED = (b"proxy-authentication-info",)
 
 
+def _lower_name(name: bytes | None) -> bytes | None:
+    """Field names are matched lower-case (see :class:`accel.http.headers.Headers`)."""
+    return name.lower() if name else None
+
+
 @frozen
 class PolicySettings:
     """What the operator may tune; the defaults are RFC 9111 for a shared cache.
@@ -151,13 +156,13 @@ class PolicySettings:
     shared: bool = True
     heuristic_fraction: float = field(default=0.1, validator=ge(0.0))
     heuristic_max: float = field(default=86400.0, validator=ge(0.0))
-    targeted_field: bytes | None = b"accel-cache-control"
+    targeted_field: bytes | None = field(default=b"accel-cache-control", converter=_lower_name)
     honour_cdn_cache_control: bool = True
     honour_request_cache_control: bool = True
     cache_authorized: bool = False
     store_set_cookie: bool = False
     stale_if_error_default: float = field(default=0.0, validator=ge(0.0))
-    cacheable_statuses: frozenset[int] = HEURISTIC_STATUSES
+    cacheable_statuses: frozenset[int] = field(default=HEURISTIC_STATUSES, converter=frozenset)
     max_tags: int = field(default=128, validator=gt(0))
 
 
@@ -176,7 +181,7 @@ def _response_control(headers: Headers, settings: PolicySettings) -> tuple[Cache
     """
     targets: list[bytes] = []
     if settings.targeted_field:
-        targets.append(settings.targeted_field.lower())
+        targets.append(settings.targeted_field)
     if settings.honour_cdn_cache_control:
         targets.append(b"cdn-cache-control")
     for name in targets:
