@@ -592,18 +592,22 @@ class TestVary:
         assume(all(v.strip(b" \t") == v and v for vs in fields.values() for v in vs))
         assert secondary_key(names, split) == secondary_key(names, joined)
 
+    @staticmethod
+    def norm(value: bytes) -> bytes:
+        """The list normalisation, restated for values without quotes."""
+        return b",".join(p.strip(b" \t") for p in value.split(b",") if p.strip(b" \t"))
+
     @given(st.binary(max_size=10), st.binary(max_size=10))
     def test_different_values_different_keys(self, a: bytes, b: bytes) -> None:
         """Values that differ after normalisation give different keys."""
-        norm = lambda v: b",".join(p.strip(b" \t") for p in v.split(b",") if p.strip(b" \t"))  # noqa: E731
-        assume(b'"' not in a + b and norm(a) != norm(b))
+        assume(b'"' not in a + b and self.norm(a) != self.norm(b))
         names = (b"foo", b"zzz")
         assert secondary_key(names, H((b"foo", a))) != secondary_key(names, H((b"foo", b)))
 
     @given(st.binary(max_size=10), st.binary(max_size=10))
     def test_key_injective_across_fields(self, a: bytes, b: bytes) -> None:
-        """Moving bytes from one field to another changes the key."""
-        assume(a != b)
+        """Swapping two different values between fields changes the key."""
+        assume(b'"' not in a + b and self.norm(a) != self.norm(b))
         names = (b"a", b"b")
         assert secondary_key(names, H((b"a", a), (b"b", b))) != secondary_key(names, H((b"a", b), (b"b", a)))
 
