@@ -50,7 +50,7 @@ from accel.upstream import (
 
 
 class Sink:
-    """A BodySink that records everything; ``done`` fires with the body or the failure."""
+    """A BodySink that records all; ``done`` fires with the body or the failure."""
 
     def __init__(self, on_data: Callable[[bytes], None] | None = None) -> None:
         self.chunks: list[bytes] = []
@@ -82,7 +82,7 @@ async def read(response: OriginResponse) -> bytes:
 class ListBody:
     """A request body delivered from a list, all at once, recording calls."""
 
-    def __init__(self, chunks: list[bytes], length: int | None | str = "auto") -> None:
+    def __init__(self, chunks: list[bytes], length: int | str | None = "auto") -> None:
         self.chunks = chunks
         self.length = sum(map(len, chunks)) if length == "auto" else length
         self.delivered = 0
@@ -132,17 +132,64 @@ class ManualBody:
 @pytest.mark.parametrize(
     ("url", "scheme", "host", "port", "prefix", "authority", "name"),
     [
-        ("http://App.example", "http", "app.example", 80, b"", b"app.example", "http://app.example"),
-        ("http://10.0.0.1:8080", "http", "10.0.0.1", 8080, b"", b"10.0.0.1:8080", "http://10.0.0.1:8080"),
-        ("https://origin:443/", "https", "origin", 443, b"", b"origin", "https://origin"),
-        ("https://[::1]:8443/api/v1/", "https", "::1", 8443, b"/api/v1", b"[::1]:8443", "https://[::1]:8443/api/v1"),
-        ("http://app_1:81/x", "http", "app_1", 81, b"/x", b"app_1:81", "http://app_1:81/x"),
+        (
+            "http://App.example",
+            "http",
+            "app.example",
+            80,
+            b"",
+            b"app.example",
+            "http://app.example",
+        ),
+        (
+            "http://10.0.0.1:8080",
+            "http",
+            "10.0.0.1",
+            8080,
+            b"",
+            b"10.0.0.1:8080",
+            "http://10.0.0.1:8080",
+        ),
+        (
+            "https://origin:443/",
+            "https",
+            "origin",
+            443,
+            b"",
+            b"origin",
+            "https://origin",
+        ),
+        (
+            "https://[::1]:8443/api/v1/",
+            "https",
+            "::1",
+            8443,
+            b"/api/v1",
+            b"[::1]:8443",
+            "https://[::1]:8443/api/v1",
+        ),
+        (
+            "http://app_1:81/x",
+            "http",
+            "app_1",
+            81,
+            b"/x",
+            b"app_1:81",
+            "http://app_1:81/x",
+        ),
     ],
 )
 def test_origin_parses_network_urls(url, scheme, host, port, prefix, authority, name):
-    """http(s) URLs give scheme, lower-case host, port (default by scheme), prefix, authority and name."""
+    """http(s) URLs give scheme, lower-case host, port (default by scheme), prefix,
+    authority and name.
+    """
     origin = Origin.parse(url)
-    assert (origin.scheme, origin.host, origin.port, origin.prefix) == (scheme, host, port, prefix)
+    assert (origin.scheme, origin.host, origin.port, origin.prefix) == (
+        scheme,
+        host,
+        port,
+        prefix,
+    )
     assert origin.authority == authority
     assert origin.name == name
 
@@ -176,7 +223,9 @@ def test_origin_parses_unix_socket():
     ],
 )
 def test_origin_refuses_other_urls(url):
-    """Anything but http(s)://host[:port][/prefix] or unix:/path is refused, naming the input."""
+    """Anything but http(s)://host[:port][/prefix] or unix:/path is refused, naming the
+    input.
+    """
     with pytest.raises(ValueError, match="expected http://host"):
         Origin.parse(url)
 
@@ -211,7 +260,7 @@ def test_pool_needs_an_origin():
 
 
 def test_max_fails_within_fail_timeout_takes_origin_down():
-    """The max_fails-th failure within fail_timeout skips the origin for fail_timeout."""
+    """The max_fails-th failure within fail_timeout skips the origin that long."""
     health = OriginHealth().failed(100.0, 3, 10.0).failed(101.0, 3, 10.0)
     assert health.available(101.0)
     health = health.failed(102.0, 3, 10.0)
@@ -266,7 +315,9 @@ def test_all_down_tries_the_least_recently_failed():
 )
 def test_choice_never_returns_an_excluded_origin(failures, start, exclude):
     """The choice is an untried origin, and there is one whenever any is untried."""
-    health = [OriginHealth() if t < 0 else OriginHealth().failed(t, 1, 10.0) for t in failures]
+    health = [
+        OriginHealth() if t < 0 else OriginHealth().failed(t, 1, 10.0) for t in failures
+    ]
     index = choose_origin(health, start, exclude, 10.0)
     untried = set(range(len(health))) - exclude
     if untried:
@@ -297,25 +348,38 @@ class MemoryTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         return protocol, transport
 
-    def get(self, pool: OriginPool, method: bytes = b"GET", body=EMPTY_BODY) -> Deferred[OriginResponse]:
+    def get(
+        self, pool: OriginPool, method: bytes = b"GET", body=EMPTY_BODY
+    ) -> Deferred[OriginResponse]:
         return pool.request(method, b"/x", Headers([(b"host", b"example.com")]), body)
 
     def test_request_head_on_the_wire(self):
         """Host first as given, fields in order, no framing fields for an empty GET."""
         pool = self.make_pool()
-        pool.request(b"GET", b"/a?b", Headers([(b"host", b"example.com"), (b"accept", b"*/*")]), EMPTY_BODY)
+        pool.request(
+            b"GET",
+            b"/a?b",
+            Headers([(b"host", b"example.com"), (b"accept", b"*/*")]),
+            EMPTY_BODY,
+        )
         _, transport = self.accept()
-        self.assertEqual(transport.value(), b"GET /a?b HTTP/1.1\r\nhost: example.com\r\naccept: */*\r\n\r\n")
+        self.assertEqual(
+            transport.value(),
+            b"GET /a?b HTTP/1.1\r\nhost: example.com\r\naccept: */*\r\n\r\n",
+        )
 
     def test_default_host_is_the_origin_authority(self):
         """Without a Host field the origin's authority is sent, first."""
         pool = self.make_pool()
         pool.request(b"GET", b"/", Headers([(b"accept", b"*/*")]), EMPTY_BODY)
         _, transport = self.accept()
-        self.assertEqual(transport.value(), b"GET / HTTP/1.1\r\nhost: 127.0.0.1:8080\r\naccept: */*\r\n\r\n")
+        self.assertEqual(
+            transport.value(),
+            b"GET / HTTP/1.1\r\nhost: 127.0.0.1:8080\r\naccept: */*\r\n\r\n",
+        )
 
     def test_empty_post_sends_content_length_zero(self):
-        """An empty body on a method that defines content is sent as Content-Length: 0."""
+        """An empty body on a method defining content is sent as Content-Length: 0."""
         pool = self.make_pool()
         self.get(pool, b"POST")
         _, transport = self.accept()
@@ -340,18 +404,23 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual(error.status, 504)
 
     def test_first_byte_timeout(self):
-        """No response head within first_byte_timeout of sending: UpstreamTimeout, connection closed."""
+        """No response head within first_byte_timeout of sending: UpstreamTimeout,
+        connection closed.
+        """
         pool = self.make_pool(first_byte_timeout=3)
         d = self.get(pool)
         _, transport = self.accept()
         self.reactor.advance(2.9)
         self.assertNoResult(d)
         self.reactor.advance(0.1)
-        self.assertIn("no response head within 3s", str(self.failureResultOf(d, UpstreamTimeout).value))
+        self.assertIn(
+            "no response head within 3s",
+            str(self.failureResultOf(d, UpstreamTimeout).value),
+        )
         self.assertTrue(transport.disconnecting)
 
     def test_trickled_head_still_times_out(self):
-        """The first-byte timeout covers the whole head, not the gap between its bytes."""
+        """The first-byte timeout covers the whole head, not gaps between its bytes."""
         pool = self.make_pool(first_byte_timeout=3, idle_timeout=100)
         d = self.get(pool)
         protocol, _ = self.accept()
@@ -362,7 +431,9 @@ class MemoryTests(SynchronousTestCase):
         self.failureResultOf(d, UpstreamTimeout)
 
     def test_idle_timeout_between_body_reads(self):
-        """Each body read pushes the idle deadline back; silence for idle_timeout fails the sink."""
+        """Each body read pushes the idle deadline back; silence for idle_timeout fails
+        the sink.
+        """
         pool = self.make_pool(idle_timeout=5)
         d = self.get(pool)
         protocol, _ = self.accept()
@@ -397,7 +468,9 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(sink.done), b"abcdef")
 
     def test_body_waits_for_its_reader_with_the_socket_paused(self):
-        """Body bytes that arrive before deliver() are held and the socket paused until then."""
+        """Body bytes that arrive before deliver() are held and the socket paused until
+        then.
+        """
         pool = self.make_pool()
         d = self.get(pool)
         protocol, transport = self.accept()
@@ -412,14 +485,18 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(sink.done), b"abcdef")
 
     def test_request_body_back_pressure(self):
-        """When the origin socket cannot take more, the request body source is paused."""
+        """When the origin socket cannot take more, the request body is paused."""
         pool = self.make_pool()
         body = ManualBody(length=None)
         self.get(pool, b"POST", body)
         _, transport = self.accept()
         assert body.sink is not None
         body.sink.data(b"hello")
-        self.assertTrue(transport.value().endswith(b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"))
+        self.assertTrue(
+            transport.value().endswith(
+                b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+            )
+        )
         transport.producer.pauseProducing()
         self.assertTrue(body.paused)
         transport.producer.resumeProducing()
@@ -429,18 +506,25 @@ class MemoryTests(SynchronousTestCase):
         self.assertIsNone(transport.producer)
 
     def test_request_body_stalled_by_origin_times_out(self):
-        """An origin that stops reading the request body for idle_timeout fails the request."""
+        """An origin that stops reading the request body for idle_timeout fails the
+        request.
+        """
         pool = self.make_pool(idle_timeout=5)
         body = ManualBody(length=100)
         d = self.get(pool, b"PUT", body)
         _, transport = self.accept()
         transport.producer.pauseProducing()
         self.reactor.advance(5)
-        self.assertIn("stopped reading the request body", str(self.failureResultOf(d, UpstreamTimeout).value))
+        self.assertIn(
+            "stopped reading the request body",
+            str(self.failureResultOf(d, UpstreamTimeout).value),
+        )
         self.assertTrue(body.discarded)
 
     def test_request_body_longer_than_declared_is_refused(self):
-        """A body source that sends more than its length fails the request; nothing extra is sent."""
+        """A body source that sends more than its length fails the request; nothing
+        extra is sent.
+        """
         pool = self.make_pool()
         body = ManualBody(length=2)
         d = self.get(pool, b"POST", body)
@@ -470,13 +554,17 @@ class MemoryTests(SynchronousTestCase):
         pool = self.make_pool()
         d = self.get(pool)
         protocol, transport = self.accept()
-        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        )
         self.assertEqual(self.successResultOf(d).status, 200)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(pool.idle_connections(ORIGIN), 0)
 
     def test_bytes_beyond_content_length_retire_the_connection(self):
-        """Extra bytes after a complete body: the body ends at its length, the connection is closed."""
+        """Extra bytes after a complete body: the body ends at its length, the
+        connection is closed.
+        """
         pool = self.make_pool()
         d = self.get(pool)
         protocol, transport = self.accept()
@@ -488,7 +576,9 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual(pool.idle_connections(ORIGIN), 0)
 
     def test_body_after_head_response_retires_the_connection(self):
-        """A HEAD response completes at its head; a body sent anyway closes the connection."""
+        """A HEAD response completes at its head; a body sent anyway closes the
+        connection.
+        """
         pool = self.make_pool()
         d = self.get(pool, b"HEAD")
         protocol, transport = self.accept()
@@ -503,7 +593,9 @@ class MemoryTests(SynchronousTestCase):
         pool = self.make_pool()
         d = self.get(pool)
         protocol, _ = self.accept()
-        protocol.dataReceived(b"HTTP/1.1 100 Continue\r\nx-interim: 1\r\n\r\nHTTP/1.1 201 Created\r\n")
+        protocol.dataReceived(
+            b"HTTP/1.1 100 Continue\r\nx-interim: 1\r\n\r\nHTTP/1.1 201 Created\r\n"
+        )
         protocol.dataReceived(b"Content-Length: 0\r\n\r\n")
         response = self.successResultOf(d)
         self.assertEqual((response.status, response.reason), (201, b"Created"))
@@ -515,7 +607,10 @@ class MemoryTests(SynchronousTestCase):
         pool = self.make_pool()
         d = self.get(pool)
         protocol, _ = self.accept()
-        protocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+        protocol.dataReceived(
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"Upgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        )
         self.assertIn("101", str(self.failureResultOf(d, UpstreamProtocolError).value))
 
     def test_head_larger_than_limit_is_a_protocol_error(self):
@@ -526,7 +621,9 @@ class MemoryTests(SynchronousTestCase):
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\n")
         for _ in range(20):
             protocol.dataReceived(b"x-filler: " + b"a" * 90 + b"\r\n")
-        self.assertIn("over 1024 bytes", str(self.failureResultOf(d, UpstreamProtocolError).value))
+        self.assertIn(
+            "over 1024 bytes", str(self.failureResultOf(d, UpstreamProtocolError).value)
+        )
         self.assertTrue(transport.disconnecting)
 
     def test_too_many_header_fields_is_a_protocol_error(self):
@@ -534,8 +631,12 @@ class MemoryTests(SynchronousTestCase):
         pool = self.make_pool(max_headers=3)
         d = self.get(pool)
         protocol, _ = self.accept()
-        protocol.dataReceived(b"HTTP/1.1 200 OK\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n")
-        self.assertIn("more than 3", str(self.failureResultOf(d, UpstreamProtocolError).value))
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n"
+        )
+        self.assertIn(
+            "more than 3", str(self.failureResultOf(d, UpstreamProtocolError).value)
+        )
 
     def test_invalid_content_length_is_a_protocol_error(self):
         """A Content-Length that is not a number is invalid framing."""
@@ -546,17 +647,25 @@ class MemoryTests(SynchronousTestCase):
         self.failureResultOf(d, UpstreamProtocolError)
 
     def test_response_headers_keep_order_and_repeats(self):
-        """Names are lower-cased; order and repeated fields survive; hop-by-hop fields stay."""
+        """Names are lower-cased; order and repeated fields survive; hop-by-hop fields
+        stay.
+        """
         pool = self.make_pool()
         d = self.get(pool)
         protocol, _ = self.accept()
         protocol.dataReceived(
-            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nKeep-Alive: timeout=5\r\nSet-Cookie: b=2\r\n"
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nKeep-Alive: timeout=5\r\n"
+            b"Set-Cookie: b=2\r\n"
             b"Content-Length: 0\r\n\r\n"
         )
         self.assertEqual(
             self.successResultOf(d).headers.pairs,
-            [(b"set-cookie", b"a=1"), (b"keep-alive", b"timeout=5"), (b"set-cookie", b"b=2"), (b"content-length", b"0")],
+            [
+                (b"set-cookie", b"a=1"),
+                (b"keep-alive", b"timeout=5"),
+                (b"set-cookie", b"b=2"),
+                (b"content-length", b"0"),
+            ],
         )
 
     def test_cancel_before_head_closes_the_connection(self):
@@ -579,7 +688,9 @@ class MemoryTests(SynchronousTestCase):
         self.assertTrue(connector.stoppedConnecting)
 
     def test_discarding_an_unfinished_body_closes_the_connection(self):
-        """discard() before the body is complete aborts the connection: it is not reusable."""
+        """discard() before the body is complete aborts the connection: it is not
+        reusable.
+        """
         pool = self.make_pool()
         d = self.get(pool)
         protocol, transport = self.accept()
@@ -599,7 +710,9 @@ class MemoryTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
     def test_keep_alive_race_retries_on_a_new_connection(self):
-        """A reused connection lost before any response byte: an idempotent request goes again on a new one."""
+        """A reused connection lost before any response byte: an idempotent request goes
+        again on a new one.
+        """
         pool = self.make_pool()
         d = self.get(pool)
         first, _ = self.accept()
@@ -681,12 +794,14 @@ class Application(Resource):
 
 
 class Raw(Protocol):
-    """A scripted origin: ``answer(connection, request)`` returns bytes to send, or None to close.
-
+    """A scripted origin: ``answer(connection, request)`` returns bytes to send, or None
+    to close.
     With ``close_after`` it closes after each answer.
     """
 
-    def __init__(self, answer: Callable[[int, int], bytes | None], index: int, close_after: bool) -> None:
+    def __init__(
+        self, answer: Callable[[int, int], bytes | None], index: int, close_after: bool
+    ) -> None:
         self.answer = answer
         self.index = index
         self.close_after = close_after
@@ -709,7 +824,9 @@ class Raw(Protocol):
 
 
 class RawFactory(Factory):
-    def __init__(self, answer: Callable[[int, int], bytes | None], close_after: bool) -> None:
+    def __init__(
+        self, answer: Callable[[int, int], bytes | None], close_after: bool
+    ) -> None:
         self.answer = answer
         self.close_after = close_after
         self.count = 0
@@ -722,11 +839,15 @@ class RawFactory(Factory):
 
 #: Twisted's server-side TLS context still hands pyOpenSSL objects to pyOpenSSL
 #: (test origin only; the client side builds no such warning).
-TLS_SERVER_WARNINGS = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+TLS_SERVER_WARNINGS = pytest.mark.filterwarnings(
+    "ignore:Passing pyOpenSSL:DeprecationWarning"
+)
 
 
 def _self_signed(directory: str) -> tuple[bytes, str]:
-    """A self-signed certificate for 127.0.0.1: (cert and key PEM, path of the cert alone)."""
+    """A self-signed certificate for 127.0.0.1: (cert and key PEM, path of the cert
+    alone).
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -734,7 +855,7 @@ def _self_signed(directory: str) -> tuple[bytes, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "accel test origin")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -743,13 +864,20 @@ def _self_signed(directory: str) -> tuple[bytes, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
     path = f"{directory}/ca.pem"
     with open(path, "wb") as f:
@@ -780,7 +908,9 @@ class SocketTests(TestCase):
         self.directories.append(directory)
         return directory
 
-    def serve(self, factory: Factory, listen: Callable | None = None) -> tuple[Tracking, str]:
+    def serve(
+        self, factory: Factory, listen: Callable | None = None
+    ) -> tuple[Tracking, str]:
         tracking = Tracking(factory)
         if listen is None:
             port = reactor.listenTCP(0, tracking, interface="127.0.0.1")
@@ -795,24 +925,41 @@ class SocketTests(TestCase):
         site.timeOut = None
         return self.serve(site)
 
-    def raw(self, answer: Callable[[int, int], bytes | None], close_after: bool = False) -> tuple[Tracking, str]:
+    def raw(
+        self, answer: Callable[[int, int], bytes | None], close_after: bool = False
+    ) -> tuple[Tracking, str]:
         return self.serve(RawFactory(answer, close_after))
 
     def pool(self, *urls: str | Origin, **settings: object) -> OriginPool:
-        origins = [url if isinstance(url, Origin) else Origin.parse(url) for url in urls]
+        origins = [
+            url if isinstance(url, Origin) else Origin.parse(url) for url in urls
+        ]
         pool = OriginPool(origins, reactor, UpstreamSettings(**settings))  # type: ignore[arg-type]
         self.pools.append(pool)
         return pool
 
-    async def get(self, pool: OriginPool, path: bytes = b"/", method: bytes = b"GET", body=EMPTY_BODY, headers=None):
-        return await pool.request(method, path, headers or Headers([(b"host", b"example.com")]), body)
+    async def get(
+        self,
+        pool: OriginPool,
+        path: bytes = b"/",
+        method: bytes = b"GET",
+        body=EMPTY_BODY,
+        headers=None,
+    ):
+        return await pool.request(
+            method, path, headers or Headers([(b"host", b"example.com")]), body
+        )
 
     async def test_get_status_headers_and_body(self):
-        """A GET returns status, reason, version, lower-case headers, the body and the origin."""
+        """A GET returns status, reason, version, lower-case headers, the body and the
+        origin.
+        """
         _, url = self.site()
         pool = self.pool(url)
         response = await self.get(pool)
-        self.assertEqual((response.status, response.reason, response.version), (200, b"OK", b"1.1"))
+        self.assertEqual(
+            (response.status, response.reason, response.version), (200, b"OK", b"1.1")
+        )
         self.assertEqual(response.headers.get(b"x-origin"), b"a")
         self.assertTrue(all(name == name.lower() for name, _ in response.headers))
         self.assertEqual(response.body.length, 12)
@@ -829,7 +976,7 @@ class SocketTests(TestCase):
         self.assertEqual(pool.idle_connections(Origin.parse(url)), 1)
 
     async def test_head_with_content_length_keeps_the_connection(self):
-        """HEAD: no body despite Content-Length, and the connection is reused after it."""
+        """HEAD: no body despite Content-Length; the connection is reused after it."""
         tracking, url = self.site()
         pool = self.pool(url)
         response = await self.get(pool, method=b"HEAD")
@@ -862,19 +1009,32 @@ class SocketTests(TestCase):
         self.assertEqual(tracking.made, 1)
 
     async def test_close_delimited_http10_response(self):
-        """An HTTP/1.0 body without length ends, successfully, when the origin closes."""
-        _, url = self.raw(lambda c, r: b"HTTP/1.0 200 OK\r\nX-A: b\r\n\r\nhello world", close_after=True)
+        """An HTTP/1.0 body without length ends, successfully, at the close."""
+        _, url = self.raw(
+            lambda c, r: b"HTTP/1.0 200 OK\r\nX-A: b\r\n\r\nhello world",
+            close_after=True,
+        )
         pool = self.pool(url)
         response = await self.get(pool)
         self.assertEqual((response.version, response.body.length), (b"1.0", None))
         self.assertEqual(await read(response), b"hello world")
 
     async def test_request_body_with_known_length(self):
-        """A body of known length is sent with Content-Length; caller framing fields are replaced."""
+        """A body of known length is sent with Content-Length; caller framing fields are
+        replaced.
+        """
         _, url = self.site()
         pool = self.pool(url)
-        headers = Headers([(b"host", b"h"), (b"transfer-encoding", b"chunked"), (b"content-length", b"99")])
-        response = await self.get(pool, b"/echo", b"POST", ListBody([b"ab", b"cd"]), headers)
+        headers = Headers(
+            [
+                (b"host", b"h"),
+                (b"transfer-encoding", b"chunked"),
+                (b"content-length", b"99"),
+            ]
+        )
+        response = await self.get(
+            pool, b"/echo", b"POST", ListBody([b"ab", b"cd"]), headers
+        )
         self.assertEqual(response.headers.get(b"x-length"), b"4")
         self.assertEqual(response.headers.get(b"x-te"), b"-")
         self.assertEqual(await read(response), b"abcd")
@@ -883,7 +1043,9 @@ class SocketTests(TestCase):
         """A body of unknown length is sent with the chunked coding."""
         _, url = self.site()
         pool = self.pool(url)
-        response = await self.get(pool, b"/echo", b"PUT", ListBody([b"ab", b"", b"cde"], length=None))
+        response = await self.get(
+            pool, b"/echo", b"PUT", ListBody([b"ab", b"", b"cde"], length=None)
+        )
         self.assertEqual(response.headers.get(b"x-te"), b"chunked")
         self.assertEqual(await read(response), b"abcde")
 
@@ -907,8 +1069,13 @@ class SocketTests(TestCase):
         self.assertEqual(raised.exception.status, 502)
 
     async def test_origin_dying_mid_body_fails_the_sink(self):
-        """The origin closing before Content-Length is met fails the sink; it never ends."""
-        _, url = self.raw(lambda c, r: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", close_after=True)
+        """The origin closing before Content-Length is met fails the sink; it never
+        ends.
+        """
+        _, url = self.raw(
+            lambda c, r: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            close_after=True,
+        )
         pool = self.pool(url)
         response = await self.get(pool)
         sink = Sink()
@@ -919,7 +1086,7 @@ class SocketTests(TestCase):
         self.assertFalse(sink.ended)
 
     async def test_chunked_body_cut_short_fails_the_sink(self):
-        """A chunked body without its last chunk fails the sink when the origin closes."""
+        """A chunked body without its last chunk fails the sink at the close."""
         chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
         _, url = self.raw(lambda c, r: chunked, close_after=True)
         pool = self.pool(url)
@@ -939,9 +1106,13 @@ class SocketTests(TestCase):
         self.assertIn(url, str(raised.exception))
 
     async def test_keep_alive_race_is_retried_on_a_new_connection(self):
-        """The origin closing a kept-alive connection as a GET arrives: the GET is retried, once."""
+        """The origin closing a kept-alive connection as a GET arrives: the GET is
+        retried, once.
+        """
         ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-        tracking, url = self.raw(lambda connection, request: ok if connection or not request else None)
+        tracking, url = self.raw(
+            lambda connection, request: ok if connection or not request else None
+        )
         pool = self.pool(url)
         self.assertEqual(await read(await self.get(pool)), b"ok")
         self.assertEqual(await read(await self.get(pool)), b"ok")
@@ -950,7 +1121,9 @@ class SocketTests(TestCase):
     async def test_keep_alive_race_is_not_retried_for_post(self):
         """A non-idempotent request is not replayed after the race: it fails."""
         ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-        tracking, url = self.raw(lambda connection, request: ok if connection or not request else None)
+        tracking, url = self.raw(
+            lambda connection, request: ok if connection or not request else None
+        )
         pool = self.pool(url)
         await read(await self.get(pool))
         with self.assertRaises(UpstreamError):
@@ -970,7 +1143,9 @@ class SocketTests(TestCase):
         self.assertEqual(served, [b"a", b"b", b"a", b"b"])
 
     async def test_failing_origin_is_skipped(self):
-        """An origin that fails max_fails times is marked down: GETs move on, then avoid it."""
+        """An origin that fails max_fails times is marked down: GETs move on, then avoid
+        it.
+        """
         broken, first = self.raw(lambda c, r: None)
         _, second = self.site(b"b")
         pool = self.pool(first, second, max_fails=1)
@@ -1015,7 +1190,9 @@ class SocketTests(TestCase):
 
     @TLS_SERVER_WARNINGS
     async def test_https_verifies_certificates_by_default(self):
-        """A self-signed origin certificate fails verification: UpstreamConnectError about the certificate."""
+        """A self-signed origin certificate fails verification: UpstreamConnectError
+        about the certificate.
+        """
         url, _ = self.tls_origin()
         pool = self.pool(url)
         with self.assertRaises(UpstreamConnectError) as raised:

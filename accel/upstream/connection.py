@@ -1,4 +1,4 @@
-"""HTTP/1.1 to an origin: one connection, one exchange at a time, bodies streamed both ways.
+"""HTTP/1.1 to an origin: a connection, one exchange at a time, bodies streamed.
 
 The response side runs on ``httptools.HttpResponseParser`` (llhttp), the
 parser the server side uses, with a fresh parser per exchange. That is how
@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Protocol
 from attrs import frozen
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -51,11 +56,19 @@ from accel.upstream.origin import Origin, UpstreamSettings
 if TYPE_CHECKING:
     from twisted.internet.interfaces import ITransport
 
-__all__ = ["Exchange", "OriginConnection", "OriginResponse", "encode_fields", "request_head"]
+__all__ = [
+    "Exchange",
+    "OriginConnection",
+    "OriginResponse",
+    "encode_fields",
+    "request_head",
+]
 
 #: Methods whose requests carry no content unless a body is given; an empty
 #: body for them is sent without ``Content-Length: 0`` (RFC 9110 section 8.6).
-_NO_CONTENT_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"})
+_NO_CONTENT_METHODS = frozenset(
+    {b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"}
+)
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
 
@@ -73,14 +86,19 @@ def encode_fields(method: bytes, target: bytes, headers: Headers) -> tuple[bytes
     CR/LF in a field, any of which would let a second request be smuggled.
     """
     if _TOKEN.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
-        raise ValueError(f"expected a token method and a request-target without whitespace, got {method!r} {target!r}")
+        raise ValueError(
+            "expected a token method and a request-target without whitespace, "
+            f"got {method!r} {target!r}"
+        )
     parts: list[bytes] = []
     has_host = False
     for name, value in headers:
         if name in _FRAMING_FIELDS:
             continue
         if b"\n" in value or b"\r" in value or _TOKEN.fullmatch(name) is None:
-            raise ValueError(f"expected a header field without CR or LF, got {name!r}: {value!r}")
+            raise ValueError(
+                f"expected a header field without CR or LF, got {name!r}: {value!r}"
+            )
         if name == b"host":
             has_host = True
         parts += (name, b": ", value, b"\r\n")
@@ -235,7 +253,9 @@ class OriginConnection(TwistedProtocol):
         if not self.ready.called:
             name = self.home.origin.name
             what = "TLS handshake failed" if self._tls else "connection lost"
-            self.ready.errback(UpstreamConnectError(f"{name}: {what}: {reason.getErrorMessage()}"))
+            self.ready.errback(
+                UpstreamConnectError(f"{name}: {what}: {reason.getErrorMessage()}")
+            )
         exchange = self.exchange
         if exchange is not None:
             exchange.connection_lost(reason)
@@ -356,14 +376,20 @@ class Exchange:
             self._parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade) as exc:
             if not self._complete:
-                error = self._error or UpstreamProtocolError(f"{self._origin.name}: invalid response: {exc}")
+                error = self._error or UpstreamProtocolError(
+                    f"{self._origin.name}: invalid response: {exc}"
+                )
                 self._fail(error)
                 return
             self._trailing = True
         if not self._head_done:
             if self.received > self._settings.max_head_bytes:
                 limit = self._settings.max_head_bytes
-                self._fail(UpstreamProtocolError(f"{self._origin.name}: response head over {limit} bytes"))
+                self._fail(
+                    UpstreamProtocolError(
+                        f"{self._origin.name}: response head over {limit} bytes"
+                    )
+                )
             return
         if self._reading and not self._complete:
             self.connection.watchdog.arm(self._settings.idle_timeout)
@@ -380,10 +406,15 @@ class Exchange:
         if not self._head_done:
             self.lost_early = self.received == 0
             error = UpstreamError(
-                f"{name}: connection closed before a complete response head: {reason.getErrorMessage()}"
+                f"{name}: connection closed before a complete response head: "
+                f"{reason.getErrorMessage()}"
             )
         else:
-            of = f" of {self._response_body.length}" if self._framing is _Framing.LENGTH else ""  # type: ignore[union-attr]
+            of = (
+                f" of {self._response_body.length}"
+                if self._framing is _Framing.LENGTH
+                else ""
+            )  # type: ignore[union-attr]
             error = UpstreamError(
                 f"{name}: connection closed after {self._body_received}{of} body bytes"
                 f" ({self._framing.value}): {reason.getErrorMessage()}"
@@ -393,9 +424,14 @@ class Exchange:
     def timed_out(self) -> None:
         settings, name = self._settings, self._origin.name
         if not self._sent:
-            message = f"{name}: origin stopped reading the request body for {settings.idle_timeout:g}s"
+            message = (
+                f"{name}: origin stopped reading the request body"
+                f" for {settings.idle_timeout:g}s"
+            )
         elif not self._head_done:
-            message = f"{name}: no response head within {settings.first_byte_timeout:g}s"
+            message = (
+                f"{name}: no response head within {settings.first_byte_timeout:g}s"
+            )
         else:
             message = f"{name}: no body bytes for {settings.idle_timeout:g}s"
         self._fail(UpstreamTimeout(message))
@@ -426,7 +462,8 @@ class Exchange:
         pairs = self._pairs
         if len(pairs) >= self._settings.max_headers:
             self._error = UpstreamProtocolError(
-                f"{self._origin.name}: more than {self._settings.max_headers} response header fields"
+                f"{self._origin.name}: more than {self._settings.max_headers}"
+                " response header fields"
             )
             raise self._error
         pairs.append((name.lower(), value))
@@ -438,7 +475,9 @@ class Exchange:
         name = self._origin.name
         if status < 200:
             if status == 101:
-                self._error = UpstreamProtocolError(f"{name}: 101 Switching Protocols without an upgrade request")
+                self._error = UpstreamProtocolError(
+                    f"{name}: 101 Switching Protocols without an upgrade request"
+                )
                 raise self._error
             self._interim = True
             return
@@ -449,11 +488,16 @@ class Exchange:
         elif b"transfer-encoding" in headers:
             codings = headers.get_list(b"transfer-encoding")
             chunked = bool(codings) and codings[-1].lower() == b"chunked"
-            self._framing, length = (_Framing.CHUNKED if chunked else _Framing.CLOSE), None
+            self._framing, length = (
+                (_Framing.CHUNKED if chunked else _Framing.CLOSE),
+                None,
+            )
         elif b"content-length" in headers:
             raw = headers.get(b"content-length", b"")
             if not raw.isdigit():  # type: ignore[union-attr]
-                self._error = UpstreamProtocolError(f"{name}: invalid Content-Length {raw!r}")
+                self._error = UpstreamProtocolError(
+                    f"{name}: invalid Content-Length {raw!r}"
+                )
                 raise self._error
             self._framing, length = _Framing.LENGTH, int(raw)  # type: ignore[arg-type]
         else:
@@ -461,9 +505,13 @@ class Exchange:
         version = self._parser.get_http_version().encode("ascii")
         tokens = {token.lower() for token in headers.get_list(b"connection")}
         # RFC 9112 section 9.3.
-        self._persistent = b"close" not in tokens and (version != b"1.0" or b"keep-alive" in tokens)
+        self._persistent = b"close" not in tokens and (
+            version != b"1.0" or b"keep-alive" in tokens
+        )
         body = self._response_body = _ResponseBody(self, length)
-        self._response = OriginResponse(status, self._reason, version, headers, body, self._origin)
+        self._response = OriginResponse(
+            status, self._reason, version, headers, body, self._origin
+        )
         self._head_done = True
         if self.method == b"HEAD":
             self._complete = True  # whatever llhttp expects next, nothing is due
@@ -507,7 +555,9 @@ class Exchange:
         if self._finished:
             return
         body = self._response_body
-        want = body is None or not (body._paused or (body._sink is None and body._buffer))
+        want = body is None or not (
+            body._paused or (body._sink is None and body._buffer)
+        )
         if want == self._reading:
             return
         self._reading = want
@@ -520,7 +570,7 @@ class Exchange:
             self.connection.watchdog.disarm()
 
     def discard_body(self) -> None:
-        """The reader dropped the body: the connection is not reusable unless already done."""
+        """The reader dropped the body: unless complete, the connection is closed."""
         if not self._finished:
             self._give_up()
 
@@ -551,7 +601,11 @@ class Exchange:
             pass
         elif unsent:
             connection.transport.abortConnection()  # type: ignore[attr-defined]
-        elif self._persistent and self._framing is not _Framing.CLOSE and not self._trailing:
+        elif (
+            self._persistent
+            and self._framing is not _Framing.CLOSE
+            and not self._trailing
+        ):
             if not self._reading:
                 connection.transport.resumeProducing()  # type: ignore[attr-defined]
             connection.home.release(connection)
@@ -590,7 +644,15 @@ class _ResponseBody:
     The outcome (end or failure) reaches the sink after the buffered bytes.
     """
 
-    __slots__ = ("_buffer", "_done", "_exchange", "_outcome", "_paused", "_sink", "length")
+    __slots__ = (
+        "_buffer",
+        "_done",
+        "_exchange",
+        "_outcome",
+        "_paused",
+        "_sink",
+        "length",
+    )
 
     def __init__(self, exchange: Exchange, length: int | None) -> None:
         self.length = length
@@ -645,7 +707,7 @@ class _ResponseBody:
 
 @implementer(IPushProducer)
 class _Upload:
-    """Streams the request body to the origin: a sink for the body, a producer for the socket.
+    """Streams the request body: a sink for the body, a producer for the socket.
 
     A known length is sent as is (and checked: a source that delivers more
     or less than it declared fails the exchange with ``ValueError``), an
@@ -654,7 +716,9 @@ class _Upload:
 
     __slots__ = ("_exchange", "_length", "_sent", "_source", "_transport", "done")
 
-    def __init__(self, exchange: Exchange, source: BodySource, length: int | None) -> None:
+    def __init__(
+        self, exchange: Exchange, source: BodySource, length: int | None
+    ) -> None:
         self._exchange = exchange
         self._source = source
         self._length = length
@@ -674,7 +738,9 @@ class _Upload:
             self._transport.writeSequence((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
         elif self._sent > self._length:
             self._exchange.upload_failed(
-                ValueError(f"request body source sent over {self._length} bytes, its declared length")
+                ValueError(
+                    f"request body source sent over its declared {self._length} bytes"
+                )
             )
         else:
             self._transport.write(chunk)
@@ -686,7 +752,10 @@ class _Upload:
             self._transport.write(b"0\r\n\r\n")
         elif self._sent != self._length:
             self._exchange.upload_failed(
-                ValueError(f"request body source ended after {self._sent} of its {self._length} bytes")
+                ValueError(
+                    f"request body source ended after {self._sent}"
+                    f" of its {self._length} bytes"
+                )
             )
             return
         self.done = True

@@ -56,7 +56,9 @@ class Origin:
             if not path.startswith("/") or "\x00" in path or path.endswith("/"):
                 raise _expected(url)
             if ca_file is not None:
-                raise ValueError(f"a CA bundle only applies to https origins, got {url!r}")
+                raise ValueError(
+                    f"a CA bundle only applies to https origins, got {url!r}"
+                )
             return cls("unix", path=path)
         match = _NETWORK_URL.fullmatch(url)
         if match is None:
@@ -88,7 +90,7 @@ class Origin:
 
     @property
     def authority(self) -> bytes:
-        """``host[:port]`` for a default Host field (the port only when not the default)."""
+        """``host[:port]`` for a default Host field (the port unless the default)."""
         if self.scheme == "unix":
             return b"localhost"
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -99,7 +101,9 @@ class Origin:
 
 def _positive(instance: object, attribute: object, value: float) -> None:
     if value <= 0:
-        raise ValueError(f"expected a positive number of seconds for {attribute.name}, got {value!r}")  # type: ignore[attr-defined]
+        raise ValueError(
+            f"expected a positive number of seconds for {attribute.name}, got {value!r}"
+        )  # type: ignore[attr-defined]
 
 
 _non_negative_int = [validators.instance_of(int), validators.ge(0)]

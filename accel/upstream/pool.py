@@ -23,6 +23,7 @@ After the head nothing is retried: errors reach the body's sink.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import typing
 from collections.abc import Sequence
@@ -39,7 +40,11 @@ from twisted.internet.endpoints import (
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+from twisted.internet.ssl import (
+    Certificate,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
 from twisted.python.failure import Failure
 
 from accel.http.headers import Headers
@@ -64,16 +69,22 @@ __all__ = ["OriginPool", "Upstream"]
 
 #: RFC 9110 section 9.2.2.
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
 
 
 class Upstream(typing.Protocol):
     """Where the proxy sends requests it does not answer itself."""
 
     def request(
-        self, method: bytes, target: bytes, headers: Headers, body: BodySource = EMPTY_BODY
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodySource = EMPTY_BODY,
     ) -> Deferred[OriginResponse]:
-        """Send a cleaned request; fire with the response head or fail with an UpstreamError.
+        """Send a cleaned request; fire with the response head or an UpstreamError.
 
         The Deferred is cancellable until it fires (the client went away):
         the connection is closed.
@@ -85,7 +96,9 @@ def _trust_root(ca_file: str) -> object:
     with open(ca_file, "rb") as bundle:
         blocks = _PEM_CERTIFICATE.findall(bundle.read())
     if not blocks:
-        raise ValueError(f"expected PEM certificates in CA bundle {ca_file!r}, found none")
+        raise ValueError(
+            f"expected PEM certificates in CA bundle {ca_file!r}, found none"
+        )
     return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
 
 
@@ -95,14 +108,20 @@ def _endpoint(origin: Origin, reactor: object, timeout: float) -> IStreamClientE
     if origin.scheme == "unix":
         return UNIXClientEndpoint(reactor, origin.path, timeout=timeout)
     if isIPAddress(origin.host):
-        endpoint = TCP4ClientEndpoint(reactor, origin.host, origin.port, timeout=timeout)
+        endpoint = TCP4ClientEndpoint(
+            reactor, origin.host, origin.port, timeout=timeout
+        )
     elif isIPv6Address(origin.host):
-        endpoint = TCP6ClientEndpoint(reactor, origin.host, origin.port, timeout=timeout)
+        endpoint = TCP6ClientEndpoint(
+            reactor, origin.host, origin.port, timeout=timeout
+        )
     else:
         endpoint = HostnameEndpoint(reactor, origin.host, origin.port, timeout=timeout)
     if origin.tls:
         trust = None if origin.ca_file is None else _trust_root(origin.ca_file)
-        endpoint = wrapClientTLS(optionsForClientTLS(origin.host, trustRoot=trust), endpoint)
+        endpoint = wrapClientTLS(
+            optionsForClientTLS(origin.host, trustRoot=trust), endpoint
+        )
     return endpoint
 
 
@@ -119,7 +138,9 @@ class _ConnectionFactory(Factory):
 class _OriginHome:
     """One origin's share of the pool: idle connections, health, how to connect."""
 
-    def __init__(self, origin: Origin, reactor: IReactorTime, settings: UpstreamSettings) -> None:
+    def __init__(
+        self, origin: Origin, reactor: IReactorTime, settings: UpstreamSettings
+    ) -> None:
         self.origin = origin
         self.clock = reactor
         self.settings = settings
@@ -151,10 +172,8 @@ class _OriginHome:
 
     def forget(self, connection: OriginConnection) -> None:
         """An idle connection closed."""
-        try:
+        with contextlib.suppress(ValueError):
             self.idle.remove(connection)
-        except ValueError:
-            pass
 
     def connect(self) -> Deferred[OriginConnection]:
         """A new connection, ready (TLS handshake done) within ``connect_timeout``."""
@@ -176,16 +195,24 @@ class _OriginHome:
             if not isinstance(result, Failure) or result.check(UpstreamError):
                 return result
             if timed_out or result.check(ConnectTimeoutError):
-                return Failure(UpstreamTimeout(f"{name}: connect timed out after {limit:g}s"))
+                return Failure(
+                    UpstreamTimeout(f"{name}: connect timed out after {limit:g}s")
+                )
             if result.check(CancelledError):
                 return result
-            return Failure(UpstreamConnectError(f"{name}: cannot connect: {result.getErrorMessage()}"))
+            return Failure(
+                UpstreamConnectError(
+                    f"{name}: cannot connect: {result.getErrorMessage()}"
+                )
+            )
 
         return connecting.addBoth(settle)
 
     def failed(self) -> None:
         settings = self.settings
-        self.health = self.health.failed(self.clock.seconds(), settings.max_fails, settings.fail_timeout)
+        self.health = self.health.failed(
+            self.clock.seconds(), settings.max_fails, settings.fail_timeout
+        )
 
     def succeeded(self) -> None:
         self.health = self.health.succeeded()
@@ -193,14 +220,21 @@ class _OriginHome:
     def close(self) -> Deferred[None]:
         self.closing = True
         idle, self.idle = self.idle, []
-        return DeferredList([connection.close() for connection in idle]).addCallback(lambda _: None)
+        return DeferredList([connection.close() for connection in idle]).addCallback(
+            lambda _: None
+        )
 
 
 class _Call:
     """One request through the pool, across retries, until the head or a final error."""
 
     def __init__(
-        self, pool: OriginPool, method: bytes, target: bytes, headers: Headers, body: BodySource
+        self,
+        pool: OriginPool,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodySource,
     ) -> None:
         self.deferred: Deferred[OriginResponse] = Deferred(self._cancel)
         self._pool = pool
@@ -261,7 +295,9 @@ class _Call:
             None if self._has_host else origin.authority,
             self._body.length,
         )
-        exchange = self._exchange = Exchange(connection, self, self._method, head, self._body)
+        exchange = self._exchange = Exchange(
+            connection, self, self._method, head, self._body
+        )
         connection.send(exchange)
 
     def head_received(self, exchange: Exchange, response: OriginResponse) -> None:
@@ -281,7 +317,11 @@ class _Call:
         elif isinstance(error, UpstreamError):
             home.failed()  # type: ignore[union-attr]
         self._error = error
-        if replayable and isinstance(error, UpstreamError) and not isinstance(error, UpstreamProtocolError):
+        if (
+            replayable
+            and isinstance(error, UpstreamError)
+            and not isinstance(error, UpstreamProtocolError)
+        ):
             self.next_origin()
         else:
             self.deferred.errback(error)
@@ -304,7 +344,10 @@ class OriginPool:
     """
 
     def __init__(
-        self, origins: Sequence[Origin], reactor: IReactorTime, settings: UpstreamSettings | None = None
+        self,
+        origins: Sequence[Origin],
+        reactor: IReactorTime,
+        settings: UpstreamSettings | None = None,
     ) -> None:
         if not origins:
             raise ValueError("expected at least one origin, got none")
@@ -330,7 +373,11 @@ class OriginPool:
         return sum(len(home.idle) for home in self.homes if home.origin == origin)
 
     def request(
-        self, method: bytes, target: bytes, headers: Headers, body: BodySource = EMPTY_BODY
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodySource = EMPTY_BODY,
     ) -> Deferred[OriginResponse]:
         """Forward one request; see :class:`Upstream`.
 
@@ -344,8 +391,13 @@ class OriginPool:
         return call.deferred
 
     def choose(self, exclude: set[int]) -> int | None:
-        """The next origin's index, round-robin over healthy ones (see :func:`choose_origin`)."""
-        index = choose_origin([home.health for home in self.homes], self._cursor, exclude, self._clock.seconds())
+        """The origin to try next: see :func:`choose_origin`."""
+        index = choose_origin(
+            [home.health for home in self.homes],
+            self._cursor,
+            exclude,
+            self._clock.seconds(),
+        )
         if index is not None:
             self._cursor = index + 1
         return index
@@ -356,4 +408,6 @@ class OriginPool:
         Requests in flight finish; their connections close afterwards.
         """
         self._closed = True
-        return DeferredList([home.close() for home in self.homes]).addCallback(lambda _: None)
+        return DeferredList([home.close() for home in self.homes]).addCallback(
+            lambda _: None
+        )
