@@ -386,12 +386,17 @@ class MemoryTests(SynchronousTestCase):
         self.assertIn(b"\r\ncontent-length: 0\r\n", transport.value())
 
     def test_header_injection_is_refused(self):
-        """A CR or LF in a field value raises ValueError before anything is sent."""
+        """CR or LF in a field, or whitespace in the target: ValueError at once."""
         pool = self.make_pool()
-        with self.assertRaises(ValueError):
-            pool.request(b"GET", b"/", Headers([(b"x", b"a\r\nx-evil: 1")]), EMPTY_BODY)
-        with self.assertRaises(ValueError):
-            pool.request(b"GET", b"/a b", Headers(), EMPTY_BODY)
+        for headers, target in (
+            (Headers([(b"x", b"a\r\nx-evil: 1")]), b"/"),
+            (Headers([(b"x", b"a\nx-evil: 1")]), b"/"),
+            (Headers([(b"x-evil: 1\r\nx", b"a")]), b"/"),
+            (Headers(), b"/a b"),
+            (Headers(), b"/a\r\n"),
+        ):
+            with self.assertRaises(ValueError):
+                pool.request(b"GET", target, headers, EMPTY_BODY)
         self.assertEqual(self.reactor.tcpClients, [])
 
     def test_connect_timeout(self):
@@ -708,6 +713,52 @@ class MemoryTests(SynchronousTestCase):
         self.successResultOf(d)
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\n")
         self.assertTrue(transport.disconnecting)
+
+    def test_broken_chunk_after_head_fails_the_sink(self):
+        """Broken chunked framing after the head fails the sink: protocol error."""
+        pool = self.make_pool()
+        d = self.get(pool)
+        protocol, transport = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sink = Sink()
+        self.successResultOf(d).body.deliver(sink)
+        protocol.dataReceived(b"3\r\nabc\r\nzz\r\n")
+        self.failureResultOf(sink.done, UpstreamProtocolError)
+        self.assertEqual(sink.chunks, [b"abc"])
+        self.assertTrue(transport.disconnecting)
+
+    def test_request_body_failure_fails_the_request(self):
+        """A request body that fails (client gone) aborts the origin connection."""
+        pool = self.make_pool()
+        body = ManualBody(length=10)
+        d = self.get(pool, b"PUT", body)
+        _, transport = self.accept()
+        body.sink.fail(ConnectionDone("client went away"))  # type: ignore[union-attr]
+        self.failureResultOf(d, ConnectionDone)
+        self.assertTrue(transport.disconnecting)
+
+    def test_idle_connections_beyond_the_limit_are_closed(self):
+        """At most max_idle_per_origin connections are pooled; the oldest idle goes."""
+        pool = self.make_pool(max_idle_per_origin=1)
+        first, second = self.get(pool), self.get(pool)
+        (one, one_transport), (two, two_transport) = self.accept(), self.accept()
+        one.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        two.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.successResultOf(first), self.successResultOf(second)
+        self.assertTrue(one_transport.disconnecting)
+        self.assertFalse(two_transport.disconnecting)
+        self.assertEqual(pool.idle_connections(ORIGIN), 1)
+
+    def test_connections_are_reused_most_recent_first(self):
+        """Idle connections are reused LIFO, so the warmest one serves next."""
+        pool = self.make_pool()
+        self.get(pool), self.get(pool)
+        (one, _), (two, two_transport) = self.accept(), self.accept()
+        one.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        two.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        two_transport.clear()
+        self.get(pool)
+        self.assertTrue(two_transport.value().startswith(b"GET /x HTTP/1.1"))
 
     def test_keep_alive_race_retries_on_a_new_connection(self):
         """A reused connection lost before any response byte: an idempotent request goes
@@ -1056,6 +1107,12 @@ class SocketTests(TestCase):
         response = await self.get(pool, b"/echo?q=1")
         self.assertEqual(response.headers.get(b"x-path"), b"/base/echo?q=1")
         await read(response)
+
+    async def test_hostname_origin(self):
+        """A host name is resolved (localhost here) and reached."""
+        _, url = self.site()
+        pool = self.pool(url.replace("127.0.0.1", "localhost"))
+        self.assertEqual(await read(await self.get(pool)), b"hello from a")
 
     async def test_refused_connection(self):
         """Nothing listening: UpstreamConnectError naming the origin."""
