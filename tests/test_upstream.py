@@ -760,6 +760,23 @@ class MemoryTests(SynchronousTestCase):
         self.get(pool)
         self.assertTrue(two_transport.value().startswith(b"GET /x HTTP/1.1"))
 
+    def test_chunked_trailers_are_discarded(self):
+        """Trailer fields end the body but never join the response headers."""
+        pool = self.make_pool()
+        d = self.get(pool)
+        protocol, _ = self.accept()
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n"
+        )
+        response = self.successResultOf(d)
+        self.assertEqual(response.body.length, None)
+        self.assertNotIn(b"x-checksum", response.headers)
+        sink = Sink()
+        response.body.deliver(sink)
+        self.assertEqual(self.successResultOf(sink.done), b"ok")
+        self.assertEqual(pool.idle_connections(ORIGIN), 1)
+
     def test_keep_alive_race_retries_on_a_new_connection(self):
         """A reused connection lost before any response byte: an idempotent request goes
         again on a new one.

@@ -337,7 +337,6 @@ class Exchange:
         self._head = head
         self._body = body
         self._parser = HttpResponseParser(self)
-        self._status = 0
         self._reason = b""
         self._pairs: list[tuple[bytes, bytes]] = []
         self._error: UpstreamProtocolError | None = None
@@ -409,11 +408,8 @@ class Exchange:
                 f"{reason.getErrorMessage()}"
             )
         else:
-            of = (
-                f" of {self._response_body.length}"
-                if self._framing is _Framing.LENGTH
-                else ""
-            )  # type: ignore[union-attr]
+            length = self._response_body.length  # type: ignore[union-attr]
+            of = f" of {length}" if length is not None else ""
             error = UpstreamError(
                 f"{name}: connection closed after {self._body_received}{of} body bytes"
                 f" ({self._framing.value}): {reason.getErrorMessage()}"
@@ -456,8 +452,8 @@ class Exchange:
             self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._complete:
-            return
+        if self._head_done:
+            return  # a trailer field: discarded (RFC 9110 section 6.5.1)
         pairs = self._pairs
         if len(pairs) >= self._settings.max_headers:
             self._error = UpstreamProtocolError(
@@ -481,26 +477,25 @@ class Exchange:
             self._interim = True
             return
         headers = Headers(self._pairs)
+        # RFC 9112 section 6.3.
         length: int | None
         if self.method == b"HEAD" or status in (204, 304):
-            self._framing, length = _Framing.NONE, 0
+            framing, length = _Framing.NONE, 0
         elif b"transfer-encoding" in headers:
             codings = headers.get_list(b"transfer-encoding")
-            chunked = bool(codings) and codings[-1].lower() == b"chunked"
-            self._framing, length = (
-                (_Framing.CHUNKED if chunked else _Framing.CLOSE),
-                None,
-            )
-        elif b"content-length" in headers:
-            raw = headers.get(b"content-length", b"")
-            if not raw.isdigit():  # type: ignore[union-attr]
+            chunked = codings and codings[-1].lower() == b"chunked"
+            framing = _Framing.CHUNKED if chunked else _Framing.CLOSE
+            length = None
+        elif (raw := headers.get(b"content-length")) is not None:
+            if not raw.isdigit():
                 self._error = UpstreamProtocolError(
                     f"{name}: invalid Content-Length {raw!r}"
                 )
                 raise self._error
-            self._framing, length = _Framing.LENGTH, int(raw)  # type: ignore[arg-type]
+            framing, length = _Framing.LENGTH, int(raw)
         else:
-            self._framing, length = _Framing.CLOSE, None
+            framing, length = _Framing.CLOSE, None
+        self._framing = framing
         version = self._parser.get_http_version().encode("ascii")
         tokens = {token.lower() for token in headers.get_list(b"connection")}
         # RFC 9112 section 9.3.
