@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.policies import WrappingFactory
@@ -776,6 +776,34 @@ class MemoryTests(SynchronousTestCase):
         response.body.deliver(sink)
         self.assertEqual(self.successResultOf(sink.done), b"ok")
         self.assertEqual(pool.idle_connections(ORIGIN), 1)
+
+    def test_connect_failure_moves_on_within_tries(self):
+        """Connect failures move to the next origin, at most ``tries`` origins."""
+        origins = [Origin.parse(f"http://127.0.0.{i}") for i in (1, 2, 3)]
+        pool = OriginPool(origins, self.reactor, UpstreamSettings(tries=2))
+        d = self.get(pool, b"POST")
+        for _ in range(2):
+            factory = self.reactor.tcpClients[-1][2]
+            factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.assertIn(
+            "127.0.0.2", str(self.failureResultOf(d, UpstreamConnectError).value)
+        )
+        self.assertEqual(
+            [c[0] for c in self.reactor.tcpClients], ["127.0.0.1", "127.0.0.2"]
+        )
+
+    def test_timed_out_get_moves_to_the_next_origin(self):
+        """A GET whose origin times out is sent to the next origin, which answers."""
+        origins = [Origin.parse("http://127.0.0.1"), Origin.parse("http://127.0.0.2")]
+        pool = OriginPool(origins, self.reactor, UpstreamSettings(first_byte_timeout=1))
+        d = self.get(pool)
+        _, slow = self.accept()
+        self.reactor.advance(1)
+        self.assertTrue(slow.disconnecting)
+        protocol, _ = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(self.successResultOf(d).origin, origins[1])
+        self.assertEqual(pool.health(origins[0]).fails, 1)
 
     def test_keep_alive_race_retries_on_a_new_connection(self):
         """A reused connection lost before any response byte: an idempotent request goes

@@ -253,13 +253,13 @@ class _Call:
 
     def next_origin(self) -> None:
         pool = self._pool
-        limit = pool.settings.tries or len(pool.homes)
-        index = pool.choose(self._tried) if len(self._tried) < limit else None
+        limit = pool.settings.tries or len(pool._homes)
+        index = pool._choose(self._tried) if len(self._tried) < limit else None
         if index is None:
             self.deferred.errback(self._error)
             return
         self._tried.add(index)
-        self._try(pool.homes[index], reuse=True)
+        self._try(pool._homes[index], reuse=True)
 
     def _try(self, home: _OriginHome, reuse: bool) -> None:
         self._home = home
@@ -352,25 +352,25 @@ class OriginPool:
         if not origins:
             raise ValueError("expected at least one origin, got none")
         self.settings = settings or UpstreamSettings()
-        self.homes = [_OriginHome(origin, reactor, self.settings) for origin in origins]
+        self._homes = [_OriginHome(o, reactor, self.settings) for o in origins]
         self._clock = reactor
         self._cursor = 0
         self._closed = False
 
     @property
     def origins(self) -> list[Origin]:
-        return [home.origin for home in self.homes]
+        return [home.origin for home in self._homes]
 
     def health(self, origin: Origin) -> OriginHealth:
         """The passive health record of ``origin``."""
-        for home in self.homes:
+        for home in self._homes:
             if home.origin == origin:
                 return home.health
         raise KeyError(origin)
 
     def idle_connections(self, origin: Origin) -> int:
         """How many idle connections to ``origin`` are pooled."""
-        return sum(len(home.idle) for home in self.homes if home.origin == origin)
+        return sum(len(home.idle) for home in self._homes if home.origin == origin)
 
     def request(
         self,
@@ -390,10 +390,10 @@ class OriginPool:
         call.next_origin()
         return call.deferred
 
-    def choose(self, exclude: set[int]) -> int | None:
+    def _choose(self, exclude: set[int]) -> int | None:
         """The origin to try next: see :func:`choose_origin`."""
         index = choose_origin(
-            [home.health for home in self.homes],
+            [home.health for home in self._homes],
             self._cursor,
             exclude,
             self._clock.seconds(),
@@ -408,6 +408,6 @@ class OriginPool:
         Requests in flight finish; their connections close afterwards.
         """
         self._closed = True
-        return DeferredList([home.close() for home in self.homes]).addCallback(
+        return DeferredList([home.close() for home in self._homes]).addCallback(
             lambda _: None
         )
