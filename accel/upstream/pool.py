@@ -1,0 +1,413 @@
+"""A pool of origins: choice and passive health, keep-alive connections, retries.
+
+:class:`OriginPool` is the :class:`Upstream` the proxy forwards to. Per
+request it picks an origin round-robin among the healthy ones, reuses the
+most recently pooled connection to it (LIFO: warm connections stay warm,
+cold ones age out) or opens one, and sends the request. Before the
+response head arrives it may try again:
+
+* a reused connection that closes before any response byte is the
+  keep-alive race (RFC 9112 section 9.3.1: the origin closed it while the
+  request was on its way); an idempotent request whose body was not
+  consumed is retried once on a new connection to the same origin, and the
+  origin is not blamed;
+* a connect failure moves to the next origin whatever the method (nothing
+  was sent);
+* a timeout or a connection lost before the head moves to the next origin
+  for idempotent requests whose body was not consumed (RFC 9110 section
+  9.2.2), as nginx's default ``proxy_next_upstream error timeout``;
+* a protocol error (garbage, bad framing) is final.
+
+After the head nothing is retried: errors reach the body's sink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import typing
+from collections.abc import Sequence
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import (
+    Certificate,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+from twisted.python.failure import Failure
+
+from accel.http.headers import Headers
+from accel.http.model import EMPTY_BODY, BodySource
+from accel.upstream.connection import (
+    Exchange,
+    OriginConnection,
+    OriginResponse,
+    encode_fields,
+    request_head,
+)
+from accel.upstream.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from accel.upstream.health import OriginHealth, choose_origin
+from accel.upstream.origin import Origin, UpstreamSettings
+
+__all__ = ["OriginPool", "Upstream"]
+
+#: RFC 9110 section 9.2.2.
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+class Upstream(typing.Protocol):
+    """Where the proxy sends requests it does not answer itself."""
+
+    def request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodySource = EMPTY_BODY,
+    ) -> Deferred[OriginResponse]:
+        """Send a cleaned request; fire with the response head or an UpstreamError.
+
+        The Deferred is cancellable until it fires (the client went away):
+        the connection is closed.
+        """
+
+
+def _trust_root(ca_file: str) -> object:
+    """Trust exactly the certificates in a PEM bundle."""
+    with open(ca_file, "rb") as bundle:
+        blocks = _PEM_CERTIFICATE.findall(bundle.read())
+    if not blocks:
+        raise ValueError(
+            f"expected PEM certificates in CA bundle {ca_file!r}, found none"
+        )
+    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+
+
+def _endpoint(origin: Origin, reactor: object, timeout: float) -> IStreamClientEndpoint:
+    """How to reach ``origin``; IP literals skip name resolution."""
+    endpoint: IStreamClientEndpoint
+    if origin.scheme == "unix":
+        return UNIXClientEndpoint(reactor, origin.path, timeout=timeout)
+    if isIPAddress(origin.host):
+        endpoint = TCP4ClientEndpoint(
+            reactor, origin.host, origin.port, timeout=timeout
+        )
+    elif isIPv6Address(origin.host):
+        endpoint = TCP6ClientEndpoint(
+            reactor, origin.host, origin.port, timeout=timeout
+        )
+    else:
+        endpoint = HostnameEndpoint(reactor, origin.host, origin.port, timeout=timeout)
+    if origin.tls:
+        trust = None if origin.ca_file is None else _trust_root(origin.ca_file)
+        endpoint = wrapClientTLS(
+            optionsForClientTLS(origin.host, trustRoot=trust), endpoint
+        )
+    return endpoint
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, home: _OriginHome) -> None:
+        self._home = home
+
+    def buildProtocol(self, addr: IAddress) -> OriginConnection:
+        return OriginConnection(self._home, self._home.origin.tls)
+
+
+class _OriginHome:
+    """One origin's share of the pool: idle connections, health, how to connect."""
+
+    def __init__(
+        self, origin: Origin, reactor: IReactorTime, settings: UpstreamSettings
+    ) -> None:
+        self.origin = origin
+        self.clock = reactor
+        self.settings = settings
+        self.health = OriginHealth()
+        self.idle: list[OriginConnection] = []
+        self.closing = False
+        self._endpoint = _endpoint(origin, reactor, settings.connect_timeout)
+        self._factory = _ConnectionFactory(self)
+
+    def checkout(self) -> OriginConnection | None:
+        """The most recently pooled live connection, if any."""
+        idle = self.idle
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    def release(self, connection: OriginConnection) -> None:
+        """Pool an idle connection; beyond ``max_idle_per_origin`` the oldest goes."""
+        if self.closing or self.settings.max_idle_per_origin == 0:
+            connection.transport.loseConnection()
+            return
+        idle = self.idle
+        if len(idle) >= self.settings.max_idle_per_origin:
+            idle.pop(0).transport.loseConnection()
+        idle.append(connection)
+        connection.watchdog.arm(self.settings.keepalive_timeout)
+
+    def forget(self, connection: OriginConnection) -> None:
+        """An idle connection closed."""
+        with contextlib.suppress(ValueError):
+            self.idle.remove(connection)
+
+    def connect(self) -> Deferred[OriginConnection]:
+        """A new connection, ready (TLS handshake done) within ``connect_timeout``."""
+        name, limit = self.origin.name, self.settings.connect_timeout
+        timed_out = False
+        connecting = self._endpoint.connect(self._factory)
+        connecting.addCallback(lambda connection: connection.ready)
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            connecting.cancel()
+
+        timer = self.clock.callLater(limit, expire)
+
+        def settle(result: OriginConnection | Failure) -> OriginConnection | Failure:
+            if timer.active():
+                timer.cancel()
+            if not isinstance(result, Failure) or result.check(UpstreamError):
+                return result
+            if timed_out or result.check(ConnectTimeoutError):
+                return Failure(
+                    UpstreamTimeout(f"{name}: connect timed out after {limit:g}s")
+                )
+            if result.check(CancelledError):
+                return result
+            return Failure(
+                UpstreamConnectError(
+                    f"{name}: cannot connect: {result.getErrorMessage()}"
+                )
+            )
+
+        return connecting.addBoth(settle)
+
+    def failed(self) -> None:
+        settings = self.settings
+        self.health = self.health.failed(
+            self.clock.seconds(), settings.max_fails, settings.fail_timeout
+        )
+
+    def succeeded(self) -> None:
+        self.health = self.health.succeeded()
+
+    def close(self) -> Deferred[None]:
+        self.closing = True
+        idle, self.idle = self.idle, []
+        return DeferredList([connection.close() for connection in idle]).addCallback(
+            lambda _: None
+        )
+
+
+class _Call:
+    """One request through the pool, across retries, until the head or a final error."""
+
+    def __init__(
+        self,
+        pool: OriginPool,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodySource,
+    ) -> None:
+        self.deferred: Deferred[OriginResponse] = Deferred(self._cancel)
+        self._pool = pool
+        self._method = method
+        self._target = target
+        self._fields, self._has_host = encode_fields(method, target, headers)
+        self._body = body
+        self._idempotent = method in _IDEMPOTENT
+        self._tried: set[int] = set()
+        self._home: _OriginHome | None = None
+        self._connecting: Deferred[OriginConnection] | None = None
+        self._exchange: Exchange | None = None
+        self._raced = False
+        self._cancelled = False
+        self._error: Exception = UpstreamConnectError("no origin to try")
+
+    def next_origin(self) -> None:
+        pool = self._pool
+        limit = pool.settings.tries or len(pool._homes)
+        index = pool._choose(self._tried) if len(self._tried) < limit else None
+        if index is None:
+            self.deferred.errback(self._error)
+            return
+        self._tried.add(index)
+        self._try(pool._homes[index], reuse=True)
+
+    def _try(self, home: _OriginHome, reuse: bool) -> None:
+        self._home = home
+        connection = home.checkout() if reuse else None
+        if connection is not None:
+            self._send(connection)
+            return
+        connecting = self._connecting = home.connect()
+        connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, connection: OriginConnection) -> None:
+        self._connecting = None
+        self._send(connection)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if self._cancelled:
+            return
+        self._home.failed()  # type: ignore[union-attr]
+        self._error = failure.value  # type: ignore[assignment]
+        self.next_origin()  # nothing was sent: safe for any method
+
+    def _send(self, connection: OriginConnection) -> None:
+        home = connection.home
+        origin = home.origin
+        target = self._target
+        if origin.prefix and target.startswith(b"/"):
+            target = origin.prefix + target
+        head = request_head(
+            self._method,
+            target,
+            self._fields,
+            None if self._has_host else origin.authority,
+            self._body.length,
+        )
+        exchange = self._exchange = Exchange(
+            connection, self, self._method, head, self._body
+        )
+        connection.send(exchange)
+
+    def head_received(self, exchange: Exchange, response: OriginResponse) -> None:
+        self._exchange = None
+        self._home.succeeded()  # type: ignore[union-attr]
+        self.deferred.callback(response)
+
+    def exchange_failed(self, exchange: Exchange, error: Exception) -> None:
+        self._exchange = None
+        home = self._home
+        replayable = self._idempotent and not exchange.body_started
+        if exchange.reused and exchange.lost_early:
+            if replayable and not self._raced:
+                self._raced = True
+                self._try(home, reuse=False)  # type: ignore[arg-type]
+                return
+        elif isinstance(error, UpstreamError):
+            home.failed()  # type: ignore[union-attr]
+        self._error = error
+        if (
+            replayable
+            and isinstance(error, UpstreamError)
+            and not isinstance(error, UpstreamProtocolError)
+        ):
+            self.next_origin()
+        else:
+            self.deferred.errback(error)
+
+    def _cancel(self, _: Deferred[OriginResponse]) -> None:
+        self._cancelled = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._exchange is not None:
+            self._exchange.abort()
+
+
+class OriginPool:
+    """Origins behind one name, with keep-alive connections and passive health.
+
+    ``reactor`` provides TCP/UNIX connections and time (``callLater``,
+    ``seconds``): the real reactor in service, a ``MemoryReactorClock`` in
+    tests. Raises ``ValueError`` for an empty origin list or an unreadable
+    CA bundle.
+    """
+
+    def __init__(
+        self,
+        origins: Sequence[Origin],
+        reactor: IReactorTime,
+        settings: UpstreamSettings | None = None,
+    ) -> None:
+        if not origins:
+            raise ValueError("expected at least one origin, got none")
+        self.settings = settings or UpstreamSettings()
+        self._homes = [_OriginHome(o, reactor, self.settings) for o in origins]
+        self._clock = reactor
+        self._cursor = 0
+        self._closed = False
+
+    @property
+    def origins(self) -> list[Origin]:
+        return [home.origin for home in self._homes]
+
+    def health(self, origin: Origin) -> OriginHealth:
+        """The passive health record of ``origin``."""
+        for home in self._homes:
+            if home.origin == origin:
+                return home.health
+        raise KeyError(origin)
+
+    def idle_connections(self, origin: Origin) -> int:
+        """How many idle connections to ``origin`` are pooled."""
+        return sum(len(home.idle) for home in self._homes if home.origin == origin)
+
+    def request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodySource = EMPTY_BODY,
+    ) -> Deferred[OriginResponse]:
+        """Forward one request; see :class:`Upstream`.
+
+        Raises ``ValueError`` at once for a head that cannot be sent safely
+        (CR/LF in a field, whitespace in the target).
+        """
+        if self._closed:
+            return fail(UpstreamConnectError("the origin pool is closed"))
+        call = _Call(self, method, target, headers, body)
+        call.next_origin()
+        return call.deferred
+
+    def _choose(self, exclude: set[int]) -> int | None:
+        """The origin to try next: see :func:`choose_origin`."""
+        index = choose_origin(
+            [home.health for home in self._homes],
+            self._cursor,
+            exclude,
+            self._clock.seconds(),
+        )
+        if index is not None:
+            self._cursor = index + 1
+        return index
+
+    def close(self) -> Deferred[None]:
+        """Stop pooling; fire when idle connections are closed.
+
+        Requests in flight finish; their connections close afterwards.
+        """
+        self._closed = True
+        return DeferredList([home.close() for home in self._homes]).addCallback(
+            lambda _: None
+        )
