@@ -2,52 +2,94 @@
 
 For each request the :class:`Accelerator` picks a route, and then:
 
-* not cacheable here (method, route without a cache, no store): forward it;
-* cacheable: look the URL up in the store, pick the variant that matches the
-  request's ``Vary`` fields, and let :mod:`accel.cache.policy` decide whether
-  that stored response may be served (fresh), must be validated first, may be
-  served stale while validated in the background, or does not apply;
-* on a miss, concurrent requests for one URL are collapsed into one origin
-  fetch (:class:`~accel.cache.collapse.Collapser`); the response streams to
-  the client and into the store at once (:class:`~accel.streams.Relay`),
-  and is kept only if the policy allows it and the body arrived whole.
+* not cacheable here (the route has no cache, the store is off): forward it;
+* an unsafe method: forward it, then invalidate what the answer says is
+  now out of date (RFC 9111 section 4.4);
+* GET or HEAD on a caching route: look the URL up in the store, select the
+  variant whose ``Vary`` fields match, and let :func:`accel.cache.policy.decide`
+  say whether it is served (fresh, or stale where allowed), validated with
+  the origin first, or served while validated in the background;
+* on a miss, concurrent requests for one key collapse into one origin fetch
+  (:class:`~accel.cache.collapse.Collapser`); the response streams to the
+  client and into the store at once (:class:`~accel.streams.Relay`) and is
+  kept only if the policy allows it and the body arrived whole.
 
-Everything the handler sees is the wire-independent model of
-:mod:`accel.http.model`; the decisions are the pure functions of
-:mod:`accel.cache.policy`. Errors from origins are mapped to clean 502/504
-answers here, and nowhere else.
+Cache fills always fetch the whole representation with GET and without the
+client's conditional or range fields; accel then answers those itself from
+what it has (RFC 9110 sections 13 and 14), as nginx and Varnish do.
+
+Everything here sees only the wire-independent model of
+:mod:`accel.http.model`; decisions are the pure functions of
+:mod:`accel.cache.policy`. Origin errors become clean 502/504 answers here
+and nowhere else.
 """
 
 from __future__ import annotations
 
-from attrs import define, frozen
+from typing import assert_never
+
+from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from accel.cache import policy
+from accel.cache.collapse import Collapser
+from accel.cache.keys import DEFAULT_RECIPE, KeyRecipe, primary_key
+from accel.cache.store import Entry, Store
 from accel.forwarding import (
     ForwardingPolicy,
     request_headers_for_origin,
     response_headers_for_client,
 )
 from accel.http.headers import Headers
-from accel.http.model import Request, Responder
+from accel.http.model import BodySink, BodySource, Request, Responder
 from accel.routing import Router
-from accel.streams import Relay
-from accel.upstream import OriginResponse, UpstreamError, UpstreamTimeout
+from accel.streams import FileSender, Relay
+from accel.upstream import OriginResponse, UpstreamError
 
-__all__ = ["Accelerator", "Route", "simple_response"]
+__all__ = ["Accelerator", "CacheRules", "Route", "simple_response"]
 
 _log = Logger()
+
+_GET = b"GET"
+_HEAD = b"HEAD"
+
+#: Client fields that make a request conditional or partial; a cache fill
+#: drops them and accel evaluates them itself against what it has.
+_CONDITIONAL_FIELDS = (
+    b"if-match",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-unmodified-since",
+    b"if-range",
+    b"range",
+)
+
+_ORIGIN_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
 
 
 class Upstream:
     """Structural: what a route forwards to (an origin pool, or parents)."""
 
     def request(
-        self, method: bytes, target: bytes, headers: Headers, body: object
+        self, method: bytes, target: bytes, headers: Headers, body: BodySource
     ) -> Deferred[OriginResponse]: ...
+
+
+@frozen
+class CacheRules:
+    """A caching route's settings, resolved for the request path.
+
+    ``range_fetch_max``: a range request that misses fetches the whole object
+    into the cache only if it is at most this many bytes; larger ones are
+    passed through with their ``Range``.
+    """
+
+    policy: policy.PolicySettings = policy.DEFAULT_SETTINGS
+    recipe: KeyRecipe = DEFAULT_RECIPE
+    range_fetch_max: int = 64 * 1024 * 1024
 
 
 @define
@@ -56,11 +98,12 @@ class Route:
 
     upstream: Upstream
     forwarding: ForwardingPolicy = ForwardingPolicy()
-    cache: object | None = None  # accel.cache.CacheRules when the route caches
+    cache: CacheRules | None = None
     name: str = "/"
 
 
 _REASONS = {
+    304: b"Not Modified",
     400: b"Bad Request",
     404: b"Not Found",
     412: b"Precondition Failed",
@@ -83,25 +126,79 @@ def simple_response(
     body = message + b"\n"
     headers.add(b"content-type", b"text/plain; charset=utf-8")
     headers.add(b"content-length", b"%d" % len(body))
-    headers.add(b"cache-control", b"no-store")
+    headers.setdefault(b"cache-control", b"no-store")
     responder.start(status, _REASONS.get(status, b"Error"), headers)
     responder.write(body)
     responder.finish()
 
 
-@frozen
-class _Pending:
-    """An origin fetch in progress, for cancellation when the client leaves."""
+class _Drain:
+    """A body sink that throws the body away (so the connection is reusable)."""
 
-    deferred: Deferred[OriginResponse]
+    def data(self, chunk: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def fail(self, reason: Exception) -> None:
+        pass
+
+
+_DRAIN: BodySink = _Drain()
+
+
+@define(slots=True)
+class _Lookup:
+    """One GET/HEAD on a caching route, carried through lookup and fetch."""
+
+    route: Route
+    rules: CacheRules
+    request: Request
+    responder: Responder | None
+    key: str
+    #: Times this request already waited for another's fetch.
+    waited: int = 0
+    collapsed: bool = False
+
+
+@define(slots=True)
+class _Fill:
+    """An origin fetch made for the cache (miss, revalidation or background)."""
+
+    lookup: _Lookup
+    #: The stored entry being revalidated, if any.
+    entry: Entry | None
+    #: RFC 9211 ``fwd`` reason.
+    fwd: str
+    #: Whether this fetch holds the collapsing lock for its key.
+    leader: bool
+    #: Serve the stored entry if the origin fails (RFC 5861 stale-if-error).
+    stale_on_error: bool = False
+    #: Nobody waits on the answer: a background revalidation or range fill.
+    background: bool = False
+    request_time: float = 0.0
+    done: bool = field(default=False)
 
 
 class Accelerator:
     """The :class:`~accel.http.model.Handler` for proxied routes."""
 
-    def __init__(self, router: Router[Route], clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        router: Router[Route],
+        clock: IReactorTime,
+        store: Store | None = None,
+        collapser: Collapser | None = None,
+        name: bytes = b"accel",
+    ) -> None:
         self._router = router
         self._clock = clock
+        self._store = store
+        self._collapser = collapser if collapser is not None else Collapser(clock)
+        self._name = name
+
+    # Entry point
 
     def handle(self, request: Request, responder: Responder) -> None:
         route = self._router.select(request.authority, request.path)
@@ -109,39 +206,74 @@ class Accelerator:
             responder.log["cache"] = "-"
             simple_response(responder, 404, b"No route for this host and path.")
             return
-        self.forward(route, request, responder)
+        rules = route.cache
+        if rules is None or self._store is None:
+            self.forward(route, request, responder, b"bypass")
+            return
+        method = request.method
+        if method == _GET or method == _HEAD:
+            key = primary_key(
+                request.scheme,
+                request.authority,
+                request.path,
+                request.query,
+                request.headers,
+                rules.recipe,
+            )
+            if "\0" in key:
+                self.forward(route, request, responder, b"bypass")
+                return
+            self._lookup(_Lookup(route, rules, request, responder, key))
+            return
+        self.forward(route, request, responder, b"method", invalidate=rules)
 
-    # Forwarding
+    # Plain forwarding (no cache)
 
-    def forward(self, route: Route, request: Request, responder: Responder) -> None:
+    def forward(
+        self,
+        route: Route,
+        request: Request,
+        responder: Responder,
+        fwd: bytes,
+        invalidate: CacheRules | None = None,
+    ) -> None:
         """Pass ``request`` to the route's origin and stream the answer back."""
         responder.log.setdefault("cache", "BYPASS")
         headers = request_headers_for_origin(request, route.forwarding)
         d = route.upstream.request(request.method, request.target, headers, request.body)
         responder.on_disconnect(d.cancel)
-        d.addCallbacks(
-            self._relay,
-            self._origin_failed,
-            callbackArgs=(route, request, responder),
-            errbackArgs=(route, request, responder),
-        )
 
-    def _relay(
-        self, response: OriginResponse, route: Route, request: Request, responder: Responder
-    ) -> None:
-        if responder.disconnected:
-            response.body.discard()
-            return
-        responder.log["upstream"] = response.origin.name
-        headers = response_headers_for_client(response.headers, response.version, route.forwarding)
-        responder.start(response.status, response.reason, headers)
-        Relay(response.body, responder).start()
+        def relay(response: OriginResponse) -> None:
+            if invalidate is not None:
+                self._invalidate(request, response, invalidate)
+            if responder.disconnected:
+                response.body.discard()
+                return
+            responder.log["upstream"] = response.origin.name
+            out = response_headers_for_client(response.headers, response.version, route.forwarding)
+            out.add(
+                b"cache-status",
+                self._status(fwd=fwd.decode("ascii"), fwd_status=response.status),
+            )
+            responder.start(response.status, response.reason, out)
+            Relay(response.body, responder).start()
+
+        d.addCallbacks(relay, self._origin_failed, errbackArgs=(route, request, responder))
 
     def _origin_failed(
-        self, failure: Failure, route: Route, request: Request, responder: Responder
+        self, failure: Failure, route: Route, request: Request, responder: Responder | None
     ) -> None:
-        if failure.check(CancelledError) or responder.disconnected:
+        if failure.check(CancelledError):
             return
+        status = self._log_origin_failure(failure, route, request)
+        if responder is None or responder.disconnected:
+            return
+        if status == 504:
+            simple_response(responder, 504, b"The origin did not answer in time.")
+        else:
+            simple_response(responder, 502, b"The origin could not be reached.")
+
+    def _log_origin_failure(self, failure: Failure, route: Route, request: Request) -> int:
         if failure.check(UpstreamError):
             error = failure.value
             _log.warn(
@@ -151,10 +283,424 @@ class Accelerator:
                 route=route.name,
                 error=str(error),
             )
-            if isinstance(error, UpstreamTimeout):
-                simple_response(responder, 504, b"The origin did not answer in time.")
-            else:
-                simple_response(responder, 502, b"The origin could not be reached.")
-            return
+            return int(getattr(error, "status", 502))
         _log.failure("unexpected error while forwarding", failure)
-        simple_response(responder, 502, b"The origin could not be reached.")
+        return 502
+
+    def _invalidate(self, request: Request, response: OriginResponse, rules: CacheRules) -> None:
+        """RFC 9111 section 4.4: unsafe requests invalidate what they touched."""
+        assert self._store is not None
+        target = request.path + (b"?" + request.query if request.query is not None else b"")
+        for uri in policy.invalidated_uris(
+            request.method,
+            response.status,
+            target,
+            response.headers,
+            (request.scheme, request.authority),
+        ):
+            path, qmark, query = uri.partition(b"?")
+            key = primary_key(
+                request.scheme,
+                request.authority,
+                path,
+                query if qmark else None,
+                request.headers,
+                rules.recipe,
+            )
+            self._store.invalidate(key)
+            if rules.recipe != DEFAULT_RECIPE:
+                self._store.invalidate(
+                    primary_key(request.scheme, request.authority, path, query if qmark else None)
+                )
+
+    # Cache lookup
+
+    def _lookup(self, lk: _Lookup) -> None:
+        assert self._store is not None
+        request = lk.request
+        settings = lk.rules.policy
+        now = self._clock.seconds()
+        entries = self._store.lookup(lk.key)
+        entry = None
+        for candidate in entries:
+            if policy.secondary_key(candidate.vary, request.headers) == candidate.secondary:
+                entry = candidate
+                break
+        if entry is None:
+            decision: policy.Decision = policy.decide_without_stored(request.headers, settings)
+            self._miss(lk, decision, "vary-miss" if entries else "uri-miss")
+            return
+
+        headers = Headers(list(entry.headers))
+        stored = policy.StoredResponse(
+            entry.status, headers, entry.request_time, entry.response_time
+        )
+        decision = policy.decide(request.method, request.headers, stored, now, settings)
+        if isinstance(decision, policy.Fresh):
+            self._serve(lk, entry, headers, decision.age, decision.ttl, "HIT")
+        elif isinstance(decision, policy.ServeStale):
+            self._serve(lk, entry, headers, decision.age, decision.ttl, "STALE")
+        elif isinstance(decision, policy.StaleWhileRevalidate):
+            if self._collapser.lead(lk.key):
+                background = _Lookup(lk.route, lk.rules, request, None, lk.key)
+                fill = _Fill(background, entry, "stale", leader=True, background=True)
+                self._fetch(fill, decision.conditional)
+            self._serve(lk, entry, headers, decision.age, decision.ttl, "UPDATING")
+        elif isinstance(decision, policy.Revalidate):
+            if self._wait_for_leader(lk):
+                return
+            fwd = "request" if decision.reason.startswith("request") else "stale"
+            fill = _Fill(lk, entry, fwd, leader=self._collapser.lead(lk.key))
+            fill.stale_on_error = decision.stale_on_error
+            self._fetch(fill, decision.conditional)
+        elif isinstance(decision, policy.Forward):
+            self._miss(lk, decision, "request")
+        elif isinstance(decision, policy.OnlyIfCachedMiss):
+            self._only_if_cached(lk)
+        else:
+            assert_never(decision)
+
+    def _miss(self, lk: _Lookup, decision: policy.Forward | policy.OnlyIfCachedMiss, fwd: str) -> None:
+        if isinstance(decision, policy.OnlyIfCachedMiss):
+            self._only_if_cached(lk)
+            return
+        if self._collapser.passing(lk.key):
+            # Hit-for-miss: this URL recently answered with something we could
+            # not store; go straight to the origin without holding anyone up.
+            assert lk.responder is not None
+            lk.responder.log["cache"] = "MISS"
+            self.forward(lk.route, lk.request, lk.responder, b"uri-miss")
+            return
+        if self._wait_for_leader(lk):
+            return
+        leader = self._collapser.lead(lk.key)
+        if leader and lk.waited == 0 and b"range" in lk.request.headers:
+            # Fill the whole object in the background and answer the range
+            # from the store once it is there (or pass it through if the
+            # object turns out too large or not storable: hit-for-miss).
+            background = _Lookup(lk.route, lk.rules, lk.request, None, lk.key)
+            self._fetch(_Fill(background, None, fwd, leader=True, background=True), None)
+            if not self._wait_for_leader(lk):
+                lk.waited += 1  # the fill is already over: look again, once
+                self._lookup(lk)
+            return
+        self._fetch(_Fill(lk, None, fwd, leader=leader), None)
+
+    def _wait_for_leader(self, lk: _Lookup) -> bool:
+        """If another request is fetching this key, wait for it and look again."""
+        if lk.waited >= 2 or not self._collapser.in_flight(lk.key):
+            return False
+        lk.waited += 1
+        responder = lk.responder
+
+        def wake(timed_out: bool) -> None:
+            if responder is not None and responder.disconnected:
+                return
+            lk.collapsed = True
+            if timed_out:
+                lk.waited = 2  # do not wait again: fetch on our own
+            self._lookup(lk)
+
+        self._collapser.wait(lk.key, wake)
+        return True
+
+    def _only_if_cached(self, lk: _Lookup) -> None:
+        assert lk.responder is not None
+        lk.responder.log["cache"] = "MISS"
+        simple_response(
+            lk.responder,
+            504,
+            b"Not in cache (only-if-cached).",
+            Headers([(b"cache-status", self._status(detail=b"only-if-cached"))]),
+        )
+
+    # Serving a stored response
+
+    def _serve(
+        self,
+        lk: _Lookup,
+        entry: Entry,
+        headers: Headers,
+        age: float,
+        ttl: float,
+        word: str,
+        cache_status: bytes | None = None,
+    ) -> None:
+        """Answer ``lk`` from ``entry``: conditionals, ranges, HEAD, body."""
+        assert self._store is not None
+        responder = lk.responder
+        if responder is None or responder.disconnected:
+            return
+        request = lk.request
+        responder.log["cache"] = word
+        settings = lk.rules.policy
+        out = headers.copy()
+        out.remove(b"age", b"content-length")
+        if settings.targeted_field is not None:
+            out.remove(settings.targeted_field)
+        out.add(b"age", policy.age_header_value(age))
+        out.add(b"via", b"1.1 " + lk.route.forwarding.via)
+        out.add(
+            b"cache-status",
+            cache_status
+            if cache_status is not None
+            else self._status(hit=True, ttl=ttl, collapsed=lk.collapsed),
+        )
+
+        precondition = policy.evaluate_conditionals(
+            request.method, request.headers, entry.status, out, entry.response_time
+        )
+        if precondition == 304:
+            responder.start(304, b"Not Modified", self._not_modified(out))
+            responder.finish()
+            return
+        if precondition == 412:
+            simple_response(responder, 412, b"Precondition failed.")
+            return
+
+        length = entry.length
+        first, count = 0, length
+        status, reason = entry.status, entry.reason
+        range_value = request.headers.get(b"range")
+        if range_value is not None and entry.status == 200 and request.method == _GET:
+            if_range = request.headers.get(b"if-range")
+            if if_range is None or policy.if_range_allows(if_range, out):
+                ranges = policy.parse_range(range_value, length)
+                if ranges is policy.UNSATISFIABLE:
+                    simple_response(
+                        responder,
+                        416,
+                        b"Range not satisfiable.",
+                        Headers([(b"content-range", b"bytes */%d" % length)]),
+                    )
+                    return
+                if isinstance(ranges, list) and len(ranges) == 1:
+                    # Several ranges are answered with the whole body, which
+                    # RFC 9110 section 14.2 allows.
+                    first, last = ranges[0]
+                    count = last - first + 1
+                    status, reason = 206, b"Partial Content"
+                    out.add(b"content-range", b"bytes %d-%d/%d" % (first, last, length))
+
+        if status not in (204, 304) and not 100 <= status < 200:
+            out.add(b"content-length", b"%d" % count)
+        if request.method == _HEAD or status in (204, 304) or count == 0:
+            responder.start(status, reason, out)
+            responder.finish()
+            return
+        if first == 0 and count == length:
+            small = self._store.read_small(entry)
+            if small is not None:
+                responder.start(status, reason, out)
+                responder.write(small)
+                responder.finish()
+                return
+        body = self._store.open_body(entry)
+        if body is None:
+            # The body vanished behind our back (evicted, purged, damaged):
+            # the store has dropped the entry; treat it as a miss.
+            self._lookup(lk)
+            return
+        if first:
+            body.seek(first)
+        responder.start(status, reason, out)
+        FileSender(body, responder, count).start()
+
+    @staticmethod
+    def _not_modified(headers: Headers) -> Headers:
+        out = policy.not_modified_headers(headers)
+        for name in (b"age", b"via", b"cache-status"):
+            for value in headers.get_all(name):
+                out.add(name, value)
+        return out
+
+    def _status(self, **kw: object) -> bytes:
+        return policy.cache_status(name=self._name, **kw)  # type: ignore[arg-type]
+
+    # Fetching for the cache
+
+    def _fetch(self, fill: _Fill, conditional: Headers | None) -> None:
+        lk = fill.lookup
+        request = lk.request
+        headers = request_headers_for_origin(request, lk.route.forwarding)
+        headers.remove(*_CONDITIONAL_FIELDS)
+        if conditional is not None:
+            for name, value in conditional:
+                headers.add(name, value)
+        fill.request_time = self._clock.seconds()
+        target = request.path + (b"?" + request.query if request.query is not None else b"")
+        d = lk.route.upstream.request(_GET, target, headers, request.body)
+        if lk.responder is not None:
+            lk.responder.on_disconnect(lambda: self._client_left(fill, d))
+        d.addCallbacks(self._filled, self._fill_failed, callbackArgs=(fill,), errbackArgs=(fill,))
+
+    def _client_left(self, fill: _Fill, d: Deferred[OriginResponse]) -> None:
+        if not d.called:
+            d.cancel()
+
+    def _finish_fill(self, fill: _Fill, cacheable: bool) -> None:
+        if fill.done:
+            return
+        fill.done = True
+        if fill.leader:
+            self._collapser.done(fill.lookup.key, cacheable)
+
+    def _fill_failed(self, failure: Failure, fill: _Fill) -> None:
+        lk = fill.lookup
+        self._finish_fill(fill, cacheable=True)
+        if failure.check(CancelledError):
+            return
+        if fill.background or lk.responder is None:
+            self._log_origin_failure(failure, lk.route, lk.request)
+            return
+        if fill.entry is not None and self._stale_on_error(fill):
+            self._log_origin_failure(failure, lk.route, lk.request)
+            self._serve_stale_on_error(fill, None)
+            return
+        self._origin_failed(failure, lk.route, lk.request, lk.responder)
+
+    def _stale_on_error(self, fill: _Fill) -> bool:
+        entry = fill.entry
+        assert entry is not None
+        stored = policy.StoredResponse(
+            entry.status, Headers(list(entry.headers)), entry.request_time, entry.response_time
+        )
+        return policy.may_serve_stale_on_error(
+            fill.lookup.request.headers, stored, self._clock.seconds(), fill.lookup.rules.policy
+        )
+
+    def _serve_stale_on_error(self, fill: _Fill, fwd_status: int | None) -> None:
+        entry = fill.entry
+        assert entry is not None
+        headers = Headers(list(entry.headers))
+        now = self._clock.seconds()
+        age = policy.current_age(headers, entry.request_time, entry.response_time, now)
+        lifetime = policy.freshness_lifetime(
+            headers, entry.status, entry.response_time, fill.lookup.rules.policy
+        )
+        status = self._status(
+            hit=True, fwd="stale", fwd_status=fwd_status, ttl=lifetime - age, detail=b"stale-if-error"
+        )
+        self._serve(fill.lookup, entry, headers, age, lifetime - age, "STALE", status)
+
+    def _filled(self, response: OriginResponse, fill: _Fill) -> None:
+        assert self._store is not None
+        lk = fill.lookup
+        request = lk.request
+        responder = lk.responder
+        settings = lk.rules.policy
+        response_time = self._clock.seconds()
+        if responder is not None:
+            responder.log["upstream"] = response.origin.name
+
+        entry = fill.entry
+        if entry is not None and response.status == 304:
+            response.body.deliver(_DRAIN)
+            stored_headers = Headers(list(entry.headers))
+            if policy.selects_stored(stored_headers, response.headers):
+                merged = policy.freshen(stored_headers, response.headers, response_time, settings)
+                updated = self._store.update(entry, merged.pairs, fill.request_time, response_time)
+                self._finish_fill(fill, cacheable=True)
+                if fill.background:
+                    return
+                fresh = updated if updated is not None else entry
+                headers = merged if updated is not None else stored_headers
+                age = policy.current_age(
+                    headers, fresh.request_time, fresh.response_time, response_time
+                )
+                ttl = policy.freshness_lifetime(headers, fresh.status, response_time, settings) - age
+                status = self._status(fwd=fill.fwd, fwd_status=304, ttl=ttl)
+                self._serve(lk, fresh, headers, age, ttl, "REVALIDATED", status)
+                return
+            # A 304 that does not select what we have: we cannot use it.
+            self._finish_fill(fill, cacheable=True)
+            if not fill.background and responder is not None:
+                self.forward(lk.route, request, responder, b"stale")
+            return
+
+        if (
+            entry is not None
+            and response.status in _ORIGIN_FAILURE_STATUSES
+            and not fill.background
+            and self._stale_on_error(fill)
+        ):
+            response.body.discard()
+            self._finish_fill(fill, cacheable=True)
+            self._serve_stale_on_error(fill, response.status)
+            return
+
+        verdict = policy.storable(
+            _GET, request.headers, response.status, response.headers, response_time, settings
+        )
+        writer = None
+        too_big_for_range = (
+            fill.background
+            and fill.entry is None
+            and response.body.length is not None
+            and response.body.length > lk.rules.range_fetch_max
+        )
+        if isinstance(verdict, policy.Storable) and not too_big_for_range:
+            to_store = policy.stored_headers(response.headers, verdict, response_time)
+            writer = self._store.begin(
+                lk.key,
+                policy.secondary_key(verdict.vary, request.headers),
+                verdict.vary,
+                response.status,
+                response.reason,
+                to_store.pairs,
+                fill.request_time,
+                response_time,
+                response.body.length,
+                tuple(t.decode("latin-1") for t in verdict.tags),
+            )
+        cacheable = writer is not None
+
+        def done(complete: bool, stored: object) -> None:
+            self._finish_fill(fill, cacheable=cacheable)
+
+        if fill.background or responder is None or responder.disconnected:
+            if writer is None:
+                response.body.discard()
+                self._finish_fill(fill, cacheable=False)
+                return
+            Relay(response.body, None, writer, done).start()
+            return
+
+        responder.log["cache"] = "MISS" if fill.entry is None else "EXPIRED"
+        out = response_headers_for_client(response.headers, response.version, lk.route.forwarding)
+        if settings.targeted_field is not None:
+            out.remove(settings.targeted_field)
+        out.add(
+            b"cache-status",
+            self._status(
+                fwd=fill.fwd, fwd_status=response.status, stored=cacheable, collapsed=lk.collapsed
+            ),
+        )
+        if response.status == 200:
+            precondition = policy.evaluate_conditionals(
+                request.method, request.headers, response.status, out, response_time
+            )
+            if precondition is not None:
+                # Answer the client's precondition ourselves; keep filling.
+                if writer is not None:
+                    Relay(response.body, None, writer, done).start()
+                else:
+                    response.body.discard()
+                    self._finish_fill(fill, cacheable=False)
+                if precondition == 304:
+                    responder.start(304, b"Not Modified", self._not_modified(out))
+                    responder.finish()
+                else:
+                    simple_response(responder, 412, b"Precondition failed.")
+                return
+        if request.method == _HEAD:
+            responder.start(response.status, response.reason, out)
+            responder.finish()
+            if writer is not None:
+                Relay(response.body, None, writer, done).start()
+            else:
+                response.body.discard()
+                self._finish_fill(fill, cacheable=False)
+            return
+        responder.start(response.status, response.reason, out)
+        Relay(response.body, responder, writer, done).start()

@@ -40,37 +40,58 @@ class _Site(Generic[R]):
 class Router(Generic[R]):
     """Maps (authority, path) to a route value.
 
-    ``sites`` is a list of ``(host names, [(prefix, route), ...])``; a site
-    whose names include ``*`` (or the first site, when none does) answers for
-    hosts no other site names. Host names compare case-insensitively and
-    without port.
+    ``sites`` is a list of ``(host names, [(prefix, route), ...])``. A name is
+    exact (``example.com``) or a wildcard (``*.example.com``: any subdomain,
+    not the bare domain); a site with no names, or named ``*``, is the
+    default for hosts no other site names (without one, the first site is).
+    An exact name beats a wildcard, a longer wildcard a shorter one. Names
+    compare case-insensitively and without port.
     """
 
-    def __init__(self, sites: Iterable[tuple[Iterable[str], Iterable[tuple[str, R]]]]) -> None:
+    def __init__(
+        self, sites: Iterable[tuple[Iterable[str | bytes], Iterable[tuple[str | bytes, R]]]]
+    ) -> None:
         self._by_host: dict[bytes, _Site[R]] = {}
+        self._wildcards: list[tuple[bytes, _Site[R]]] = []
         self._default: _Site[R] | None = None
         first: _Site[R] | None = None
         for names, routes in sites:
             ordered = sorted(
-                ((p.encode("ascii"), r) for p, r in routes),
+                ((_bytes(p), r) for p, r in routes),
                 key=lambda pr: len(pr[0]),
                 reverse=True,
             )
             site: _Site[R] = _Site(tuple(ordered))
             if first is None:
                 first = site
+            names = [_bytes(n).lower() for n in names]
+            if not names:
+                self._default = site
             for name in names:
-                if name == "*":
+                if name == b"*":
                     self._default = site
+                elif name.startswith(b"*."):
+                    self._wildcards.append((name[1:], site))
                 else:
-                    self._by_host.setdefault(name.lower().encode("idna"), site)
+                    self._by_host.setdefault(name, site)
+        self._wildcards.sort(key=lambda ws: len(ws[0]), reverse=True)
         if self._default is None:
             self._default = first
 
     def select(self, authority: bytes, path: bytes) -> R | None:
-        site = self._by_host.get(host_without_port(authority).lower())
+        host = host_without_port(authority).lower()
+        site = self._by_host.get(host)
         if site is None:
-            site = self._default
-            if site is None:
-                return None
+            for suffix, candidate in self._wildcards:
+                if host.endswith(suffix):
+                    site = candidate
+                    break
+            else:
+                site = self._default
+                if site is None:
+                    return None
         return site.select(path)
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("ascii")

@@ -36,3 +36,19 @@ def test_host_without_port_keeps_ipv6_brackets():
     assert host_without_port(b"[::1]:8080") == b"[::1]"
     assert host_without_port(b"example.com:80") == b"example.com"
     assert host_without_port(b"example.com") == b"example.com"
+
+
+def test_wildcard_names_match_subdomains_longest_first():
+    """*.example.com matches any subdomain but not the bare name; exact beats wildcard."""
+    r = Router(
+        [
+            ([b"*.example.com"], [("/", "wild")]),
+            ([b"*.api.example.com"], [("/", "api")]),
+            ([b"www.example.com"], [("/", "www")]),
+            ([], [("/", "default")]),
+        ]
+    )
+    assert r.select(b"a.example.com", b"/") == "wild"
+    assert r.select(b"x.api.example.com", b"/") == "api"
+    assert r.select(b"www.example.com", b"/") == "www"
+    assert r.select(b"example.com", b"/") == "default"

@@ -1,0 +1,153 @@
+"""Wiring: turn a validated :class:`~accel.config.Config` into running services.
+
+This is the only module (with :mod:`accel.tap`) that knows every part: it
+builds the origin pools, the store, the accelerator, the HTTP server factory
+and the listeners, and ties their lifetimes to one ``MultiService``.
+Everything it builds takes the reactor as an argument.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from accel import config as cfg
+from accel.accesslog import AccessLog, format_line
+from accel.cache.collapse import Collapser
+from accel.cache.keys import KeyRecipe
+from accel.cache.policy import PolicySettings
+from accel.cache.store import Store
+from accel.forwarding import ForwardingPolicy
+from accel.http.server import HTTPServerFactory, ServerLimits
+from accel.proxy import Accelerator, CacheRules, Route
+from accel.routing import Router
+from accel.upstream import Origin, OriginPool, UpstreamSettings
+
+__all__ = ["make_service", "build_accelerator"]
+
+_log = Logger()
+
+
+def cache_rules(settings: cfg.CacheSettings) -> CacheRules | None:
+    """The runtime cache rules of a route, or None when it does not cache."""
+    if not settings.enabled:
+        return None
+    query = "ignore" if settings.ignore_query else "sort" if settings.sort_query else "keep"
+    return CacheRules(
+        policy=PolicySettings(
+            heuristic_fraction=settings.heuristic_fraction,
+            heuristic_max=settings.heuristic_max,
+            store_set_cookie=settings.store_set_cookie,
+            stale_if_error_default=settings.stale_if_error,
+        ),
+        recipe=KeyRecipe(query=query, headers=settings.key_headers),
+        range_fetch_max=settings.range_fetch_max,
+    )
+
+
+def _upstream_settings(timeouts: cfg.Timeouts) -> UpstreamSettings:
+    return UpstreamSettings(
+        connect_timeout=timeouts.connect,
+        first_byte_timeout=timeouts.first_byte,
+        idle_timeout=timeouts.idle,
+    )
+
+
+def build_accelerator(config: cfg.Config, reactor: Any, store: Store | None) -> Accelerator:
+    """The request handler for ``config``'s sites and routes."""
+    trusted = tuple(config.trusted_proxies)
+    sites = []
+    for site in config.sites:
+        routes = []
+        for route in site.routes:
+            origins = [Origin.parse(str(o)) for o in route.origins]
+            pool = OriginPool(origins, reactor, _upstream_settings(route.timeouts))
+            runtime = Route(
+                upstream=pool,
+                forwarding=ForwardingPolicy(trusted=trusted, host=route.host),
+                cache=cache_rules(route.cache),
+                name=route.prefix.decode("latin-1"),
+            )
+            routes.append((route.prefix, runtime))
+        sites.append((site.hosts, routes))
+    router: Router[Route] = Router(sites)
+    return Accelerator(router, reactor, store, Collapser(reactor))
+
+
+class _Closer(Service):
+    """Closes what the proxy opened (store, logs, temp dirs) when stopping."""
+
+    def __init__(self) -> None:
+        self._actions: list[Any] = []
+
+    def add(self, action: Any) -> None:
+        self._actions.append(action)
+
+    def stopService(self) -> None:
+        super().stopService()
+        for action in reversed(self._actions):
+            try:
+                action()
+            except Exception:
+                _log.failure("error while shutting down")
+
+
+def _access_log(config: cfg.Config, reactor: Any, closer: _Closer) -> Any:
+    if config.access_log is None:
+
+        def to_twisted_log(*args: Any) -> None:
+            _log.info("{line}", line=format_line(*args).decode("latin-1").rstrip("\n"))
+
+        return to_twisted_log
+    log = AccessLog(config.access_log, reactor)
+    closer.add(log.close)
+    return log
+
+
+def make_service(config: cfg.Config, reactor: Any) -> IService:
+    """Everything ``twistd accel`` runs, as one service."""
+    top = MultiService()
+    closer = _Closer()
+    closer.setServiceParent(top)
+
+    if config.demo:
+        from accel.demo import DemoOrigin
+
+        demo = DemoOrigin.create(reactor, reactor, config.listen)
+        demo.setServiceParent(top)
+        config = config.with_demo_origin(demo.url)
+
+    store = None
+    if any(route.cache.enabled for site in config.sites for route in site.routes):
+        directory = config.cache_dir
+        if directory is None:
+            directory = tempfile.mkdtemp(prefix="accel-cache-")
+            closer.add(lambda: shutil.rmtree(directory, ignore_errors=True))
+        store = Store(directory, config.cache_size, reactor)
+        closer.add(store.close)
+
+    handler = build_accelerator(config, reactor, store)
+    limits = ServerLimits(
+        header_timeout=config.limits.header_timeout,
+        idle_timeout=config.limits.keepalive_timeout,
+        max_header_bytes=config.limits.max_header_bytes,
+    )
+    access_log = _access_log(config, reactor, closer)
+    for description in config.listen:
+        tls = description.split(":", 1)[0] in ("ssl", "tls")
+        factory = HTTPServerFactory(
+            handler,
+            reactor,
+            scheme=b"https" if tls else b"http",
+            limits=limits,
+            access_log=access_log,
+        )
+        endpoint = serverFromString(reactor, description)
+        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+    return top

@@ -1,0 +1,458 @@
+"""The accelerator's cache flow (accel.proxy), on fakes and a real diskcache store.
+
+The origin and the client are in-memory fakes (tests/fakes.py); time is a
+task.Clock; the store is the real one in a temporary directory. Each test
+counts origin requests where that is the point.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+
+from accel.cache.collapse import Collapser
+from accel.cache.store import Store
+from accel.http.dates import format_http_date
+from accel.proxy import Accelerator, CacheRules, Route
+from accel.routing import Router
+from accel.upstream import UpstreamTimeout
+from tests.fakes import FakeResponder, FakeUpstream, always, make_request, response
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def clock() -> Clock:
+    c = Clock()
+    c.advance(T0)
+    return c
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    s = Store(str(tmp_path / "cache"), 64 * 1024 * 1024, clock)
+    yield s
+    s.close()
+
+
+def make_proxy(clock, store, upstream, rules: CacheRules | None = CacheRules()):
+    route = Route(upstream=upstream, cache=rules)
+    router: Router[Route] = Router([(["*"], [("/", route)])])
+    return Accelerator(router, clock, store, Collapser(clock, timeout=5.0, pass_ttl=60.0))
+
+
+def get(proxy, target=b"/", method=b"GET", headers=None) -> FakeResponder:
+    r = FakeResponder()
+    proxy.handle(make_request(target, method, headers), r)
+    return r
+
+
+def dated(*pairs, clock=None):
+    """Response headers with a Date of T0 (or the clock's now)."""
+    now = clock.seconds() if clock is not None else T0
+    return [(b"Date", format_http_date(now)), *pairs]
+
+
+class TestHits:
+    def test_one_fetch_serves_many_hits(self, clock, store):
+        """RFC 9111 4.2: a fresh stored response answers later requests without the origin."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"hello"))
+        proxy = make_proxy(clock, store, upstream)
+        first = get(proxy)
+        assert first.body == b"hello" and first.finished
+        assert b"fwd=uri-miss" in first.header(b"cache-status")
+        clock.advance(5)
+        for _ in range(3):
+            hit = get(proxy)
+            assert hit.status == 200 and hit.body == b"hello" and hit.finished
+            assert hit.header(b"age") == b"5"
+            assert hit.header(b"cache-status").startswith(b"accel; hit")
+            assert hit.log["cache"] == "HIT"
+        assert len(upstream.calls) == 1
+
+    def test_expired_entry_is_fetched_again(self, clock, store):
+        """Past its freshness lifetime a response without validators is refetched."""
+        upstream = FakeUpstream(auto=lambda call: response(200, dated((b"Cache-Control", b"max-age=10"), clock=clock), b"v")[0])
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        clock.advance(11)
+        again = get(proxy)
+        assert again.body == b"v"
+        assert len(upstream.calls) == 2
+
+    def test_no_store_is_never_stored(self, clock, store):
+        """RFC 9111 5.2.2.5: no-store responses are fetched every time."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"no-store, max-age=60"))))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        get(proxy)
+        assert len(upstream.calls) == 2
+
+    def test_head_is_answered_from_a_stored_get(self, clock, store):
+        """RFC 9111 4: a stored GET response serves HEAD, without a body."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"abc"))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        head = get(proxy, method=b"HEAD")
+        assert head.status == 200 and head.finished and head.body == b""
+        assert head.header(b"content-length") == b"3"
+        assert len(upstream.calls) == 1
+
+    def test_head_miss_fills_the_cache_with_get(self, clock, store):
+        """A HEAD miss fetches with GET so the next GET is a hit."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"abc"))
+        proxy = make_proxy(clock, store, upstream)
+        head = get(proxy, method=b"HEAD")
+        assert head.finished and head.body == b""
+        assert upstream.calls[0].method == b"GET"
+        hit = get(proxy)
+        assert hit.body == b"abc" and len(upstream.calls) == 1
+
+    def test_targeted_field_is_not_sent_downstream(self, clock, store):
+        """RFC 9213: accel's own targeted field is consumed here."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Accel-Cache-Control", b"max-age=60"))))
+        proxy = make_proxy(clock, store, upstream)
+        first = get(proxy)
+        assert b"accel-cache-control" not in first.headers
+        hit = get(proxy)
+        assert b"accel-cache-control" not in hit.headers
+        assert len(upstream.calls) == 1
+
+    def test_route_without_cache_always_forwards(self, clock, store):
+        """A route with caching off passes every request through."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"))))
+        proxy = make_proxy(clock, store, upstream, rules=None)
+        r = get(proxy)
+        get(proxy)
+        assert len(upstream.calls) == 2
+        assert b"fwd=bypass" in r.header(b"cache-status")
+
+
+class TestVary:
+    def test_variants_are_stored_side_by_side(self, clock, store):
+        """RFC 9111 4.1: each Accept-Language gets its own stored response."""
+
+        def answer(call):
+            lang = call.headers.get(b"accept-language") or b"none"
+            return response(200, dated((b"Cache-Control", b"max-age=60"), (b"Vary", b"Accept-Language")), lang)[0]
+
+        upstream = FakeUpstream(auto=answer)
+        proxy = make_proxy(clock, store, upstream)
+        assert get(proxy, headers=[(b"Accept-Language", b"en")]).body == b"en"
+        miss = get(proxy, headers=[(b"Accept-Language", b"fr")])
+        assert miss.body == b"fr"
+        assert b"fwd=vary-miss" in miss.header(b"cache-status")
+        assert get(proxy, headers=[(b"Accept-Language", b"en")]).body == b"en"
+        assert get(proxy, headers=[(b"Accept-Language", b"fr")]).body == b"fr"
+        assert len(upstream.calls) == 2
+
+    def test_vary_star_is_never_served(self, clock, store):
+        """RFC 9111 4.1: Vary: * matches no later request."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"), (b"Vary", b"*"))))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        get(proxy)
+        assert len(upstream.calls) == 2
+
+
+class TestRevalidation:
+    def test_304_refreshes_and_serves_the_stored_body(self, clock, store):
+        """RFC 9111 4.3: a stale entry is validated with If-None-Match; a 304 serves it."""
+        upstream = FakeUpstream(
+            auto=lambda call: response(200, dated((b"Cache-Control", b"max-age=10"), (b"ETag", b'"v1"'), clock=clock), b"body")[0]
+        )
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        clock.advance(20)
+        upstream.auto = lambda call: response(304, dated((b"Cache-Control", b"max-age=10"), (b"ETag", b'"v1"'), clock=clock))[0]
+        r = get(proxy)
+        assert upstream.calls[1].headers.get(b"if-none-match") == b'"v1"'
+        assert r.status == 200 and r.body == b"body"
+        assert b"fwd=stale" in r.header(b"cache-status") and b"fwd-status=304" in r.header(b"cache-status")
+        assert r.log["cache"] == "REVALIDATED"
+        # Freshened: the next request within the new lifetime is a plain hit.
+        clock.advance(5)
+        hit = get(proxy)
+        assert hit.header(b"cache-status").startswith(b"accel; hit")
+        assert len(upstream.calls) == 2
+
+    def test_new_200_replaces_the_stored_response(self, clock, store):
+        """RFC 9111 4.3.3: a full response to a validation replaces the stored one."""
+        upstream = FakeUpstream(
+            auto=lambda call: response(200, dated((b"Cache-Control", b"max-age=10"), (b"ETag", b'"v1"'), clock=clock), b"old")[0]
+        )
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        clock.advance(20)
+        upstream.auto = lambda call: response(200, dated((b"Cache-Control", b"max-age=10"), (b"ETag", b'"v2"'), clock=clock), b"new")[0]
+        assert get(proxy).body == b"new"
+        assert get(proxy).body == b"new"
+        assert len(upstream.calls) == 2
+
+    def test_client_conditional_is_answered_from_the_cache(self, clock, store):
+        """RFC 9110 13.2: If-None-Match matching the stored ETag gets 304 from accel."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"), (b"ETag", b'"abc"'))))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        r = get(proxy, headers=[(b"If-None-Match", b'"abc"')])
+        assert r.status == 304 and r.body == b"" and r.header(b"etag") == b'"abc"'
+        assert len(upstream.calls) == 1
+
+    def test_client_conditional_on_a_miss_is_not_forwarded(self, clock, store):
+        """A miss fetches the full response for the cache, then answers the precondition."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"), (b"ETag", b'"abc"'))))
+        proxy = make_proxy(clock, store, upstream)
+        r = get(proxy, headers=[(b"If-None-Match", b'"abc"')])
+        assert b"if-none-match" not in upstream.calls[0].headers
+        assert r.status == 304
+        assert get(proxy).body == b"x" and len(upstream.calls) == 1
+
+
+class TestStale:
+    def test_stale_if_error_serves_stale_when_the_origin_is_down(self, clock, store):
+        """RFC 5861 4: within stale-if-error, an origin failure is answered with the stale copy."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=10, stale-if-error=60")), body=b"kept"))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        clock.advance(30)
+
+        def down(call):
+            raise UpstreamTimeout("origin.test: no answer")
+
+        upstream.auto = down
+        r = get(proxy)
+        assert r.status == 200 and r.body == b"kept"
+        assert r.log["cache"] == "STALE"
+        assert b"fwd=stale" in r.header(b"cache-status")
+
+    def test_stale_if_error_covers_5xx_answers(self, clock, store):
+        """RFC 5861 4: a 503 from the origin also lets the stale copy stand in."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=10, stale-if-error=60")), body=b"kept"))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        clock.advance(30)
+        upstream.auto = always(503, body=b"down")
+        r = get(proxy)
+        assert r.status == 200 and r.body == b"kept"
+        assert b"fwd-status=503" in r.header(b"cache-status")
+
+    def test_past_stale_if_error_the_error_is_returned(self, clock, store):
+        """Beyond the stale-if-error window the client gets a clean 504."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=10, stale-if-error=5"))))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        clock.advance(30)
+
+        def down(call):
+            raise UpstreamTimeout("origin.test: no answer")
+
+        upstream.auto = down
+        r = get(proxy)
+        assert r.status == 504 and b"origin.test" not in r.body
+
+    def test_stale_while_revalidate_serves_at_once_and_refreshes_once(self, clock, store):
+        """RFC 5861 3: stale served immediately, one background validation."""
+        upstream = FakeUpstream(
+            auto=lambda call: response(200, dated((b"Cache-Control", b"max-age=10, stale-while-revalidate=60"), clock=clock), b"old")[0]
+        )
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        clock.advance(15)
+        upstream.auto = None  # hold the background fetch open
+        a = get(proxy)
+        b = get(proxy)
+        assert a.body == b"old" and b.body == b"old"
+        assert a.log["cache"] == "UPDATING"
+        assert len(upstream.calls) == 2  # exactly one background fetch
+        resp, _ = response(200, dated((b"Cache-Control", b"max-age=10"), clock=clock), b"new")
+        upstream.calls[1].deferred.callback(resp)
+        assert get(proxy).body == b"new"
+
+    def test_only_if_cached_miss_is_504(self, clock, store):
+        """RFC 9111 5.2.1.7: nothing stored and only-if-cached gives 504, origin untouched."""
+        upstream = FakeUpstream(auto=always())
+        proxy = make_proxy(clock, store, upstream)
+        r = get(proxy, headers=[(b"Cache-Control", b"only-if-cached")])
+        assert r.status == 504 and not upstream.calls
+
+
+class TestCollapsing:
+    def test_concurrent_misses_make_one_origin_request(self, clock, store):
+        """N concurrent misses for one URL: one fetch; the rest are served from it."""
+        upstream = FakeUpstream()
+        proxy = make_proxy(clock, store, upstream)
+        clients = [get(proxy) for _ in range(5)]
+        assert len(upstream.calls) == 1
+        resp, body = response(200, dated((b"Cache-Control", b"max-age=60")), complete=False)
+        upstream.calls[0].deferred.callback(resp)
+        body.feed(b"shared")
+        body.finish()
+        for c in clients:
+            assert c.status == 200 and c.body == b"shared" and c.finished
+        assert all(b"collapsed" in c.header(b"cache-status") for c in clients[1:])
+        assert len(upstream.calls) == 1
+
+    def test_uncacheable_answer_releases_waiters_to_the_origin(self, clock, store):
+        """When the shared fetch is not storable, waiters fetch on their own, and later
+        requests skip the wait (hit-for-miss)."""
+        upstream = FakeUpstream()
+        proxy = make_proxy(clock, store, upstream)
+        clients = [get(proxy) for _ in range(3)]
+        resp, _ = response(200, dated((b"Cache-Control", b"private")), b"mine")
+        upstream.auto = always(headers=dated((b"Cache-Control", b"private")), body=b"yours")
+        upstream.calls[0].deferred.callback(resp)
+        assert clients[0].body == b"mine"
+        assert [c.body for c in clients[1:]] == [b"yours", b"yours"]
+        upstream.auto = None
+        late = [get(proxy) for _ in range(2)]
+        assert len(upstream.calls) == 5  # the late ones went straight out, unserialised
+        assert all(c.status is None for c in late)
+
+    def test_waiters_time_out_and_fetch_on_their_own(self, clock, store):
+        """A stuck leader holds others for at most the lock timeout."""
+        upstream = FakeUpstream()
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        get(proxy)
+        assert len(upstream.calls) == 1
+        clock.advance(5)
+        assert len(upstream.calls) == 2
+
+
+class TestIntegrity:
+    def test_truncated_body_is_not_stored_and_the_client_sees_an_abort(self, clock, store):
+        """An origin that dies mid-body: the client's response is aborted, nothing stored."""
+        upstream = FakeUpstream()
+        proxy = make_proxy(clock, store, upstream)
+        r = get(proxy)
+        resp, body = response(200, dated((b"Cache-Control", b"max-age=60"), (b"Content-Length", b"10")), complete=False)
+        upstream.calls[0].deferred.callback(resp)
+        body.feed(b"12345")
+        body.break_off()
+        assert r.aborted and not r.finished
+        upstream.auto = always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"whole")
+        assert get(proxy).body == b"whole"
+        assert len(upstream.calls) == 2
+
+    def test_origin_timeout_is_a_clean_504(self, clock, store):
+        """A timed-out origin gives 504 without origin internals."""
+
+        def hang(call):
+            raise UpstreamTimeout("origin.test:80 secret-internal-name timed out")
+
+        proxy = make_proxy(clock, store, FakeUpstream(auto=hang))
+        r = get(proxy)
+        assert r.status == 504 and b"secret" not in r.body
+
+    def test_client_leaving_mid_body_stores_nothing(self, clock, store):
+        """A client that disconnects mid-body aborts the fill: no partial entry."""
+        upstream = FakeUpstream()
+        proxy = make_proxy(clock, store, upstream)
+        r = get(proxy)
+        resp, body = response(200, dated((b"Cache-Control", b"max-age=60"), (b"Content-Length", b"10")), complete=False)
+        upstream.calls[0].deferred.callback(resp)
+        body.feed(b"12345")
+        r.disconnect()
+        assert body.discarded
+        upstream.auto = always(headers=dated((b"Cache-Control", b"max-age=60")))
+        get(proxy)
+        assert len(upstream.calls) == 2
+
+
+class TestInvalidation:
+    def test_unsafe_method_invalidates_the_target(self, clock, store):
+        """RFC 9111 4.4: a successful POST removes the stored responses for its URI."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"))))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy, b"/item")
+        post = get(proxy, b"/item", method=b"POST")
+        assert post.status == 200
+        get(proxy, b"/item")
+        assert [c.method for c in upstream.calls] == [b"GET", b"POST", b"GET"]
+
+    def test_failed_unsafe_request_invalidates_nothing(self, clock, store):
+        """RFC 9111 4.4: only non-error responses invalidate."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"))))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy, b"/item")
+        upstream.auto = always(500)
+        get(proxy, b"/item", method=b"DELETE")
+        upstream.auto = always(headers=dated((b"Cache-Control", b"max-age=60")))
+        get(proxy, b"/item")
+        assert len(upstream.calls) == 2
+
+    def test_location_on_the_same_origin_is_invalidated(self, clock, store):
+        """RFC 9111 4.4: Location naming a same-origin URI is invalidated too."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"))))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy, b"/other")
+        upstream.auto = always(201, [(b"Location", b"/other")])
+        get(proxy, b"/new", method=b"POST")
+        upstream.auto = always(headers=dated((b"Cache-Control", b"max-age=60")))
+        get(proxy, b"/other")
+        assert len(upstream.calls) == 3
+
+
+class TestRanges:
+    def stored(self, clock, store, body=b"0123456789"):
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"), (b"ETag", b'"r"')), body=body))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        return proxy, upstream
+
+    def test_single_range_from_the_cache(self, clock, store):
+        """RFC 9110 14: a stored complete response answers a byte range with 206."""
+        proxy, upstream = self.stored(clock, store)
+        r = get(proxy, headers=[(b"Range", b"bytes=2-4")])
+        assert r.status == 206 and r.body == b"234"
+        assert r.header(b"content-range") == b"bytes 2-4/10"
+        assert r.header(b"content-length") == b"3"
+        assert len(upstream.calls) == 1
+
+    def test_unsatisfiable_range_is_416(self, clock, store):
+        """RFC 9110 15.5.17: a range past the end gets 416 with the length."""
+        proxy, _ = self.stored(clock, store)
+        r = get(proxy, headers=[(b"Range", b"bytes=50-60")])
+        assert r.status == 416 and r.header(b"content-range") == b"bytes */10"
+
+    def test_if_range_mismatch_sends_the_whole(self, clock, store):
+        """RFC 9110 13.1.5: If-Range that does not match gets the full 200."""
+        proxy, _ = self.stored(clock, store)
+        r = get(proxy, headers=[(b"Range", b"bytes=2-4"), (b"If-Range", b'"other"')])
+        assert r.status == 200 and r.body == b"0123456789"
+
+    def test_range_miss_fills_the_whole_object_then_serves_the_range(self, clock, store):
+        """A Range miss fetches the whole object for the cache, then answers the range."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"abcdefgh"))
+        proxy = make_proxy(clock, store, upstream)
+        r = get(proxy, headers=[(b"Range", b"bytes=-3")])
+        assert b"range" not in upstream.calls[0].headers
+        assert r.status == 206 and r.body == b"fgh"
+        assert get(proxy).body == b"abcdefgh" and len(upstream.calls) == 1
+
+    def test_range_miss_on_an_uncacheable_object_passes_the_range_through(self, clock, store):
+        """If the object cannot be stored, the client's Range goes to the origin as sent."""
+
+        def answer(call):
+            if b"range" in call.headers:
+                return response(206, [(b"Content-Range", b"bytes 0-1/4")], b"ab")[0]
+            return response(200, dated((b"Cache-Control", b"no-store")), b"abcd")[0]
+
+        upstream = FakeUpstream(auto=answer)
+        proxy = make_proxy(clock, store, upstream)
+        r = get(proxy, headers=[(b"Range", b"bytes=0-1")])
+        assert r.status == 206 and r.body == b"ab"
+        assert upstream.calls[-1].headers.get(b"range") == b"bytes=0-1"
+
+    def test_range_miss_on_a_large_object_passes_the_range_through(self, clock, store):
+        """Objects over range_fetch_max are not fetched whole for a range request."""
+
+        def answer(call):
+            if b"range" in call.headers:
+                return response(206, [(b"Content-Range", b"bytes 0-1/100")], b"ab")[0]
+            return response(200, dated((b"Cache-Control", b"max-age=60")), b"x" * 100)[0]
+
+        upstream = FakeUpstream(auto=answer)
+        proxy = make_proxy(clock, store, upstream, rules=CacheRules(range_fetch_max=50))
+        r = get(proxy, headers=[(b"Range", b"bytes=0-1")])
+        assert r.status == 206 and r.body == b"ab"
