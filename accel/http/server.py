@@ -1021,13 +1021,14 @@ class HTTPServerProtocol(Protocol):
                     self._dispatch(exchange)
         finally:
             self._advancing = False
-        if self._active is None and not self._closing:
-            if self._phase == _IDLE and not self._queue:
-                deadline = self._clock.seconds() + self._limits.idle_timeout
-                self._idle_deadline = deadline
-                self._arm(deadline)
-            if self._reading_paused:
-                self._update_reading()
+        if self._closing:
+            return
+        if self._active is None and self._phase == _IDLE and not self._queue:
+            deadline = self._clock.seconds() + self._limits.idle_timeout
+            self._idle_deadline = deadline
+            self._arm(deadline)
+        if self._reading_paused:
+            self._update_reading()
 
     def _dispatch(self, exchange: _Exchange) -> None:
         assert exchange.request is not None
