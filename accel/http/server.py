@@ -1,0 +1,1301 @@
+"""accel's client-facing HTTP/1.1 server protocol, on httptools (llhttp).
+
+twisted.web's ``Site``/``Resource`` machinery costs several times what a
+cache hit should; this protocol parses with llhttp, validates what llhttp
+leaves to the server, and hands each request to a
+:class:`~accel.http.model.Handler` with a :class:`~accel.http.model.Responder`.
+
+What the server checks itself, on top of llhttp's strict mode (bare CR/LF,
+obs-fold, whitespace before the colon, invalid field names and values,
+invalid or duplicate Content-Length, Content-Length with Transfer-Encoding,
+invalid chunk sizes and extensions are all llhttp errors):
+
+* exactly one valid ``Host`` (RFC 9112 section 3.2), also for absolute-form,
+  whose authority then wins (section 3.2.2);
+* the request-target form fits the method (section 3.2): asterisk-form only
+  for OPTIONS, no CONNECT (accel is not a forward proxy), no fragment, no
+  characters outside the URI grammar (see ``_PATH_OK``/``_QUERY_OK``);
+* framing (RFC 9112 section 6): Transfer-Encoding must end in chunked (400),
+  other codings are not implemented (501), Transfer-Encoding in HTTP/1.0 is
+  refused (400), and Content-Length with Transfer-Encoding is refused (400);
+* versions: HTTP/1.0 and 1.1; a higher 1.x minor is treated as 1.1 (RFC 9112
+  section 2.3), another major version gets 505;
+* limits (:class:`ServerLimits`) with their statuses: 408, 413, 414, 431.
+
+Every rejection answers a short ``text/plain`` error with ``Connection:
+close`` and closes; the handler never sees the request, and nothing after it
+on the connection is read. Responses leave strictly in request order: request
+*n + 1* is handed to the handler only once response *n* is complete and
+request *n*'s content is consumed, so a response always writes straight to
+the transport. Heads parsed meanwhile queue (bounded: reading pauses).
+
+A request whose ``Upgrade`` we ignore (RFC 9110 section 7.8: a server may)
+but which carries content needs care: llhttp skips the content of any
+upgrade request, which would let a request hide in it. The protocol then
+re-parses the content with a fresh parser primed with a synthetic head of the
+same framing (:class:`_AfterUpgrade`), so the content is read as content.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import deque
+from collections.abc import Callable
+
+import httptools
+from attrs import field, frozen
+from attrs.validators import ge, gt, optional
+from twisted.internet.address import UNIXAddress
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from accel.http.dates import format_http_date
+from accel.http.headers import Headers, split_list
+from accel.http.model import EMPTY_BODY, BodySink, Handler, PushProducer, Request
+
+__all__ = [
+    "AccessLog",
+    "HTTPServerFactory",
+    "HTTPServerProtocol",
+    "RequestBodyError",
+    "ServerLimits",
+]
+
+_log = Logger()
+
+#: ``access_log(request, status, body_bytes_sent, started, finished, log)``.
+#: ``request`` is ``None`` for a request rejected before it was parsed;
+#: ``status`` is 0 when the client went away before a response started.
+AccessLog = Callable[[Request | None, int, int, float, float, dict[str, str]], None]
+
+
+@frozen
+class ServerLimits:
+    """Per-connection limits; each says what it answers when exceeded.
+
+    Defaults follow nginx where it has an equivalent.
+    """
+
+    #: Longest request-target, in bytes: 414 URI Too Long.
+    max_target: int = field(default=8192, validator=gt(0))
+    #: Sum of field name and value lengths in the head: 431.
+    max_header_bytes: int = field(default=32768, validator=gt(0))
+    #: Most field lines in the head: 431.
+    max_headers: int = field(default=100, validator=gt(0))
+    #: Seconds for a request head to arrive once it has begun (and for the
+    #: first byte of the first request): 408, then close.
+    header_timeout: float = field(default=10.0, validator=gt(0))
+    #: Seconds a keep-alive connection may sit idle between requests; then
+    #: closed silently.
+    idle_timeout: float = field(default=60.0, validator=gt(0))
+    #: Seconds without request content while the server is waiting for it:
+    #: 408 if no response started, else the connection is closed.
+    body_timeout: float = field(default=60.0, validator=gt(0))
+    #: Parsed requests waiting behind the one being answered; at this many,
+    #: reading pauses until the queue drains.
+    max_pipelined: int = field(default=16, validator=gt(0))
+    #: Request content buffered before the handler takes it; above this,
+    #: reading pauses.
+    max_buffered_body: int = field(default=65536, validator=gt(0))
+    #: Largest request content accepted, or ``None`` for no limit: 413.
+    max_body: int | None = field(default=None, validator=optional(ge(0)))
+    #: Unread request content the server reads and drops after a response to
+    #: keep the connection; more than this and the connection is closed.
+    max_discard: int = field(default=65536, validator=ge(0))
+
+
+class RequestBodyError(Exception):
+    """The request content failed: what a :class:`BodySink` gets in ``fail``.
+
+    ``status`` is the answer the server gives (or would have given) for it:
+    400 for broken framing, 408 for a stalled client, 413 for too much.
+    """
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status} {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class _Rejected(Exception):
+    """Raised inside a parser callback to stop llhttp; details on the protocol."""
+
+
+# --- Request-target and Host grammar (RFC 3986, RFC 9112 section 3.2) ---
+
+_ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_UNRESERVED = _ALNUM + b"-._~"
+_SUB_DELIMS = b"!$&'()*+,;="
+#: Path bytes: pchar and "/" (RFC 3986 section 3.3), plus "[", "]", "|" and
+#: "^", which browsers send unencoded (the WHATWG path percent-encode set).
+#: Refused: controls, space, '"', "#", "<", ">", "\\", "`", "{", "}", and
+#: anything not ASCII; "\\" because some origins read it as "/".
+_PATH_OK = _UNRESERVED + _SUB_DELIMS + b":@/%[]|^"
+#: Query bytes: RFC 3986 query plus what browsers leave unencoded there.
+_QUERY_OK = _PATH_OK + b"?`{}\\"
+_ORIGIN_FORM = re.compile(
+    b"(/[%s]*)(?:\\?([%s]*))?" % (re.escape(_PATH_OK), re.escape(_QUERY_OK))
+)
+_BAD_PCT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_TOKEN_SP = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.S)
+_HOST = re.compile(
+    rb"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]"
+    rb"|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)"
+    rb"(?::(?P<port>[0-9]{0,5}))?"
+)
+_valid_hosts: set[bytes] = set()
+
+
+def valid_host(raw: bytes) -> bool:
+    """Whether ``raw`` is ``uri-host [ ":" port ]`` (RFC 9110 section 7.2).
+
+    An empty value is valid (RFC 9112 section 3.2: sent when the target URI
+    has no authority). IPv6 literals are checked as addresses; ports above
+    65535 are refused. Results for valid hosts are memoised (bounded).
+    """
+    if raw in _valid_hosts:
+        return True
+    m = _HOST.fullmatch(raw)
+    if m is None:
+        return False
+    ip6, port = m.group("ip6", "port")
+    if port and int(port) > 65535:
+        return False
+    if ip6 is not None:
+        try:
+            ipaddress.IPv6Address(ip6.decode("ascii"))
+        except ValueError:
+            return False
+    if len(_valid_hosts) < 4096:
+        _valid_hosts.add(raw)
+    return True
+
+
+def split_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None, bytes | None]:
+    """``(path, query, authority)`` of a request-target, or raise ``ValueError``.
+
+    RFC 9112 section 3.2: origin-form (``authority`` is then ``None``: it
+    comes from Host), absolute-form with an ``http``/``https`` scheme, a
+    non-empty host and no userinfo (RFC 9110 section 4.2.1), and
+    asterisk-form for OPTIONS only. Authority-form (CONNECT) is refused
+    before this is called. ``query`` is ``None`` without a ``?``.
+    """
+    m = _ORIGIN_FORM.fullmatch(target)
+    if m is None:
+        if target[:1] == b"/":
+            raise ValueError("invalid character in request-target")
+        if target == b"*":
+            if method != b"OPTIONS":
+                raise ValueError("asterisk-form is only for OPTIONS")
+            return b"*", None, None
+        return _split_absolute(method, target)
+    path, query = m.groups()
+    if b"%" in path and _BAD_PCT.search(path):
+        raise ValueError("invalid percent-encoding in path")
+    return path, query, None
+
+
+def _split_absolute(method: bytes, target: bytes) -> tuple[bytes, bytes | None, bytes]:
+    m = _ABSOLUTE.fullmatch(target)
+    if m is None:
+        raise ValueError("request-target must be origin-form or absolute-form")
+    scheme, authority, rest = m.groups()
+    if scheme.lower() not in (b"http", b"https"):
+        raise ValueError("absolute-form scheme must be http or https")
+    if not authority or b"@" in authority or not valid_host(authority):
+        raise ValueError("invalid authority in absolute-form")
+    if not rest:
+        # RFC 9112 section 3.2.1: an empty path is "/" ("*" for OPTIONS).
+        if method == b"OPTIONS":
+            return b"*", None, authority.lower()
+        rest = b"/"
+    elif rest[:1] == b"?":
+        rest = b"/" + rest
+    path, query, _ = split_target(method, rest)
+    return path, query, authority.lower()
+
+
+def _has_token(values: list[bytes], token: bytes) -> bool:
+    """Whether the comma-separated list fields contain ``token`` (any case)."""
+    for element in split_list(values):
+        if element.lower() == token:
+            return True
+    return False
+
+
+# --- Responses ---
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    417: b"Expectation Failed",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    505: b"HTTP Version Not Supported",
+}
+
+#: Fields the responder manages itself; see :meth:`_Exchange.start`.
+_MANAGED = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"date", b"server"}
+)
+_SPECIAL = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"}
+)
+_NO_FIELDS: dict[bytes, list[bytes]] = {}
+
+# Response states.
+_NEW, _STARTED, _DONE = 0, 1, 2
+# Response body framings.
+_NONE, _FIXED, _CHUNKED, _CLOSE = 0, 1, 2, 3
+# Parser phases.
+_IDLE, _HEAD, _BODY = 0, 1, 2
+
+
+class _RequestBody:
+    """Request content as a :class:`~accel.http.model.BodySource`.
+
+    Data parsed before :meth:`deliver` (or while the sink has paused) is
+    buffered; past ``max_buffered_body`` the protocol stops reading.
+    """
+
+    __slots__ = (
+        "length",
+        "received",
+        "_proto",
+        "_exchange",
+        "_sink",
+        "_buffer",
+        "_paused",
+        "_complete",
+        "_error",
+        "_told",
+        "_discarding",
+        "_drain_limit",
+        "_expect",
+    )
+
+    def __init__(self, proto: HTTPServerProtocol, length: int | None, expect: bool) -> None:
+        self.length = length
+        self.received = 0
+        self._proto = proto
+        self._exchange: _Exchange | None = None
+        self._sink: BodySink | None = None
+        self._buffer: deque[bytes] = deque()
+        self._paused = False
+        self._complete = False
+        self._error: RequestBodyError | Exception | None = None
+        self._told = False  # the sink has had end() or fail()
+        self._discarding = False
+        self._drain_limit = -1  # >= 0 once the response is done and we drain
+        #: ``Expect: 100-continue`` and no ``100 Continue`` sent yet.
+        self._expect = expect
+
+    # BodySource
+
+    def deliver(self, sink: BodySink) -> None:
+        """Start pushing to ``sink``; sends ``100 Continue`` if the client waits for it."""
+        if self._sink is not None or self._discarding:
+            raise RuntimeError("request body already delivered or discarded")
+        self._sink = sink
+        if self._expect:
+            self._expect = False
+            ex = self._exchange
+            if ex is not None and ex._state == _NEW and not ex.disconnected and not self.received:
+                self._proto.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._proto._arm_for_phase()
+        self._flush()
+
+    def pause(self) -> None:
+        self._paused = True
+        self._proto._update_reading()
+
+    def resume(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def discard(self) -> None:
+        """Drop the content; the connection is kept only if little is left."""
+        self._discarding = True
+        self._sink = None
+        self._drop_buffer()
+
+    # Fed by the protocol
+
+    def _receive(self, data: bytes) -> None:
+        self.received += len(data)
+        proto = self._proto
+        limit = proto._limits.max_body
+        if limit is not None and self.received > limit:
+            assert self._exchange is not None
+            proto._fail_exchange(self._exchange, 413, "request content too large")
+            return
+        if self._discarding:
+            if 0 <= self._drain_limit < self.received:
+                proto._close()
+            return
+        sink = self._sink
+        if sink is not None and not self._paused and not self._buffer:
+            try:
+                sink.data(data)
+            except Exception:
+                proto._handler_failed(self._exchange, Failure())
+            return
+        self._buffer.append(data)
+        proto._buffered += len(data)
+        if proto._buffered > proto._limits.max_buffered_body:
+            proto._update_reading()
+
+    def _end(self) -> None:
+        self._complete = True
+        self._flush()
+
+    def _fail(self, error: Exception) -> None:
+        if self._complete or self._error is not None:
+            return
+        self._error = error
+        self._drop_buffer()
+        if self._sink is not None and not self._told:
+            self._told = True
+            try:
+                self._sink.fail(error)
+            except Exception:
+                _log.failure("request body sink failed", Failure())
+
+    def _flush(self) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        buffer = self._buffer
+        proto = self._proto
+        try:
+            while buffer and not self._paused:
+                chunk = buffer.popleft()
+                proto._buffered -= len(chunk)
+                sink.data(chunk)
+            if self._complete and not buffer and not self._told:
+                self._told = True
+                sink.end()
+        except Exception:
+            proto._handler_failed(self._exchange, Failure())
+        proto._update_reading()
+
+    def _drop_buffer(self) -> None:
+        if self._buffer:
+            self._proto._buffered -= sum(len(c) for c in self._buffer)
+            self._buffer.clear()
+        self._proto._update_reading()
+
+    @property
+    def _awaiting_client(self) -> bool:
+        """Whether the server is waiting on the client for content (body timeout runs)."""
+        return not (self._complete or self._expect or self._paused or self._error)
+
+
+class _Exchange:
+    """One request and its response: the :class:`~accel.http.model.Responder`.
+
+    Also a queue entry: ``reject`` set means the server answers this entry
+    with that error status instead of calling the handler.
+    """
+
+    # No __slots__: class-level defaults leave __init__ six stores, which
+    # measurably matters on the per-request path.
+    disconnected = False
+    #: Error status the server answers this entry with (0: call the handler).
+    reject = 0
+    detail = ""
+    #: The request has been received completely.
+    received = False
+    _state = _NEW
+    _status = 0
+    _mode = _NONE
+    _remaining = 0
+    _sent = 0
+    _callbacks: list[Callable[[], object]] | None = None
+    _producer: PushProducer | None = None
+
+    def __init__(
+        self,
+        proto: HTTPServerProtocol,
+        request: Request | None,
+        body: _RequestBody | None,
+        keep_alive: bool,
+        started_at: float,
+    ) -> None:
+        self.log: dict[str, str] = {}
+        self.request = request
+        self.body = body
+        #: What the request asked for (RFC 9112 section 9.3).
+        self.keep_alive = keep_alive
+        self._keep = keep_alive
+        self._proto = proto
+        self._started_at = started_at
+
+    # Responder
+
+    def start(self, status: int, reason: bytes, headers: Headers) -> None:
+        """Send the response head in one write; see the module docstring for framing."""
+        if self._state != _NEW:
+            if self.disconnected:
+                return
+            raise RuntimeError("Responder.start() called twice")
+        if self.disconnected:
+            return
+        request = self.request
+        assert request is not None
+        proto = self._proto
+        if status < 200:
+            self._interim(status, reason, headers)
+            return
+        keep = self._keep
+        body = self.body
+        if body is not None and body._expect and not body.received:
+            # The client still waits for 100 Continue: it may or may not send
+            # the content now, so the connection cannot be reused safely.
+            keep = False
+        no_body = status == 204 or status == 304 or request.method == b"HEAD"
+        length = None
+        has_date = has_server = False
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for pair in headers.pairs:
+            name = pair[0]
+            if name in _MANAGED:
+                if name == b"content-length":
+                    if length is not None or status == 204:
+                        continue  # RFC 9110 section 8.6: never in a 204
+                    if not pair[1].isdigit():
+                        raise ValueError(f"expected digits for content-length, got {pair[1]!r}")
+                    length = int(pair[1])
+                elif name == b"date":
+                    has_date = True
+                elif name == b"server":
+                    has_server = True
+                else:
+                    if name == b"connection" and _has_token([pair[1]], b"close"):
+                        keep = False
+                    continue  # framing and connection fields are ours
+            out.append(b"%s: %s\r\n" % pair)
+        if no_body:
+            mode = _NONE
+        elif length is not None:
+            mode = _FIXED
+            self._remaining = length
+        elif request.version == b"1.1":
+            mode = _CHUNKED
+            out.append(b"transfer-encoding: chunked\r\n")
+        else:
+            mode = _CLOSE  # RFC 9112 section 6.3, rule 8
+            keep = False
+        if not keep:
+            out.append(b"connection: close\r\n")
+        elif request.version == b"1.0":
+            out.append(b"connection: keep-alive\r\n")
+        factory = proto.factory
+        if not has_date:
+            out.append(factory.date_line())
+        if not has_server and factory.server_line:
+            out.append(factory.server_line)
+        out.append(b"\r\n")
+        self._state = _STARTED
+        self._status = status
+        self._mode = mode
+        self._keep = keep
+        proto.transport.write(b"".join(out))
+
+    def _interim(self, status: int, reason: bytes, headers: Headers) -> None:
+        """A 1xx response; never to an HTTP/1.0 client (RFC 9110 section 15.2)."""
+        request = self.request
+        assert request is not None
+        if status < 100 or status == 101:
+            raise ValueError(f"expected a 1xx other than 101 or a final status, got {status}")
+        if status == 100 and self.body is not None:
+            self.body._expect = False
+        if request.version == b"1.0":
+            return
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        out.extend(b"%s: %s\r\n" % pair for pair in headers.pairs if pair[0] not in _MANAGED)
+        out.append(b"\r\n")
+        self._proto.transport.write(b"".join(out))
+
+    def write(self, data: bytes) -> None:
+        """Send content; dropped for HEAD/204/304, cut at the declared length."""
+        if self._state != _STARTED:
+            if self.disconnected or self._state == _DONE:
+                return
+            raise RuntimeError("Responder.write() before start()")
+        n = len(data)
+        if not n:
+            return
+        mode = self._mode
+        transport = self._proto.transport
+        if mode == _CHUNKED:
+            if n < 8192:
+                transport.write(b"%x\r\n%s\r\n" % (n, data))
+            else:
+                transport.writeSequence((b"%x\r\n" % n, data, b"\r\n"))
+        elif mode == _FIXED:
+            if n > self._remaining:
+                n = self._remaining
+                data = data[:n]
+                if not n:
+                    return
+            self._remaining -= n
+            transport.write(data)
+        elif mode == _CLOSE:
+            transport.write(data)
+        else:
+            return
+        self._sent += n
+
+    def finish(self) -> None:
+        """The content is complete; a short fixed-length body is an abort."""
+        if self._state != _STARTED:
+            if self.disconnected or self._state == _DONE:
+                return
+            raise RuntimeError("Responder.finish() before start()")
+        if self._mode == _FIXED and self._remaining:
+            _log.warn(
+                "response to {line} ended {n} bytes short of its content-length; closing",
+                line=self._line(),
+                n=self._remaining,
+            )
+            self.abort()
+            return
+        if self._mode == _CHUNKED:
+            self._proto.transport.write(b"0\r\n\r\n")
+        self._state = _DONE
+        if self._producer is not None:
+            self.unregister_producer()
+        self._proto._response_done(self, True)
+
+    def abort(self) -> None:
+        """Close without completing the framing, so the client sees a truncated response."""
+        if self._state == _DONE or self.disconnected:
+            return
+        self._keep = False
+        self._done(clean=False)
+
+    def register_producer(self, producer: PushProducer) -> None:
+        """The transport pauses ``producer`` while the client reads slowly."""
+        if self.disconnected or self._state == _DONE:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        self._proto.transport.registerProducer(producer, True)
+
+    def unregister_producer(self) -> None:
+        if self._producer is not None:
+            self._producer = None
+            self._proto.transport.unregisterProducer()
+
+    def on_disconnect(self, callback: Callable[[], object]) -> None:  # type: ignore[override]
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
+
+    # Internals
+
+    def _line(self) -> str:
+        r = self.request
+        if r is None:
+            return "(unparsed request)"
+        return f"{r.method.decode('latin-1')} {r.target.decode('latin-1')} HTTP/{r.version.decode()}"
+
+    def _done(self, clean: bool) -> None:
+        self._state = _DONE
+        self.unregister_producer()
+        self._proto._response_done(self, clean)
+
+    def _lost(self) -> None:
+        """The connection went away before the response was done."""
+        self.disconnected = True
+        self._state = _DONE
+        self._producer = None
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                _log.failure("on_disconnect callback failed for {line}", Failure(), line=self._line())
+
+
+class _AfterUpgrade:
+    """Parser callbacks that skip a synthetic head, then forward to the protocol.
+
+    See the module docstring: after an ignored ``Upgrade`` with content, a
+    fresh parser is fed ``POST / HTTP/1.1`` plus the request's framing field,
+    so llhttp reads the content that follows as content.
+    """
+
+    def __init__(self, proto: HTTPServerProtocol) -> None:
+        self._proto = proto
+        self._skip = True
+
+    def on_url(self, url: bytes) -> None:
+        if not self._skip:
+            self._proto.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._skip:
+            self._proto.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._skip:
+            self._skip = False
+        else:
+            self._proto.on_headers_complete()
+
+    def on_body(self, data: bytes) -> None:
+        self._proto.on_body(data)
+
+    def on_message_complete(self) -> None:
+        self._proto.on_message_complete()
+
+
+class HTTPServerProtocol(Protocol):
+    """HTTP/1.1 to one client; see the module docstring."""
+
+    factory: HTTPServerFactory
+
+    def __init__(self, factory: HTTPServerFactory) -> None:
+        self.factory = factory
+        self._handler = factory.handler
+        self._clock = factory.clock
+        self._limits = factory.limits
+        self._idle_timeout = factory.limits.idle_timeout
+        self._scheme = factory.scheme
+        self._access_log = factory.access_log
+        self._parser: httptools.HttpRequestParser | None = None
+        self._client = ""
+        self._client_port = 0
+        # Parse state of the message being read.
+        self._phase = _IDLE
+        self._url = b""
+        self._pairs: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._fields: dict[bytes, list[bytes]] | None = None
+        self._parsing: _Exchange | None = None
+        self._resync: bytes | None = None
+        self._error: tuple[int, str] | None = None
+        self._progress = False
+        self._stalled = 0
+        # Exchanges.
+        self._queue: deque[_Exchange] = deque()
+        self._active: _Exchange | None = None
+        self._advancing = False
+        self._buffered = 0
+        # Connection state.
+        self._reading_paused = False
+        self._read_closed = False
+        self._closing = False
+        self._timer: IDelayedCall | None = None
+        self._last_rx = 0.0
+        self._head_since = 0.0
+        self._idle_deadline = 0.0
+
+    # --- Connection ---
+
+    def connectionMade(self) -> None:
+        parser = httptools.HttpRequestParser(self)
+        # Only the version digits: we answer 505 for other majors ourselves.
+        parser.set_dangerous_leniencies(lenient_version=True)
+        self._parser = parser
+        peer = self.transport.getPeer()
+        if isinstance(peer, UNIXAddress):
+            self._client = "unix"
+        else:
+            self._client = str(getattr(peer, "host", ""))
+            self._client_port = int(getattr(peer, "port", 0))
+        now = self._clock.seconds()
+        self._idle_deadline = now + self._limits.header_timeout
+        self._timer = self._clock.callLater(
+            min(self._limits.header_timeout, self._idle_timeout), self._on_timer
+        )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closing = self._read_closed = True
+        self._cancel_timer()
+        error = reason.value if isinstance(reason.value, Exception) else ConnectionDone()
+        active = self._active
+        if active is not None and active._state != _DONE:
+            active._lost()
+            self._access(active, self._clock.seconds())
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None:
+            parsing.body._fail(error)
+        if active is not None and active.body is not None:
+            active.body._fail(error)
+        self._queue.clear()
+        self._active = self._parsing = None
+        self._parser = None  # break the parser <-> protocol cycle
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._read_closed:
+            return
+        now = self._last_rx = self._clock.seconds()
+        if self._phase == _IDLE:
+            # Bytes of a new head (even before llhttp reaches the target).
+            self._phase = _HEAD
+            self._head_since = now
+        self._progress = False
+        parser = self._parser
+        assert parser is not None
+        while True:
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                # llhttp stops after an Upgrade (or CONNECT) head; we ignore
+                # the upgrade and carry on with the bytes after it.
+                data = data[upgrade.args[0] :]
+                if self._read_closed:
+                    return
+                if self._resync is not None:
+                    parser = self._parser = httptools.HttpRequestParser(_AfterUpgrade(self))
+                    parser.set_dangerous_leniencies(lenient_version=True)
+                    head, self._resync = self._resync, None
+                    parser.feed_data(head)
+                if data:
+                    continue
+            except httptools.HttpParserError as exc:
+                self._parse_failed(exc, data)
+                return
+            break
+        if self._read_closed:
+            return
+        if self._progress:
+            self._stalled = 0
+        else:
+            # httptools accumulates a field line until it ends: bound the
+            # bytes fed without any callback (a giant line, endless chunk
+            # extensions) so it cannot grow without limit.
+            self._stalled += len(data)
+            if self._stalled > self._limits.max_header_bytes:
+                if self._phase == _BODY:
+                    assert self._parsing is not None
+                    self._fail_exchange(self._parsing, 400, "request content framing too long")
+                else:
+                    self._reject_head(431, "request head too large")
+                return
+        if self._phase != _IDLE:
+            self._arm_for_phase()
+
+    def _parse_failed(self, exc: httptools.HttpParserError, data: bytes) -> None:
+        """Map a parser error (ours or llhttp's) to an answer; never forwards."""
+        if self._read_closed:
+            return  # we stopped on purpose (e.g. data after Connection: close)
+        if self._error is not None:
+            status, detail = self._error
+            self._error = None
+        elif isinstance(exc, httptools.HttpParserCallbackError):
+            _log.failure("HTTP server callback failed", Failure(exc.__context__ or exc))
+            status, detail = 500, "internal error"
+        elif isinstance(exc, httptools.HttpParserInvalidMethodError):
+            # RFC 9110 section 9.1: an unknown method is 501; garbage is 400.
+            # httptools gives no error offset, so look at the chunk's start.
+            if _TOKEN_SP.match(data.lstrip(b"\r\n")):
+                status, detail = 501, "method not implemented"
+            else:
+                status, detail = 400, "invalid request line"
+        else:
+            status, detail = 400, str(exc) or "malformed request"
+        if self._phase == _BODY and self._parsing is not None:
+            self._fail_exchange(self._parsing, status, detail)
+        else:
+            self._reject_head(status, detail)
+
+    # --- Parser callbacks (httptools protocol) ---
+
+    def on_url(self, url: bytes) -> None:
+        # There is no on_message_begin: it would cost a call per request.
+        # The first piece of a target starts the head; per-message state was
+        # reset when the previous head was consumed.
+        if self._phase != _HEAD:
+            if self._read_closed:
+                raise _Rejected("reading stopped")  # nothing after a final request
+            self._phase = _HEAD
+            self._head_since = self._last_rx
+        else:
+            url = self._url + url
+        self._url = url
+        if len(url) > self._limits.max_target:
+            raise self._reject(414, "request-target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._progress = True
+        name = name.lower()
+        value = value.rstrip(b" \t")  # llhttp strips leading OWS only
+        self._header_bytes += len(name) + len(value)
+        limits = self._limits
+        if self._header_bytes > limits.max_header_bytes:
+            raise self._reject(431, "request header fields too large")
+        if self._phase != _HEAD:
+            return  # trailer fields: counted against the limits, then dropped
+        pairs = self._pairs
+        pairs.append((name, value))
+        if len(pairs) > limits.max_headers:
+            raise self._reject(431, "too many request header fields")
+        if name in _SPECIAL:
+            fields = self._fields
+            if fields is None:
+                fields = self._fields = {}
+            fields.setdefault(name, []).append(value)
+
+    def on_headers_complete(self) -> None:
+        self._progress = True
+        parser = self._parser
+        assert parser is not None
+        version_str = parser.get_http_version()
+        if version_str == "1.1":
+            version = b"1.1"
+        elif version_str == "1.0":
+            version = b"1.0"
+        elif version_str[:2] == "1.":
+            version = b"1.1"  # RFC 9112 section 2.3: a higher minor is read as 1.1
+        else:
+            raise self._reject(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+        method: bytes = parser.get_method()
+        if method == b"CONNECT":
+            raise self._reject(501, "CONNECT is not supported")
+        fields = self._fields or _NO_FIELDS
+        target = self._url
+
+        # Host: RFC 9112 section 3.2.
+        hosts = fields.get(b"host")
+        if hosts is None:
+            if version == b"1.1":
+                raise self._reject(400, "missing Host header")
+            host = b""
+        elif len(hosts) > 1:
+            raise self._reject(400, "more than one Host header")
+        else:
+            host = hosts[0]
+            if not valid_host(host):
+                raise self._reject(400, "invalid Host header")
+        try:
+            path, query, authority = split_target(method, target)
+        except ValueError as e:
+            raise self._reject(400, str(e)) from None
+        if authority is None:
+            authority = host.lower()
+
+        # Framing: RFC 9112 section 6.
+        length: int | None
+        codings = fields.get(b"transfer-encoding")
+        lengths = fields.get(b"content-length")
+        if codings is not None:
+            if lengths is not None:
+                raise self._reject(400, "both Content-Length and Transfer-Encoding")
+            if version == b"1.0":
+                raise self._reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+            elements = [c.lower() for c in split_list(codings)]
+            if not elements or elements[-1] != b"chunked":
+                raise self._reject(400, "Transfer-Encoding must end in chunked")
+            if len(elements) > 1:
+                raise self._reject(501, "transfer codings other than chunked are not supported")
+            length = None
+        elif lengths is not None:
+            if len(lengths) != 1 or not lengths[0].isdigit():
+                raise self._reject(400, "invalid Content-Length")
+            length = int(lengths[0])
+        else:
+            length = 0
+        max_body = self._limits.max_body
+        if max_body is not None and length is not None and length > max_body:
+            raise self._reject(413, "request content too large")
+
+        # Expect: RFC 9110 section 10.1.1 (ignored in HTTP/1.0).
+        expect = False
+        expectations = fields.get(b"expect")
+        if expectations is not None and version == b"1.1":
+            if [e.lower() for e in split_list(expectations)] != [b"100-continue"]:
+                raise self._reject(417, "only 100-continue is supported")
+            expect = length != 0
+
+        # Persistence: RFC 9112 section 9.3.
+        connection = fields.get(b"connection")
+        if version == b"1.1":
+            keep_alive = connection is None or not _has_token(connection, b"close")
+        else:
+            keep_alive = (
+                connection is not None
+                and _has_token(connection, b"keep-alive")
+                and not _has_token(connection, b"close")
+            )
+
+        if length != 0 and b"upgrade" in fields and parser.should_upgrade():
+            self._resync = b"POST / HTTP/1.1\r\n%s\r\n" % (
+                b"Transfer-Encoding: chunked\r\n"
+                if length is None
+                else b"Content-Length: %d\r\n" % length
+            )
+
+        body = None if length == 0 else _RequestBody(self, length, expect)
+        request = Request(
+            method,
+            target,
+            path,
+            query,
+            version,
+            Headers(self._pairs),
+            authority,
+            self._scheme,
+            self._client,
+            self._client_port,
+            EMPTY_BODY if body is None else body,
+        )
+        # The head is consumed: reset per-message state for the next one.
+        self._url = b""
+        self._pairs = []
+        self._header_bytes = 0
+        self._fields = None
+        exchange = _Exchange(self, request, body, keep_alive, self._last_rx)
+        if body is not None:
+            body._exchange = exchange
+        self._parsing = exchange
+        self._phase = _BODY
+        queue = self._queue
+        if self._active is None and not queue:
+            # Nothing in progress (the usual case): hand it over directly.
+            self._active = exchange
+            self._dispatch(exchange)
+            return
+        queue.append(exchange)
+        if self._active is None:
+            self._advance()
+        elif len(queue) >= self._limits.max_pipelined:
+            self._update_reading()
+
+    def on_body(self, data: bytes) -> None:
+        if self._read_closed:
+            raise _Rejected("reading stopped")
+        self._progress = True
+        exchange = self._parsing
+        if exchange is not None and exchange.body is not None:
+            exchange.body._receive(data)
+
+    def on_message_complete(self) -> None:
+        self._progress = True
+        if self._resync is not None:
+            return  # llhttp skipped the content of an upgrade: re-parsed next
+        exchange = self._parsing
+        self._parsing = None
+        self._phase = _IDLE
+        if exchange is None:
+            return
+        exchange.received = True
+        if exchange.body is not None:
+            exchange.body._end()
+        if not exchange.keep_alive:
+            self._stop_reading()
+        if exchange is self._active and exchange._state == _DONE:
+            self._active = None
+            if self._queue:
+                self._advance()
+            else:
+                self._idle()
+
+    def _reject(self, status: int, detail: str) -> _Rejected:
+        """Record why parsing stops; the caller raises the result."""
+        self._error = (status, detail)
+        return _Rejected(detail)
+
+    # --- Exchanges ---
+
+    def _advance(self) -> None:
+        """Answer queued requests in order while nothing is in progress."""
+        if self._advancing:
+            return  # the loop below, further up the stack, carries on
+        self._advancing = True
+        try:
+            queue = self._queue
+            while self._active is None and queue and not self._closing:
+                exchange = queue.popleft()
+                self._active = exchange
+                if exchange.reject:
+                    self._send_error(exchange)
+                else:
+                    self._dispatch(exchange)
+        finally:
+            self._advancing = False
+        if self._closing:
+            return
+        if self._active is None and self._phase == _IDLE and not self._queue:
+            self._idle()
+        elif self._reading_paused:
+            self._update_reading()
+
+    def _idle(self) -> None:
+        """Nothing queued or in progress: the keep-alive idle time starts."""
+        # The watchdog never sleeps longer than idle_timeout (see _on_timer),
+        # so it is due no later than this deadline: no timer call needed.
+        self._idle_deadline = self._clock.seconds() + self._idle_timeout
+        if self._reading_paused:
+            self._update_reading()
+
+    def _dispatch(self, exchange: _Exchange) -> None:
+        assert exchange.request is not None
+        try:
+            self._handler.handle(exchange.request, exchange)
+        except Exception:
+            self._handler_failed(exchange, Failure())
+
+    def _handler_failed(self, exchange: _Exchange | None, failure: Failure) -> None:
+        """A handler raised: log it with the request line; 500 or abort."""
+        line = exchange._line() if exchange is not None else "?"
+        _log.failure("handler failed for {line}", failure, line=line)
+        if exchange is None or exchange._state == _DONE:
+            return
+        if exchange._state == _NEW and not exchange.disconnected and exchange is self._active:
+            exchange.reject, exchange.detail = 500, "internal error"
+            exchange._lost()  # the handler's further calls are ignored
+            self._send_error(exchange)
+        else:
+            exchange.abort()
+
+    def _response_done(self, exchange: _Exchange, clean: bool) -> None:
+        """A response finished (or aborted): log, then reuse or close."""
+        if self._access_log is not None:
+            self._access(exchange, self._clock.seconds())
+        if self._closing:
+            return
+        if not clean or not exchange._keep:
+            self._close()
+            return
+        if exchange.received:
+            if exchange is self._active:
+                self._active = None
+                if self._queue:
+                    self._advance()
+                else:
+                    self._idle()
+            return
+        body = exchange.body
+        if body is None:
+            return  # no content: on_message_complete follows right away
+        remaining = None if body.length is None else body.length - body.received
+        if body._expect or (remaining is not None and remaining > self._limits.max_discard):
+            self._close()
+            return
+        # Read and drop what is left (bounded), then carry on.
+        body._drain_limit = body.received + self._limits.max_discard
+        body.discard()
+        body._expect = False
+        self._arm_for_phase()
+
+    def _fail_exchange(self, exchange: _Exchange, status: int, detail: str) -> None:
+        """A request whose head was accepted failed while its content was read."""
+        self._stop_reading()
+        if exchange.body is not None:
+            exchange.body._fail(RequestBodyError(status, detail))
+        if exchange is self._active:
+            if exchange._state == _NEW and not exchange.disconnected:
+                exchange.reject, exchange.detail = status, detail
+                exchange._lost()  # the handler's further calls are ignored
+                self._send_error(exchange)
+            elif exchange._state == _STARTED:
+                exchange.abort()
+            else:
+                self._close()
+        elif exchange._state == _DONE:
+            self._close()  # we were draining its content
+        else:
+            # Still queued: answered with the error in its turn.
+            exchange.reject, exchange.detail = status, detail
+
+    def _reject_head(self, status: int, detail: str) -> None:
+        """Answer an unparseable head in its turn, then close; read nothing more."""
+        self._stop_reading()
+        self._phase = _IDLE
+        exchange = _Exchange(self, None, None, False, self._last_rx)
+        exchange.reject, exchange.detail = status, detail
+        self._queue.append(exchange)
+        self._advance()
+
+    def _send_error(self, exchange: _Exchange) -> None:
+        """Write the error response an exchange was rejected with, then close."""
+        status = exchange.reject
+        reason = _REASONS.get(status, b"Error")
+        text = b"%d %s: %s\n" % (status, reason, exchange.detail.encode("ascii", "replace"))
+        factory = self.factory
+        request = exchange.request
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n%s%s\r\n%s"
+            % (
+                status,
+                reason,
+                len(text),
+                factory.date_line(),
+                factory.server_line,
+                b"" if request is not None and request.method == b"HEAD" else text,
+            )
+        )
+        exchange._status = status
+        exchange._state = _DONE
+        exchange._keep = False
+        if self._access_log is not None:
+            self._access(exchange, self._clock.seconds())
+        self._close()
+
+    def _access(self, exchange: _Exchange, now: float) -> None:
+        access_log = self._access_log
+        if access_log is None:
+            return
+        try:
+            access_log(
+                exchange.request,
+                exchange._status,
+                exchange._sent,
+                exchange._started_at,
+                now,
+                exchange.log,
+            )
+        except Exception:
+            _log.failure("access log hook failed", Failure())
+
+    # --- Flow control and timers ---
+
+    def _update_reading(self) -> None:
+        """Pause or resume the transport to match the reasons to pause."""
+        parsing = self._parsing
+        pause = (
+            self._read_closed
+            or len(self._queue) >= self._limits.max_pipelined
+            or self._buffered > self._limits.max_buffered_body
+            or (parsing is not None and parsing.body is not None and parsing.body._paused)
+        )
+        if pause != self._reading_paused and not self._closing:
+            self._reading_paused = pause
+            if pause:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    def _stop_reading(self) -> None:
+        self._read_closed = True
+        self._update_reading()
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._read_closed = True
+        self._update_reading()
+        self._closing = True
+        self._cancel_timer()
+        self.transport.loseConnection()
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the watchdog fires no later than ``deadline``."""
+        timer = self._timer
+        if timer is None:
+            if not self._closing:
+                delay = min(deadline - self._clock.seconds(), self._idle_timeout)
+                self._timer = self._clock.callLater(max(0.0, delay), self._on_timer)
+        elif timer.getTime() > deadline:
+            timer.reset(max(0.0, deadline - self._clock.seconds()))
+
+    def _arm_for_phase(self) -> None:
+        if self._phase == _HEAD:
+            self._arm(self._head_since + self._limits.header_timeout)
+        elif self._phase == _BODY:
+            parsing = self._parsing
+            if parsing is not None and parsing.body is not None and parsing.body._awaiting_client:
+                self._arm(self._last_rx + self._limits.body_timeout)
+
+    def _on_timer(self) -> None:
+        """The one watchdog per connection: enforce whichever deadline applies now.
+
+        Deadlines are kept as timestamps and the watchdog re-armed lazily, so
+        a keep-alive request costs no timer operations.
+        """
+        self._timer = None
+        if self._closing:
+            return
+        limits = self._limits
+        now = self._clock.seconds()
+        phase = self._phase
+        parsing = self._parsing
+        if phase == _HEAD:
+            deadline = self._head_since + limits.header_timeout
+            if now >= deadline:
+                self._reject_head(408, "request head not received in time")
+                return
+        elif (
+            phase == _BODY
+            and parsing is not None
+            and parsing.body is not None
+            and parsing.body._awaiting_client
+            and not self._reading_paused
+        ):
+            deadline = self._last_rx + limits.body_timeout
+            if now >= deadline:
+                self._fail_exchange(parsing, 408, "request content not received in time")
+                return
+        elif phase == _IDLE and self._active is None and not self._queue:
+            deadline = self._idle_deadline
+            if now >= deadline:
+                self._close()
+                return
+        else:
+            deadline = now + limits.idle_timeout
+        # Never sleep past idle_timeout: _idle() relies on it.
+        self._timer = self._clock.callLater(min(deadline - now, limits.idle_timeout), self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+
+class HTTPServerFactory(ServerFactory):
+    """Builds :class:`HTTPServerProtocol` for each client connection.
+
+    ``clock`` is the reactor (a ``Clock`` in tests); ``scheme`` is what the
+    listener speaks (``b"https"`` behind TLS) and goes into every
+    :class:`Request`; ``server_name`` is sent as ``Server`` unless the
+    handler sets one (empty: none).
+    """
+
+    protocol = HTTPServerProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        handler: Handler,
+        clock: IReactorTime,
+        *,
+        scheme: bytes = b"http",
+        limits: ServerLimits = ServerLimits(),
+        access_log: AccessLog | None = None,
+        server_name: bytes = b"accel",
+    ) -> None:
+        if not isinstance(limits, ServerLimits):
+            raise TypeError(f"expected ServerLimits for limits, got {limits!r}")
+        self.handler = handler
+        self.clock = clock
+        self.scheme = scheme
+        self.limits = limits
+        self.access_log = access_log
+        self.server_line = b"server: %s\r\n" % server_name if server_name else b""
+        self._date_second = -1
+        self._date_line = b""
+
+    def buildProtocol(self, addr: object) -> HTTPServerProtocol:
+        return HTTPServerProtocol(self)
+
+    def date_line(self) -> bytes:
+        """``date: <IMF-fixdate>\\r\\n`` for now, formatted at most once a second."""
+        second = int(self.clock.seconds())
+        if second != self._date_second:
+            self._date_second = second
+            self._date_line = b"date: %s\r\n" % format_http_date(second)
+        return self._date_line
+

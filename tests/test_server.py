@@ -1,0 +1,1095 @@
+"""The HTTP/1.1 server protocol: framing, validation, pipelining, limits, timers.
+
+Driven through ``StringTransport`` and ``MemoryReactorClock``; one test runs
+a real listening socket on 127.0.0.1. Sections follow RFC 9112.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import httptools
+import pytest
+from attrs import define, field
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from accel.http.headers import Headers
+from accel.http.model import Request
+from accel.http.server import (
+    HTTPServerFactory,
+    HTTPServerProtocol,
+    RequestBodyError,
+    ServerLimits,
+    split_target,
+    valid_host,
+)
+
+# --- Helpers ---
+
+
+@define
+class Sink:
+    """A BodySink that records what it is given."""
+
+    chunks: list[bytes] = field(factory=list)
+    ended: bool = False
+    failed: Exception | None = None
+
+    def data(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def end(self) -> None:
+        self.ended = True
+
+    def fail(self, reason: Exception) -> None:
+        self.failed = reason
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+@define
+class Recorder:
+    """A handler that records each request; answers ``200 ok`` at once unless told not to.
+
+    With ``read_body`` it takes the body first and answers when it ends.
+    """
+
+    auto: bool = True
+    read_body: bool = False
+    calls: list[tuple[Request, object]] = field(factory=list)
+    sinks: list[Sink] = field(factory=list)
+
+    def handle(self, request: Request, responder) -> None:
+        self.calls.append((request, responder))
+        if self.read_body:
+            sink = AnswerOnEnd(responder=responder)
+            self.sinks.append(sink)
+            request.body.deliver(sink)
+        elif self.auto:
+            answer(responder, b"ok")
+
+    @property
+    def requests(self) -> list[Request]:
+        return [r for r, _ in self.calls]
+
+
+@define
+class AnswerOnEnd(Sink):
+    responder: object = None
+
+    def end(self) -> None:
+        self.ended = True
+        answer(self.responder, b"got " + self.body)
+
+
+def answer(responder, body: bytes, status: int = 200) -> None:
+    responder.start(status, b"OK", Headers([(b"content-length", b"%d" % len(body))]))
+    responder.write(body)
+    responder.finish()
+
+
+def connect(handler=None, **limits):
+    """A protocol on a StringTransport: ``(protocol, transport, clock, handler)``."""
+    handler = handler if handler is not None else Recorder()
+    clock = MemoryReactorClock()
+    factory = HTTPServerFactory(handler, clock, limits=ServerLimits(**limits))
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport, clock, handler
+
+
+@define
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def get(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+
+def responses(raw: bytes) -> list[Response]:
+    """Parse the bytes a server wrote into responses (complete ones only)."""
+    out: list[Response] = []
+
+    class Collect:
+        def on_message_begin(self):
+            self.headers, self.body = [], b""
+
+        def on_header(self, n, v):
+            self.headers.append((n, v))
+
+        def on_body(self, b):
+            self.body += b
+
+        def on_message_complete(self):
+            out.append(Response(parser.get_status_code(), self.headers, self.body))
+
+    parser = httptools.HttpResponseParser(Collect())
+    try:
+        parser.feed_data(raw)
+    except httptools.HttpParserUpgrade:
+        pass
+    return out
+
+
+def only_response(transport: StringTransport) -> Response:
+    found = responses(transport.value())
+    assert len(found) == 1, transport.value()
+    return found[0]
+
+
+GET = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+
+
+# --- Basic exchange ---
+
+
+def test_simple_get_keeps_alive():
+    """A 1.1 GET is answered and the connection stays open."""
+    proto, t, _, h = connect()
+    proto.dataReceived(GET)
+    r = only_response(t)
+    assert (r.status, r.body) == (200, b"ok")
+    assert r.get(b"connection") is None
+    assert r.get(b"date") is not None and r.get(b"server") == b"accel"
+    assert not t.disconnecting
+    assert len(h.calls) == 1
+
+
+def test_request_model():
+    """The handler sees lower-case names, trimmed values in order, lower-case authority."""
+    proto, _, _, h = connect()
+    proto.dataReceived(
+        b"GET /a/b?x=1&y HTTP/1.1\r\nHost: Example.COM:8080\r\nX-A:  one \t\r\n"
+        b"x-a: two\r\nAccept: */*\r\n\r\n"
+    )
+    (req,) = h.requests
+    assert (req.method, req.target, req.path, req.query) == (b"GET", b"/a/b?x=1&y", b"/a/b", b"x=1&y")
+    assert req.version == b"1.1" and req.scheme == b"http"
+    assert req.authority == b"example.com:8080"
+    assert req.headers.pairs == [
+        (b"host", b"Example.COM:8080"),
+        (b"x-a", b"one"),
+        (b"x-a", b"two"),
+        (b"accept", b"*/*"),
+    ]
+    assert (req.client, req.client_port) == ("192.168.1.1", 54321)
+    assert req.body.length == 0
+
+
+def test_query_absent_and_empty():
+    """No "?" means query None; a bare "?" is an empty query."""
+    proto, _, _, h = connect()
+    proto.dataReceived(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\nGET /p? HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [r.query for r in h.requests] == [None, b""]
+
+
+def test_unix_peer_is_unix():
+    """A UNIX socket peer is reported as "unix"."""
+    from twisted.internet.address import UNIXAddress
+
+    h = Recorder()
+    factory = HTTPServerFactory(h, MemoryReactorClock())
+    proto = factory.buildProtocol(None)
+    proto.makeConnection(StringTransport(peerAddress=UNIXAddress(b"/tmp/s")))
+    proto.dataReceived(GET)
+    assert (h.requests[0].client, h.requests[0].client_port) == ("unix", 0)
+
+
+def test_https_scheme_from_factory():
+    """The listener's scheme goes into every request."""
+    h = Recorder()
+    proto = HTTPServerFactory(h, MemoryReactorClock(), scheme=b"https").buildProtocol(None)
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(GET)
+    assert h.requests[0].scheme == b"https"
+
+
+def test_absolute_form_authority_from_target():
+    """RFC 9112 3.2.2: absolute-form's authority wins over Host."""
+    proto, t, _, h = connect()
+    proto.dataReceived(b"GET http://Origin.Example:81/p?q HTTP/1.1\r\nHost: other\r\n\r\n")
+    (req,) = h.requests
+    assert (req.authority, req.path, req.query) == (b"origin.example:81", b"/p", b"q")
+
+
+def test_absolute_form_empty_path_is_slash():
+    """RFC 9112 3.2.1: an empty path in absolute-form is "/"."""
+    proto, _, _, h = connect()
+    proto.dataReceived(b"GET http://a.example HTTP/1.1\r\nHost: a.example\r\n\r\n")
+    assert h.requests[0].path == b"/"
+
+
+def test_options_asterisk():
+    """Asterisk-form is accepted for OPTIONS."""
+    proto, _, _, h = connect()
+    proto.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert h.requests[0].path == b"*"
+
+
+def test_higher_minor_version_is_read_as_1_1():
+    """RFC 9112 2.3: HTTP/1.2 is processed as HTTP/1.1."""
+    proto, t, _, h = connect()
+    proto.dataReceived(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n")
+    assert h.requests[0].version == b"1.1"
+    assert only_response(t).status == 200
+
+
+def test_empty_host_accepted():
+    """RFC 9112 3.2: an empty Host is valid syntax (no authority)."""
+    proto, _, _, h = connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost:\r\n\r\n")
+    assert h.requests[0].authority == b""
+
+
+def test_http10_without_host():
+    """HTTP/1.0 does not need Host."""
+    proto, _, _, h = connect()
+    proto.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+    assert h.requests[0].version == b"1.0"
+
+
+# --- Pipelining ---
+
+
+def test_pipelined_requests_answered_in_order():
+    """Request 2 is handled only after response 1 completes, and answers follow in order."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert [r.path for r in h.requests] == [b"/1"]
+    answer(h.calls[0][1], b"one")
+    assert [r.path for r in h.requests] == [b"/1", b"/2"]
+    answer(h.calls[1][1], b"two")
+    assert [r.body for r in responses(t.value())] == [b"one", b"two"]
+
+
+def test_pipeline_queue_pauses_transport():
+    """Past max_pipelined queued heads, reading pauses; it resumes once drained."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h, max_pipelined=2)
+    proto.dataReceived(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(3)))
+    assert t.producerState == "paused"
+    answer(h.calls[0][1], b"x")
+    assert t.producerState == "producing"
+
+
+def test_data_after_connection_close_is_ignored():
+    """Nothing after a request with Connection: close is read."""
+    proto, t, _, h = connect()
+    proto.dataReceived(
+        b"GET /1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert [r.path for r in h.requests] == [b"/1"]
+    r = only_response(t)
+    assert r.get(b"connection") == b"close"
+    assert t.disconnecting
+
+
+# --- Request content ---
+
+
+def test_content_length_body_delivered():
+    """A Content-Length body reaches the sink, then end()."""
+    proto, t, _, h = connect(Recorder(read_body=True))
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+    assert h.requests[0].body.length == 5
+    assert h.sinks[0].body == b"hello" and h.sinks[0].ended
+    assert only_response(t).body == b"got hello"
+
+
+def test_chunked_body_delivered_and_trailers_dropped():
+    """A chunked body reaches the sink; trailer fields do not join the headers."""
+    proto, t, _, h = connect(Recorder(read_body=True))
+    proto.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+    req = h.requests[0]
+    assert req.body.length is None
+    assert h.sinks[0].body == b"abcde" and h.sinks[0].ended
+    assert b"x-trailer" not in req.headers
+
+
+def test_body_buffered_until_deliver():
+    """Content that arrives before deliver() is kept for the sink."""
+    h = Recorder(auto=False)
+    proto, _, _, _ = connect(h)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+    sink = Sink()
+    h.requests[0].body.deliver(sink)
+    assert sink.body == b"abc" and sink.ended
+
+
+def test_body_buffer_pauses_transport():
+    """Undelivered content above max_buffered_body pauses reading; deliver resumes it."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h, max_buffered_body=10)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 20)
+    assert t.producerState == "paused"
+    h.requests[0].body.deliver(Sink())
+    assert t.producerState == "producing"
+
+
+def test_sink_pause_pauses_transport():
+    """A sink's pause() pauses reading; resume() resumes and flushes."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+    body = h.requests[0].body
+    sink = Sink()
+    body.deliver(sink)
+    body.pause()
+    assert t.producerState == "paused"
+    proto.dataReceived(b"def")
+    assert sink.body == b"abc"
+    body.resume()
+    assert t.producerState == "producing"
+    assert sink.body == b"abcdef" and sink.ended
+
+
+def test_unread_body_is_drained_and_connection_kept():
+    """A small unread body is read and dropped; the next request is served."""
+    proto, t, _, h = connect()
+    proto.dataReceived(
+        b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert [r.path for r in h.requests] == [b"/1", b"/2"]
+    assert len(responses(t.value())) == 2 and not t.disconnecting
+
+
+def test_large_unread_body_closes():
+    """An unread body larger than max_discard closes the connection after the response."""
+    proto, t, _, h = connect(max_discard=10)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+    assert only_response(t).status == 200
+    assert t.disconnecting
+
+
+def test_upgrade_with_body_is_read_as_body():
+    """An ignored Upgrade with content: the content is content, not a hidden request."""
+    proto, t, _, h = connect(Recorder(read_body=True))
+    hidden = b"GET /hidden HTTP/1.1\r\nHost: a\r\n\r\n"
+    proto.dataReceived(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Length: %d\r\n\r\n%sGET /next HTTP/1.1\r\nHost: a\r\n\r\n" % (len(hidden), hidden)
+    )
+    assert [r.path for r in h.requests] == [b"/up", b"/next"]
+    assert h.sinks[0].body == hidden
+
+
+def test_upgrade_without_body_continues():
+    """An ignored Upgrade without content is a plain request; the next one follows."""
+    proto, t, _, h = connect()
+    proto.dataReceived(
+        b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert [r.path for r in h.requests] == [b"/up", b"/next"]
+
+
+PIPELINE = (
+    b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+    b"POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1\r\nd\r\n0\r\n\r\n"
+    b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n"
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, len(PIPELINE)), max_size=12))
+def test_any_split_gives_the_same_result(cuts):
+    """However the bytes are split, the same requests and bodies come out."""
+    proto, t, _, h = connect(Recorder(read_body=True))
+    edges = [0, *sorted(cuts), len(PIPELINE)]
+    for a, b in zip(edges, edges[1:]):
+        if b > a:
+            proto.dataReceived(PIPELINE[a:b])
+    assert [r.path for r in h.requests] == [b"/a", b"/b", b"/c"]
+    assert [s.body for s in h.sinks] == [b"hello", b"abcd", b""]
+    assert [r.body for r in responses(t.value())] == [b"got hello", b"got abcd", b"got "]
+
+
+def test_every_byte_boundary():
+    """Split at each single byte boundary, the pipeline parses identically."""
+    for i in range(1, len(PIPELINE)):
+        proto, _, _, h = connect(Recorder(read_body=True))
+        proto.dataReceived(PIPELINE[:i])
+        proto.dataReceived(PIPELINE[i:])
+        assert [s.body for s in h.sinks] == [b"hello", b"abcd", b""], i
+
+
+# --- Expect: 100-continue (RFC 9110 10.1.1) ---
+
+
+def test_100_continue_sent_on_deliver():
+    """100 Continue is written when the handler asks for the body, not before."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    )
+    assert t.value() == b""
+    sink = Sink()
+    h.requests[0].body.deliver(sink)
+    assert t.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    proto.dataReceived(b"abc")
+    assert sink.ended and sink.body == b"abc"
+
+
+def test_100_continue_unread_closes():
+    """Answering without reading the body: no 100, and the connection closes."""
+    proto, t, _, _ = connect()
+    proto.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    )
+    assert not t.value().startswith(b"HTTP/1.1 100")
+    r = only_response(t)
+    assert r.get(b"connection") == b"close" and t.disconnecting
+
+
+def test_unknown_expectation_is_417():
+    """An expectation other than 100-continue gets 417."""
+    proto, t, _, h = connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n")
+    assert only_response(t).status == 417 and not h.calls
+
+
+# --- Response framing ---
+
+
+def test_chunked_response_framing():
+    """No content-length on 1.1: chunked, with a terminating chunk."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(GET)
+    resp = h.calls[0][1]
+    resp.start(200, b"OK", Headers([(b"x", b"y")]))
+    resp.write(b"hello")
+    resp.write(b"")
+    resp.write(b" world")
+    resp.finish()
+    assert b"transfer-encoding: chunked\r\n" in t.value()
+    assert t.value().endswith(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    assert only_response(t).body == b"hello world"
+    assert not t.disconnecting
+
+
+def test_head_writes_no_body():
+    """HEAD keeps the handler's Content-Length but writes no content."""
+    proto, t, _, _ = connect()
+    proto.dataReceived(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    raw = t.value()
+    assert b"content-length: 2\r\n" in raw and raw.endswith(b"\r\n\r\n")
+    assert not t.disconnecting
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_content_statuses(status):
+    """204 and 304 carry no content; 204 never carries Content-Length."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(GET)
+    resp = h.calls[0][1]
+    resp.start(status, b"X", Headers([(b"content-length", b"5")]))
+    resp.write(b"hello")
+    resp.finish()
+    raw = t.value()
+    assert raw.endswith(b"\r\n\r\n") and b"hello" not in raw
+    assert (b"content-length" in raw) == (status == 304)
+    assert b"transfer-encoding" not in raw
+
+
+def test_http10_close_delimited():
+    """1.0 without Content-Length: close-delimited, connection: close."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+    resp = h.calls[0][1]
+    resp.start(200, b"OK", Headers())
+    resp.write(b"abc")
+    assert not t.disconnecting
+    resp.finish()
+    raw = t.value()
+    assert b"connection: close\r\n" in raw and b"transfer-encoding" not in raw
+    assert raw.endswith(b"\r\n\r\nabc") and t.disconnecting
+
+
+def test_http10_keep_alive():
+    """1.0 with keep-alive and a length: connection: keep-alive, stays open."""
+    proto, t, _, _ = connect()
+    proto.dataReceived(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert b"connection: keep-alive\r\n" in t.value()
+    assert not t.disconnecting
+
+
+def test_http10_default_closes():
+    """1.0 without keep-alive closes after the response."""
+    proto, t, _, _ = connect()
+    proto.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+    assert b"connection: close\r\n" in t.value() and t.disconnecting
+
+
+def test_handler_connection_close_honoured_once():
+    """A handler's Connection: close closes; framing fields are never doubled."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(GET)
+    resp = h.calls[0][1]
+    resp.start(
+        200,
+        b"OK",
+        Headers(
+            [
+                (b"connection", b"close"),
+                (b"transfer-encoding", b"chunked"),
+                (b"content-length", b"2"),
+                (b"content-length", b"2"),
+            ]
+        ),
+    )
+    resp.write(b"ok")
+    resp.finish()
+    raw = t.value()
+    assert raw.count(b"content-length") == 1 and b"transfer-encoding" not in raw
+    assert raw.count(b"connection: close") == 1 and t.disconnecting
+
+
+def test_write_past_content_length_is_cut():
+    """Content beyond Content-Length is not sent."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(GET)
+    resp = h.calls[0][1]
+    resp.start(200, b"OK", Headers([(b"content-length", b"3")]))
+    resp.write(b"abcdef")
+    resp.finish()
+    assert t.value().endswith(b"\r\n\r\nabc") and not t.disconnecting
+
+
+def test_short_fixed_length_finish_closes():
+    """finish() before Content-Length is met is an abort: the connection closes."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(GET)
+    resp = h.calls[0][1]
+    resp.start(200, b"OK", Headers([(b"content-length", b"10")]))
+    resp.write(b"abc")
+    resp.finish()
+    assert t.disconnecting
+
+
+def test_abort_omits_terminating_chunk():
+    """abort() closes without the last chunk, so the client sees truncation."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(GET)
+    resp = h.calls[0][1]
+    resp.start(200, b"OK", Headers())
+    resp.write(b"partial")
+    resp.abort()
+    assert t.value().endswith(b"7\r\npartial\r\n") and t.disconnecting
+
+
+def test_interim_response_then_final():
+    """A 103 goes out before the final response (not to 1.0 clients)."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(GET)
+    resp = h.calls[0][1]
+    resp.start(103, b"Early Hints", Headers([(b"link", b"</s.css>; rel=preload")]))
+    answer(resp, b"ok")
+    assert t.value().startswith(b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n")
+    assert b"HTTP/1.1 200 OK" in t.value()
+
+
+def test_register_producer_passes_through():
+    """The responder registers a streaming producer with the transport, and unregisters it."""
+
+    class Producer:
+        def pauseProducing(self):
+            pass
+
+        def resumeProducing(self):
+            pass
+
+        def stopProducing(self):
+            pass
+
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(GET)
+    resp = h.calls[0][1]
+    producer = Producer()
+    resp.start(200, b"OK", Headers())
+    resp.register_producer(producer)
+    assert t.producer is producer and t.streaming
+    resp.finish()
+    assert t.producer is None
+
+
+def test_date_cached_per_second():
+    """The Date field follows the clock, formatted once per second."""
+    clock = MemoryReactorClock()
+    clock.advance(784111777)
+    proto = HTTPServerFactory(Recorder(), clock).buildProtocol(None)
+    t = StringTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(GET)
+    assert only_response(t).get(b"date") == b"Sun, 06 Nov 1994 08:49:37 GMT"
+
+
+def test_access_log_called():
+    """The access log hook gets request, status, bytes, times and the log dict."""
+    seen = []
+    h = Recorder()
+    clock = MemoryReactorClock()
+    factory = HTTPServerFactory(h, clock, access_log=lambda *a: seen.append(a))
+    proto = factory.buildProtocol(None)
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(GET)
+    (req, status, sent, started, finished, log) = seen[0]
+    assert req is h.requests[0] and (status, sent, log) == (200, 2, {})
+    assert started <= finished
+
+
+# --- Handler errors and disconnects ---
+
+
+def test_handler_exception_gives_500():
+    """A handler that raises before answering: 500, no traceback, connection closed."""
+
+    class Boom:
+        def handle(self, request, responder):
+            raise RuntimeError("secret detail")
+
+    proto, t, _, _ = connect(Boom())
+    proto.dataReceived(GET)
+    r = only_response(t)
+    assert r.status == 500 and b"secret" not in t.value() and b"Traceback" not in t.value()
+    assert t.disconnecting
+
+
+def test_handler_exception_after_start_aborts():
+    """A handler that raises mid-response: the connection is closed, no terminating chunk."""
+
+    class HalfBoom:
+        def handle(self, request, responder):
+            responder.start(200, b"OK", Headers())
+            responder.write(b"abc")
+            raise RuntimeError("oops")
+
+    proto, t, _, _ = connect(HalfBoom())
+    proto.dataReceived(GET)
+    assert t.value().endswith(b"3\r\nabc\r\n") and t.disconnecting
+
+
+def test_disconnect_notifies_handler():
+    """Losing the client sets disconnected, runs on_disconnect, fails the body."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nabc")
+    req, resp = h.calls[0]
+    sink = Sink()
+    req.body.deliver(sink)
+    called = []
+    resp.on_disconnect(lambda: called.append(True))
+    proto.connectionLost(Failure(ConnectionError("gone")))
+    assert resp.disconnected and called == [True]
+    assert sink.failed is not None
+    resp.start(200, b"OK", Headers())  # ignored, no error
+    resp.write(b"x")
+    resp.finish()
+
+
+# --- Rejections (RFC 9112 / RFC 9110): status, handler not called, closed ---
+
+REJECTS = {
+    "missing host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "duplicate host": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+    "host with path": (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+    "host with space": (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    "host userinfo": (b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
+    "host bad port": (b"GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n", 400),
+    "host bad ipv6": (b"GET / HTTP/1.1\r\nHost: [::g]\r\n\r\n", 400),
+    "host non-ascii": (b"GET / HTTP/1.1\r\nHost: \xc3\xa9.example\r\n\r\n", 400),
+    "absolute without host": (b"GET http://a/ HTTP/1.1\r\n\r\n", 400),
+    "absolute userinfo": (b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "absolute bad scheme": (b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "absolute empty host": (b"GET http:///p HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "asterisk for GET": (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "connect": (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 501),
+    "authority-form for GET": (b"GET a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "relative target": (b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "fragment": (b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "backslash in path": (b"GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "quote in target": (b'GET /a"b HTTP/1.1\r\nHost: a\r\n\r\n', 400),
+    "bad percent": (b"GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "control in target": (b"GET /a\x01 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "non-ascii target": (b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "cl and te": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+    ),
+    "te and cl": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        400,
+    ),
+    "te not chunked": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+    "te unknown coding": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        501,
+    ),
+    "te chunked twice": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        400,
+    ),
+    "te in 1.0": (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "cl twice": (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400),
+    "cl list": (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\nx", 400),
+    "cl sign": (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\nx", 400),
+    "obs-fold": (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+    "bare cr": (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400),
+    "bare lf": (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+    "space before colon": (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+    "bad name char": (b"GET / HTTP/1.1\r\nHost: a\r\nX(y): z\r\n\r\n", 400),
+    "control in value": (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+    "http 2.0": (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    "http 0.9": (b"GET /\r\n\r\n", 505),
+    "http 3.1": (b"GET / HTTP/3.1\r\nHost: a\r\n\r\n", 505),
+    "lower-case version": (b"GET / http/1.1\r\nHost: a\r\n\r\n", 400),
+    "unknown method": (b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
+    "leading space": (b" GET / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+}
+
+
+@pytest.mark.parametrize("raw,status", REJECTS.values(), ids=list(REJECTS))
+def test_rejected(raw, status):
+    """Invalid requests get their status with Connection: close; the handler never runs."""
+    proto, t, _, h = connect()
+    proto.dataReceived(raw)
+    r = only_response(t)
+    assert r.status == status
+    assert r.get(b"connection") == b"close"
+    assert r.get(b"content-type").startswith(b"text/plain")
+    assert not h.calls
+    assert t.disconnecting
+
+
+def test_rejection_waits_for_earlier_response():
+    """A bad request after a good one: the good one is answered first, then the error."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(GET + b"GET / HTTP/1.1\r\n\r\n")
+    assert t.value() == b""
+    answer(h.calls[0][1], b"ok")
+    assert [r.status for r in responses(t.value())] == [200, 400]
+    assert t.disconnecting and len(h.calls) == 1
+
+
+def test_target_too_long_414():
+    """A request-target over max_target: 414."""
+    proto, t, _, h = connect(max_target=100)
+    proto.dataReceived(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert only_response(t).status == 414 and not h.calls
+
+
+def test_too_many_headers_431():
+    """More than max_headers field lines: 431."""
+    proto, t, _, h = connect(max_headers=5)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 5 + b"\r\n")
+    assert only_response(t).status == 431 and not h.calls
+
+
+def test_header_bytes_431():
+    """Field lines over max_header_bytes: 431."""
+    proto, t, _, h = connect(max_header_bytes=1000)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 1000 + b"\r\n\r\n")
+    assert only_response(t).status == 431 and not h.calls
+
+
+def test_endless_header_line_431():
+    """A field line that never ends is cut off at the limit, in small pieces too."""
+    proto, t, _, h = connect(max_header_bytes=1000)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nX: ")
+    for _ in range(200):
+        proto.dataReceived(b"y" * 10)
+    assert only_response(t).status == 431 and not h.calls
+
+
+def test_content_length_over_max_body_413():
+    """A declared length over max_body: 413 before the handler runs."""
+    proto, t, _, h = connect(max_body=10)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n")
+    assert only_response(t).status == 413 and not h.calls
+
+
+def test_chunked_over_max_body_413():
+    """Chunked content growing past max_body: 413, the sink fails, the connection closes."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h, max_body=4)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sink = Sink()
+    h.requests[0].body.deliver(sink)
+    proto.dataReceived(b"5\r\nabcde\r\n0\r\n\r\n")
+    assert isinstance(sink.failed, RequestBodyError) and sink.failed.status == 413
+    assert only_response(t).status == 413 and t.disconnecting
+
+
+def test_bad_chunk_size_fails_body_400():
+    """An invalid chunk size: the body fails, 400 is sent if nothing was, and the connection closes."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sink = Sink()
+    h.requests[0].body.deliver(sink)
+    proto.dataReceived(b"zz\r\nabc\r\n")
+    assert isinstance(sink.failed, RequestBodyError) and sink.failed.status == 400
+    assert only_response(t).status == 400 and t.disconnecting
+    h.calls[0][1].start(200, b"OK", Headers())  # the handler's late answer is ignored
+    assert len(responses(t.value())) == 1
+
+
+def test_bad_chunk_after_response_started_closes():
+    """Broken content after the response started: the connection just closes."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    req, resp = h.calls[0]
+    req.body.deliver(Sink())
+    resp.start(200, b"OK", Headers())
+    proto.dataReceived(b"3\r\nabcX")
+    assert t.disconnecting and not t.value().endswith(b"0\r\n\r\n")
+
+
+# --- Timers ---
+
+
+def test_header_timeout_408():
+    """A head begun but not finished within header_timeout: 408 and close."""
+    proto, t, clock, h = connect(header_timeout=10)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHo")
+    clock.advance(9.9)
+    assert t.value() == b""
+    clock.advance(0.2)
+    assert only_response(t).status == 408 and t.disconnecting and not h.calls
+
+
+def test_header_timeout_slow_drip():
+    """Dripping a head byte by byte does not extend header_timeout."""
+    proto, t, clock, _ = connect(header_timeout=10)
+    for byte in b"GET / HTTP/1.1\r\nHost: a\r\n":
+        proto.dataReceived(bytes([byte]))
+        clock.advance(0.5)
+    assert only_response(t).status == 408
+
+
+def test_silent_connection_closed_after_header_timeout():
+    """A connection that sends nothing is closed at header_timeout, without a response."""
+    proto, t, clock, _ = connect(header_timeout=10)
+    clock.advance(10)
+    assert t.disconnecting and t.value() == b""
+
+
+def test_idle_timeout_closes_silently():
+    """A keep-alive connection idle for idle_timeout is closed without a response."""
+    proto, t, clock, _ = connect(idle_timeout=60)
+    proto.dataReceived(GET)
+    t.clear()
+    clock.advance(59)
+    assert not t.disconnecting
+    clock.advance(1)
+    assert t.disconnecting and t.value() == b""
+
+
+def test_idle_timeout_restarts_per_request():
+    """Each request restarts the idle timer."""
+    proto, t, clock, _ = connect(idle_timeout=60)
+    proto.dataReceived(GET)
+    clock.advance(50)
+    proto.dataReceived(GET)
+    clock.advance(50)
+    assert not t.disconnecting
+    clock.advance(10)
+    assert t.disconnecting
+
+
+def test_slow_handler_is_not_timed_out():
+    """A handler taking longer than idle_timeout is not cut off by the server."""
+    h = Recorder(auto=False)
+    proto, t, clock, _ = connect(h, idle_timeout=60, body_timeout=60)
+    proto.dataReceived(GET)
+    clock.advance(200)
+    assert not t.disconnecting
+    answer(h.calls[0][1], b"late")
+    assert only_response(t).body == b"late"
+
+
+def test_body_timeout_408():
+    """Content stalled for body_timeout: the sink fails and 408 is sent."""
+    h = Recorder(auto=False)
+    proto, t, clock, _ = connect(h, body_timeout=30)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    sink = Sink()
+    h.requests[0].body.deliver(sink)
+    clock.advance(29)
+    assert sink.failed is None
+    clock.advance(2)
+    assert sink.failed.status == 408
+    assert only_response(t).status == 408 and t.disconnecting
+
+
+# --- Pure helpers ---
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"", b"a", b"example.com:80", b"127.0.0.1", b"[::1]:8080", b"[v1.x]", b"a%41b", b"xn--e1a.example"],
+)
+def test_valid_hosts(host):
+    """uri-host [":" port] forms are accepted (RFC 9110 7.2)."""
+    assert valid_host(host)
+
+
+@pytest.mark.parametrize("host", [b"a b", b"a/b", b"[::1", b"a:1:2", b"a:x", b"u@a", b"%zz", b"[1::2::3]"])
+def test_invalid_hosts(host):
+    """Anything else is refused."""
+    assert not valid_host(host)
+
+
+def test_split_target_forms():
+    """Origin, absolute and asterisk forms split into path, query and authority."""
+    assert split_target(b"GET", b"/p?q") == (b"/p", b"q", None)
+    assert split_target(b"GET", b"https://A.b/p") == (b"/p", None, b"a.b")
+    assert split_target(b"GET", b"http://a?x") == (b"/", b"x", b"a")
+    assert split_target(b"OPTIONS", b"http://a") == (b"*", None, b"a")
+    with pytest.raises(ValueError):
+        split_target(b"GET", b"*")
+
+
+# --- Fuzz: byte soup and mutated requests ---
+
+ERROR_STATUSES = {400, 408, 413, 414, 417, 431, 500, 501, 505}
+
+
+def _check_invariants(proto, t, clock, h, raw):
+    """No exception escaped; output is well-formed; errors close; any request seen is valid."""
+    out = t.value()
+    found = responses(out)
+    for request in h.requests:
+        assert valid_host(request.headers.get(b"host") or b"")
+        split_target(request.method, request.target)
+        assert request.version in (b"1.0", b"1.1")
+    for r in found:
+        if r.status in ERROR_STATUSES:
+            assert t.disconnecting
+    if not h.calls:
+        # Nothing was accepted: either an error is out and we close, or we
+        # wait for more and time out.
+        if found:
+            assert found[-1].status in ERROR_STATUSES and t.disconnecting
+        else:
+            clock.advance(11)
+            assert t.disconnecting
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_byte_soup(raw):
+    """Random bytes never raise, never reach the handler, and are answered 4xx/5xx or closed."""
+    proto, t, clock, h = connect()
+    proto.dataReceived(raw)
+    assert not h.calls
+    _check_invariants(proto, t, clock, h, raw)
+
+
+VALID = (
+    b"POST /p?q HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n0\r\n\r\nGET /x HTTP/1.1\r\nHost: a.example\r\nContent-Length: 2\r\n\r\nhi"
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(VALID) - 1), st.sampled_from([0, 1, 2]), st.binary(max_size=3)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_fuzz_mutated_requests(edits):
+    """Mutated valid requests: no exception, no invalid request reaches the handler, at most two requests."""
+    raw = bytearray(VALID)
+    for pos, kind, blob in edits:
+        pos = min(pos, len(raw))
+        if kind == 0:
+            raw[pos:pos] = blob
+        elif kind == 1:
+            del raw[pos : pos + 1 + len(blob)]
+        else:
+            raw[pos : pos + len(blob)] = blob
+    proto, t, clock, h = connect(Recorder(read_body=True))
+    proto.dataReceived(bytes(raw))
+    assert len(h.calls) <= 2
+    _check_invariants(proto, t, clock, h, raw)
+
+
+# --- A real socket ---
+
+
+def test_real_socket_pipelined():
+    """Over loopback, three pipelined requests come back in order on one connection."""
+    import threading
+
+    from twisted.internet import reactor
+
+    class Echo:
+        def handle(self, request, responder):
+            answer(responder, request.path)
+
+    port = reactor.listenTCP(0, HTTPServerFactory(Echo(), reactor), interface="127.0.0.1")
+    number = port.getHost().port
+    result: list[bytes] = []
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+            s.sendall(
+                b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+                b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n"
+                b"GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            )
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            result.append(data)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    # Drive the reactor by hand: no reactor.run(), so other tests may use it too.
+    for _ in range(500):
+        if not thread.is_alive():
+            break
+        reactor.iterate(0.01)
+    thread.join(5)
+    port.stopListening()
+    reactor.iterate(0)
+    assert [r.body for r in responses(result[0])] == [b"/one", b"/two", b"/three"]
+
+
+def test_protocol_class_exported():
+    """The factory builds HTTPServerProtocol instances."""
+    proto, _, _, _ = connect()
+    assert isinstance(proto, HTTPServerProtocol)
