@@ -1,0 +1,142 @@
+"""End to end: ``twistd -n accel`` as a separate process, spoken to over HTTP.
+
+These start real processes (accel, and an origin where one is needed) and
+talk to them over real sockets, as a user would. Each process is ended by
+its PID when the test is done.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.test_tap import SOURCE_ROOT, twistd
+
+HERE = Path(__file__).resolve().parent
+START_TIMEOUT = 30.0
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a UNIX socket."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _wait_for(predicate, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not ready within {START_TIMEOUT} s")
+        time.sleep(0.05)  # polling another process's start-up: no clock to inject
+
+
+@contextmanager
+def process(args: list[str], log: Path) -> Iterator[subprocess.Popen]:
+    env = dict(os.environ, PYTHONPATH=SOURCE_ROOT)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def accel(tmp_path: Path, *args: str):
+    command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+               "-n", "--pidfile=", "accel", *args]  # fmt: skip
+    return process(command, tmp_path / "accel.log")
+
+
+def get(conn: http.client.HTTPConnection, path: str, headers: dict[str, str] | None = None):
+    conn.request("GET", path, headers=headers or {})
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def test_default_run_proxies_and_caches_the_demo_origin(tmp_path: Path) -> None:
+    """With no origin, accel serves its demo origin (over a UNIX socket) and caches it."""
+    sock = str(tmp_path / "accel.sock")
+    with accel(tmp_path, "--listen", f"unix:{sock}", "--cache-dir", str(tmp_path / "cache")) as proc:
+        _wait_for(lambda: os.path.exists(sock), "accel", proc)
+        conn = UnixHTTPConnection(sock)
+        first, body1 = get(conn, "/")
+        second, body2 = get(conn, "/")
+        assert first.status == 200 and b"accel" in body1
+        assert "fwd=uri-miss" in first.getheader("cache-status")
+        assert second.getheader("cache-status").startswith("accel; hit")
+        assert body2 == body1
+        assert second.getheader("via") == "1.1 accel"
+
+
+def test_unix_socket_origin_is_fetched_once_for_many_hits(tmp_path: Path) -> None:
+    """--origin unix:/path: the first GET reaches the origin, the next ones do not."""
+    origin_sock = str(tmp_path / "origin.sock")
+    accel_sock = str(tmp_path / "accel.sock")
+    origin_cmd = [sys.executable, str(HERE / "origin_server.py"), f"unix:{origin_sock}"]
+    with process(origin_cmd, tmp_path / "origin.log") as origin:
+        _wait_for(lambda: os.path.exists(origin_sock), "origin", origin)
+        with accel(tmp_path, "--listen", f"unix:{accel_sock}", "--origin", f"unix:{origin_sock}",
+                   "--cache-dir", str(tmp_path / "cache"), "--access-log", str(tmp_path / "access.log")) as proc:  # fmt: skip
+            _wait_for(lambda: os.path.exists(accel_sock), "accel", proc)
+            conn = UnixHTTPConnection(accel_sock)
+            bodies = [get(conn, "/count")[1] for _ in range(3)]
+            assert bodies == [b"/count 1\n"] * 3
+            private = [get(conn, "/private")[1] for _ in range(2)]
+            assert private == [b"/private 1\n", b"/private 2\n"]
+
+
+def test_tcp_listener_fronts_a_tcp_origin(tmp_path: Path) -> None:
+    """--origin http://127.0.0.1:PORT --listen tcp:PORT, as in the README."""
+    origin_cmd = [sys.executable, str(HERE / "origin_server.py"), "tcp:0:interface=127.0.0.1"]
+    with process(origin_cmd, tmp_path / "origin.log") as origin:
+        log = tmp_path / "origin.log"
+        _wait_for(lambda: b"listening" in log.read_bytes(), "origin", origin)
+        origin_port = int(log.read_bytes().split(b"listening")[1].split()[0])
+        with socket.socket() as probe:  # a free port for accel
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with accel(tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1",
+                   "--origin", f"http://127.0.0.1:{origin_port}") as proc:  # fmt: skip
+
+            def ready() -> bool:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    return True
+                except OSError:
+                    return False
+
+            _wait_for(ready, "accel", proc)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            response, body = get(conn, "/count")
+            assert response.status == 200 and body == b"/count 1\n"
+            assert get(conn, "/count")[1] == b"/count 1\n"
+
+
+def test_bad_origin_is_one_line_at_start_up() -> None:
+    """A bad --origin ends start-up with one line naming it, no traceback."""
+    result = twistd("--origin", "ftp://example.com")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--origin" in lines[0] and "Traceback" not in result.stderr
