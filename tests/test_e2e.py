@@ -140,3 +140,32 @@ def test_bad_origin_is_one_line_at_start_up() -> None:
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--origin" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_tls_listener_terminates_https(tmp_path: Path) -> None:
+    """--listen ssl:PORT:privateKey=...: accel terminates TLS and serves through it."""
+    import ssl
+
+    from tests.test_upstream import _self_signed
+
+    pem, ca = _self_signed(str(tmp_path))
+    key_file = tmp_path / "server.pem"
+    key_file.write_bytes(pem)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = ssl.create_default_context(cafile=ca)
+    with accel(tmp_path, "--listen", f"ssl:{port}:privateKey={key_file}:interface=127.0.0.1") as proc:
+
+        def ready() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        _wait_for(ready, "accel", proc)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+        response, body = get(conn, "/")
+        assert response.status == 200 and b"accel" in body
+        assert get(conn, "/")[0].getheader("cache-status").startswith("accel; hit")
