@@ -12,9 +12,11 @@ import shutil
 import tempfile
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from accel import config as cfg
@@ -98,6 +100,48 @@ class _Closer(Service):
                 _log.failure("error while shutting down")
 
 
+class _Listener(Service):
+    """Listens on one endpoint; a listener that cannot start ends start-up.
+
+    Binding happens in ``privilegedStartService`` (before twistd drops
+    privileges). The usual endpoints bind synchronously, so a port in use
+    becomes one line on stderr and a non-zero exit, not a traceback in the
+    log and a server that silently listens nowhere.
+    """
+
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+        self._description = description
+        self._endpoint = endpoint
+        self._factory = factory
+        self._port: IListeningPort | None = None
+        self._failure: Failure | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        d: Deferred[IListeningPort] = self._endpoint.listen(self._factory)
+        d.addCallbacks(self._listening, self._failed)
+        if self._failure is not None:
+            reason = self._failure.getErrorMessage()
+            if self.parent is not None:
+                self.parent.stopService()  # remove temporary directories
+            raise SystemExit(f"accel: --listen {self._description}: cannot listen: {reason}")
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._port = port
+
+    def _failed(self, failure: Failure) -> None:
+        if self.running:
+            _log.failure("cannot listen on {description}", failure, description=self._description)
+        self._failure = failure
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self._port = self._port, None
+        if port is not None:
+            return maybeDeferred(port.stopListening)
+        return None
+
+
 def _access_log(config: cfg.Config, reactor: Any, closer: _Closer) -> Any:
     if config.access_log is None:
 
@@ -149,5 +193,5 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
             access_log=access_log,
         )
         endpoint = serverFromString(reactor, description)
-        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+        _Listener(description, endpoint, factory).setServiceParent(top)
     return top

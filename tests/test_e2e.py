@@ -169,3 +169,16 @@ def test_tls_listener_terminates_https(tmp_path: Path) -> None:
         response, body = get(conn, "/")
         assert response.status == 200 and b"accel" in body
         assert get(conn, "/")[0].getheader("cache-status").startswith("accel; hit")
+
+
+def test_port_in_use_is_one_line_and_a_failed_start() -> None:
+    """A listener that cannot bind ends start-up with one line, exit status non-zero."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = twistd("--listen", f"tcp:{port}:interface=127.0.0.1")
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "accel:" in line]
+    assert len(errors) == 1 and f"--listen tcp:{port}" in errors[0]
+    assert "Traceback" not in result.stdout + result.stderr
