@@ -177,6 +177,7 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
         closer.add(store.close)
 
     handler = build_accelerator(config, reactor, store)
+    closer.add(handler.close)
     limits = ServerLimits(
         header_timeout=config.limits.header_timeout,
         idle_timeout=config.limits.keepalive_timeout,

@@ -78,6 +78,17 @@ class Router(Generic[R]):
         if self._default is None:
             self._default = first
 
+    def routes(self) -> list[R]:
+        """Every route value, once each."""
+        seen: dict[int, R] = {}
+        sites = [*self._by_host.values(), *(s for _, s in self._wildcards)]
+        if self._default is not None:
+            sites.append(self._default)
+        for site in sites:
+            for _, route in site.routes:
+                seen.setdefault(id(route), route)
+        return list(seen.values())
+
     def select(self, authority: bytes, path: bytes) -> R | None:
         host = host_without_port(authority).lower()
         site = self._by_host.get(host)
