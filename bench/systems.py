@@ -76,7 +76,7 @@ http {{
     scgi_temp_path {tmp}/scgi;
     types {{ text/plain txt; }}
     default_type application/octet-stream;
-    sendfile off;
+    sendfile on;
     tcp_nodelay on;
     keepalive_requests 1000000;
     keepalive_timeout 300s;
