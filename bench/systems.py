@@ -136,38 +136,54 @@ class Origin:
 
 @dataclass
 class System:
-    """A system under test: the servers that make it up and the ports its rows use."""
+    """A system under test: the servers that make it up and the ports its rows use.
+
+    ``static`` is an optional separate instance for the static-file row; when it fails to
+    start, only that row goes without this system (``static_problem`` says why).
+    """
 
     name: str
     port: int
     servers: list[Server]
     static_port: int | None = None
+    static: Server | None = None
+    static_problem: str | None = None
     note: str = ""
-    skipped: str | None = None
-    versions: dict[str, str] = field(default_factory=dict)
+
+    def all_servers(self) -> list[Server]:
+        return self.servers + ([self.static] if self.static is not None else [])
 
     def pids(self, static: bool = False) -> list[int]:
-        """Live PIDs of the servers a row measures: the static instance for static rows
-        when the system runs one of its own, otherwise every server of the system."""
-        chosen = [s for s in self.servers if s.name.endswith("static") == static]
-        return [pid for server in (chosen or self.servers) for pid in server.pids()]
+        """Live PIDs of the servers a row measures: the separate static instance for the
+        static row when there is one, otherwise every main server of the system."""
+        chosen = [self.static] if static and self.static is not None else self.servers
+        return [pid for server in chosen for pid in server.pids()]
 
     def start(self, ready_path: str, timeout: float) -> str | None:
-        """Start every server; None when all answer, else the reason (logs included)."""
-        for server in self.servers:
+        """Start every server; None when the main ones answer, else the reason (with logs)."""
+        for server in self.all_servers():
             server.start()
         for server in self.servers:
-            port = self.static_port if server.name.endswith("static") else self.port
-            path = next(iter(STATIC_OBJECTS)) if server.name.endswith("static") else ready_path
-            problem = wait_ready(server, port, path, timeout)
+            problem = wait_ready(server, self.port, ready_path, timeout)
             if problem is not None:
-                tail = server.log_tail()
-                return problem + (f"\n--- last lines of {server.log} ---\n{tail}" if tail else "")
+                return problem + _log_tail(server)
+        if self.static is not None:
+            problem = wait_ready(self.static, self.static_port, next(iter(STATIC_OBJECTS)),
+                                 timeout)
+            if problem is not None:
+                self.static_problem = problem + _log_tail(self.static)
+                self.static.stop()
+                self.static, self.static_port = None, None
         return None
 
     def stop(self) -> None:
-        for server in self.servers:
+        for server in self.all_servers():
             server.stop()
+
+
+def _log_tail(server: Server) -> str:
+    tail = server.log_tail()
+    return f"\n--- last lines of {server.log} ---\n{tail}" if tail else ""
 
 
 def nginx_system(base: Path, origin: Origin, static_root: Path, cpu: int | None) -> System:
@@ -256,11 +272,11 @@ def accel_system(base: Path, origin: Origin, static_root: Path, cpu: int | None,
         ],
         log=work / "accel.log", env=env, cwd=work,
     )]
-    static_port = None
+    static_port, static = None, None
     if with_static:
         static_port = free_port()
         static_args = [arg.format(root=static_root) for arg in ACCEL_STATIC_ARGS]
-        servers.append(Server(
+        static = Server(
             name="accel static",
             argv=pin_prefix(cpu) + [
                 twistd, "-n", "--pidfile=", "accel",
@@ -270,6 +286,6 @@ def accel_system(base: Path, origin: Origin, static_root: Path, cpu: int | None,
                 "--workers", "1",
             ],
             log=work / "accel-static.log", env=env, cwd=work,
-        ))
-    return System(name="accel", port=port, static_port=static_port, servers=servers,
-                  note="twistd accel --workers 1")
+        )
+    return System(name="accel", port=port, static_port=static_port, static=static,
+                  servers=servers, note="twistd accel --workers 1")
