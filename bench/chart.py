@@ -55,7 +55,10 @@ def draw(document: dict, output: Path) -> None:
     figure.suptitle(
         f"accel vs nginx proxy_cache vs Varnish, one pinned server core "
         f"(wrk {settings['connections']} connections, median of "
-        f"{settings['repetitions']} x {settings['duration']:g} s)", fontsize=11)
+        f"{settings['repetitions']} x {settings['duration']:g} s)\n"
+        f"accel {document['versions']['accel']}, {document['versions']['nginx']}, "
+        f"{document['versions']['varnish']}, {document['timestamp']}",
+        fontsize=10)
     figure.tight_layout()
     figure.savefig(output, dpi=110)
 

@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -107,13 +108,14 @@ def ensure_tools(install: bool) -> dict[str, str | None]:
     return found
 
 
-def version_of(argv: list[str]) -> str:
+def version_of(argv: list[str], pattern: str) -> str:
+    """The version that ``argv`` prints, as the first group of ``pattern`` (e.g. nginx/1.22.1)."""
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    lines = done.stdout.decode(errors="replace").strip().splitlines()
-    return lines[0] if lines else "unknown"
+    found = re.search(pattern, done.stdout.decode(errors="replace"))
+    return found.group(1) if found else "unknown"
 
 
 def accel_revision(root: Path) -> str:
@@ -476,10 +478,10 @@ def main(argv: list[str] | None = None) -> int:
                          for k, v in vars(args).items()},
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                         "cpu": _cpu_model(), "python": platform.python_version()},
-            "versions": {"nginx": version_of([tools["nginx"], "-v"]),
-                         "varnish": version_of([tools["varnishd"], "-V"])
+            "versions": {"nginx": version_of([tools["nginx"], "-v"], r"(nginx/\S+)"),
+                         "varnish": version_of([tools["varnishd"], "-V"], r"(varnish-[\d.]+)")
                          if tools["varnishd"] else "absent",
-                         "wrk": version_of([tools["wrk"], "-v"]),
+                         "wrk": version_of([tools["wrk"], "-v"], r"(wrk \S+)"),
                          "accel": accel_revision(args.accel_root)},
             "systems": {s.name: s.note for s in systems},
             "rows": [asdict(row) for row in rows],
