@@ -37,6 +37,22 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def free_port() -> int:
+    """A port that was free a moment ago (for processes that cannot take 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accepting(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def _wait_for(predicate, what: str, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not predicate():
@@ -114,20 +130,11 @@ def test_tcp_listener_fronts_a_tcp_origin(tmp_path: Path) -> None:
         log = tmp_path / "origin.log"
         _wait_for(lambda: b"listening" in log.read_bytes(), "origin", origin)
         origin_port = int(log.read_bytes().split(b"listening")[1].split()[0])
-        with socket.socket() as probe:  # a free port for accel
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         with accel(tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1",
                    "--origin", f"http://127.0.0.1:{origin_port}") as proc:  # fmt: skip
 
-            def ready() -> bool:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    return True
-                except OSError:
-                    return False
-
-            _wait_for(ready, "accel", proc)
+            _wait_for(lambda: accepting(port), "accel", proc)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             response, body = get(conn, "/count")
             assert response.status == 200 and body == b"/count 1\n"
@@ -151,20 +158,11 @@ def test_tls_listener_terminates_https(tmp_path: Path) -> None:
     pem, ca = _self_signed(str(tmp_path))
     key_file = tmp_path / "server.pem"
     key_file.write_bytes(pem)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     context = ssl.create_default_context(cafile=ca)
     with accel(tmp_path, "--listen", f"ssl:{port}:privateKey={key_file}:interface=127.0.0.1") as proc:
 
-        def ready() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        _wait_for(ready, "accel", proc)
+        _wait_for(lambda: accepting(port), "accel", proc)
         conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
         response, body = get(conn, "/")
         assert response.status == 200 and b"accel" in body

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_e2e import HERE, _wait_for, accel, process
+from tests.test_e2e import HERE, _wait_for, accel, accepting, free_port, process
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -37,12 +37,6 @@ def rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -76,14 +70,7 @@ def stack(tmp_path_factory):
                    f"http://127.0.0.1:{origin_port}", "--cache-dir", str(tmp / "cache"),
                    "--access-log", str(tmp / "access.log")) as proc:  # fmt: skip
 
-            def ready() -> bool:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    return True
-                except OSError:
-                    return False
-
-            _wait_for(ready, "accel", proc)
+            _wait_for(lambda: accepting(port), "accel", proc)
             yield port, proc.pid
 
 
