@@ -143,6 +143,8 @@ class _Listener(Service):
 
 
 def _access_log(config: cfg.Config, reactor: Any, closer: _Closer) -> Any:
+    if config.access_log == "off":
+        return None
     if config.access_log is None:
 
         def to_twisted_log(*args: Any) -> None:

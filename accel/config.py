@@ -484,10 +484,10 @@ def _check_readable_file(raw: object, name: str) -> str:
 
 
 def _check_log_path(raw: object, name: str) -> str:
-    if raw == "-":
+    if raw == "-" or raw == "off":
         return raw
     if not isinstance(raw, str) or not raw:
-        _fail(name, f"expected a file path or '-' for standard output, got {raw!r}")
+        _fail(name, f"expected a file path, '-' for standard output or 'off', got {raw!r}")
     if os.path.isdir(raw):
         _fail(name, f"expected a file path or '-' for standard output, got the directory {raw!r}")
     parent = os.path.dirname(os.path.abspath(raw))

@@ -33,7 +33,7 @@ class Options(usage.Options):
         ["cache-dir", None, None, "Cache directory (created if missing) [default: a temporary one]."],
         ["cache-size", None, None, "Cache size limit, e.g. 512M or 2G [default: 1G]."],
         ["origin-host", None, None, "Host header sent to the --origin pool instead of the client's."],
-        ["access-log", None, None, "Access log file, or - for stdout [default: the twistd log]."],
+        ["access-log", None, None, "Access log file, - for stdout, or off [default: the twistd log]."],
         ["workers", None, None, "Number of worker processes [default: 1]."],
         ["admin", None, None, "Endpoint of the admin API, e.g. tcp:9090:interface=127.0.0.1."],
         ["admin-token-file", None, None, "File holding the admin API's bearer token."],

@@ -365,7 +365,7 @@ ROUTE = '[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n'
         ("workers = 0\n" + ROUTE, "workers: expected a number of processes from 1 to 1024, got 0"),
         ("workers = 2\n" + ROUTE, f"workers > 1: {NOT_YET_SUPPORTED}"),
         ('trusted_proxies = ["x"]\n' + ROUTE, "trusted_proxies[0]: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, got 'x' ('x' does not appear to be an IPv4 or IPv6 network)"),
-        ("access_log = 1\n" + ROUTE, "access_log: expected a file path or '-' for standard output, got 1"),
+        ("access_log = 1\n" + ROUTE, "access_log: expected a file path, '-' for standard output or 'off', got 1"),
         ("lisen = []\n" + ROUTE, "lisen: unknown key (did you mean 'listen'?)"),
         ('[cache]\nsize = "12Q"\n' + ROUTE, "cache.size: expected a size such as 512M or 2G, got '12Q'"),
         ("[cache]\nsize = true\n" + ROUTE, "cache.size: expected a size such as 512M or 2G, got True"),
@@ -513,3 +513,8 @@ def test_every_option_is_documented() -> None:
     text = DOCS.read_text()
     missing = sorted(name for name in (name.rstrip("=") for name in Options().longOpt) if f"``--{name}" not in text and name != "help")
     assert missing == []
+
+
+def test_access_log_off_is_accepted() -> None:
+    """--access-log off disables the access log (as nginx's access_log off)."""
+    assert Config.from_options({"access-log": "off", "origin": ["http://a:1"]}).access_log == "off"
