@@ -17,6 +17,7 @@ with the origin's name. Upstream timeouts are set to half a second.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import tempfile
 from collections import Counter
@@ -24,10 +25,10 @@ from pathlib import Path
 
 from attrs import frozen
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -46,23 +47,8 @@ def good_body(path: bytes) -> bytes:
     return b"good body for " + path + b"\n"
 
 
-#: What the origin does with a request, by name; see ScriptedOrigin.
-BEHAVIOURS = (
-    "good",
-    "reset",
-    "hang-head",
-    "hang-body",
-    "short-body",
-    "overlong-body",
-    "garbage",
-    "close-in-head",
-    "close-in-chunks",
-    "garbage-chunk",
-)
-
-
 class OriginConnection(Protocol):
-    """Answers each request head as its path's behaviour says, then closes."""
+    """Answers each request head as its path's behaviour says (see :meth:`behave`)."""
 
     def __init__(self, origin: ScriptedOrigin) -> None:
         self.origin = origin
@@ -86,6 +72,7 @@ class OriginConnection(Protocol):
         self.behave(self.origin.behaviours.get(path, "good"), path)
 
     def behave(self, behaviour: str, path: bytes) -> None:
+        """``good`` answers and closes; the others are the faults their names say."""
         write, transport = self.transport.write, self.transport
         if behaviour == "good":
             body = good_body(path)
@@ -254,16 +241,21 @@ class FaultTests(TestCase):
         self.store = Store(str(self.directory / "cache"), 64 * 1024**2, self.store_clock, retry_interval=5.0)
         self.addCleanup(self.store.close)
         handler = build_accelerator(config, reactor, self.store)
-        port = reactor.listenTCP(0, HTTPServerFactory(handler, reactor), interface="127.0.0.1")
+        factory = HTTPServerFactory(handler, reactor)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
+        self.unix_path = str(self.directory / "accel.sock")
+        unix_port = reactor.listenUNIX(self.unix_path, factory)
+        self.addCleanup(unix_port.stopListening)
 
-    async def request(self, path: bytes, method: bytes = b"GET", body: bytes | None = None) -> Reply:
-        """One request on its own connection (``Connection: close``)."""
+    async def request(self, path: bytes, method: bytes = b"GET", body: bytes | None = None, unix: bool = False) -> Reply:
+        """One request on its own connection (``Connection: close``), over TCP or the UNIX listener."""
         length = b"" if body is None else b"content-length: %d\r\n" % len(body)
         head = b"%s %s HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n%s\r\n" % (method, path, length)
         client = RawClient(head + (body or b""))
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
+        endpoint = UNIXClientEndpoint(reactor, self.unix_path) if unix else TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        await connectProtocol(endpoint, client)
         return await client.done
 
     def logged(self, needle: str) -> list[str]:
@@ -409,8 +401,6 @@ class FaultTests(TestCase):
 
     async def test_denied_client_gets_403_without_reaching_the_origin(self) -> None:
         """A client in a deny network gets a short 403; the origin sees nothing."""
-        import ipaddress
-
         self.start(access=ClientAccess(deny=(ipaddress.ip_network("127.0.0.0/8"),)))
         reply = await self.request(b"/x")
         self.assert_clean_error(reply, 403)
@@ -418,9 +408,19 @@ class FaultTests(TestCase):
 
     async def test_allowed_client_passes(self) -> None:
         """A client in the allow list is served."""
-        import ipaddress
-
         self.start(access=ClientAccess(allow=(ipaddress.ip_network("127.0.0.1/32"),)))
+        self.assertEqual((await self.request(b"/x")).status, 200)
+
+    async def test_unix_clients_pass_an_allow_list_of_networks(self) -> None:
+        """An allow list of networks refuses other TCP clients but not UNIX-socket ones."""
+        self.start(access=ClientAccess(allow=(ipaddress.ip_network("192.0.2.0/24"),)))
+        self.assertEqual((await self.request(b"/x")).status, 403)
+        self.assertEqual((await self.request(b"/x", unix=True)).status, 200)
+
+    async def test_unix_clients_refused_by_deny_unix(self) -> None:
+        """deny = ["unix"] refuses UNIX-socket clients; TCP clients still pass."""
+        self.start(access=ClientAccess(deny_unix=True))
+        self.assert_clean_error(await self.request(b"/x", unix=True), 403)
         self.assertEqual((await self.request(b"/x")).status, 200)
 
     async def test_hidden_headers_leave_responses_and_hits(self) -> None:
