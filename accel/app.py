@@ -75,6 +75,9 @@ def build_accelerator(config: cfg.Config, reactor: Any, store: Store | None) -> 
                 forwarding=ForwardingPolicy(trusted=trusted, host=route.host),
                 cache=cache_rules(route.cache),
                 name=route.prefix.decode("latin-1"),
+                access=route.access,
+                hide_headers=route.hidden_fields,
+                max_body=route.max_body,
             )
             routes.append((route.prefix, runtime))
         sites.append((site.hosts, routes))
@@ -184,6 +187,10 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
         header_timeout=config.limits.header_timeout,
         idle_timeout=config.limits.keepalive_timeout,
         max_header_bytes=config.limits.max_header_bytes,
+        # The server bounds every body by the largest route limit (chunked
+        # bodies included); the proxy refuses a declared length over its
+        # route's own limit before contacting the origin.
+        max_body=max((r.max_body for s in config.sites for r in s.routes), default=None),
     )
     access_log = _access_log(config, reactor, closer)
     for description in config.listen:

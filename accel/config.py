@@ -44,6 +44,7 @@ from attrs import evolve, frozen
 
 __all__ = [
     "CacheSettings",
+    "ClientAccess",
     "CompressionSettings",
     "Config",
     "ConfigError",
@@ -52,6 +53,7 @@ __all__ = [
     "Route",
     "Site",
     "Timeouts",
+    "DEFAULT_HIDE_HEADERS",
     "NOT_YET_SUPPORTED",
     "parse_duration",
     "parse_size",
@@ -198,6 +200,45 @@ class CompressionSettings:
 
 
 @frozen
+class ClientAccess:
+    """Which clients may use a site or a route, by the peer's address.
+
+    ``deny`` wins: a client in any ``deny`` network is refused; otherwise,
+    when ``allow`` is given (not ``None``), the client must be in one of its
+    networks; with ``allow`` ``None`` every client not denied is let in.
+    Clients on a UNIX-socket listener (address ``"unix"``) have no network
+    address: they are refused only when ``deny_unix`` is set, whatever
+    ``allow`` says (filesystem permissions guard the socket).
+
+    The address is the connecting peer's, not ``X-Forwarded-For``: behind a
+    load balancer, rules see the balancer.
+    """
+
+    allow: tuple[Network, ...] | None = None
+    deny: tuple[Network, ...] = ()
+    deny_unix: bool = False
+
+    def allows(self, client: str) -> bool:
+        """Whether the peer ``client`` (``"192.0.2.1"``, ``"::1"``, ``"unix"``) may pass."""
+        if client == "unix":
+            return not self.deny_unix
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False  # no usable address: rules cannot vouch for it
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a tcp6 listener's view of an IPv4 client
+        if any(address in network for network in self.deny):
+            return False
+        return self.allow is None or any(address in network for network in self.allow)
+
+
+#: Response fields that only reveal the origin's software, removed by default
+#: (as nginx's ``proxy_hide_header`` defaults hide ``X-Pad``/``X-Accel-*``).
+DEFAULT_HIDE_HEADERS: tuple[bytes, ...] = (b"x-powered-by", b"x-aspnet-version", b"x-aspnetmvc-version")
+
+
+@frozen
 class Route:
     """What serves the paths under ``prefix`` (a bytes prefix of the
     percent-encoded path, as nginx's prefix ``location``).
@@ -205,7 +246,10 @@ class Route:
     A route is served by an origin pool (``origins``), optionally through
     ``parents`` (upstream caches), or by a ``static`` directory. ``host``,
     when set, is the Host sent upstream instead of the client's.
-    ``max_body`` caps request bodies (bytes).
+    ``max_body`` caps request bodies (bytes). ``access``, when set, limits
+    which clients may use the route (its own rules, else its site's).
+    ``hide_headers`` are response fields removed before responses reach
+    clients or the store; ``hide_origin_server`` adds ``server`` to them.
     """
 
     prefix: bytes
@@ -217,6 +261,14 @@ class Route:
     timeouts: Timeouts = Timeouts()
     cache: CacheSettings = CacheSettings()
     compression: CompressionSettings = CompressionSettings()
+    access: ClientAccess | None = None
+    hide_headers: tuple[bytes, ...] = DEFAULT_HIDE_HEADERS
+    hide_origin_server: bool = False
+
+    @property
+    def hidden_fields(self) -> tuple[bytes, ...]:
+        """Every response field this route removes (lower-case names)."""
+        return (*self.hide_headers, b"server") if self.hide_origin_server else self.hide_headers
 
 
 @frozen
@@ -226,10 +278,13 @@ class Site:
     ``hosts`` holds lower-case names, exact (``example.com``) or wildcard
     (``*.example.com``, any depth of subdomain, not the bare domain). An empty
     ``hosts`` makes this the default site, chosen when no other matches.
+    ``access`` is the site's client rules, inherited by each route that sets
+    none of its own.
     """
 
     hosts: tuple[bytes, ...]
     routes: tuple[Route, ...]
+    access: ClientAccess | None = None
 
     def route_for(self, path: bytes) -> Route | None:
         """The route with the longest prefix of ``path``, or None."""
@@ -416,7 +471,46 @@ def _parse_network(raw: object, name: str) -> Network:
         _fail(name, f"{expected}, got {raw!r} ({error})")
 
 
+def _parse_client_network(raw: object, name: str) -> Network | str:
+    """A network, or ``"unix"`` for clients of UNIX-socket listeners."""
+    if raw == "unix":
+        return "unix"
+    expected = "expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, or unix"
+    if not isinstance(raw, str):
+        _fail(name, f"{expected}, got {raw!r}")
+    try:
+        return ipaddress.ip_network(raw.strip(), strict=True)
+    except ValueError as error:
+        _fail(name, f"{expected}, got {raw!r} ({error})")
+
+
+def _read_access(table: _Table, inherited: ClientAccess | None) -> ClientAccess | None:
+    """``allow``/``deny`` of a site or route; a table setting either replaces ``inherited``."""
+    allow = table.get_list("allow", _parse_client_network)
+    deny = table.get_list("deny", _parse_client_network)
+    if allow is None and deny is None:
+        return inherited
+    deny = deny or ()
+    return ClientAccess(
+        allow=None if allow is None else tuple(n for n in allow if not isinstance(n, str)),
+        deny=tuple(n for n in deny if not isinstance(n, str)),
+        deny_unix="unix" in deny,
+    )
+
+
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.A)  # RFC 9110 section 5.6.2
+#: Fields accel itself manages or needs for caching and framing: never hidden.
+_UNHIDEABLE = frozenset(
+    {"connection", "content-length", "transfer-encoding", "date", "cache-control", "expires",
+     "etag", "last-modified", "vary", "age", "content-type", "content-range", "content-encoding"}
+)
+
+
+def _parse_hidden_header(raw: object, name: str) -> bytes:
+    field = _parse_header_name(raw, name)
+    if field.decode("ascii") in _UNHIDEABLE:
+        _fail(name, f"expected a field accel may remove, got {raw!r} (framing and caching need it)")
+    return field
 _SITE_HOST = re.compile(r"(?:\*\.)?[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*", re.A)
 
 
@@ -645,13 +739,16 @@ def _read_compression(table: _Table, base: CompressionSettings) -> CompressionSe
     return compression
 
 
-def _read_route(table: _Table, template: Route, unsupported: list[str]) -> Route:
+def _read_route(
+    table: _Table, template: Route, unsupported: list[str], site_access: ClientAccess | None = None
+) -> Route:
     prefix = table.get("prefix", _parse_prefix, None)
     if prefix is None:
         raise ConfigError(f"{table.name('prefix')}: missing (every route needs a path prefix such as \"/\")")
     origins = table.get_list("origin", OriginURL.parse) or ()
     parents = table.get_list("parent", OriginURL.parse) or ()
     static = table.get("static", _check_directory, None)
+    hide = table.get_list("hide_headers", _parse_hidden_header)
     route = evolve(
         template,
         prefix=prefix,
@@ -663,6 +760,9 @@ def _read_route(table: _Table, template: Route, unsupported: list[str]) -> Route
         timeouts=_read_timeouts(table.table("timeouts"), template.timeouts),
         cache=_read_cache_settings(table.table("cache"), template.cache),
         compression=_read_compression(table.table("compression"), template.compression),
+        access=_read_access(table, site_access),
+        hide_headers=template.hide_headers if hide is None else hide,
+        hide_origin_server=table.get("hide_origin_server", _parse_bool, template.hide_origin_server),
     )
     table.finish()
     if static is not None and (origins or parents):
@@ -690,19 +790,20 @@ def _read_sites(tables: list[_Table], template: Route, unsupported: list[str]) -
             if default_site is not None:
                 raise ConfigError(f"{table.name('hosts')}: missing, but {default_site} is already the default site (the one without hosts)")
             default_site = table.path("hosts").rpartition(".")[0]
+        access = _read_access(table, None)
         routes: list[Route] = []
         prefixes: set[bytes] = set()
         route_tables = table.tables("routes")
         if not route_tables:
             raise ConfigError(f"{table.name('routes')}: expected at least one [[sites.routes]] table")
         for route_table in route_tables:
-            route = _read_route(route_table, template, unsupported)
+            route = _read_route(route_table, template, unsupported, access)
             if route.prefix in prefixes:
                 raise ConfigError(f"{route_table.name('prefix')}: duplicate prefix {route.prefix.decode()!r} in this site")
             prefixes.add(route.prefix)
             routes.append(route)
         table.finish()
-        sites.append(Site(hosts=hosts, routes=tuple(routes)))
+        sites.append(Site(hosts=hosts, routes=tuple(routes), access=access))
     return tuple(sites)
 
 

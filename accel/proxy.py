@@ -38,6 +38,7 @@ from accel.cache import policy
 from accel.cache.collapse import Collapser
 from accel.cache.keys import DEFAULT_RECIPE, KeyRecipe, primary_key
 from accel.cache.store import Entry, Store
+from accel.config import ClientAccess
 from accel.forwarding import (
     ForwardingPolicy,
     request_headers_for_origin,
@@ -96,19 +97,30 @@ class CacheRules:
 
 @define
 class Route:
-    """One route's runtime parts, built from the configuration at start-up."""
+    """One route's runtime parts, built from the configuration at start-up.
+
+    ``access``: which clients may use the route (403 for others);
+    ``hide_headers``: origin response fields removed as responses arrive, so
+    they reach neither clients nor the store; ``max_body``: a request whose
+    declared Content-Length exceeds it gets 413 without reaching the origin.
+    """
 
     upstream: Upstream
     forwarding: ForwardingPolicy = ForwardingPolicy()
     cache: CacheRules | None = None
     name: str = "/"
+    access: ClientAccess | None = None
+    hide_headers: tuple[bytes, ...] = ()
+    max_body: int | None = None
 
 
 _REASONS = {
     304: b"Not Modified",
     400: b"Bad Request",
+    403: b"Forbidden",
     404: b"Not Found",
     412: b"Precondition Failed",
+    413: b"Content Too Large",
     416: b"Range Not Satisfiable",
     500: b"Internal Server Error",
     502: b"Bad Gateway",
@@ -148,6 +160,59 @@ class _Drain:
 
 
 _DRAIN: BodySink = _Drain()
+
+
+class _Watched:
+    """An origin response body that logs, once, a failure after the head.
+
+    Failures before the head are logged where the request fails; this covers
+    the rest (a reset, a timeout or broken framing mid-body), which otherwise
+    only shows as a truncated response to the client. Naming the origin is
+    the upstream error's job: its text starts with the origin's name.
+    """
+
+    __slots__ = ("_body", "_sink", "_route", "_request", "length")
+
+    def __init__(self, response: OriginResponse, route: Route, request: Request) -> None:
+        self._body = response.body
+        self._route = route
+        self._request = request
+        self._sink: BodySink = _DRAIN
+        self.length = response.body.length
+
+    # BodySource
+
+    def deliver(self, sink: BodySink) -> None:
+        self._sink = sink
+        self._body.deliver(self)
+
+    def pause(self) -> None:
+        self._body.pause()
+
+    def resume(self) -> None:
+        self._body.resume()
+
+    def discard(self) -> None:
+        self._body.discard()
+
+    # BodySink
+
+    def data(self, chunk: bytes) -> None:
+        self._sink.data(chunk)
+
+    def end(self) -> None:
+        self._sink.end()
+
+    def fail(self, reason: Exception) -> None:
+        request = self._request
+        _log.warn(
+            "origin body failed for {method} {target} on route {route}: {error}",
+            method=request.method.decode("latin-1"),
+            target=request.target.decode("latin-1"),
+            route=self._route.name,
+            error=str(reason),
+        )
+        self._sink.fail(reason)
 
 
 @define(slots=True)
@@ -219,6 +284,8 @@ class Accelerator:
             responder.log["cache"] = "-"
             simple_response(responder, 404, b"No route for this host and path.")
             return
+        if not self._admit(route, request, responder):
+            return
         rules = route.cache
         if rules is None or self._store is None:
             self.forward(route, request, responder, b"bypass")
@@ -240,6 +307,22 @@ class Accelerator:
             return
         self.forward(route, request, responder, b"method", invalidate=rules)
 
+    @staticmethod
+    def _admit(route: Route, request: Request, responder: Responder) -> bool:
+        """Apply the route's client rules and body limit; answer 403/413 if they refuse."""
+        access = route.access
+        if access is not None and not access.allows(request.client):
+            responder.log["cache"] = "-"
+            simple_response(responder, 403, b"Access denied.")
+            return False
+        length = request.body.length
+        if route.max_body is not None and length is not None and length > route.max_body:
+            # RFC 9110 section 15.5.14; the server then drains or closes.
+            responder.log["cache"] = "-"
+            simple_response(responder, 413, b"Request content too large.")
+            return False
+        return True
+
     # Plain forwarding (no cache)
 
     def forward(
@@ -257,6 +340,8 @@ class Accelerator:
         responder.on_disconnect(d.cancel)
 
         def relay(response: OriginResponse) -> None:
+            if route.hide_headers:
+                response.headers.remove(*route.hide_headers)
             if invalidate is not None:
                 self._invalidate(request, response, invalidate)
             if responder.disconnected:
@@ -269,7 +354,7 @@ class Accelerator:
                 self._status(fwd=fwd.decode("ascii"), fwd_status=response.status),
             )
             responder.start(response.status, response.reason, out)
-            Relay(response.body, responder).start()
+            Relay(_Watched(response, route, request), responder).start()
 
         d.addCallbacks(relay, self._origin_failed, errbackArgs=(route, request, responder))
 
@@ -605,6 +690,9 @@ class Accelerator:
         response_time = self._clock.seconds()
         if responder is not None:
             responder.log["upstream"] = response.origin.name
+        if lk.route.hide_headers:
+            # Before storing and before freshening: a hidden field is never kept.
+            response.headers.remove(*lk.route.hide_headers)
 
         entry = fill.entry
         if entry is not None and response.status == 304:
@@ -667,6 +755,7 @@ class Accelerator:
                 tuple(t.decode("latin-1") for t in verdict.tags),
             )
         cacheable = writer is not None
+        body = _Watched(response, lk.route, request)
 
         def done(complete: bool, stored: object) -> None:
             self._finish_fill(fill, cacheable=cacheable)
@@ -676,7 +765,7 @@ class Accelerator:
                 response.body.discard()
                 self._finish_fill(fill, cacheable=False)
                 return
-            Relay(response.body, None, writer, done).start()
+            Relay(body, None, writer, done).start()
             return
 
         responder.log["cache"] = "MISS" if fill.entry is None else "EXPIRED"
@@ -696,7 +785,7 @@ class Accelerator:
             if precondition is not None:
                 # Answer the client's precondition ourselves; keep filling.
                 if writer is not None:
-                    Relay(response.body, None, writer, done).start()
+                    Relay(body, None, writer, done).start()
                 else:
                     response.body.discard()
                     self._finish_fill(fill, cacheable=False)
@@ -710,10 +799,10 @@ class Accelerator:
             responder.start(response.status, response.reason, out)
             responder.finish()
             if writer is not None:
-                Relay(response.body, None, writer, done).start()
+                Relay(body, None, writer, done).start()
             else:
                 response.body.discard()
                 self._finish_fill(fill, cacheable=False)
             return
         responder.start(response.status, response.reason, out)
-        Relay(response.body, responder, writer, done).start()
+        Relay(body, responder, writer, done).start()

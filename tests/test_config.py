@@ -518,3 +518,85 @@ def test_every_option_is_documented() -> None:
 def test_access_log_off_is_accepted() -> None:
     """--access-log off disables the access log (as nginx's access_log off)."""
     assert Config.from_options({"access-log": "off", "origin": ["http://a:1"]}).access_log == "off"
+
+
+# --- access control and header hiding ----------------------------------------------
+
+ACCESS = """
+[[sites]]
+allow = ["10.0.0.0/8", "unix"]
+deny = ["10.9.0.0/16"]
+  [[sites.routes]]
+  prefix = "/"
+  origin = "http://a"
+  [[sites.routes]]
+  prefix = "/admin/"
+  origin = "http://a"
+  deny = ["unix"]
+  hide_headers = ["X-Backend", "Server-Timing"]
+  hide_origin_server = true
+"""
+
+
+def test_route_without_rules_inherits_the_sites(tmp_path: Path) -> None:
+    """A route that sets neither allow nor deny takes its site's rules."""
+    site = Config.from_toml(write(tmp_path, ACCESS)).sites[0]
+    root = site.routes[0]
+    assert root.access is site.access
+    assert root.access is not None and root.access.allows("10.1.2.3")
+    assert not root.access.allows("10.9.2.3") and not root.access.allows("192.0.2.1")
+
+
+def test_route_rules_replace_the_sites(tmp_path: Path) -> None:
+    """A route with deny = ["unix"] drops the site's allow list: all TCP clients pass."""
+    admin = Config.from_toml(write(tmp_path, ACCESS)).sites[0].routes[1]
+    assert admin.access is not None
+    assert admin.access.allows("192.0.2.1") and not admin.access.allows("unix")
+
+
+@pytest.mark.parametrize(
+    "rules, client, allowed",
+    [
+        ({}, "192.0.2.1", True),
+        ({"deny": ("192.0.2.0/24",), "allow": ("192.0.2.1",)}, "192.0.2.1", False),
+        ({"allow": ()}, "127.0.0.1", False),
+        ({"allow": ()}, "unix", True),
+        ({"deny_unix": True}, "unix", False),
+        ({"allow": ("192.0.2.0/24",)}, "::ffff:192.0.2.7", True),
+        ({"allow": ("2001:db8::/32",)}, "2001:db8::1", True),
+        ({"allow": ("2001:db8::/32",)}, "", False),
+    ],
+)
+def test_client_access_semantics(rules: dict[str, Any], client: str, allowed: bool) -> None:
+    """Deny wins over allow; an allow list admits only its networks; unix only by deny_unix."""
+    from accel.config import ClientAccess
+
+    converted = {k: tuple(ipaddress.ip_network(n) for n in v) if k != "deny_unix" else v for k, v in rules.items()}
+    assert ClientAccess(**converted).allows(client) is allowed
+
+
+def test_hide_headers_defaults_and_server(tmp_path: Path) -> None:
+    """Routes hide X-Powered-By and friends by default; hide_origin_server adds Server."""
+    from accel.config import DEFAULT_HIDE_HEADERS
+
+    root, admin = Config.from_toml(write(tmp_path, ACCESS)).sites[0].routes
+    assert root.hidden_fields == DEFAULT_HIDE_HEADERS and b"x-powered-by" in DEFAULT_HIDE_HEADERS
+    assert admin.hidden_fields == (b"x-backend", b"server-timing", b"server")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[[sites]]\nallow = ["10.0.0.1/8"]\n' + ROUTE[10:], "sites[0].allow[0]: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, or unix, got '10.0.0.1/8' (10.0.0.1/8 has host bits set)"),
+        ('[[sites]]\ndeny = 3\n' + ROUTE[10:], "sites[0].deny: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, or unix, got 3"),
+        (ROUTE + 'allow = ["localhost"]\n', "sites[0].routes[0].allow[0]: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, or unix, got 'localhost' ('localhost' does not appear to be an IPv4 or IPv6 network)"),
+        (ROUTE + 'hide_headers = ["Content-Length"]\n', "sites[0].routes[0].hide_headers[0]: expected a field accel may remove, got 'Content-Length' (framing and caching need it)"),
+        (ROUTE + 'hide_headers = ["a b"]\n', "sites[0].routes[0].hide_headers[0]: expected a header field name such as Accept-Language, got 'a b'"),
+        (ROUTE + 'hide_origin_server = "yes"\n', "sites[0].routes[0].hide_origin_server: expected true or false, got 'yes'"),
+        (ROUTE + 'max_body = "lots"\n', "sites[0].routes[0].max_body: expected a size such as 512M or 2G, got 'lots'"),
+    ],
+)
+def test_access_and_hiding_errors(tmp_path: Path, text: str, message: str) -> None:
+    """Each bad access or hiding key is one line naming it."""
+    path = write(tmp_path, text)
+    assert error_of(Config.from_toml, path) == f"{path}: {message}"
