@@ -829,10 +829,10 @@ class HTTPServerProtocol(Protocol):
         if len(url) > self._limits.max_target:
             raise self._reject(414, "request-target too long")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
+    def on_header(self, name: bytes, raw: bytes) -> None:
         self._progress = True
         name = name.lower()
-        value = value.rstrip(b" \t")  # llhttp strips leading OWS only
+        value = raw.rstrip(b" \t")  # llhttp strips leading OWS only
         self._header_bytes += len(name) + len(value)
         limits = self._limits
         if self._header_bytes > limits.max_header_bytes:
@@ -844,6 +844,10 @@ class HTTPServerProtocol(Protocol):
         if len(pairs) > limits.max_headers:
             raise self._reject(431, "too many request header fields")
         if name in _SPECIAL:
+            if name == b"transfer-encoding" and b"\t" in raw:
+                # llhttp does not take "chunked<HTAB>" for chunked and fails
+                # only after the head was handed over: refuse it up front.
+                raise self._reject(400, "HTAB in Transfer-Encoding")
             fields = self._fields
             if fields is None:
                 fields = self._fields = {}
@@ -1092,16 +1096,25 @@ class HTTPServerProtocol(Protocol):
         self._arm_for_phase()
 
     def _fail_exchange(self, exchange: _Exchange, status: int, detail: str) -> None:
-        """A request whose head was accepted failed while its content was read."""
+        """A request whose head was accepted failed while its content was read.
+
+        If no response has started, the client gets ``status``. The handler is
+        cut off before its body sink hears of the failure, so that what it
+        answers then (an origin error, say) never goes out in its place.
+        """
         self._stop_reading()
+        answer = (
+            exchange is self._active and exchange._state == _NEW and not exchange.disconnected
+        )
+        if answer:
+            exchange.reject, exchange.detail = status, detail
+            exchange._lost()  # the handler's further calls are ignored
         if exchange.body is not None:
             exchange.body._fail(RequestBodyError(status, detail))
-        if exchange is self._active:
-            if exchange._state == _NEW and not exchange.disconnected:
-                exchange.reject, exchange.detail = status, detail
-                exchange._lost()  # the handler's further calls are ignored
-                self._send_error(exchange)
-            elif exchange._state == _STARTED:
+        if answer:
+            self._send_error(exchange)
+        elif exchange is self._active:
+            if exchange._state == _STARTED:
                 exchange.abort()
             else:
                 self._close()

@@ -1,0 +1,592 @@
+"""A conformance and request-smuggling probe: raw bytes at the whole proxy.
+
+Each case sends raw bytes over a real loopback socket to the real stack
+(:func:`accel.app.build_accelerator` behind :class:`HTTPServerFactory`, with
+a disk store) in front of a recording origin, and checks three things:
+
+* the status the client gets, as RFC 9112/9110 say (or success for odd but
+  valid input that must be accepted);
+* whether the connection is closed, and if it is kept, that it still works
+  (a follow-up request is answered on it);
+* what reached the origin: nothing for a rejected request, exactly the
+  intended requests for valid ones, never a request hidden in another.
+
+Both ends parse independently of accel and strictly: the origin parses what
+the proxy sends it (any syntax error fails the test), and the client parses
+every response (status line, one framing, no body where none is allowed,
+``Date``, no hop-by-hop fields).
+
+One origin and one proxy serve the module; the global reactor is driven by
+hand (``reactor.iterate``) so other test modules may use it afterwards.
+Cases are grouped by RFC section.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from attrs import define, field, frozen
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from accel import config as cfg
+from accel.app import build_accelerator
+from accel.cache.store import Store
+from accel.http.server import HTTPServerFactory, ServerLimits
+
+# --- Strict HTTP/1.1 parsing, independent of accel's (RFC 9112) ---
+
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_FIELD_LINE = re.compile(
+    rb"(%s+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?)[ \t]*"
+    % _TCHAR
+)
+_REQUEST_LINE = re.compile(rb"(%s+) ([\x21-\x7e]+) HTTP/1\.1" % _TCHAR)
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [\t \x21-\x7e\x80-\xff]*")
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t \x21-\x7e]*)?")
+_HOP_BY_HOP = (
+    b"keep-alive",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+)
+
+
+class Malformed(Exception):
+    """What was sent breaks RFC 9112's grammar."""
+
+
+def parse_head(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The start line and fields of a head (without its final empty line)."""
+    lines = block.split(b"\r\n")
+    if any(b"\r" in line or b"\n" in line for line in lines):
+        raise Malformed(f"bare CR or LF in {block!r}")
+    fields = []
+    for line in lines[1:]:
+        m = _FIELD_LINE.fullmatch(line)
+        if m is None:
+            raise Malformed(f"invalid field line {line!r}")
+        fields.append((m[1].lower(), m[2]))
+    return lines[0], fields
+
+
+def read_chunked(data: bytes, pos: int) -> tuple[bytes, int] | None:
+    """``(content, end)`` of a chunked body starting at ``pos``; None if incomplete."""
+    body = []
+    while True:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        m = _CHUNK_LINE.fullmatch(data, pos, eol)
+        if m is None:
+            raise Malformed(f"invalid chunk line {data[pos:eol]!r}")
+        size = int(m[1], 16)
+        pos = eol + 2
+        if size == 0:
+            break
+        if len(data) < pos + size + 2:
+            return None
+        if data[pos + size : pos + size + 2] != b"\r\n":
+            raise Malformed("chunk data not followed by CRLF")
+        body.append(data[pos : pos + size])
+        pos += size + 2
+    while True:  # trailer section
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        if eol == pos:
+            return b"".join(body), pos + 2
+        if _FIELD_LINE.fullmatch(data, pos, eol) is None:
+            raise Malformed(f"invalid trailer line {data[pos:eol]!r}")
+        pos = eol + 2
+
+
+def values(fields: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [v for n, v in fields if n == name]
+
+
+@frozen
+class Seen:
+    """A request as the origin received it."""
+
+    method: bytes
+    target: bytes
+    fields: list[tuple[bytes, bytes]]
+    body: bytes
+
+    @property
+    def line(self) -> bytes:
+        return self.method + b" " + self.target
+
+
+def parse_request(data: bytes) -> tuple[Seen, bytes] | None:
+    """One request from ``data`` and what follows it; None if incomplete."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if b"\n" in data.replace(b"\r\n", b""):
+            raise Malformed("bare LF")
+        return None
+    start, fields = parse_head(data[:end])
+    m = _REQUEST_LINE.fullmatch(start)
+    if m is None:
+        raise Malformed(f"invalid request line {start!r}")
+    if len(values(fields, b"host")) != 1:
+        raise Malformed("not exactly one Host")
+    pos = end + 4
+    codings = values(fields, b"transfer-encoding")
+    lengths = values(fields, b"content-length")
+    if codings:
+        if lengths or codings != [b"chunked"]:
+            raise Malformed(f"framing {codings!r} {lengths!r}")
+        read = read_chunked(data, pos)
+        if read is None:
+            return None
+        body, pos = read
+    elif lengths:
+        if len(lengths) != 1 or not lengths[0].isdigit():
+            raise Malformed(f"invalid Content-Length {lengths!r}")
+        n = int(lengths[0])
+        if len(data) < pos + n:
+            return None
+        body, pos = data[pos : pos + n], pos + n
+    else:
+        body = b""
+    return Seen(m[1], m[2], fields, body), data[pos:]
+
+
+@frozen
+class Response:
+    """A response as the client received it."""
+
+    status: int
+    fields: list[tuple[bytes, bytes]]
+    body: bytes
+    chunked: bool
+
+    def get(self, name: bytes) -> bytes | None:
+        found = values(self.fields, name)
+        return b", ".join(found) if found else None
+
+
+def parse_response(data: bytes, method: bytes, closed: bool) -> tuple[Response, bytes] | None:
+    """One response to ``method`` from ``data``; None if incomplete.
+
+    Checks what every response from accel must satisfy: a valid status line,
+    exactly one Date, no hop-by-hop fields, one unambiguous framing and no
+    content where none is allowed (RFC 9112 section 6, RFC 9110 section 6.6.1).
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    start, fields = parse_head(data[:end])
+    m = _STATUS_LINE.fullmatch(start)
+    if m is None:
+        raise Malformed(f"invalid status line {start!r}")
+    status = int(m[1])
+    pos = end + 4
+    names = [n for n, _ in fields]
+    leaked = [n for n in names if n in _HOP_BY_HOP]
+    assert not leaked, f"hop-by-hop fields sent to the client: {leaked}"
+    for token in b",".join(values(fields, b"connection")).split(b","):
+        assert token.strip().lower() in (b"", b"close", b"keep-alive"), fields
+    codings = values(fields, b"transfer-encoding")
+    lengths = values(fields, b"content-length")
+    if status < 200:
+        assert not codings and not lengths, fields
+        return Response(status, fields, b"", False), data[pos:]
+    assert names.count(b"date") == 1, f"expected one Date, got {fields}"
+    assert not (codings and lengths), f"both framings: {fields}"
+    assert len(lengths) <= 1, f"repeated Content-Length: {fields}"
+    if status == 204:
+        assert not codings and not lengths, f"framing in a 204: {fields}"
+    if method == b"HEAD" or status in (204, 304):
+        assert not codings, f"Transfer-Encoding without content: {fields}"
+        return Response(status, fields, b"", False), data[pos:]
+    if codings:
+        assert codings == [b"chunked"], fields
+        read = read_chunked(data, pos)
+        if read is None:
+            return None
+        return Response(status, fields, read[0], True), data[read[1] :]
+    if lengths:
+        assert lengths[0].isdigit(), fields
+        n = int(lengths[0])
+        if len(data) < pos + n:
+            return None
+        return Response(status, fields, data[pos : pos + n], False), data[pos + n :]
+    if not closed:
+        return None  # delimited by the close
+    assert b"close" in (values(fields, b"connection") or [b""])[0].lower(), fields
+    return Response(status, fields, data[pos:], False), b""
+
+
+# --- The recording origin ---
+
+
+def origin_answer(seen: Seen) -> tuple[bytes, bool]:
+    """The origin's response to ``seen`` and whether it closes after it.
+
+    The path chooses: ``/cache/...`` is cacheable, ``/hop`` carries
+    hop-by-hop fields, ``/chunked`` and ``/eof`` have no Content-Length,
+    ``/204`` and ``/304`` no content; anything else is ``no-store``.
+    The body names the request, so a client can tell responses apart.
+    """
+    path = seen.target.split(b"?", 1)[0]
+    body = b"%s %s %d\n" % (seen.method, path[:64], len(seen.body))
+    head = b"date: Mon, 01 Jan 2024 00:00:00 GMT\r\ncontent-type: text/plain\r\n"
+    status, close = b"200 OK", False
+    if path.startswith(b"/cache/"):
+        head += b"cache-control: max-age=60\r\n"
+    else:
+        head += b"cache-control: no-store\r\n"
+    if path == b"/hop":
+        head += (
+            b"connection: x-secret, keep-alive\r\nx-secret: 1\r\nkeep-alive: timeout=5\r\n"
+            b"te: trailers\r\ntrailer: x-t\r\nupgrade: h2c\r\nproxy-authenticate: Basic\r\n"
+            b"proxy-connection: keep-alive\r\nx-kept: 1\r\n"
+        )
+    if path == b"/204":
+        status, body = b"204 No Content", b""
+    elif path == b"/304":
+        status, body = b"304 Not Modified", b""
+        head += b'etag: "v1"\r\n'
+    elif path == b"/chunked":
+        framed = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        head += b"transfer-encoding: chunked\r\n"
+    elif path == b"/eof":
+        framed = body
+        head += b"connection: close\r\n"
+        close = True
+    else:
+        framed = body
+        head += b"content-length: %d\r\n" % len(body)
+    if seen.method == b"HEAD" or not body:
+        framed = b""
+    return b"HTTP/1.1 %s\r\n%s\r\n%s" % (status, head, framed), close
+
+
+class RecordingOrigin(Protocol):
+    """An origin that records every request it receives, parsed strictly.
+
+    Complete requests go to ``log``; anything malformed goes to ``errors``
+    (and closes the connection); a request cut short by the proxy closing
+    goes to ``partial``.
+    """
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.buffer = b""
+
+    def connectionMade(self) -> None:
+        self.origin.connections.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while self.buffer:
+            try:
+                parsed = parse_request(self.buffer)
+            except Malformed as e:
+                self.origin.errors.append(f"{e}: {self.buffer[:200]!r}")
+                self.buffer = b""
+                self.transport.loseConnection()
+                return
+            if parsed is None:
+                return
+            seen, self.buffer = parsed
+            self.origin.log.append(seen)
+            response, close = origin_answer(seen)
+            self.transport.write(response)
+            if close:
+                self.transport.loseConnection()
+                return
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.origin.connections.remove(self)
+        if self.buffer:
+            self.origin.partial.append(self.buffer)
+
+
+@define
+class Origin:
+    log: list[Seen] = field(factory=list)
+    errors: list[str] = field(factory=list)
+    partial: list[bytes] = field(factory=list)
+    connections: list[RecordingOrigin] = field(factory=list)
+
+
+# --- Driving the reactor and a raw client ---
+
+
+def pump(until: Callable[[], bool], timeout: float = 3.0) -> None:
+    """Run the reactor until ``until()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s")
+        reactor.iterate(0.001)
+
+
+class Client:
+    """A non-blocking raw client socket, read while the reactor is pumped."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+        self.sock.setblocking(False)
+        self.received = b""
+        self.outgoing = b""
+        self.eof = False
+
+    def send(self, data: bytes) -> None:
+        self.outgoing += data
+        self.poll()
+
+    def poll(self) -> None:
+        """Send what can be sent, read what has arrived."""
+        while self.outgoing and not self.eof:
+            try:
+                n = self.sock.send(self.outgoing)
+            except BlockingIOError:
+                break
+            except OSError:  # the server closed while we were sending: fine
+                self.outgoing = b""
+                break
+            self.outgoing = self.outgoing[n:]
+        while not self.eof:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.eof = True
+            self.received += data
+
+    def responses(self, methods: list[bytes]) -> list[Response]:
+        """The complete responses received so far (interim ones left out)."""
+        out: list[Response] = []
+        data, i = self.received, 0
+        while data:
+            parsed = parse_response(data, methods[min(i, len(methods) - 1)], self.eof)
+            if parsed is None:
+                break
+            response, data = parsed
+            if response.status >= 200:
+                out.append(response)
+                i += 1
+        if self.eof and data:
+            raise AssertionError(f"bytes outside any response: {data[:200]!r}")
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@define
+class Stack:
+    port: int
+    slow_port: int
+    origin: Origin
+
+
+ALIVE = b"GET /alive HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The proxy as ``twistd accel`` wires it, in front of a recording origin."""
+    origin = Origin()
+    origin_port = reactor.listenTCP(
+        0, Factory.forProtocol(lambda: RecordingOrigin(origin)), interface="127.0.0.1"
+    )
+    url = cfg.OriginURL("http", "127.0.0.1", origin_port.getHost().port)
+    config = cfg.Config(
+        sites=(
+            cfg.Site(
+                hosts=(),
+                routes=(
+                    cfg.Route(prefix=b"/", origins=(url,)),
+                    cfg.Route(prefix=b"/small/", origins=(url,), max_body=16),
+                ),
+            ),
+        )
+    )
+    store = Store(str(tmp_path_factory.mktemp("cache")), 64 * 1024**2, reactor)
+    handler = build_accelerator(config, reactor, store)
+    limits = ServerLimits(
+        header_timeout=config.limits.header_timeout,
+        idle_timeout=config.limits.keepalive_timeout,
+        max_header_bytes=config.limits.max_header_bytes,
+    )
+    listener = reactor.listenTCP(0, HTTPServerFactory(handler, reactor, limits=limits), interface="127.0.0.1")
+    slow = reactor.listenTCP(
+        0,
+        HTTPServerFactory(handler, reactor, limits=ServerLimits(header_timeout=0.2)),
+        interface="127.0.0.1",
+    )
+    yield Stack(listener.getHost().port, slow.getHost().port, origin)
+    # Leave the global reactor clean for the modules that follow.
+    for protocol in list(origin.connections):
+        protocol.transport.loseConnection()
+    pump(lambda: not origin.connections)
+    for port in (listener, slow, origin_port):
+        port.stopListening()
+    store.close()
+    for _ in range(10):
+        reactor.iterate(0.001)
+
+
+@frozen
+class Outcome:
+    responses: list[Response]
+    closed: bool
+    reached: list[Seen]
+    partial: list[bytes]
+
+
+def exchange(
+    stack: Stack,
+    *parts: bytes,
+    count: int,
+    methods: list[bytes] | None = None,
+    port: int | None = None,
+    timeout: float = 3.0,
+) -> tuple[Outcome, Client]:
+    """Send ``parts`` on a fresh connection; wait for ``count`` responses or the close."""
+    origin = stack.origin
+    before, partial_before = len(origin.log), len(origin.partial)
+    methods = methods or [b"GET"]
+    client = Client(stack.port if port is None else port)
+    for part in parts:
+        client.send(part)
+
+    def done() -> bool:
+        client.poll()
+        return client.eof or len(client.responses(methods)) >= count
+
+    pump(done, timeout)
+    # Let anything the proxy forwarded reach the origin before looking.
+    for _ in range(3):
+        reactor.iterate(0.002)
+    client.poll()
+    assert not origin.errors, origin.errors
+    return (
+        Outcome(
+            client.responses(methods),
+            client.eof,
+            origin.log[before:],
+            origin.partial[partial_before:],
+        ),
+        client,
+    )
+
+
+def probe(
+    stack: Stack,
+    raw: bytes,
+    statuses: list[int | set[int]],
+    reached: list[bytes],
+    keep: bool,
+    methods: list[bytes] | None = None,
+) -> Outcome:
+    """Send ``raw``; check the statuses, what reached the origin, and the close.
+
+    ``keep``: the connection must stay usable, which a follow-up request on
+    it proves; otherwise the server must close it after the last response,
+    whose ``Connection`` field then says ``close``.
+    """
+    outcome, client = exchange(stack, raw, count=len(statuses), methods=methods)
+    try:
+        got = [r.status for r in outcome.responses]
+        assert len(got) == len(statuses) and all(
+            g in s if isinstance(s, set) else g == s for g, s in zip(got, statuses, strict=False)
+        ), f"expected statuses {statuses}, got {got}"
+        if keep:
+            assert not client.eof, "the connection was closed"
+            before = len(stack.origin.log)
+            client.send(ALIVE)
+            pump(lambda: client.poll() or client.eof)
+            tail = client.responses((methods or [b"GET"]) * len(statuses) + [b"GET"])
+            assert [r.status for r in tail[len(statuses) :]] == [200], "connection unusable"
+            assert [s.line for s in stack.origin.log[before:]] == [b"GET /alive"]
+        else:
+            pump(lambda: client.poll() or client.eof)
+            if outcome.responses:
+                assert b"close" in (outcome.responses[-1].get(b"connection") or b"")
+        assert [s.line for s in outcome.reached] == reached
+    finally:
+        client.close()
+    return outcome
+
+
+def case(ident: str, raw: bytes, statuses, reached=(), keep=True, methods=None):  # type: ignore[no-untyped-def]
+    """One parametrised probe: ``ident`` starts with the RFC section it checks."""
+    return pytest.param(raw, list(statuses), list(reached), keep, methods, id=ident)
+
+
+H = b"Host: probe\r\n"
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: probe\r\n\r\n"
+
+PARAMS = "raw, statuses, reached, keep, methods"
+BAD = [400]
+
+
+def post(extra: bytes, body: bytes, target: bytes = b"/p", version: bytes = b"1.1") -> bytes:
+    return b"POST %s HTTP/%s\r\n%s%s\r\n%s" % (target, version, H, extra, body)
+
+
+# --- RFC 9112 section 6: message body length ---
+
+FRAMING = [
+    case("6.1-cl-and-te", post(b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n" + SMUGGLED), BAD, keep=False),
+    case("6.1-te-and-cl", post(b"Transfer-Encoding: chunked\r\nContent-Length: 40\r\n", b"0\r\n\r\n" + SMUGGLED), BAD, keep=False),
+    case("6.3-te-chunked-x", post(b"Transfer-Encoding: chunked, x\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("6.3-te-x", post(b"Transfer-Encoding: x\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("6.3-te-identity", post(b"Transfer-Encoding: identity\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("6.1-te-x-chunked", post(b"Transfer-Encoding: x, chunked\r\n", b"0\r\n\r\n"), [{400, 501}], keep=False),
+    case("6.1-te-gzip-chunked", post(b"Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n"), [501], keep=False),
+    case("7-te-chunked-twice", post(b"Transfer-Encoding: chunked, chunked\r\n", b"0\r\n\r\n"), [{400, 501}], keep=False),
+    case("7-te-chunked-two-lines", post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"), [{400, 501}], keep=False),
+    case("6.3-te-chunked-not-last-lines", post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("6.1-te-in-http-1.0", post(b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n" + SMUGGLED, version=b"1.0"), BAD, keep=False),
+    case("6.1-te-and-cl-in-http-1.0", post(b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", b"0\r\n\r\n", version=b"1.0"), BAD, keep=False),
+    case("6.1-te-empty", post(b"Transfer-Encoding:\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("7-te-upper-case-is-chunked", post(b"Transfer-Encoding: CHUNKED\r\n", b"3\r\nabc\r\n0\r\n\r\n"), [200], [b"POST /p"]),
+    case("5.5-te-padded-is-chunked", post(b"Transfer-Encoding: \t chunked  \r\n", b"3\r\nabc\r\n0\r\n\r\n"), [200], [b"POST /p"]),
+    # Valid OWS, but llhttp would not read it as chunked: refused, never split.
+    case("5.5-te-trailing-htab", post(b"Transfer-Encoding: chunked\t\r\n", b"0\r\n\r\n" + SMUGGLED), BAD, keep=False),
+    case("5.5-te-vertical-tab", post(b"Transfer-Encoding: \x0bchunked\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("5.5-te-form-feed", post(b"Transfer-Encoding: chunked\x0c\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("5.1-te-space-before-colon", post(b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("5.2-te-obs-fold", post(b"Transfer-Encoding:\r\n chunked\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("8.6-cl-duplicated-same", post(b"Content-Length: 3\r\nContent-Length: 3\r\n", b"abc"), [{200, 400}], keep=False),
+    case("8.6-cl-list-same", post(b"Content-Length: 3, 3\r\n", b"abc"), [{200, 400}], keep=False),
+    case("6.3-cl-differ", post(b"Content-Length: 3\r\nContent-Length: 4\r\n", b"abcd"), BAD, keep=False),
+    case("6.3-cl-list-differ", post(b"Content-Length: 3, 4\r\n", b"abcd"), BAD, keep=False),
+    case("6.3-cl-plus", post(b"Content-Length: +3\r\n", b"abc"), BAD, keep=False),
+    case("6.3-cl-minus", post(b"Content-Length: -3\r\n", b"abc"), BAD, keep=False),
+    case("6.3-cl-hex", post(b"Content-Length: 0x3\r\n", b"abc"), BAD, keep=False),
+    case("6.3-cl-underscore", post(b"Content-Length: 1_0\r\n", b"abcdefghij"), BAD, keep=False),
+    case("6.3-cl-inner-space", post(b"Content-Length: 1 0\r\n", b"abcdefghij"), BAD, keep=False),
+    case("6.3-cl-empty", post(b"Content-Length:\r\n", b""), BAD, keep=False),
+    case("6.3-cl-decimal", post(b"Content-Length: 3.0\r\n", b"abc"), BAD, keep=False),
+    case("6.3-cl-unicode-digit", post(b"Content-Length: \xd9\xa3\r\n", b"abc"), BAD, keep=False),
+    case("6.3-cl-huge", post(b"Content-Length: 99999999999999999999999999\r\n", b"abc"), [{400, 413}], keep=False),
+    case("8.6-cl-leading-zeros", post(b"Content-Length: 003\r\n", b"abc"), [200], [b"POST /p"]),
+    case("5.5-cl-padded", post(b"Content-Length: \t3 \r\n", b"abc"), [200], [b"POST /p"]),
+    case("6.3-cl-zero-then-smuggled", post(b"Content-Length: 0\r\n", SMUGGLED), [200, 200], [b"POST /p", b"GET /smuggled"]),
+]
+
+
+@pytest.mark.parametrize(PARAMS, FRAMING)
+def test_framing(stack: Stack, raw, statuses, reached, keep, methods) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9112 section 6 and RFC 9110 section 8.6: ambiguous framing is refused and closes."""
+    probe(stack, raw, statuses, reached, keep, methods)
