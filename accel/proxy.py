@@ -237,10 +237,15 @@ class Accelerator:
         fwd: bytes,
         invalidate: CacheRules | None = None,
     ) -> None:
-        """Pass ``request`` to the route's origin and stream the answer back."""
+        """Pass ``request`` to the route's origin and stream the answer back.
+
+        The origin gets origin-form (RFC 9112 section 3.2.1), also when the
+        client sent absolute-form: ``path`` (``*`` for ``OPTIONS *``) and query.
+        """
         responder.log.setdefault("cache", "BYPASS")
         headers = request_headers_for_origin(request, route.forwarding)
-        d = route.upstream.request(request.method, request.target, headers, request.body)
+        target = request.path + (b"?" + request.query if request.query is not None else b"")
+        d = route.upstream.request(request.method, target, headers, request.body)
         responder.on_disconnect(d.cancel)
 
         def relay(response: OriginResponse) -> None:
