@@ -590,3 +590,208 @@ FRAMING = [
 def test_framing(stack: Stack, raw, statuses, reached, keep, methods) -> None:  # type: ignore[no-untyped-def]
     """RFC 9112 section 6 and RFC 9110 section 8.6: ambiguous framing is refused and closes."""
     probe(stack, raw, statuses, reached, keep, methods)
+
+
+# --- RFC 9112 section 7.1: chunked transfer coding ---
+
+
+def chunked(body: bytes) -> bytes:
+    return post(b"Transfer-Encoding: chunked\r\n", body)
+
+
+CHUNKED = [
+    case("7.1-valid", chunked(b"5\r\nhello\r\n0\r\n\r\n"), [200], [b"POST /p"]),
+    case("7.1-hex-upper-and-lower", chunked(b"A\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n"), [200], [b"POST /p"]),
+    case("7.1-size-leading-zeros", chunked(b"0005\r\nhello\r\n000\r\n\r\n"), [200], [b"POST /p"]),
+    case("7.1.1-ext-valid", chunked(b"5;name=value\r\nhello\r\n0;n\r\n\r\n"), [200], [b"POST /p"]),
+    case("7.1.1-ext-quoted", chunked(b'5;name="a \\" b"\r\nhello\r\n0\r\n\r\n'), [200], [b"POST /p"]),
+    case("7.1.1-ext-bws", chunked(b"5 ; name = value\r\nhello\r\n0\r\n\r\n"), [{200, 400}], keep=False),
+    case("7.1.1-ext-empty-name", chunked(b"5;\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1.1-ext-bad-char", chunked(b"5;na(me\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1.1-ext-unterminated-quote", chunked(b'5;n="abc\r\nhello\r\n0\r\n\r\n'), BAD, keep=False),
+    case("7.1.1-ext-huge", chunked(b"5;n=" + b"x" * 200_000 + b"\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-size-overflow", chunked(b"FFFFFFFFFFFFFFFFF1\r\n" + SMUGGLED), BAD, keep=False),
+    case("7.1-size-64-bit", chunked(b"10000000000000000\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-size-negative", chunked(b"-5\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-size-0x", chunked(b"0x5\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-size-empty", chunked(b"\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-size-trailing-space", chunked(b"5 \r\nhello\r\n0\r\n\r\n"), [{200, 400}], keep=False),
+    case("7.1-size-leading-space", chunked(b" 5\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-size-not-hex", chunked(b"5g\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-data-longer-than-size", chunked(b"3\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-no-crlf-after-data", chunked(b"5\r\nhello0\r\n\r\n" + SMUGGLED), BAD, keep=False),
+    case("7.1-lf-after-data", chunked(b"5\r\nhello\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-cr-after-data", chunked(b"5\r\nhello\r0\r\n\r\n"), BAD, keep=False),
+    case("2.2-bare-lf-chunk-lines", chunked(b"5\nhello\n0\n\n"), BAD, keep=False),
+    case("2.2-bare-cr-in-size-line", chunked(b"5\rX\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1.2-trailer-fields-dropped", chunked(b"5\r\nhello\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n"), [200], [b"POST /p"]),
+    # RFC 9110 section 6.5.1: framing fields are never trailers; llhttp refuses.
+    case("7.1.2-trailer-content-length", chunked(b"5\r\nhello\r\n0\r\nContent-Length: 99\r\n\r\n"), BAD, keep=False),
+    case("7.1.2-trailer-invalid", chunked(b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n"), BAD, keep=False),
+    case("7.1.2-trailer-obs-fold", chunked(b"5\r\nhello\r\n0\r\nX-T: 1\r\n 2\r\n\r\n"), BAD, keep=False),
+    case("7.1-then-pipelined-get", chunked(b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED), [200, 200], [b"POST /p", b"GET /smuggled"]),
+]
+
+
+@pytest.mark.parametrize(PARAMS, CHUNKED)
+def test_chunked(stack: Stack, raw, statuses, reached, keep, methods) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9112 section 7.1: only well-formed chunked content is accepted;
+    a broken chunk fails the request (400, close) and nothing complete reaches
+    the origin."""
+    outcome = probe(stack, raw, statuses, reached, keep, methods)
+    for seen in outcome.reached:
+        assert not values(seen.fields, b"x-t"), "a trailer field was forwarded as a header"
+
+
+def test_chunked_content_reaches_origin_intact(stack: Stack) -> None:
+    """RFC 9112 section 7.1.3: the decoded content is forwarded, re-framed."""
+    outcome = probe(stack, chunked(b"3\r\nabc\r\n4;x=y\r\ndefg\r\n0\r\n\r\n"), [200], [b"POST /p"], True)
+    assert outcome.reached[0].body == b"abcdefg"
+
+
+# --- RFC 9112 section 5 and RFC 9110 section 5.5: field syntax ---
+
+
+def get(fields: bytes, target: bytes = b"/f") -> bytes:
+    return b"GET %s HTTP/1.1\r\n%s%s\r\n" % (target, H, fields)
+
+
+FIELDS = [
+    case("5.2-obs-fold", get(b"X-A: a\r\n b\r\n"), BAD, keep=False),
+    case("5.2-obs-fold-tab", get(b"X-A: a\r\n\tb\r\n"), BAD, keep=False),
+    case("2.2-whitespace-before-first-field", b"GET /f HTTP/1.1\r\n X-A: a\r\n" + H + b"\r\n", BAD, keep=False),
+    case("5.1-space-before-colon", get(b"X-A : a\r\n"), BAD, keep=False),
+    case("5.1-tab-before-colon", get(b"X-A\t: a\r\n"), BAD, keep=False),
+    case("5.1-host-space-before-colon", b"GET /f HTTP/1.1\r\nHost : probe\r\n\r\n", BAD, keep=False),
+    case("5.1-empty-name", get(b": a\r\n"), BAD, keep=False),
+    case("5.1-no-colon", get(b"X-A a\r\n"), BAD, keep=False),
+    case("5.1-space-in-name", get(b"X A: a\r\n"), BAD, keep=False),
+    case("5.1-paren-in-name", get(b"X(A): a\r\n"), BAD, keep=False),
+    case("5.1-at-in-name", get(b"X@A: a\r\n"), BAD, keep=False),
+    case("5.1-slash-in-name", get(b"X/A: a\r\n"), BAD, keep=False),
+    case("5.1-nul-in-name", get(b"X\x00A: a\r\n"), BAD, keep=False),
+    case("5.1-del-in-name", get(b"X\x7fA: a\r\n"), BAD, keep=False),
+    case("5.1-non-ascii-in-name", get(b"X\xc3\xa9: a\r\n"), BAD, keep=False),
+    case("5.1-tchar-name", get(b"!#$%&'*+-.^_`|~09azAZ: a\r\n"), [200], [b"GET /f"]),
+    case("5.5-nul-in-value", get(b"X-A: a\x00b\r\n"), BAD, keep=False),
+    case("5.5-cr-in-value", get(b"X-A: a\rb\r\n"), BAD, keep=False),
+    case("5.5-lf-in-value", get(b"X-A: a\nb: c\r\n"), BAD, keep=False),
+    case("5.5-ctl-in-value", get(b"X-A: a\x01b\r\n"), BAD, keep=False),
+    case("5.5-esc-in-value", get(b"X-A: a\x1bb\r\n"), BAD, keep=False),
+    case("5.5-del-in-value", get(b"X-A: a\x7fb\r\n"), BAD, keep=False),
+    case("5.5-vt-in-value", get(b"X-A: a\x0bb\r\n"), BAD, keep=False),
+    case("5.5-obs-text-in-value", get(b"X-A: caf\xc3\xa9 \xff\r\n"), [200], [b"GET /f"]),
+    case("5.5-htab-in-value", get(b"X-A: a\tb\r\n"), [200], [b"GET /f"]),
+    case("5.5-empty-value", get(b"X-A:\r\nX-B: \r\n"), [200], [b"GET /f"]),
+    case("2.2-bare-lf-head", b"GET /f HTTP/1.1\nHost: probe\n\n", [400], keep=False),
+    case("2.2-bare-lf-field", b"GET /f HTTP/1.1\r\nHost: probe\nX-A: a\r\n\r\n", BAD, keep=False),
+    case("2.2-bare-cr-head", b"GET /f HTTP/1.1\rHost: probe\r\n\r\n", BAD, keep=False),
+    case("2.2-bare-cr-field-end", b"GET /f HTTP/1.1\r\nHost: probe\rX-A: a\r\n\r\n", BAD, keep=False),
+    case("2.2-empty-lines-before-request", b"\r\n\r\nGET /f HTTP/1.1\r\n" + H + b"\r\n", [200], [b"GET /f"]),
+    case("5-field-names-case-insensitive", b"GET /f HTTP/1.1\r\nhOsT: probe\r\n\r\n", [200], [b"GET /f"]),
+]
+
+
+@pytest.mark.parametrize(PARAMS, FIELDS)
+def test_field_syntax(stack: Stack, raw, statuses, reached, keep, methods) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9112 section 5 and RFC 9110 section 5.5: invalid field lines are
+    refused (400, close) and never forwarded; valid but unusual ones pass."""
+    probe(stack, raw, statuses, reached, keep, methods)
+
+
+def test_field_values_reach_origin_as_sent(stack: Stack) -> None:
+    """RFC 9110 section 5.5: obs-text and inner whitespace are kept; OWS is trimmed."""
+    outcome = probe(stack, get(b"X-A:  caf\xc3\xa9 \t x \t\r\n"), [200], [b"GET /f"], True)
+    assert values(outcome.reached[0].fields, b"x-a") == [b"caf\xc3\xa9 \t x"]
+
+
+# --- RFC 9112 section 3: request line ---
+
+LINE = [
+    case("3-valid", b"GET /r HTTP/1.1\r\n" + H + b"\r\n", [200], [b"GET /r"]),
+    case("3-lower-case-method", b"get /r HTTP/1.1\r\n" + H + b"\r\n", [501], keep=False),
+    case("3-unknown-method", b"FOO /r HTTP/1.1\r\n" + H + b"\r\n", [501], keep=False),
+    case("3-invalid-method", b"G(T /r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3-method-only", b"GET\r\n" + H + b"\r\n", BAD, keep=False),
+    # Section 3 lets a recipient split on whitespace; the origin gets one SP.
+    case("3-double-space", b"GET  /r  HTTP/1.1\r\n" + H + b"\r\n", [200], [b"GET /r"]),
+    case("3-tab-separator", b"GET\t/r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3-space-in-target", b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3-trailing-space", b"GET /r HTTP/1.1 \r\n" + H + b"\r\n", BAD, keep=False),
+    case("3-leading-space", b" GET /r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3-no-version-0.9", b"GET /r\r\n" + H + b"\r\n", [{400, 505}], keep=False),
+    case("2.3-http-0.9", b"GET /r HTTP/0.9\r\n" + H + b"\r\n", [{400, 505}], keep=False),
+    case("2.3-http-1.0", b"GET /r HTTP/1.0\r\n" + H + b"\r\n", [200], [b"GET /r"], keep=False),
+    case("2.3-http-1.0-keep-alive", b"GET /r HTTP/1.0\r\nConnection: keep-alive\r\n" + H + b"\r\n", [200], [b"GET /r"]),
+    case("2.3-http-1.2-is-1.1", b"GET /r HTTP/1.2\r\n" + H + b"\r\n", [200], [b"GET /r"]),
+    case("2.3-http-2.0", b"GET /r HTTP/2.0\r\n" + H + b"\r\n", [505], keep=False),
+    case("2.3-http-3.0", b"GET /r HTTP/3.0\r\n" + H + b"\r\n", [505], keep=False),
+    case("2.3-http-2-prior-knowledge", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", [{400, 501, 505}], keep=False),
+    case("2.3-lower-case-http", b"GET /r http/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("2.3-version-11", b"GET /r HTTP/11\r\n" + H + b"\r\n", BAD, keep=False),
+    case("2.3-version-1.1.1", b"GET /r HTTP/1.1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("2.3-version-1.10", b"GET /r HTTP/1.10\r\n" + H + b"\r\n", BAD, keep=False),
+    case("2.3-version-garbage", b"GET /r HTTX/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("2.3-version-missing-minor", b"GET /r HTTP/1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2.2-absolute-form", b"GET http://probe/r?q HTTP/1.1\r\n" + H + b"\r\n", [200], [b"GET /r?q"]),
+    case("3.2-absolute-form-without-host", b"GET http://probe/r HTTP/1.1\r\n\r\n", BAD, keep=False),
+    case("3.2.2-absolute-form-https", b"GET https://probe/r HTTP/1.1\r\n" + H + b"\r\n", [200], [b"GET /r"]),
+    case("3.2.2-absolute-form-empty-path", b"GET http://probe HTTP/1.1\r\n" + H + b"\r\n", [200], [b"GET /"]),
+    case("3.2.2-absolute-form-userinfo", b"GET http://user@probe/r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2.2-absolute-form-ftp", b"GET ftp://probe/r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2.2-absolute-form-no-host", b"GET http:///r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2.3-authority-form-get", b"GET probe:80 HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2.3-connect", b"CONNECT probe:443 HTTP/1.1\r\nHost: probe:443\r\n\r\n", [{405, 501}], keep=False),
+    case("3.2.4-asterisk-get", b"GET * HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    # No route serves "*": answered by accel, not forwarded.
+    case("3.2.4-asterisk-options", b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", [404]),
+    case("3.2-no-leading-slash", b"GET r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2-fragment", b"GET /r#frag HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2-bad-percent", b"GET /%zz HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2-non-ascii-target", b"GET /caf\xc3\xa9 HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2-nul-in-target", b"GET /a\x00b HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2-del-in-target", b"GET /a\x7fb HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2-pchar-and-query", b"GET /a;b=c/d:e@f!$&'()*+,=~%41?x=/?:@ HTTP/1.1\r\n" + H + b"\r\n", [200], [b"GET /a;b=c/d:e@f!$&'()*+,=~%41?x=/?:@"]),
+    case("3.2-double-slash", b"GET //r HTTP/1.1\r\n" + H + b"\r\n", [200], [b"GET //r"]),
+]
+
+
+@pytest.mark.parametrize(PARAMS, LINE)
+def test_request_line(stack: Stack, raw, statuses, reached, keep, methods) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9112 sections 2.3 and 3: request-line forms and versions; the origin
+    always gets origin-form (or asterisk-form for OPTIONS *)."""
+    probe(stack, raw, statuses, reached, keep, methods)
+
+
+# --- RFC 9112 section 3.2 and RFC 9110 section 7.2: Host ---
+
+HOST = [
+    case("3.2-missing-host", b"GET /h HTTP/1.1\r\n\r\n", BAD, keep=False),
+    case("3.2-missing-host-http-1.0", b"GET /h HTTP/1.0\r\n\r\n", [200], [b"GET /h"], keep=False),
+    case("3.2-duplicate-host", b"GET /h HTTP/1.1\r\nHost: probe\r\nHost: other\r\n\r\n", BAD, keep=False),
+    case("3.2-duplicate-host-same", b"GET /h HTTP/1.1\r\nHost: probe\r\nHost: probe\r\n\r\n", BAD, keep=False),
+    case("3.2-host-list", b"GET /h HTTP/1.1\r\nHost: probe, other\r\n\r\n", BAD, keep=False),
+    case("3.2-empty-host", b"GET /h HTTP/1.1\r\nHost:\r\n\r\n", [200], [b"GET /h"]),
+    case("3.2-host-space", b"GET /h HTTP/1.1\r\nHost: pro be\r\n\r\n", BAD, keep=False),
+    case("3.2-host-userinfo", b"GET /h HTTP/1.1\r\nHost: user@probe\r\n\r\n", BAD, keep=False),
+    case("3.2-host-path", b"GET /h HTTP/1.1\r\nHost: probe/x\r\n\r\n", BAD, keep=False),
+    case("3.2-host-bad-port", b"GET /h HTTP/1.1\r\nHost: probe:99999\r\n\r\n", BAD, keep=False),
+    case("3.2-host-port-letters", b"GET /h HTTP/1.1\r\nHost: probe:8o\r\n\r\n", BAD, keep=False),
+    case("3.2-host-bad-ipv6", b"GET /h HTTP/1.1\r\nHost: [::g]\r\n\r\n", BAD, keep=False),
+    case("3.2-host-ipv6", b"GET /h HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", [200], [b"GET /h"]),
+    case("3.2-host-port", b"GET /h HTTP/1.1\r\nHost: probe:8080\r\n\r\n", [200], [b"GET /h"]),
+]
+
+
+@pytest.mark.parametrize(PARAMS, HOST)
+def test_host(stack: Stack, raw, statuses, reached, keep, methods) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9112 section 3.2: exactly one valid Host on HTTP/1.1, else 400."""
+    probe(stack, raw, statuses, reached, keep, methods)
+
+
+def test_absolute_form_authority_replaces_host(stack: Stack) -> None:
+    """RFC 9112 section 3.2.2: the target's authority wins over a different Host,
+    and the origin gets a Host built from it, never the client's."""
+    raw = b"GET http://Target.Example:81/r HTTP/1.1\r\nHost: other.example\r\n\r\n"
+    outcome = probe(stack, raw, [200], [b"GET /r"], True)
+    assert values(outcome.reached[0].fields, b"host") == [b"target.example:81"]
