@@ -426,7 +426,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         idle_timeout=config.limits.keepalive_timeout,
         max_header_bytes=config.limits.max_header_bytes,
     )
-    listener = reactor.listenTCP(0, HTTPServerFactory(handler, reactor, limits=limits), interface="127.0.0.1")
+    factory = HTTPServerFactory(handler, reactor, limits=limits, body_limit=handler.body_limit)
+    listener = reactor.listenTCP(0, factory, interface="127.0.0.1")
     slow = reactor.listenTCP(
         0,
         HTTPServerFactory(handler, reactor, limits=ServerLimits(header_timeout=0.2)),
@@ -514,7 +515,9 @@ def probe(
             before = len(stack.origin.log)
             client.send(ALIVE)
             pump(lambda: client.poll() or client.eof)
-            tail = client.responses((methods or [b"GET"]) * len(statuses) + [b"GET"])
+            sent = list(methods or [b"GET"])
+            sent += sent[-1:] * (len(statuses) - len(sent)) + [b"GET"]
+            tail = client.responses(sent)
             assert [r.status for r in tail[len(statuses) :]] == [200], "connection unusable"
             assert [s.line for s in stack.origin.log[before:]] == [b"GET /alive"]
         else:
@@ -795,3 +798,100 @@ def test_absolute_form_authority_replaces_host(stack: Stack) -> None:
     raw = b"GET http://Target.Example:81/r HTTP/1.1\r\nHost: other.example\r\n\r\n"
     outcome = probe(stack, raw, [200], [b"GET /r"], True)
     assert values(outcome.reached[0].fields, b"host") == [b"target.example:81"]
+
+
+# --- RFC 9112 section 9.3.2: pipelining, and requests hidden in others ---
+
+PIPELINE = [
+    case("9.3.2-get-get", b"GET /p1 HTTP/1.1\r\n" + H + b"\r\nGET /p2 HTTP/1.1\r\n" + H + b"\r\n", [200, 200], [b"GET /p1", b"GET /p2"]),
+    case("9.3.2-post-get", post(b"Content-Length: 5\r\n", b"helloGET /p2 HTTP/1.1\r\n" + H + b"\r\n"), [200, 200], [b"POST /p", b"GET /p2"]),
+    case("9.3.2-head-get", b"HEAD /p1 HTTP/1.1\r\n" + H + b"\r\nGET /p2 HTTP/1.1\r\n" + H + b"\r\n", [200, 200], [b"HEAD /p1", b"GET /p2"], methods=[b"HEAD", b"GET"]),
+    case("6.3-request-in-cl-body", post(b"Content-Length: %d\r\n" % len(SMUGGLED), SMUGGLED), [200], [b"POST /p"]),
+    case("6.3-request-in-chunked-body", chunked(b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)), [200], [b"POST /p"]),
+    case("6.3-get-with-body", b"GET /g HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED, [200], [b"GET /g"]),
+    case("7.8-upgrade-with-body", post(b"Connection: upgrade\r\nUpgrade: websocket\r\nContent-Length: %d\r\n" % len(SMUGGLED), SMUGGLED), [200], [b"POST /p"]),
+    case("7.8-upgrade-with-chunked-body", post(b"Connection: upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)), [200], [b"POST /p"]),
+    case("9.3-valid-then-invalid", b"GET /p1 HTTP/1.1\r\n" + H + b"\r\nGET /a b HTTP/1.1\r\n" + H + b"\r\n", [200, 400], [b"GET /p1"], keep=False),
+    case("9.6-nothing-after-close", b"GET /p1 HTTP/1.1\r\nConnection: close\r\n" + H + b"\r\n" + SMUGGLED, [200], [b"GET /p1"], keep=False),
+    case("9.6-nothing-after-http-1.0", b"GET /p1 HTTP/1.0\r\n" + H + b"\r\n" + SMUGGLED, [200], [b"GET /p1"], keep=False),
+    case("6.1-nothing-after-cl-and-te", post(b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n" + SMUGGLED), BAD, keep=False),
+]
+
+
+@pytest.mark.parametrize(PARAMS, PIPELINE)
+def test_pipelining(stack: Stack, raw, statuses, reached, keep, methods) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9112 section 9.3.2: pipelined requests are answered in order; bytes
+    that are content stay content; nothing is read after a final request."""
+    probe(stack, raw, statuses, reached, keep, methods)
+
+
+def test_hidden_request_stays_content(stack: Stack) -> None:
+    """RFC 9112 section 6.3: a request inside content reaches the origin as content."""
+    outcome = probe(stack, post(b"Content-Length: %d\r\n" % len(SMUGGLED), SMUGGLED), [200], [b"POST /p"], True)
+    assert outcome.reached[0].body == SMUGGLED
+
+
+# --- RFC 9110 section 10.1.1: Expect ---
+
+
+def test_expect_100_continue(stack: Stack) -> None:
+    """RFC 9110 section 10.1.1: 100 Continue before the content is read; the
+    expectation is not forwarded."""
+    client = Client(stack.port)
+    try:
+        client.send(post(b"Expect: 100-continue\r\nContent-Length: 5\r\n", b""))
+        pump(lambda: client.poll() or b"\r\n\r\n" in client.received)
+        assert client.received.startswith(b"HTTP/1.1 100 ")
+        before = len(stack.origin.log)
+        client.send(b"hello")
+        pump(lambda: client.poll() or len(client.responses([b"POST"])) == 1)
+        assert client.responses([b"POST"])[0].status == 200
+        (seen,) = stack.origin.log[before:]
+        assert seen.body == b"hello" and not values(seen.fields, b"expect")
+    finally:
+        client.close()
+
+
+EXPECT = [
+    case("10.1.1-unknown-expectation", post(b"Expect: magic\r\nContent-Length: 5\r\n", b"hello"), [417], keep=False),
+    case("10.1.1-expect-in-http-1.0-ignored", post(b"Expect: 100-continue\r\nContent-Length: 5\r\n", b"hello", version=b"1.0"), [200], [b"POST /p"], keep=False),
+    case("10.1.1-expect-without-content", post(b"Expect: 100-continue\r\n", b""), [200], [b"POST /p"]),
+    case("10.1.1-expect-case-insensitive", post(b"Expect: 100-Continue\r\nContent-Length: 5\r\n", b"hello"), [200], [b"POST /p"]),
+]
+
+
+@pytest.mark.parametrize(PARAMS, EXPECT)
+def test_expect(stack: Stack, raw, statuses, reached, keep, methods) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9110 section 10.1.1: only 100-continue is understood (417 otherwise)."""
+    probe(stack, raw, statuses, reached, keep, methods)
+
+
+# --- Limits: 413, 414, 431, 408 ---
+
+LIMITS = [
+    case("414-target-too-long", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + H + b"\r\n", [414], keep=False),
+    case("431-field-too-large", get(b"X-A: " + b"a" * 70_000 + b"\r\n"), [431], keep=False),
+    case("431-fields-too-large", get(b"".join(b"X-%d: %s\r\n" % (i, b"a" * 1000) for i in range(70))), [431], keep=False),
+    case("431-too-many-fields", get(b"".join(b"X-%d: a\r\n" % i for i in range(200))), [431], keep=False),
+    case("413-route-max-body-declared", post(b"Content-Length: 17\r\n", b"a" * 17, target=b"/small/x"), [413], keep=False),
+    case("413-route-max-body-chunked", chunked(b"11\r\n" + b"a" * 17 + b"\r\n0\r\n\r\n").replace(b"/p", b"/small/x", 1), [413], keep=False),
+    case("413-route-max-body-at-limit", post(b"Content-Length: 16\r\n", b"a" * 16, target=b"/small/x"), [200], [b"POST /small/x"]),
+]
+
+
+@pytest.mark.parametrize(PARAMS, LIMITS)
+def test_limits(stack: Stack, raw, statuses, reached, keep, methods) -> None:  # type: ignore[no-untyped-def]
+    """Over a limit, the client gets its status (RFC 9110 sections 15.5.14,
+    15.5.15, RFC 6585 section 5), the connection closes, nothing is forwarded."""
+    probe(stack, raw, statuses, reached, keep, methods)
+
+
+def test_header_timeout_408(stack: Stack) -> None:
+    """A head that does not arrive within header_timeout gets 408, then close."""
+    outcome, client = exchange(stack, b"GET /t HTTP/1.1\r\nHost: pr", count=1, port=stack.slow_port)
+    try:
+        pump(lambda: client.poll() or client.eof)
+    finally:
+        client.close()
+    assert [r.status for r in outcome.responses] == [408]
+    assert outcome.reached == []

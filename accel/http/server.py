@@ -281,6 +281,7 @@ class _RequestBody:
         "_discarding",
         "_drain_limit",
         "_expect",
+        "_max",
     )
 
     def __init__(self, proto: HTTPServerProtocol, length: int | None, expect: bool) -> None:
@@ -298,6 +299,8 @@ class _RequestBody:
         self._drain_limit = -1  # >= 0 once the response is done and we drain
         #: ``Expect: 100-continue`` and no ``100 Continue`` sent yet.
         self._expect = expect
+        #: The most content accepted (413 beyond), or None.
+        self._max = proto._limits.max_body
 
     # BodySource
 
@@ -333,7 +336,7 @@ class _RequestBody:
     def _receive(self, data: bytes) -> None:
         self.received += len(data)
         proto = self._proto
-        limit = proto._limits.max_body
+        limit = self._max
         if limit is not None and self.received > limit:
             assert self._exchange is not None
             proto._fail_exchange(self._exchange, 413, "request content too large")
@@ -674,6 +677,7 @@ class HTTPServerProtocol(Protocol):
         self._idle_timeout = factory.limits.idle_timeout
         self._scheme = factory.scheme
         self._access_log = factory.access_log
+        self._body_limit = factory.body_limit
         self._parser: httptools.HttpRequestParser | None = None
         self._client = ""
         self._client_port = 0
@@ -935,13 +939,6 @@ class HTTPServerProtocol(Protocol):
                 and not _has_token(connection, b"close")
             )
 
-        if length != 0 and b"upgrade" in fields and parser.should_upgrade():
-            self._resync = b"POST / HTTP/1.1\r\n%s\r\n" % (
-                b"Transfer-Encoding: chunked\r\n"
-                if length is None
-                else b"Content-Length: %d\r\n" % length
-            )
-
         body = None if length == 0 else _RequestBody(self, length, expect)
         request = Request(
             method,
@@ -956,6 +953,20 @@ class HTTPServerProtocol(Protocol):
             self._client_port,
             EMPTY_BODY if body is None else body,
         )
+        if body is not None and self._body_limit is not None:
+            limit = self._body_limit(request)  # the route's, say
+            if limit is not None:
+                if length is not None and length > limit:
+                    raise self._reject(413, "request content too large")
+                if max_body is None or limit < max_body:
+                    body._max = limit
+
+        if length != 0 and b"upgrade" in fields and parser.should_upgrade():
+            self._resync = b"POST / HTTP/1.1\r\n%s\r\n" % (
+                b"Transfer-Encoding: chunked\r\n"
+                if length is None
+                else b"Content-Length: %d\r\n" % length
+            )
         # The head is consumed: reset per-message state for the next one.
         self._url = b""
         self._pairs = []
@@ -1275,7 +1286,12 @@ class HTTPServerFactory(ServerFactory):
     ``clock`` is the reactor (a ``Clock`` in tests); ``scheme`` is what the
     listener speaks (``b"https"`` behind TLS) and goes into every
     :class:`Request`; ``server_name`` is sent as ``Server`` unless the
-    handler sets one (empty: none).
+    handler sets one (empty: none). ``body_limit``, if given, is asked for
+    each request with content (before the handler sees it) for the most
+    content it may carry, such as its route's limit, or ``None``: a declared
+    length over it is refused with 413 up front, chunked content with 413
+    (or a cut connection, once a response has started) when it goes over.
+    ``limits.max_body`` applies as well.
     """
 
     protocol = HTTPServerProtocol  # type: ignore[assignment]
@@ -1289,6 +1305,7 @@ class HTTPServerFactory(ServerFactory):
         limits: ServerLimits = ServerLimits(),
         access_log: AccessLog | None = None,
         server_name: bytes = b"accel",
+        body_limit: Callable[[Request], int | None] | None = None,
     ) -> None:
         if not isinstance(limits, ServerLimits):
             raise TypeError(f"expected ServerLimits for limits, got {limits!r}")
@@ -1297,6 +1314,7 @@ class HTTPServerFactory(ServerFactory):
         self.scheme = scheme
         self.limits = limits
         self.access_log = access_log
+        self.body_limit = body_limit
         self.server_line = b"server: %s\r\n" % server_name if server_name else b""
         self._date_second = -1
         self._date_line = b""
