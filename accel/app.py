@@ -73,6 +73,7 @@ def build_accelerator(config: cfg.Config, reactor: Any, store: Store | None) -> 
                 forwarding=ForwardingPolicy(trusted=trusted, host=route.host),
                 cache=cache_rules(route.cache),
                 name=route.prefix.decode("latin-1"),
+                max_body=route.max_body,
             )
             routes.append((route.prefix, runtime))
         sites.append((site.hosts, routes))
@@ -147,6 +148,7 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
             scheme=b"https" if tls else b"http",
             limits=limits,
             access_log=access_log,
+            body_limit=handler.body_limit,
         )
         endpoint = serverFromString(reactor, description)
         StreamServerEndpointService(endpoint, factory).setServiceParent(top)

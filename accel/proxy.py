@@ -100,6 +100,8 @@ class Route:
     forwarding: ForwardingPolicy = ForwardingPolicy()
     cache: CacheRules | None = None
     name: str = "/"
+    #: The most request content accepted, or None: see :meth:`Accelerator.body_limit`.
+    max_body: int | None = None
 
 
 _REASONS = {
@@ -199,6 +201,15 @@ class Accelerator:
         self._name = name
 
     # Entry point
+
+    def body_limit(self, request: Request) -> int | None:
+        """The most content ``request`` may carry: its route's ``max_body``.
+
+        For :class:`~accel.http.server.HTTPServerFactory`'s ``body_limit``,
+        which asks before :meth:`handle` and answers 413 beyond it.
+        """
+        route = self._router.select(request.authority, request.path)
+        return None if route is None else route.max_body
 
     def handle(self, request: Request, responder: Responder) -> None:
         route = self._router.select(request.authority, request.path)
