@@ -27,6 +27,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from email.utils import formatdate
 
 import pytest
 from attrs import define, field, frozen
@@ -241,7 +242,7 @@ def origin_answer(seen: Seen) -> tuple[bytes, bool]:
     """
     path = seen.target.split(b"?", 1)[0]
     body = b"%s %s %d\n" % (seen.method, path[:64], len(seen.body))
-    head = b"date: Mon, 01 Jan 2024 00:00:00 GMT\r\ncontent-type: text/plain\r\n"
+    head = b"date: %s\r\ncontent-type: text/plain\r\n" % formatdate(usegmt=True).encode()
     status, close = b"200 OK", False
     if path.startswith(b"/cache/"):
         head += b"cache-control: max-age=60\r\n"
@@ -895,3 +896,97 @@ def test_header_timeout_408(stack: Stack) -> None:
         client.close()
     assert [r.status for r in outcome.responses] == [408]
     assert outcome.reached == []
+
+
+# --- What accel sends: RFC 9112 section 6, RFC 9110 sections 6.6.1, 7.6.1 ---
+# parse_response checks every response for a valid status line, one Date,
+# one framing, no content where none is allowed and no hop-by-hop fields.
+
+
+def fetch_one(stack: Stack, raw: bytes, method: bytes = b"GET") -> Response:
+    outcome = probe(stack, raw, [{200, 204, 304}], [raw.split(b" ", 2)[0] + b" " + raw.split(b" ", 2)[1]], True, [method])
+    return outcome.responses[0]
+
+
+def test_response_content_length_matches(stack: Stack) -> None:
+    """RFC 9110 section 8.6: Content-Length is the length of the content sent."""
+    r = fetch_one(stack, b"GET /plain HTTP/1.1\r\n" + H + b"\r\n")
+    assert r.get(b"content-length") == b"%d" % len(r.body) and r.body == b"GET /plain 0\n"
+
+
+def test_head_response_has_no_content(stack: Stack) -> None:
+    """RFC 9110 section 9.3.2: a response to HEAD has no content."""
+    r = fetch_one(stack, b"HEAD /plain HTTP/1.1\r\n" + H + b"\r\n", b"HEAD")
+    assert r.body == b""
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_content_statuses(stack: Stack, status: int) -> None:
+    """RFC 9110 sections 15.3.5 and 15.4.5: 204 and 304 end at the head."""
+    r = fetch_one(stack, b"GET /%d HTTP/1.1\r\n%s\r\n" % (status, H))
+    assert r.status == status and r.body == b""
+
+
+def test_hop_by_hop_fields_from_origin_are_dropped(stack: Stack) -> None:
+    """RFC 9110 section 7.6.1: connection options and the fields Connection
+    names stop at accel; end-to-end fields pass."""
+    r = fetch_one(stack, b"GET /hop HTTP/1.1\r\n" + H + b"\r\n")
+    assert r.get(b"x-secret") is None and r.get(b"x-kept") == b"1"
+
+
+def test_hop_by_hop_fields_from_client_are_dropped(stack: Stack) -> None:
+    """RFC 9110 section 7.6.1: the client's connection options and the fields
+    its Connection names do not reach the origin."""
+    raw = get(
+        b"Connection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
+        b"Proxy-Authorization: Basic eA==\r\nProxy-Connection: keep-alive\r\nX-Kept: 1\r\n"
+    )
+    outcome = probe(stack, raw, [200], [b"GET /f"], True)
+    names = {n for n, _ in outcome.reached[0].fields}
+    assert names.isdisjoint({b"x-secret", b"keep-alive", b"te", b"proxy-authorization", b"proxy-connection"})
+    assert b"x-kept" in names
+
+
+def test_unknown_length_is_chunked_for_http_1_1(stack: Stack) -> None:
+    """RFC 9112 section 7: a body whose length the origin did not declare is
+    sent chunked to an HTTP/1.1 client, and the connection is kept."""
+    r = fetch_one(stack, b"GET /eof HTTP/1.1\r\n" + H + b"\r\n")
+    assert r.chunked and r.body == b"GET /eof 0\n"
+
+
+def test_chunked_origin_response_is_relayed_validly(stack: Stack) -> None:
+    """RFC 9112 section 7.1: the origin's chunked body reaches the client whole."""
+    r = fetch_one(stack, b"GET /chunked HTTP/1.1\r\n" + H + b"\r\n")
+    assert r.body == b"GET /chunked 0\n"
+
+
+def test_unknown_length_is_close_delimited_for_http_1_0(stack: Stack) -> None:
+    """RFC 9112 section 6.3: an HTTP/1.0 client gets the body delimited by the close."""
+    outcome = probe(stack, b"GET /eof HTTP/1.0\r\n" + H + b"\r\n", [200], [b"GET /eof"], False)
+    r = outcome.responses[0]
+    assert not r.chunked and r.get(b"content-length") is None and r.body == b"GET /eof 0\n"
+
+
+def test_cache_hit_is_framed_like_the_miss(stack: Stack) -> None:
+    """RFC 9111 section 4: a stored response is served with a correct length;
+    the origin is asked once."""
+    raw = b"GET /cache/once HTTP/1.1\r\n" + H + b"\r\n"
+    miss = fetch_one(stack, raw)
+    hit = probe(stack, raw, [200], [], True).responses[0]
+    assert hit.body == miss.body and hit.get(b"content-length") == b"%d" % len(hit.body)
+    assert hit.get(b"age") is not None
+
+
+def test_head_hit_has_no_content(stack: Stack) -> None:
+    """RFC 9110 section 9.3.2: HEAD served from the cache has no content."""
+    fetch_one(stack, b"GET /cache/head HTTP/1.1\r\n" + H + b"\r\n")
+    outcome = probe(stack, b"HEAD /cache/head HTTP/1.1\r\n" + H + b"\r\n", [200], [], True, [b"HEAD"])
+    assert outcome.responses[0].body == b""
+
+
+def test_error_responses_close_and_are_framed(stack: Stack) -> None:
+    """RFC 9112 section 9.6: a rejection says Connection: close, then closes;
+    its short body has an exact Content-Length."""
+    outcome = probe(stack, b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", [400], [], False)
+    r = outcome.responses[0]
+    assert r.get(b"content-length") == b"%d" % len(r.body) and r.get(b"content-type")
