@@ -20,7 +20,8 @@ invalid chunk sizes and extensions are all llhttp errors):
   refused (400), and Content-Length with Transfer-Encoding is refused (400);
 * versions: HTTP/1.0 and 1.1; a higher 1.x minor is treated as 1.1 (RFC 9112
   section 2.3), another major version gets 505;
-* limits (:class:`ServerLimits`) with their statuses: 408, 413, 414, 431.
+* limits (:class:`ServerLimits`) with their statuses: 408, 413, 414, 431,
+  and 503 for a client over its number of connections.
 
 Every rejection answers a short ``text/plain`` error with ``Connection:
 close`` and closes; the handler never sees the request, and nothing after it
@@ -106,6 +107,11 @@ class ServerLimits:
     #: Unread request content the server reads and drops after a response to
     #: keep the connection; more than this and the connection is closed.
     max_discard: int = field(default=65536, validator=ge(0))
+    #: Open connections from one client address, or ``None`` for no limit.
+    #: Past it, a connection's first request is answered 503 and the
+    #: connection closed, as nginx's ``limit_conn`` does. UNIX-socket clients
+    #: are not counted (they all share one "address").
+    max_connections_per_client: int | None = field(default=256, validator=optional(gt(0)))
 
 
 class RequestBodyError(Exception):
@@ -240,6 +246,7 @@ _REASONS = {
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
+    503: b"Service Unavailable",
     505: b"HTTP Version Not Supported",
 }
 
@@ -705,6 +712,9 @@ class HTTPServerProtocol(Protocol):
         self._last_rx = 0.0
         self._head_since = 0.0
         self._idle_deadline = 0.0
+        # Counted in the factory's connections per client; over the limit.
+        self._counted = False
+        self._over_limit = False
 
     # --- Connection ---
 
@@ -719,6 +729,8 @@ class HTTPServerProtocol(Protocol):
         else:
             self._client = str(getattr(peer, "host", ""))
             self._client_port = int(getattr(peer, "port", 0))
+            self._over_limit = not self.factory._admit(self._client)
+            self._counted = True
         now = self._clock.seconds()
         self._idle_deadline = now + self._limits.header_timeout
         self._timer = self._clock.callLater(
@@ -728,6 +740,9 @@ class HTTPServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = self._read_closed = True
         self._cancel_timer()
+        if self._counted:
+            self._counted = False
+            self.factory._release(self._client)
         error = reason.value if isinstance(reason.value, Exception) else ConnectionDone()
         active = self._active
         if active is not None and active._state != _DONE:
@@ -859,6 +874,8 @@ class HTTPServerProtocol(Protocol):
 
     def on_headers_complete(self) -> None:
         self._progress = True
+        if self._over_limit:
+            raise self._reject(503, "too many connections from this client")
         parser = self._parser
         assert parser is not None
         version_str = parser.get_http_version()
@@ -1315,12 +1332,32 @@ class HTTPServerFactory(ServerFactory):
         self.limits = limits
         self.access_log = access_log
         self.body_limit = body_limit
+        self._connections: dict[str, int] = {}
         self.server_line = b"server: %s\r\n" % server_name if server_name else b""
         self._date_second = -1
         self._date_line = b""
 
     def buildProtocol(self, addr: object) -> HTTPServerProtocol:
         return HTTPServerProtocol(self)
+
+    def _admit(self, client: str) -> bool:
+        """Count a new connection from ``client``; whether it is within the limit."""
+        count = self._connections.get(client, 0) + 1
+        self._connections[client] = count
+        limit = self.limits.max_connections_per_client
+        return limit is None or count <= limit
+
+    def _release(self, client: str) -> None:
+        """A connection counted by :meth:`_admit` has closed."""
+        count = self._connections[client] - 1
+        if count:
+            self._connections[client] = count
+        else:
+            del self._connections[client]
+
+    def connections_from(self, client: str) -> int:
+        """Open connections from ``client`` (an address as in ``Request.client``)."""
+        return self._connections.get(client, 0)
 
     def date_line(self) -> bytes:
         """``date: <IMF-fixdate>\\r\\n`` for now, formatted at most once a second."""
