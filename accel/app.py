@@ -53,6 +53,19 @@ def cache_rules(settings: cfg.CacheSettings) -> CacheRules | None:
     )
 
 
+def server_limits(config: cfg.Config) -> ServerLimits:
+    """The client-side limits ``config`` asks for (the rest at their defaults).
+
+    Request bodies are bounded per route, by the server asking
+    :meth:`~accel.proxy.Accelerator.body_limit` before the handler runs.
+    """
+    return ServerLimits(
+        header_timeout=config.limits.header_timeout,
+        idle_timeout=config.limits.keepalive_timeout,
+        max_header_bytes=config.limits.max_header_bytes,
+    )
+
+
 def _upstream_settings(timeouts: cfg.Timeouts) -> UpstreamSettings:
     return UpstreamSettings(
         connect_timeout=timeouts.connect,
@@ -183,15 +196,7 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
 
     handler = build_accelerator(config, reactor, store)
     closer.add(handler.close)
-    limits = ServerLimits(
-        header_timeout=config.limits.header_timeout,
-        idle_timeout=config.limits.keepalive_timeout,
-        max_header_bytes=config.limits.max_header_bytes,
-        # The server bounds every body by the largest route limit (chunked
-        # bodies included); the proxy refuses a declared length over its
-        # route's own limit before contacting the origin.
-        max_body=max((r.max_body for s in config.sites for r in s.routes), default=None),
-    )
+    limits = server_limits(config)
     access_log = _access_log(config, reactor, closer)
     for description in config.listen:
         tls = description.split(":", 1)[0] in ("ssl", "tls")
@@ -201,6 +206,7 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
             scheme=b"https" if tls else b"http",
             limits=limits,
             access_log=access_log,
+            body_limit=handler.body_limit,
         )
         endpoint = serverFromString(reactor, description)
         _Listener(description, endpoint, factory).setServiceParent(top)

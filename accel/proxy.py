@@ -111,6 +111,7 @@ class Route:
     name: str = "/"
     access: ClientAccess | None = None
     hide_headers: tuple[bytes, ...] = ()
+    #: The most request content accepted, or None: see :meth:`Accelerator.body_limit`.
     max_body: int | None = None
 
 
@@ -278,6 +279,15 @@ class Accelerator:
 
     # Entry point
 
+    def body_limit(self, request: Request) -> int | None:
+        """The most content ``request`` may carry: its route's ``max_body``.
+
+        For :class:`~accel.http.server.HTTPServerFactory`'s ``body_limit``,
+        which asks before :meth:`handle` and answers 413 beyond it.
+        """
+        route = self._router.select(request.authority, request.path)
+        return None if route is None else route.max_body
+
     def handle(self, request: Request, responder: Responder) -> None:
         route = self._router.select(request.authority, request.path)
         if route is None:
@@ -309,17 +319,15 @@ class Accelerator:
 
     @staticmethod
     def _admit(route: Route, request: Request, responder: Responder) -> bool:
-        """Apply the route's client rules and body limit; answer 403/413 if they refuse."""
+        """Apply the route's client rules; answer 403 if they refuse.
+
+        (The route's body limit is enforced by the server, before the
+        handler, through :meth:`body_limit`.)
+        """
         access = route.access
         if access is not None and not access.allows(request.client):
             responder.log["cache"] = "-"
             simple_response(responder, 403, b"Access denied.")
-            return False
-        length = request.body.length
-        if route.max_body is not None and length is not None and length > route.max_body:
-            # RFC 9110 section 15.5.14; the server then drains or closes.
-            responder.log["cache"] = "-"
-            simple_response(responder, 413, b"Request content too large.")
             return False
         return True
 
@@ -333,10 +341,15 @@ class Accelerator:
         fwd: bytes,
         invalidate: CacheRules | None = None,
     ) -> None:
-        """Pass ``request`` to the route's origin and stream the answer back."""
+        """Pass ``request`` to the route's origin and stream the answer back.
+
+        The origin gets origin-form (RFC 9112 section 3.2.1), also when the
+        client sent absolute-form: ``path`` (``*`` for ``OPTIONS *``) and query.
+        """
         responder.log.setdefault("cache", "BYPASS")
         headers = request_headers_for_origin(request, route.forwarding)
-        d = route.upstream.request(request.method, request.target, headers, request.body)
+        target = request.path + (b"?" + request.query if request.query is not None else b"")
+        d = route.upstream.request(request.method, target, headers, request.body)
         responder.on_disconnect(d.cancel)
 
         def relay(response: OriginResponse) -> None:

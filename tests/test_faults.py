@@ -241,7 +241,7 @@ class FaultTests(TestCase):
         self.store = Store(str(self.directory / "cache"), 64 * 1024**2, self.store_clock, retry_interval=5.0)
         self.addCleanup(self.store.close)
         handler = build_accelerator(config, reactor, self.store)
-        factory = HTTPServerFactory(handler, reactor)
+        factory = HTTPServerFactory(handler, reactor, body_limit=handler.body_limit)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port

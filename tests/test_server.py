@@ -773,6 +773,9 @@ REJECTS = {
     "unknown method": (b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
     "leading space": (b" GET / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    # llhttp does not read "chunked<HTAB>" as chunked: refused before dispatch.
+    "te trailing htab": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\t\r\n\r\n0\r\n\r\n", 400),
+    "te inner htab": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: x,\tchunked\r\n\r\n0\r\n\r\n", 400),
 }
 
 
@@ -861,6 +864,93 @@ def test_bad_chunk_size_fails_body_400():
     assert only_response(t).status == 400 and t.disconnecting
     h.calls[0][1].start(200, b"OK", Headers())  # the handler's late answer is ignored
     assert len(responses(t.value())) == 1
+
+
+@define
+class AnswerOnFail(Sink):
+    """A sink whose handler answers 502 when the body fails, as a proxy does."""
+
+    responder: object = None
+
+    def fail(self, reason: Exception) -> None:
+        self.failed = reason
+        answer(self.responder, b"origin failed", status=502)
+
+
+def test_body_failure_answer_is_not_replaced_by_the_handler():
+    """Broken content: the client gets 400 even if the handler answers when its sink fails."""
+    h = Recorder(auto=False)
+    proto, t, _, _ = connect(h)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    req, resp = h.calls[0]
+    sink = AnswerOnFail(responder=resp)
+    req.body.deliver(sink)
+    proto.dataReceived(b"zz\r\n")
+    assert isinstance(sink.failed, RequestBodyError)
+    assert [r.status for r in responses(t.value())] == [400] and t.disconnecting
+
+
+def limit_by_path(request: Request) -> int | None:
+    """A body_limit: 4 bytes under /small, no limit elsewhere."""
+    return 4 if request.path.startswith(b"/small") else None
+
+
+def connect_limited(handler=None, **limits):
+    handler = handler if handler is not None else Recorder(read_body=True)
+    factory = HTTPServerFactory(
+        handler, MemoryReactorClock(), limits=ServerLimits(**limits), body_limit=limit_by_path
+    )
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport, handler
+
+
+def test_body_limit_declared_length_413_before_handler():
+    """A Content-Length over the request's body_limit: 413 and close; the handler never runs."""
+    proto, t, h = connect_limited()
+    proto.dataReceived(b"POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde")
+    assert only_response(t).status == 413 and t.disconnecting and h.calls == []
+
+
+def test_body_limit_chunked_413():
+    """Chunked content growing past the request's body_limit: 413, the sink fails."""
+    proto, t, h = connect_limited()
+    proto.dataReceived(
+        b"POST /small HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n"
+    )
+    assert isinstance(h.sinks[0].failed, RequestBodyError) and h.sinks[0].failed.status == 413
+    assert only_response(t).status == 413 and t.disconnecting
+
+
+def test_body_limit_within_and_elsewhere():
+    """Content within the request's limit, or where body_limit says None, is delivered."""
+    proto, t, h = connect_limited()
+    proto.dataReceived(
+        b"POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabcd"
+        b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789"
+    )
+    assert [r.body for r in responses(t.value())] == [b"got abcd", b"got 0123456789"]
+
+
+def test_body_limit_never_raises_max_body():
+    """limits.max_body still applies when body_limit allows more."""
+    proto, t, h = connect_limited(max_body=2)
+    proto.dataReceived(b"POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+    assert only_response(t).status == 413
+
+
+def test_body_limit_not_asked_without_content():
+    """Requests without content are not checked (no cost on the GET path)."""
+    asked = []
+    factory = HTTPServerFactory(
+        Recorder(), MemoryReactorClock(), body_limit=lambda r: asked.append(r) or 0
+    )
+    proto = factory.buildProtocol(None)
+    t = StringTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(GET)
+    assert only_response(t).status == 200 and asked == []
 
 
 def test_bad_chunk_after_response_started_closes():
@@ -1045,6 +1135,108 @@ def test_fuzz_mutated_requests(edits):
     proto.dataReceived(bytes(raw))
     assert len(h.calls) <= 2
     _check_invariants(proto, t, clock, h, raw)
+
+
+# --- Connections per client ---
+
+
+def open_from(factory: HTTPServerFactory, host: str = "10.0.0.1", port: int = 40000):
+    """A connection from ``host`` on a StringTransport: ``(protocol, transport)``."""
+    from twisted.internet.address import IPv4Address
+
+    proto = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def limited(limit: int | None = 2):
+    h = Recorder()
+    factory = HTTPServerFactory(
+        h, MemoryReactorClock(), limits=ServerLimits(max_connections_per_client=limit)
+    )
+    return factory, h
+
+
+def test_connections_within_limit_are_served():
+    """Up to max_connections_per_client connections from one address are served."""
+    factory, h = limited(2)
+    conns = [open_from(factory, port=p) for p in (1, 2)]
+    for proto, _ in conns:
+        proto.dataReceived(GET)
+    assert [only_response(t).status for _, t in conns] == [200, 200]
+    assert factory.connections_from("10.0.0.1") == 2
+
+
+def test_connection_over_limit_gets_503_and_close():
+    """Past the limit, the first request is answered 503 with Connection: close,
+    never handed to the handler, and the connection is closed (as nginx's limit_conn)."""
+    factory, h = limited(2)
+    for p in (1, 2):
+        open_from(factory, port=p)
+    proto, t = open_from(factory, port=3)
+    proto.dataReceived(GET)
+    r = only_response(t)
+    assert (r.status, r.get(b"connection")) == (503, b"close")
+    assert t.disconnecting and h.calls == []
+
+
+def test_closing_a_connection_frees_its_slot():
+    """A closed connection no longer counts against its client."""
+    factory, h = limited(1)
+    first, _ = open_from(factory, port=1)
+    first.connectionLost(Failure(Exception("gone")))
+    assert factory.connections_from("10.0.0.1") == 0
+    proto, t = open_from(factory, port=2)
+    proto.dataReceived(GET)
+    assert only_response(t).status == 200
+
+
+def test_over_limit_connection_does_not_hold_a_slot_after_close():
+    """Refused connections are counted while open and released when closed."""
+    factory, _ = limited(1)
+    open_from(factory, port=1)
+    refused, _ = open_from(factory, port=2)
+    assert factory.connections_from("10.0.0.1") == 2
+    refused.connectionLost(Failure(Exception("gone")))
+    assert factory.connections_from("10.0.0.1") == 1
+
+
+def test_clients_are_counted_separately():
+    """The limit is per client address."""
+    factory, _ = limited(1)
+    open_from(factory, host="10.0.0.1")
+    proto, t = open_from(factory, host="10.0.0.2")
+    proto.dataReceived(GET)
+    assert only_response(t).status == 200
+
+
+def test_unix_clients_are_not_limited():
+    """UNIX-socket clients share no address, so they are not counted."""
+    from twisted.internet.address import UNIXAddress
+
+    factory, _ = limited(1)
+    for _ in range(3):
+        proto = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=UNIXAddress(b"/tmp/s"))
+        proto.makeConnection(transport)
+        proto.dataReceived(GET)
+        assert only_response(transport).status == 200
+    assert factory.connections_from("unix") == 0
+
+
+def test_no_connection_limit():
+    """max_connections_per_client=None serves any number of connections."""
+    factory, _ = limited(None)
+    conns = [open_from(factory, port=p) for p in range(300)]
+    proto, t = conns[-1]
+    proto.dataReceived(GET)
+    assert only_response(t).status == 200
+
+
+def test_default_connection_limit_is_256():
+    """The default follows the documented value."""
+    assert ServerLimits().max_connections_per_client == 1024
 
 
 # --- A real socket ---

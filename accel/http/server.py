@@ -20,7 +20,8 @@ invalid chunk sizes and extensions are all llhttp errors):
   refused (400), and Content-Length with Transfer-Encoding is refused (400);
 * versions: HTTP/1.0 and 1.1; a higher 1.x minor is treated as 1.1 (RFC 9112
   section 2.3), another major version gets 505;
-* limits (:class:`ServerLimits`) with their statuses: 408, 413, 414, 431.
+* limits (:class:`ServerLimits`) with their statuses: 408, 413, 414, 431,
+  and 503 for a client over its number of connections.
 
 Every rejection answers a short ``text/plain`` error with ``Connection:
 close`` and closes; the handler never sees the request, and nothing after it
@@ -106,6 +107,11 @@ class ServerLimits:
     #: Unread request content the server reads and drops after a response to
     #: keep the connection; more than this and the connection is closed.
     max_discard: int = field(default=65536, validator=ge(0))
+    #: Open connections from one client address, or ``None`` for no limit.
+    #: Past it, a connection's first request is answered 503 and the
+    #: connection closed, as nginx's ``limit_conn`` does. UNIX-socket clients
+    #: are not counted (they all share one "address").
+    max_connections_per_client: int | None = field(default=1024, validator=optional(gt(0)))
 
 
 class RequestBodyError(Exception):
@@ -240,6 +246,7 @@ _REASONS = {
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
+    503: b"Service Unavailable",
     505: b"HTTP Version Not Supported",
 }
 
@@ -281,6 +288,7 @@ class _RequestBody:
         "_discarding",
         "_drain_limit",
         "_expect",
+        "_max",
     )
 
     def __init__(self, proto: HTTPServerProtocol, length: int | None, expect: bool) -> None:
@@ -298,6 +306,8 @@ class _RequestBody:
         self._drain_limit = -1  # >= 0 once the response is done and we drain
         #: ``Expect: 100-continue`` and no ``100 Continue`` sent yet.
         self._expect = expect
+        #: The most content accepted (413 beyond), or None.
+        self._max = proto._limits.max_body
 
     # BodySource
 
@@ -333,7 +343,7 @@ class _RequestBody:
     def _receive(self, data: bytes) -> None:
         self.received += len(data)
         proto = self._proto
-        limit = proto._limits.max_body
+        limit = self._max
         if limit is not None and self.received > limit:
             assert self._exchange is not None
             proto._fail_exchange(self._exchange, 413, "request content too large")
@@ -674,6 +684,7 @@ class HTTPServerProtocol(Protocol):
         self._idle_timeout = factory.limits.idle_timeout
         self._scheme = factory.scheme
         self._access_log = factory.access_log
+        self._body_limit = factory.body_limit
         self._parser: httptools.HttpRequestParser | None = None
         self._client = ""
         self._client_port = 0
@@ -701,6 +712,9 @@ class HTTPServerProtocol(Protocol):
         self._last_rx = 0.0
         self._head_since = 0.0
         self._idle_deadline = 0.0
+        # Counted in the factory's connections per client; over the limit.
+        self._counted = False
+        self._over_limit = False
 
     # --- Connection ---
 
@@ -715,6 +729,8 @@ class HTTPServerProtocol(Protocol):
         else:
             self._client = str(getattr(peer, "host", ""))
             self._client_port = int(getattr(peer, "port", 0))
+            self._over_limit = not self.factory._admit(self._client)
+            self._counted = True
         now = self._clock.seconds()
         self._idle_deadline = now + self._limits.header_timeout
         self._timer = self._clock.callLater(
@@ -724,6 +740,9 @@ class HTTPServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = self._read_closed = True
         self._cancel_timer()
+        if self._counted:
+            self._counted = False
+            self.factory._release(self._client)
         error = reason.value if isinstance(reason.value, Exception) else ConnectionDone()
         active = self._active
         if active is not None and active._state != _DONE:
@@ -829,10 +848,10 @@ class HTTPServerProtocol(Protocol):
         if len(url) > self._limits.max_target:
             raise self._reject(414, "request-target too long")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
+    def on_header(self, name: bytes, raw: bytes) -> None:
         self._progress = True
         name = name.lower()
-        value = value.rstrip(b" \t")  # llhttp strips leading OWS only
+        value = raw.rstrip(b" \t")  # llhttp strips leading OWS only
         self._header_bytes += len(name) + len(value)
         limits = self._limits
         if self._header_bytes > limits.max_header_bytes:
@@ -844,6 +863,10 @@ class HTTPServerProtocol(Protocol):
         if len(pairs) > limits.max_headers:
             raise self._reject(431, "too many request header fields")
         if name in _SPECIAL:
+            if name == b"transfer-encoding" and b"\t" in raw:
+                # llhttp does not take "chunked<HTAB>" for chunked and fails
+                # only after the head was handed over: refuse it up front.
+                raise self._reject(400, "HTAB in Transfer-Encoding")
             fields = self._fields
             if fields is None:
                 fields = self._fields = {}
@@ -851,6 +874,8 @@ class HTTPServerProtocol(Protocol):
 
     def on_headers_complete(self) -> None:
         self._progress = True
+        if self._over_limit:
+            raise self._reject(503, "too many connections from this client")
         parser = self._parser
         assert parser is not None
         version_str = parser.get_http_version()
@@ -931,13 +956,6 @@ class HTTPServerProtocol(Protocol):
                 and not _has_token(connection, b"close")
             )
 
-        if length != 0 and b"upgrade" in fields and parser.should_upgrade():
-            self._resync = b"POST / HTTP/1.1\r\n%s\r\n" % (
-                b"Transfer-Encoding: chunked\r\n"
-                if length is None
-                else b"Content-Length: %d\r\n" % length
-            )
-
         body = None if length == 0 else _RequestBody(self, length, expect)
         request = Request(
             method,
@@ -952,6 +970,20 @@ class HTTPServerProtocol(Protocol):
             self._client_port,
             EMPTY_BODY if body is None else body,
         )
+        if body is not None and self._body_limit is not None:
+            limit = self._body_limit(request)  # the route's, say
+            if limit is not None:
+                if length is not None and length > limit:
+                    raise self._reject(413, "request content too large")
+                if max_body is None or limit < max_body:
+                    body._max = limit
+
+        if length != 0 and b"upgrade" in fields and parser.should_upgrade():
+            self._resync = b"POST / HTTP/1.1\r\n%s\r\n" % (
+                b"Transfer-Encoding: chunked\r\n"
+                if length is None
+                else b"Content-Length: %d\r\n" % length
+            )
         # The head is consumed: reset per-message state for the next one.
         self._url = b""
         self._pairs = []
@@ -1092,16 +1124,25 @@ class HTTPServerProtocol(Protocol):
         self._arm_for_phase()
 
     def _fail_exchange(self, exchange: _Exchange, status: int, detail: str) -> None:
-        """A request whose head was accepted failed while its content was read."""
+        """A request whose head was accepted failed while its content was read.
+
+        If no response has started, the client gets ``status``. The handler is
+        cut off before its body sink hears of the failure, so that what it
+        answers then (an origin error, say) never goes out in its place.
+        """
         self._stop_reading()
+        answer = (
+            exchange is self._active and exchange._state == _NEW and not exchange.disconnected
+        )
+        if answer:
+            exchange.reject, exchange.detail = status, detail
+            exchange._lost()  # the handler's further calls are ignored
         if exchange.body is not None:
             exchange.body._fail(RequestBodyError(status, detail))
-        if exchange is self._active:
-            if exchange._state == _NEW and not exchange.disconnected:
-                exchange.reject, exchange.detail = status, detail
-                exchange._lost()  # the handler's further calls are ignored
-                self._send_error(exchange)
-            elif exchange._state == _STARTED:
+        if answer:
+            self._send_error(exchange)
+        elif exchange is self._active:
+            if exchange._state == _STARTED:
                 exchange.abort()
             else:
                 self._close()
@@ -1262,7 +1303,12 @@ class HTTPServerFactory(ServerFactory):
     ``clock`` is the reactor (a ``Clock`` in tests); ``scheme`` is what the
     listener speaks (``b"https"`` behind TLS) and goes into every
     :class:`Request`; ``server_name`` is sent as ``Server`` unless the
-    handler sets one (empty: none).
+    handler sets one (empty: none). ``body_limit``, if given, is asked for
+    each request with content (before the handler sees it) for the most
+    content it may carry, such as its route's limit, or ``None``: a declared
+    length over it is refused with 413 up front, chunked content with 413
+    (or a cut connection, once a response has started) when it goes over.
+    ``limits.max_body`` applies as well.
     """
 
     protocol = HTTPServerProtocol  # type: ignore[assignment]
@@ -1276,6 +1322,7 @@ class HTTPServerFactory(ServerFactory):
         limits: ServerLimits = ServerLimits(),
         access_log: AccessLog | None = None,
         server_name: bytes = b"accel",
+        body_limit: Callable[[Request], int | None] | None = None,
     ) -> None:
         if not isinstance(limits, ServerLimits):
             raise TypeError(f"expected ServerLimits for limits, got {limits!r}")
@@ -1284,12 +1331,33 @@ class HTTPServerFactory(ServerFactory):
         self.scheme = scheme
         self.limits = limits
         self.access_log = access_log
+        self.body_limit = body_limit
+        self._connections: dict[str, int] = {}
         self.server_line = b"server: %s\r\n" % server_name if server_name else b""
         self._date_second = -1
         self._date_line = b""
 
     def buildProtocol(self, addr: object) -> HTTPServerProtocol:
         return HTTPServerProtocol(self)
+
+    def _admit(self, client: str) -> bool:
+        """Count a new connection from ``client``; whether it is within the limit."""
+        count = self._connections.get(client, 0) + 1
+        self._connections[client] = count
+        limit = self.limits.max_connections_per_client
+        return limit is None or count <= limit
+
+    def _release(self, client: str) -> None:
+        """A connection counted by :meth:`_admit` has closed."""
+        count = self._connections[client] - 1
+        if count:
+            self._connections[client] = count
+        else:
+            del self._connections[client]
+
+    def connections_from(self, client: str) -> int:
+        """Open connections from ``client`` (an address as in ``Request.client``)."""
+        return self._connections.get(client, 0)
 
     def date_line(self) -> bytes:
         """``date: <IMF-fixdate>\\r\\n`` for now, formatted at most once a second."""
