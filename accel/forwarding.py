@@ -90,6 +90,12 @@ def request_headers_for_origin(request: Request, policy: ForwardingPolicy) -> He
     and adds ``Via`` and the forwarding fields as the module docstring says.
     """
     headers = request.headers.without_hop_by_hop()
+    # Field names with "_" are dropped, as nginx does: CGI-style origins read
+    # "Transfer_Encoding" as Transfer-Encoding, a known smuggling route.
+    if any(b"_" in name for name, _ in headers):
+        headers = Headers([pair for pair in headers if b"_" not in pair[0]])
+    if request.method in (b"OPTIONS", b"TRACE"):
+        _decrement_max_forwards(headers)
     trusted = policy.trusts(request.client)
     client = request.client or "unknown"
     if trusted:
@@ -131,13 +137,23 @@ def response_headers_for_client(
     return headers
 
 
+def _decrement_max_forwards(headers: Headers) -> None:
+    """RFC 9110 section 7.6.2: forward ``Max-Forwards`` one lower.
+
+    The caller answers ``0`` itself; an invalid value is left alone.
+    """
+    value = headers.get(b"max-forwards")
+    if value is not None and value.isdigit() and value != b"0":
+        headers.set(b"max-forwards", b"%d" % (min(int(value), 2**31) - 1))
+
+
 def _via(version: bytes, pseudonym: bytes) -> bytes:
     """``Via`` entry: protocol version without the ``HTTP/`` prefix, then us."""
     return version + b" " + pseudonym
 
 
 def _quote_if_needed(value: bytes) -> bytes:
-    """RFC 7239 values containing ``:`` (a port) or ``[`` must be quoted."""
-    if any(c in value for c in b':[]"'):
+    """RFC 7239 values that are not tokens (a port's ``:``, ``[``, empty) are quoted."""
+    if not value or any(c in value for c in b':[]"'):
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return value

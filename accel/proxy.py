@@ -68,6 +68,9 @@ _CONDITIONAL_FIELDS = (
     b"range",
 )
 
+#: What ``Allow`` says when accel answers for itself: the methods it forwards.
+_ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
 _ORIGIN_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
 
 
@@ -118,6 +121,8 @@ class Route:
 _REASONS = {
     304: b"Not Modified",
     400: b"Bad Request",
+    403: b"Forbidden",
+    405: b"Method Not Allowed",
     403: b"Forbidden",
     404: b"Not Found",
     412: b"Precondition Failed",
@@ -289,6 +294,9 @@ class Accelerator:
         return None if route is None else route.max_body
 
     def handle(self, request: Request, responder: Responder) -> None:
+        method = request.method
+        if method != _GET and method != _HEAD and self._answer_here(request, responder):
+            return
         route = self._router.select(request.authority, request.path)
         if route is None:
             responder.log["cache"] = "-"
@@ -316,6 +324,31 @@ class Accelerator:
             self._lookup(_Lookup(route, rules, request, responder, key))
             return
         self.forward(route, request, responder, b"method", invalidate=rules)
+
+    @staticmethod
+    def _answer_here(request: Request, responder: Responder) -> bool:
+        """Requests accel answers itself, never forwarding them.
+
+        ``TRACE`` is refused (it would reflect credentials, and accel adds
+        nothing by echoing); ``OPTIONS *`` and ``OPTIONS`` with
+        ``Max-Forwards: 0`` are addressed to this hop (RFC 9110 sections
+        9.3.7 and 7.6.2).
+        """
+        method = request.method
+        if method == b"TRACE":
+            responder.log["cache"] = "-"
+            simple_response(responder, 405, b"TRACE is not allowed.", Headers([(b"allow", _ALLOW)]))
+            return True
+        if method == b"OPTIONS" and (
+            request.target == b"*" or request.headers.get(b"max-forwards") == b"0"
+        ):
+            responder.log["cache"] = "-"
+            responder.start(
+                200, b"OK", Headers([(b"allow", _ALLOW), (b"content-length", b"0")])
+            )
+            responder.finish()
+            return True
+        return False
 
     @staticmethod
     def _admit(route: Route, request: Request, responder: Responder) -> bool:

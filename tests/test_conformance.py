@@ -747,8 +747,8 @@ LINE = [
     case("3.2.3-authority-form-get", b"GET probe:80 HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     case("3.2.3-connect", b"CONNECT probe:443 HTTP/1.1\r\nHost: probe:443\r\n\r\n", [{405, 501}], keep=False),
     case("3.2.4-asterisk-get", b"GET * HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
-    # No route serves "*": answered by accel, not forwarded.
-    case("3.2.4-asterisk-options", b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", [404]),
+    # About this server: answered by accel, not forwarded.
+    case("3.2.4-asterisk-options", b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", [200]),
     case("3.2-no-leading-slash", b"GET r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     case("3.2-fragment", b"GET /r#frag HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     case("3.2-bad-percent", b"GET /%zz HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),

@@ -131,3 +131,26 @@ def test_no_hop_by_hop_field_ever_reaches_the_origin(names):
     r = req([(b"Host", b"www.example.com")] + [(n, b"x") for n in names])
     out = request_headers_for_origin(r, ForwardingPolicy())
     assert not {n for n, _ in out} & HOP_BY_HOP
+
+
+def test_max_forwards_is_decremented_for_options_and_trace():
+    """RFC 9110 7.6.2: a forwarded OPTIONS carries Max-Forwards one lower."""
+    r = req([(b"Host", b"www.example.com"), (b"Max-Forwards", b"5")])
+    r.method = b"OPTIONS"
+    assert request_headers_for_origin(r, ForwardingPolicy()).get(b"max-forwards") == b"4"
+    r.method = b"GET"
+    assert request_headers_for_origin(r, ForwardingPolicy()).get(b"max-forwards") == b"5"
+
+
+def test_underscored_field_names_are_not_forwarded():
+    """Transfer_Encoding and friends never reach an origin that might read them as dashes."""
+    r = req([(b"Host", b"www.example.com"), (b"Transfer_Encoding", b"chunked"), (b"X-Ok", b"1")])
+    out = request_headers_for_origin(r, ForwardingPolicy())
+    assert b"transfer_encoding" not in out and out.get(b"x-ok") == b"1"
+
+
+def test_empty_host_is_quoted_in_forwarded():
+    """RFC 7239: an empty value is not a token, so it is sent as a quoted string."""
+    r = req([])
+    r.authority = b""
+    assert b'host="";' in request_headers_for_origin(r, ForwardingPolicy()).get(b"forwarded")

@@ -456,3 +456,26 @@ class TestRanges:
         proxy = make_proxy(clock, store, upstream, rules=CacheRules(range_fetch_max=50))
         r = get(proxy, headers=[(b"Range", b"bytes=0-1")])
         assert r.status == 206 and r.body == b"ab"
+
+
+class TestAnsweredHere:
+    def test_trace_is_refused_and_never_forwarded(self, clock, store):
+        """TRACE gets 405 with Allow; the origin never sees it."""
+        upstream = FakeUpstream(auto=always())
+        r = get(make_proxy(clock, store, upstream), method=b"TRACE")
+        assert r.status == 405 and r.header(b"allow") and not upstream.calls
+
+    def test_options_with_max_forwards_zero_is_answered_here(self, clock, store):
+        """RFC 9110 7.6.2: Max-Forwards: 0 means this hop answers."""
+        upstream = FakeUpstream(auto=always())
+        r = get(make_proxy(clock, store, upstream), method=b"OPTIONS", headers=[(b"Max-Forwards", b"0")])
+        assert r.status == 200 and r.header(b"allow") and not upstream.calls
+
+    def test_options_asterisk_is_answered_here(self, clock, store):
+        """OPTIONS * is about this server; accel answers it."""
+        upstream = FakeUpstream(auto=always())
+        proxy = make_proxy(clock, store, upstream)
+        r = FakeResponder()
+        request = make_request(b"*", b"OPTIONS")
+        proxy.handle(request, r)
+        assert r.status == 200 and not upstream.calls
