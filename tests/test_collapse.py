@@ -70,3 +70,18 @@ def test_keys_are_independent():
     c, _ = make()
     assert c.lead("a")
     assert c.lead("b")
+
+
+def test_markers_are_bounded_and_expired_ones_dropped():
+    """Many distinct uncacheable URLs cannot grow the marker table without bound."""
+    clock = Clock()
+    c = Collapser(clock, pass_ttl=60, max_passes=3)
+    for i in range(10):
+        c.lead(f"k{i}")
+        c.done(f"k{i}", storable=False)
+    assert len(c._passes) == 3
+    assert c.passing("k9") and not c.passing("k0")
+    clock.advance(61)
+    c.lead("new")
+    c.done("new", storable=False)
+    assert list(c._passes) == ["new"]

@@ -17,6 +17,7 @@ The clock is injected; nothing here does I/O.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -37,12 +38,20 @@ class _Flight:
 class Collapser:
     """Tracks in-flight fetches and hit-for-miss markers by cache key."""
 
-    def __init__(self, clock: IReactorTime, timeout: float = 10.0, pass_ttl: float = 120.0) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        timeout: float = 10.0,
+        pass_ttl: float = 120.0,
+        max_passes: int = 100_000,
+    ) -> None:
         self._clock = clock
         self._timeout = timeout
         self._pass_ttl = pass_ttl
+        self._max_passes = max_passes
         self._flights: dict[str, _Flight] = {}
-        self._passes: dict[str, float] = {}
+        #: Hit-for-miss markers, oldest first: key -> expiry time.
+        self._passes: OrderedDict[str, float] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -85,13 +94,25 @@ class Collapser:
         if storable:
             self._passes.pop(key, None)
         elif self._pass_ttl > 0:
-            self._passes[key] = self._clock.seconds() + self._pass_ttl
+            self._mark(key)
         if flight is None:
             return
         for wake, timer in flight.waiters:
             if timer is not None and timer.active():
                 timer.cancel()
             wake(False)
+
+    def _mark(self, key: str) -> None:
+        """Record a marker; drop expired ones and, past the bound, the oldest."""
+        now = self._clock.seconds()
+        passes = self._passes
+        passes.pop(key, None)
+        passes[key] = now + self._pass_ttl
+        while passes:
+            oldest, until = next(iter(passes.items()))
+            if until > now and len(passes) <= self._max_passes:
+                break
+            del passes[oldest]
 
     def _expire(self, key: str, wake: Wake) -> None:
         flight = self._flights.get(key)
