@@ -41,15 +41,20 @@ def cache_rules(settings: cfg.CacheSettings) -> CacheRules | None:
     if not settings.enabled:
         return None
     query = "ignore" if settings.ignore_query else "sort" if settings.sort_query else "keep"
+    rules = PolicySettings(
+        heuristic_fraction=settings.heuristic_fraction,
+        heuristic_max=settings.heuristic_max,
+        store_set_cookie=settings.store_set_cookie,
+        stale_if_error_default=settings.stale_if_error,
+    )
+    strip = [rules.targeted_field] if rules.targeted_field is not None else []
+    if settings.strip_cdn_cache_control:
+        strip.append(b"cdn-cache-control")
     return CacheRules(
-        policy=PolicySettings(
-            heuristic_fraction=settings.heuristic_fraction,
-            heuristic_max=settings.heuristic_max,
-            store_set_cookie=settings.store_set_cookie,
-            stale_if_error_default=settings.stale_if_error,
-        ),
+        policy=rules,
         recipe=KeyRecipe(query=query, headers=settings.key_headers),
         range_fetch_max=settings.range_fetch_max,
+        strip=tuple(strip),
     )
 
 

@@ -167,6 +167,9 @@ class CacheSettings:
     unless the response says otherwise. ``range_fetch_max``: a Range request
     for an uncached resource fetches (and caches) the whole body when it is
     at most this many bytes; larger ones pass the range through uncached.
+    ``strip_cdn_cache_control``: remove ``CDN-Cache-Control`` (RFC 9213)
+    from responses to clients, for the last CDN hop; accel's own targeted
+    field (``Accel-Cache-Control``) is always removed.
     """
 
     enabled: bool = True
@@ -178,6 +181,7 @@ class CacheSettings:
     store_set_cookie: bool = False
     stale_if_error: float = 0.0
     range_fetch_max: int = 8 * 1024**2
+    strip_cdn_cache_control: bool = False
 
 
 @frozen
@@ -703,6 +707,9 @@ def _read_cache_settings(table: _Table, base: CacheSettings, also: Iterable[str]
         store_set_cookie=table.get("store_set_cookie", _parse_bool, base.store_set_cookie),
         stale_if_error=table.get("stale_if_error", parse_duration, base.stale_if_error),
         range_fetch_max=table.get("range_fetch_max", parse_size, base.range_fetch_max),
+        strip_cdn_cache_control=table.get(
+            "strip_cdn_cache_control", _parse_bool, base.strip_cdn_cache_control
+        ),
     )
     if cache.ignore_query and cache.sort_query:
         raise ConfigError(f"{table.name('sort_query')}: cannot be combined with ignore_query = true")

@@ -40,6 +40,18 @@ _FORWARDED_FIELDS = (
 #: itself (the server sends ``100 Continue`` when the body is wanted).
 _REQUEST_ONLY_HERE = (b"expect",)
 
+#: Fields some frameworks read as a different URL or method than the
+#: request line's. On a GET or HEAD, whose answer may be stored under the
+#: request line's URL for everyone, they would let one client poison the
+#: cache (the "unkeyed header" attack), so they are not forwarded.
+UNKEYED_OVERRIDES = (
+    b"x-original-url",
+    b"x-rewrite-url",
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+)
+
 
 @frozen
 class ForwardingPolicy:
@@ -94,7 +106,9 @@ def request_headers_for_origin(request: Request, policy: ForwardingPolicy) -> He
     # "Transfer_Encoding" as Transfer-Encoding, a known smuggling route.
     if any(b"_" in name for name, _ in headers):
         headers = Headers([pair for pair in headers if b"_" not in pair[0]])
-    if request.method in (b"OPTIONS", b"TRACE"):
+    if request.method in (b"GET", b"HEAD"):
+        headers.remove(*UNKEYED_OVERRIDES)
+    elif request.method in (b"OPTIONS", b"TRACE"):
         _decrement_max_forwards(headers)
     trusted = policy.trusts(request.client)
     client = request.client or "unknown"

@@ -96,6 +96,10 @@ class CacheRules:
     policy: policy.PolicySettings = policy.DEFAULT_SETTINGS
     recipe: KeyRecipe = DEFAULT_RECIPE
     range_fetch_max: int = 64 * 1024 * 1024
+    #: Fields for this cache alone (RFC 9213), removed before responses
+    #: go downstream: accel's targeted field, and CDN-Cache-Control when the
+    #: operator says this is the last CDN hop.
+    strip: tuple[bytes, ...] = (b"accel-cache-control",)
 
 
 @define
@@ -122,9 +126,8 @@ _REASONS = {
     304: b"Not Modified",
     400: b"Bad Request",
     403: b"Forbidden",
-    405: b"Method Not Allowed",
-    403: b"Forbidden",
     404: b"Not Found",
+    405: b"Method Not Allowed",
     412: b"Precondition Failed",
     413: b"Content Too Large",
     416: b"Range Not Satisfiable",
@@ -577,11 +580,8 @@ class Accelerator:
             return
         request = lk.request
         responder.log["cache"] = word
-        settings = lk.rules.policy
         out = headers.copy()
-        out.remove(b"age", b"content-length")
-        if settings.targeted_field is not None:
-            out.remove(settings.targeted_field)
+        out.remove(b"age", b"content-length", *lk.rules.strip)
         out.add(b"age", policy.age_header_value(age))
         out.add(b"via", b"1.1 " + lk.route.forwarding.via)
         out.add(
@@ -816,8 +816,7 @@ class Accelerator:
 
         responder.log["cache"] = "MISS" if fill.entry is None else "EXPIRED"
         out = response_headers_for_client(response.headers, response.version, lk.route.forwarding)
-        if settings.targeted_field is not None:
-            out.remove(settings.targeted_field)
+        out.remove(*lk.rules.strip)
         out.add(
             b"cache-status",
             self._status(

@@ -600,3 +600,9 @@ def test_access_and_hiding_errors(tmp_path: Path, text: str, message: str) -> No
     """Each bad access or hiding key is one line naming it."""
     path = write(tmp_path, text)
     assert error_of(Config.from_toml, path) == f"{path}: {message}"
+
+
+def test_strip_cdn_cache_control_key(tmp_path: Path) -> None:
+    """cache.strip_cdn_cache_control is read as a boolean."""
+    text = '[[sites]]\n  [[sites.routes]]\n  prefix = "/"\n  origin = "http://a"\n  cache = { strip_cdn_cache_control = true }\n'
+    assert Config.from_toml(write(tmp_path, text)).sites[0].routes[0].cache.strip_cdn_cache_control

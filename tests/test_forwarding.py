@@ -154,3 +154,19 @@ def test_empty_host_is_quoted_in_forwarded():
     r = req([])
     r.authority = b""
     assert b'host="";' in request_headers_for_origin(r, ForwardingPolicy()).get(b"forwarded")
+
+
+def test_url_and_method_overrides_are_not_forwarded_on_get():
+    """A GET's answer is stored under its request line: no field may change what it fetches."""
+    r = req(
+        [
+            (b"Host", b"www.example.com"),
+            (b"X-Original-URL", b"/admin"),
+            (b"X-Rewrite-URL", b"/admin"),
+            (b"X-HTTP-Method-Override", b"DELETE"),
+        ]
+    )
+    out = request_headers_for_origin(r, ForwardingPolicy())
+    assert not {b"x-original-url", b"x-rewrite-url", b"x-http-method-override"} & {n for n, _ in out}
+    r.method = b"POST"
+    assert request_headers_for_origin(r, ForwardingPolicy()).get(b"x-http-method-override") == b"DELETE"

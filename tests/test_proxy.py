@@ -479,3 +479,24 @@ class TestAnsweredHere:
         request = make_request(b"*", b"OPTIONS")
         proxy.handle(request, r)
         assert r.status == 200 and not upstream.calls
+
+
+def test_cdn_cache_control_is_obeyed_and_stripped_when_asked(clock, store):
+    """RFC 9213: CDN-Cache-Control overrides Cache-Control here; the route may strip it."""
+    upstream = FakeUpstream(
+        auto=always(headers=dated((b"Cache-Control", b"no-store"), (b"CDN-Cache-Control", b"max-age=60")))
+    )
+    proxy = make_proxy(clock, store, upstream, rules=CacheRules(strip=(b"accel-cache-control", b"cdn-cache-control")))
+    first = get(proxy)
+    hit = get(proxy)
+    assert len(upstream.calls) == 1
+    assert b"cdn-cache-control" not in first.headers and b"cdn-cache-control" not in hit.headers
+    assert hit.header(b"cache-control") == b"no-store"
+
+
+def test_cdn_cache_control_is_kept_downstream_by_default(clock, store):
+    """Without the strip setting, CDN-Cache-Control goes on to the next CDN hop."""
+    upstream = FakeUpstream(auto=always(headers=dated((b"CDN-Cache-Control", b"max-age=60"))))
+    proxy = make_proxy(clock, store, upstream)
+    get(proxy)
+    assert get(proxy).header(b"cdn-cache-control") == b"max-age=60"

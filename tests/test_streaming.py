@@ -7,7 +7,6 @@ accel runs as ``twistd -n accel`` in front of a fast asyncio origin
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import time
