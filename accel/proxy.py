@@ -71,6 +71,9 @@ _CONDITIONAL_FIELDS = (
 #: What ``Allow`` says when accel answers for itself: the methods it forwards.
 _ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
+#: A request with no fields: what any client could have asked.
+_NO_FIELDS = Headers()
+
 _ORIGIN_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
 
 
@@ -800,7 +803,15 @@ class Accelerator:
                 response.body.length,
                 tuple(t.decode("latin-1") for t in verdict.tags),
             )
-        cacheable = writer is not None
+        # Whether others may get this response from the cache: when only this
+        # request kept it out (its no-store, its Authorization), other
+        # requests must not be sent past the cache for it (hit-for-miss).
+        cacheable = writer is not None or not too_big_for_range and isinstance(
+            policy.storable(
+                _GET, _NO_FIELDS, response.status, response.headers, response_time, settings
+            ),
+            policy.Storable,
+        )
         body = _Watched(response, lk.route, request)
 
         def done(complete: bool, stored: object) -> None:
@@ -809,7 +820,7 @@ class Accelerator:
         if fill.background or responder is None or responder.disconnected:
             if writer is None:
                 response.body.discard()
-                self._finish_fill(fill, cacheable=False)
+                self._finish_fill(fill, cacheable=cacheable)
                 return
             Relay(body, None, writer, done).start()
             return
@@ -833,7 +844,7 @@ class Accelerator:
                     Relay(body, None, writer, done).start()
                 else:
                     response.body.discard()
-                    self._finish_fill(fill, cacheable=False)
+                    self._finish_fill(fill, cacheable=cacheable)
                 if precondition == 304:
                     responder.start(304, b"Not Modified", self._not_modified(out))
                     responder.finish()
@@ -847,7 +858,7 @@ class Accelerator:
                 Relay(body, None, writer, done).start()
             else:
                 response.body.discard()
-                self._finish_fill(fill, cacheable=False)
+                self._finish_fill(fill, cacheable=cacheable)
             return
         responder.start(response.status, response.reason, out)
         Relay(body, responder, writer, done).start()

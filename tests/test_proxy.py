@@ -500,3 +500,31 @@ def test_cdn_cache_control_is_kept_downstream_by_default(clock, store):
     proxy = make_proxy(clock, store, upstream)
     get(proxy)
     assert get(proxy).header(b"cdn-cache-control") == b"max-age=60"
+
+
+class TestNoPoisoning:
+    def test_one_clients_no_store_does_not_bypass_the_cache_for_others(self, clock, store):
+        """A request's own no-store keeps its response out, but not the next client's."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"))))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy, headers=[(b"Cache-Control", b"no-store")])
+        get(proxy)
+        hit = get(proxy)
+        assert hit.header(b"cache-status").startswith(b"accel; hit")
+        assert len(upstream.calls) == 2
+
+    def test_one_clients_authorization_does_not_bypass_the_cache_for_others(self, clock, store):
+        """An authorized request's answer is not stored, and others still are."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"))))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy, headers=[(b"Authorization", b"Bearer secret")])
+        get(proxy)
+        assert get(proxy).header(b"cache-status").startswith(b"accel; hit")
+        assert len(upstream.calls) == 2
+
+    def test_authorized_response_is_never_served_to_others(self, clock, store):
+        """RFC 9111 3.5: without public/s-maxage/must-revalidate it is not stored."""
+        upstream = FakeUpstream(auto=lambda call: response(200, dated((b"Cache-Control", b"max-age=60")), call.headers.get(b"authorization") or b"anon")[0])
+        proxy = make_proxy(clock, store, upstream)
+        assert get(proxy, headers=[(b"Authorization", b"alice")]).body == b"alice"
+        assert get(proxy).body == b"anon"
