@@ -12,6 +12,7 @@ once a second, so the reactor never waits on the disk per request.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import BinaryIO
@@ -27,10 +28,16 @@ _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
            b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")  # fmt: skip
 
 
+#: Bytes a log field keeps as they are: printable ASCII but '"' and "\\".
+_PLAIN = re.compile(rb'[ !#-\[\]-~]*')
+
+
 def _quote(value: bytes | None) -> bytes:
     """A log field in double quotes, with quotes, backslashes and controls escaped."""
     if not value:
         return b'"-"'
+    if _PLAIN.fullmatch(value):
+        return b'"%s"' % value  # the usual case, without a loop per byte
     out = bytearray(b'"')
     for c in value:
         if c == 0x22 or c == 0x5C or c < 0x20 or c > 0x7E:
@@ -41,11 +48,21 @@ def _quote(value: bytes | None) -> bytes:
     return bytes(out)
 
 
+_last_clf: tuple[int, bytes] = (-1, b"")
+
+
 def _clf_time(when: float) -> bytes:
-    t = time.gmtime(when)
-    return b"[%02d/%s/%04d:%02d:%02d:%02d +0000]" % (
+    """``[25/Nov/2026:19:22:33 +0000]``; formatted once per second."""
+    global _last_clf
+    second = int(when)
+    if _last_clf[0] == second:
+        return _last_clf[1]
+    t = time.gmtime(second)
+    text = b"[%02d/%s/%04d:%02d:%02d:%02d +0000]" % (
         t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec,
     )  # fmt: skip
+    _last_clf = (second, text)
+    return text
 
 
 def format_line(

@@ -21,6 +21,7 @@ from accel import config as cfg
 from accel.accesslog import AccessLog, format_line
 from accel.cache.collapse import Collapser
 from accel.cache.keys import KeyRecipe
+from accel.cache.memory import HotTier, MemoryTier
 from accel.cache.policy import PolicySettings
 from accel.cache.store import Store
 from accel.forwarding import ForwardingPolicy
@@ -32,6 +33,14 @@ from accel.upstream import Origin, OriginPool, UpstreamSettings
 __all__ = ["make_service", "build_accelerator"]
 
 _log = Logger()
+
+#: Memory for small stored bodies read from disk (shared with the hot tier:
+#: one bytes object per body), and for ready-to-send fresh hits. Sized so a
+#: worker stays well under 100 MiB resident whatever the store holds.
+MEMORY_TIER_BYTES = 16 * 1024 * 1024
+HOT_TIER_BYTES = 32 * 1024 * 1024
+#: Largest body either tier holds.
+MEMORY_MAX_ITEM = 64 * 1024
 
 
 def cache_rules(settings: cfg.CacheSettings) -> CacheRules | None:
@@ -77,7 +86,8 @@ def build_accelerator(config: cfg.Config, reactor: Any, store: Store | None) -> 
             routes.append((route.prefix, runtime))
         sites.append((site.hosts, routes))
     router: Router[Route] = Router(sites)
-    return Accelerator(router, reactor, store, Collapser(reactor))
+    hot = HotTier(HOT_TIER_BYTES, MEMORY_MAX_ITEM) if store is not None else None
+    return Accelerator(router, reactor, store, Collapser(reactor), hot=hot)
 
 
 class _Closer(Service):
@@ -129,7 +139,12 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
         if directory is None:
             directory = tempfile.mkdtemp(prefix="accel-cache-")
             closer.add(lambda: shutil.rmtree(directory, ignore_errors=True))
-        store = Store(directory, config.cache_size, reactor)
+        store = Store(
+            directory,
+            config.cache_size,
+            reactor,
+            memory=MemoryTier(MEMORY_TIER_BYTES, MEMORY_MAX_ITEM),
+        )
         closer.add(store.close)
 
     handler = build_accelerator(config, reactor, store)
@@ -147,6 +162,7 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
             scheme=b"https" if tls else b"http",
             limits=limits,
             access_log=access_log,
+            fast_path=handler.fast_hit,
         )
         endpoint = serverFromString(reactor, description)
         StreamServerEndpointService(endpoint, factory).setServiceParent(top)
