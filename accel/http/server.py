@@ -46,6 +46,7 @@ from collections.abc import Callable
 import httptools
 from attrs import field, frozen
 from attrs.validators import ge, gt, optional
+from twisted.internet import tcp, unix
 from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -609,6 +610,24 @@ class _Exchange:
         if self._producer is not None:
             self._producer = None
             self._proto.transport.unregisterProducer()
+
+    def take_socket(self, length: int) -> object | None:
+        """The transport, for a sender that writes the rest of the body to its socket itself.
+
+        For ``os.sendfile``: only once started, for a fixed-length body of
+        exactly ``length`` more bytes, on a plain TCP or UNIX connection
+        (never TLS, whose bytes must go through the TLS layer). The bytes
+        are counted as sent; the sender must then call ``finish`` or
+        ``abort`` as usual. ``None`` if the body must go through ``write``.
+        """
+        if self._state != _STARTED or self._mode != _FIXED or self._remaining != length:
+            return None
+        transport = self._proto.transport
+        if not isinstance(transport, (tcp.Server, unix.Server)):
+            return None
+        self._remaining = 0
+        self._sent += length
+        return transport
 
     def on_disconnect(self, callback: Callable[[], object]) -> None:  # type: ignore[override]
         if self._callbacks is None:
