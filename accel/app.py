@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
+from attrs import evolve
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import serverFromString
@@ -28,6 +30,7 @@ from accel.forwarding import ForwardingPolicy
 from accel.http.server import HTTPServerFactory, ServerLimits
 from accel.proxy import Accelerator, CacheRules, Route
 from accel.routing import Router
+from accel.workers import Listener, ListenerService, WorkerPool, bind_listeners
 from accel.upstream import Origin, OriginPool, UpstreamSettings
 
 __all__ = ["make_service", "build_accelerator"]
@@ -120,8 +123,16 @@ def _access_log(config: cfg.Config, reactor: Any, closer: _Closer) -> Any:
     return log
 
 
-def make_service(config: cfg.Config, reactor: Any) -> IService:
-    """Everything ``twistd accel`` runs, as one service."""
+def make_service(
+    config: cfg.Config, reactor: Any, listeners: Sequence[Listener] | None = None
+) -> IService:
+    """Everything ``twistd accel`` runs, as one service.
+
+    With ``config.workers`` above 1 this process binds every listener, serves
+    as worker 0 and runs the others (:mod:`accel.workers`); a worker is
+    given its already listening sockets as ``listeners``, one per
+    ``config.listen`` entry, and runs no workers itself.
+    """
     top = MultiService()
     closer = _Closer()
     closer.setServiceParent(top)
@@ -131,7 +142,7 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
 
         demo = DemoOrigin.create(reactor, reactor, config.listen)
         demo.setServiceParent(top)
-        config = config.with_demo_origin(demo.url)
+        config = evolve(config.with_demo_origin(demo.url), demo=False)
 
     store = None
     if any(route.cache.enabled for site in config.sites for route in site.routes):
@@ -139,6 +150,7 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
         if directory is None:
             directory = tempfile.mkdtemp(prefix="accel-cache-")
             closer.add(lambda: shutil.rmtree(directory, ignore_errors=True))
+            config = evolve(config, cache_dir=directory)  # the workers share it
         store = Store(
             directory,
             config.cache_size,
@@ -154,7 +166,15 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
         max_header_bytes=config.limits.max_header_bytes,
     )
     access_log = _access_log(config, reactor, closer)
-    for description in config.listen:
+    if listeners is None and config.workers > 1:
+        sockets = bind_listeners(config.listen, config.workers, reactor)
+        for group in sockets:
+            for sock in set(group):
+                closer.add(sock.close)
+        listeners = [Listener(group[0].fileno(), group[0].family) for group in sockets]
+        pool = WorkerPool(reactor, evolve(config, workers=1), [list(w) for w in zip(*sockets)][1:])
+        pool.setServiceParent(top)
+    for number, description in enumerate(config.listen):
         tls = description.split(":", 1)[0] in ("ssl", "tls")
         factory = HTTPServerFactory(
             handler,
@@ -164,6 +184,9 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
             access_log=access_log,
             fast_path=handler.fast_hit,
         )
-        endpoint = serverFromString(reactor, description)
-        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+        if listeners is not None:
+            ListenerService(reactor, listeners[number], factory).setServiceParent(top)
+        else:
+            endpoint = serverFromString(reactor, description)
+            StreamServerEndpointService(endpoint, factory).setServiceParent(top)
     return top
