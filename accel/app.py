@@ -39,9 +39,9 @@ _log = Logger()
 
 #: Memory for small stored bodies read from disk (shared with the hot tier:
 #: one bytes object per body), and for ready-to-send fresh hits. Sized so a
-#: worker stays well under 100 MiB resident whatever the store holds.
-MEMORY_TIER_BYTES = 16 * 1024 * 1024
-HOT_TIER_BYTES = 32 * 1024 * 1024
+#: worker stays under about 80 MiB resident whatever the store holds.
+MEMORY_TIER_BYTES = 8 * 1024 * 1024
+HOT_TIER_BYTES = 16 * 1024 * 1024
 #: Largest body either tier holds.
 MEMORY_MAX_ITEM = 64 * 1024
 
