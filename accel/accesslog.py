@@ -12,6 +12,7 @@ once a second, so the reactor never waits on the disk per request.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import BinaryIO
@@ -27,10 +28,16 @@ _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
            b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")  # fmt: skip
 
 
+#: Bytes a log field keeps as they are: printable ASCII but '"' and "\\".
+_PLAIN = re.compile(rb'[ !#-\[\]-~]*')
+
+
 def _quote(value: bytes | None) -> bytes:
     """A log field in double quotes, with quotes, backslashes and controls escaped."""
     if not value:
         return b'"-"'
+    if _PLAIN.fullmatch(value):
+        return b'"%s"' % value  # the usual case, without a loop per byte
     out = bytearray(b'"')
     for c in value:
         if c == 0x22 or c == 0x5C or c < 0x20 or c > 0x7E:
@@ -41,11 +48,21 @@ def _quote(value: bytes | None) -> bytes:
     return bytes(out)
 
 
+_last_clf: tuple[int, bytes] = (-1, b"")
+
+
 def _clf_time(when: float) -> bytes:
-    t = time.gmtime(when)
-    return b"[%02d/%s/%04d:%02d:%02d:%02d +0000]" % (
+    """``[25/Nov/2026:19:22:33 +0000]``; formatted once per second."""
+    global _last_clf
+    second = int(when)
+    if _last_clf[0] == second:
+        return _last_clf[1]
+    t = time.gmtime(second)
+    text = b"[%02d/%s/%04d:%02d:%02d:%02d +0000]" % (
         t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec,
     )  # fmt: skip
+    _last_clf = (second, text)
+    return text
 
 
 def format_line(
@@ -72,7 +89,16 @@ def format_line(
 
 
 class AccessLog:
-    """Buffered writer of access-log lines to a file or standard output."""
+    """Buffered writer of access-log lines to a file or standard output.
+
+    Lines are kept until 64 KiB are pending or the flush interval passes,
+    then written with one ``write`` of whole lines to a file opened for
+    appending: several worker processes can share one log file and no line
+    is ever split or interleaved with another process's.
+    """
+
+    #: Pending bytes that trigger a write before the interval.
+    FLUSH_BYTES = 64 * 1024
 
     def __init__(self, path: str, clock: IReactorTime, flush_interval: float = 1.0) -> None:
         self._stream: BinaryIO
@@ -80,8 +106,10 @@ class AccessLog:
             self._stream = sys.stdout.buffer
             self._owned = False
         else:
-            self._stream = open(path, "ab", buffering=64 * 1024)  # noqa: SIM115
+            self._stream = open(path, "ab", buffering=0)  # noqa: SIM115
             self._owned = True
+        self._lines: list[bytes] = []
+        self._pending = 0
         self._flusher = LoopingCall(self.flush)
         self._flusher.clock = clock
         self._flusher.start(flush_interval, now=False)
@@ -95,10 +123,17 @@ class AccessLog:
         finished: float,
         notes: dict[str, str],
     ) -> None:
-        self._stream.write(format_line(request, status, sent, started, finished, notes))
+        line = format_line(request, status, sent, started, finished, notes)
+        self._lines.append(line)
+        self._pending += len(line)
+        if self._pending >= self.FLUSH_BYTES:
+            self.flush()
 
     def flush(self) -> None:
+        lines, self._lines, self._pending = self._lines, [], 0
         try:
+            if lines:
+                self._stream.write(b"".join(lines))
             self._stream.flush()
         except OSError:
             pass

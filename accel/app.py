@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
+from attrs import evolve
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
@@ -23,17 +25,27 @@ from accel import config as cfg
 from accel.accesslog import AccessLog, format_line
 from accel.cache.collapse import Collapser
 from accel.cache.keys import KeyRecipe
+from accel.cache.memory import HotTier, MemoryTier
 from accel.cache.policy import PolicySettings
 from accel.cache.store import Store
 from accel.forwarding import ForwardingPolicy
 from accel.http.server import HTTPServerFactory, ServerLimits
 from accel.proxy import Accelerator, CacheRules, Route
 from accel.routing import Router
+from accel.workers import Listener, ListenerService, WorkerPool, bind_listeners
 from accel.upstream import Origin, OriginPool, UpstreamSettings
 
 __all__ = ["make_service", "build_accelerator"]
 
 _log = Logger()
+
+#: Memory for small stored bodies read from disk (shared with the hot tier:
+#: one bytes object per body), and for ready-to-send fresh hits. Sized so a
+#: worker stays under about 80 MiB resident whatever the store holds.
+MEMORY_TIER_BYTES = 8 * 1024 * 1024
+HOT_TIER_BYTES = 16 * 1024 * 1024
+#: Largest body either tier holds.
+MEMORY_MAX_ITEM = 64 * 1024
 
 
 def cache_rules(settings: cfg.CacheSettings) -> CacheRules | None:
@@ -79,6 +91,13 @@ def _upstream_settings(timeouts: cfg.Timeouts) -> UpstreamSettings:
     )
 
 
+def open_store(directory: str, size_limit: int, reactor: Any, **options: Any) -> Store:
+    """The store as accel runs it: on disk, with its memory tier for small bodies."""
+    return Store(
+        directory, size_limit, reactor, memory=MemoryTier(MEMORY_TIER_BYTES, MEMORY_MAX_ITEM), **options
+    )
+
+
 def build_accelerator(config: cfg.Config, reactor: Any, store: Store | None) -> Accelerator:
     """The request handler for ``config``'s sites and routes."""
     trusted = tuple(config.trusted_proxies)
@@ -100,7 +119,8 @@ def build_accelerator(config: cfg.Config, reactor: Any, store: Store | None) -> 
             routes.append((route.prefix, runtime))
         sites.append((site.hosts, routes))
     router: Router[Route] = Router(sites)
-    return Accelerator(router, reactor, store, Collapser(reactor))
+    hot = HotTier(HOT_TIER_BYTES, MEMORY_MAX_ITEM) if store is not None else None
+    return Accelerator(router, reactor, store, Collapser(reactor), hot=hot)
 
 
 class _Closer(Service):
@@ -177,8 +197,16 @@ def _access_log(config: cfg.Config, reactor: Any, closer: _Closer) -> Any:
     return log
 
 
-def make_service(config: cfg.Config, reactor: Any) -> IService:
-    """Everything ``twistd accel`` runs, as one service."""
+def make_service(
+    config: cfg.Config, reactor: Any, listeners: Sequence[Listener] | None = None
+) -> IService:
+    """Everything ``twistd accel`` runs, as one service.
+
+    With ``config.workers`` above 1 this process binds every listener, serves
+    as worker 0 and runs the others (:mod:`accel.workers`); a worker is
+    given its already listening sockets as ``listeners``, one per
+    ``config.listen`` entry, and runs no workers itself.
+    """
     top = MultiService()
     closer = _Closer()
     closer.setServiceParent(top)
@@ -188,7 +216,7 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
 
         demo = DemoOrigin.create(reactor, reactor, config.listen)
         demo.setServiceParent(top)
-        config = config.with_demo_origin(demo.url)
+        config = evolve(config.with_demo_origin(demo.url), demo=False)
 
     store = None
     if any(route.cache.enabled for site in config.sites for route in site.routes):
@@ -196,14 +224,27 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
         if directory is None:
             directory = tempfile.mkdtemp(prefix="accel-cache-")
             closer.add(lambda: shutil.rmtree(directory, ignore_errors=True))
-        store = Store(directory, config.cache_size, reactor)
+            config = evolve(config, cache_dir=directory)  # the workers share it
+        store = open_store(directory, config.cache_size, reactor)
         closer.add(store.close)
 
     handler = build_accelerator(config, reactor, store)
     closer.add(handler.close)
     limits = server_limits(config)
     access_log = _access_log(config, reactor, closer)
-    for description in config.listen:
+    if listeners is None and config.workers > 1:
+        try:
+            sockets = bind_listeners(config.listen, config.workers, reactor)
+        except OSError as e:
+            top.stopService()  # remove temporary directories
+            raise SystemExit(f"accel: --listen {' '.join(config.listen)}: cannot listen: {e}") from None
+        for group in sockets:
+            for sock in set(group):
+                closer.add(sock.close)
+        listeners = [Listener(group[0].fileno(), group[0].family) for group in sockets]
+        pool = WorkerPool(reactor, evolve(config, workers=1), [list(w) for w in zip(*sockets)][1:])
+        pool.setServiceParent(top)
+    for number, description in enumerate(config.listen):
         tls = description.split(":", 1)[0] in ("ssl", "tls")
         factory = HTTPServerFactory(
             handler,
@@ -212,7 +253,11 @@ def make_service(config: cfg.Config, reactor: Any) -> IService:
             limits=limits,
             access_log=access_log,
             body_limit=handler.body_limit,
+            fast_path=handler.fast_hit,
         )
-        endpoint = serverFromString(reactor, description)
-        _Listener(description, endpoint, factory).setServiceParent(top)
+        if listeners is not None:
+            ListenerService(reactor, listeners[number], factory).setServiceParent(top)
+        else:
+            endpoint = serverFromString(reactor, description)
+            _Listener(description, endpoint, factory).setServiceParent(top)
     return top

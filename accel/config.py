@@ -380,6 +380,7 @@ class Config:
     def from_toml(cls, path: str) -> Config:
         """Load and validate a TOML configuration file (see the docs)."""
         config, _ = _load_file(path, "--config")
+        _check_workers(config, "workers")
         if not config.sites:
             _fail(path, "sites: expected at least one [[sites]] table with routes (or give --origin)")
         return config
@@ -603,6 +604,14 @@ def _parse_workers(raw: object, name: str) -> int:
     if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= 1024:
         _fail(name, f"expected a number of processes from 1 to 1024, got {raw!r}")
     return raw
+
+
+def _check_workers(config: Config, name: str) -> None:
+    """Several workers share their listening sockets: only plain stream sockets can be shared."""
+    if config.workers > 1:
+        for description in config.listen:
+            if description.split(":", 1)[0] not in ("tcp", "tcp6", "unix"):
+                _fail(name, f"more than one worker needs tcp, tcp6 or unix listeners, got {description!r}")
 
 
 def _parse_fraction(raw: object, name: str) -> float:
@@ -865,8 +874,6 @@ def _load_file(path: str, option: str) -> tuple[Config, Route]:
         unsupported.append(admin.name("token_file"))
 
     workers = top.get("workers", _parse_workers, 1)
-    if workers > 1:
-        unsupported.append(top.name("workers") + " > 1")
     config = Config(
         listen=top.get_list("listen", _parse_endpoint) or Config().listen,
         sites=_read_sites(top.tables("sites"), template, unsupported),
@@ -915,8 +922,6 @@ def _from_options(options: Mapping[str, Any]) -> Config:
     for option, value in (("--static", statics), ("--parent", parents), ("--admin", admin), ("--admin-token-file", token_file)):
         if value:
             _fail(option, NOT_YET_SUPPORTED)
-    if workers is not None and workers > 1:
-        _fail("--workers", f"more than one worker is {NOT_YET_SUPPORTED}")
 
     config_file = given("config")
     if config_file is not None:
@@ -948,6 +953,7 @@ def _from_options(options: Mapping[str, Any]) -> Config:
         if value is not None:
             changes[key] = value
     config = evolve(config, **changes)
+    _check_workers(config, "--workers" if workers is not None else "workers")
     if not config.sites:
         if config_file is not None:
             _fail(config_file, "sites: expected at least one [[sites]] table with routes (or give --origin)")

@@ -18,6 +18,12 @@ Cache fills always fetch the whole representation with GET and without the
 client's conditional or range fields; accel then answers those itself from
 what it has (RFC 9110 sections 13 and 14), as nginx and Varnish do.
 
+Fresh hits of small objects are also remembered, ready to send, in a
+:class:`~accel.cache.memory.HotTier`; the wire layer offers each simple
+request to :meth:`Accelerator.fast_hit` first, which answers a remembered hit
+with a dictionary lookup, a clock comparison and one write, and declines
+everything else (see its docstring for exactly what it takes).
+
 Everything here sees only the wire-independent model of
 :mod:`accel.http.model`; decisions are the pure functions of
 :mod:`accel.cache.policy`. Origin errors become clean 502/504 answers here
@@ -26,7 +32,7 @@ and nowhere else.
 
 from __future__ import annotations
 
-from typing import assert_never
+from typing import Protocol, assert_never
 
 from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
@@ -37,6 +43,7 @@ from twisted.python.failure import Failure
 from accel.cache import policy
 from accel.cache.collapse import Collapser
 from accel.cache.keys import DEFAULT_RECIPE, KeyRecipe, primary_key
+from accel.cache.memory import HotEntry, HotTier
 from accel.cache.store import Entry, Store
 from accel.config import ClientAccess
 from accel.forwarding import (
@@ -75,6 +82,27 @@ _ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _NO_FIELDS = Headers()
 
 _ORIGIN_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
+
+#: Request fields that send a request down the general path even when its
+#: answer is in the hot tier: conditionals and ranges (evaluated against the
+#: stored response there), request cache directives (RFC 9111 section
+#: 5.2.1, and ``Pragma``, section 5.4), and ``Authorization`` (section 3.5).
+_NOT_FAST = frozenset(
+    {*_CONDITIONAL_FIELDS, b"cache-control", b"pragma", b"authorization"}
+)
+#: Fields the wire layer manages, dropped from a stored head as
+#: :meth:`accel.http.server._Exchange.start` drops them.
+_WIRE_FIELDS = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"age"}
+)
+_HIT_NOTES = {"cache": "HIT"}
+
+
+class _WireFactory(Protocol):
+    """Structural: what :meth:`Accelerator.fast_hit` reads of the server's factory."""
+
+    scheme: bytes
+    server_line: bytes
 
 
 class Upstream:
@@ -236,6 +264,10 @@ class _Lookup:
     request: Request
     responder: Responder | None
     key: str
+    #: The store's change stamp for ``key`` before the latest lookup.
+    generation: int | None = None
+    #: When the latest lookup decided (the ``now`` of its ages and ttls).
+    looked_up_at: float = 0.0
     #: Times this request already waited for another's fetch.
     waited: int = 0
     collapsed: bool = False
@@ -261,7 +293,11 @@ class _Fill:
 
 
 class Accelerator:
-    """The :class:`~accel.http.model.Handler` for proxied routes."""
+    """The :class:`~accel.http.model.Handler` for proxied routes.
+
+    ``hot``, if given, remembers fresh hits for :meth:`fast_hit`; it needs a
+    store with change stamps (see :class:`accel.cache.store.Generations`).
+    """
 
     def __init__(
         self,
@@ -270,12 +306,133 @@ class Accelerator:
         store: Store | None = None,
         collapser: Collapser | None = None,
         name: bytes = b"accel",
+        hot: HotTier | None = None,
     ) -> None:
         self._router = router
         self._clock = clock
         self._store = store
         self._collapser = collapser if collapser is not None else Collapser(clock)
         self._name = name
+        self._hot = hot if store is not None else None
+        self._hit_status = self._status(hit=True).replace(b"%", b"%%") + b"; ttl=%d"
+
+    # The fast path
+
+    def fast_hit(
+        self,
+        factory: _WireFactory,
+        method: bytes,
+        authority: bytes,
+        path: bytes,
+        query: bytes | None,
+        pairs: list[tuple[bytes, bytes]],
+        connection: bytes,
+    ) -> tuple[bytes, int, int, dict[str, str]] | None:
+        """Answer a remembered fresh hit at once, or ``None`` for the general path.
+
+        An :data:`accel.http.server.FastPath`. Taken only by a GET or HEAD
+        without content (the server checks), whose exact
+        ``(scheme, authority, path, query)`` the general path recently
+        answered as a fresh ``HIT`` from a small stored body, with none of the
+        :data:`_NOT_FAST` fields, whose ``Vary`` fields select the same
+        variant, while the stored response is still fresh (RFC 9111 section
+        4.2: the expiry was computed when it was remembered) and the store
+        has changed nothing under its key since. The answer is what the
+        general path would send, with the ``Age`` and ``Cache-Status`` ttl
+        of now. Declined: everything else, including requests the general
+        path would answer from the cache in another way.
+        """
+        hot = self._hot
+        if hot is None:
+            return None
+        key = (factory.scheme, authority, path, query)
+        variants = hot.get(key)
+        if variants is None:
+            return None
+        for pair in pairs:
+            if pair[0] in _NOT_FAST:
+                return None
+        store = self._store
+        assert store is not None
+        generations = store.generations
+        if generations is None or not store.healthy:
+            return None
+        stamps = generations.stamps
+        now = self._clock.seconds()
+        headers = None
+        for entry in variants:
+            if entry.vary:
+                if headers is None:
+                    headers = Headers(pairs)
+                if policy.secondary_key(entry.vary, headers) != entry.secondary:
+                    continue
+            if now >= entry.fresh_until or stamps[entry.slot] != entry.generation:
+                hot.discard(key, entry)
+                return None
+            head = entry.head % (now + entry.age_at, entry.fresh_until - now)
+            server = factory.server_line if entry.needs_server else b""
+            if method == _HEAD:
+                return b"".join((head, connection, server, b"\r\n")), entry.status, 0, _HIT_NOTES
+            body = entry.body
+            response = b"".join((head, connection, server, b"\r\n", body))
+            return response, entry.status, len(body), _HIT_NOTES
+        return None
+
+    def _remember(
+        self, lk: _Lookup, entry: Entry, headers: Headers, body: bytes, age: float, ttl: float
+    ) -> None:
+        """Keep a fresh hit ready to send for :meth:`fast_hit`, if it qualifies."""
+        hot = self._hot
+        request = lk.request
+        if (
+            hot is None
+            or lk.generation is None
+            or lk.route.access is not None  # the fast path checks no client rules
+            or lk.rules.recipe.headers
+            or len(body) > hot.max_item
+            or not 200 <= entry.status < 600
+            or entry.status in (204, 304)
+            or b"date" not in headers
+            or any(name in _NOT_FAST for name, _ in request.headers.pairs)
+        ):
+            return
+        store = self._store
+        assert store is not None and store.generations is not None
+        targeted = lk.rules.policy.targeted_field
+        lines = [b"HTTP/1.1 %d %s\r\n" % (entry.status, entry.reason)]
+        lines.extend(
+            b"%s: %s\r\n" % pair
+            for pair in headers.pairs
+            if pair[0] not in _WIRE_FIELDS and pair[0] != targeted
+        )
+        lines.append(b"via: 1.1 " + lk.route.forwarding.via + b"\r\n")
+        stored, via = b"".join(lines[:-1]), lines[-1]
+        # Literal "%" doubled: the template is formatted with (age, ttl).
+        template = b"".join(
+            (
+                stored.replace(b"%", b"%%"),
+                b"age: %d\r\n",
+                via.replace(b"%", b"%%"),
+                b"cache-status: " + self._hit_status + b"\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+            )
+        )
+        now = lk.looked_up_at
+        hot.put(
+            (request.scheme, request.authority, request.path, request.query),
+            HotEntry(
+                status=entry.status,
+                head=template,
+                body=body,
+                fresh_until=now + ttl,
+                age_at=age - now,
+                slot=store.generations.slot(lk.key),
+                generation=lk.generation,
+                vary=entry.vary,
+                secondary=entry.secondary,
+                needs_server=b"server" not in headers,
+            ),
+        )
 
     def close(self) -> Deferred[None]:
         """Close the routes' idle origin connections (at shutdown)."""
@@ -469,7 +626,11 @@ class Accelerator:
         assert self._store is not None
         request = lk.request
         settings = lk.rules.policy
-        now = self._clock.seconds()
+        now = lk.looked_up_at = self._clock.seconds()
+        generations = self._store.generations
+        if generations is not None and self._hot is not None:
+            # Noted before the read: see accel.cache.store, "Change stamps".
+            lk.generation = generations.stamps[generations.slot(lk.key)]
         entries = self._store.lookup(lk.key)
         entry = None
         for candidate in entries:
@@ -638,6 +799,8 @@ class Accelerator:
         if first == 0 and count == length:
             small = self._store.read_small(entry)
             if small is not None:
+                if word == "HIT" and cache_status is None and status == entry.status:
+                    self._remember(lk, entry, headers, small, age, ttl)
                 responder.start(status, reason, out)
                 responder.write(small)
                 responder.finish()

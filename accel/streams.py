@@ -8,13 +8,17 @@ it and accel never holds more than a chunk or two of any body:
   response is being stored, to a store writer at the same time (a tee). The
   stored copy is committed only when the origin finished the body cleanly;
   a truncated body aborts both the writer and the client's response.
-* :class:`FileSender` streams a stored body from an open file handle.
+* :class:`FileSender` streams a stored body from an open file handle; on a
+  plain TCP or UNIX connection a large one goes by ``os.sendfile`` straight
+  from the page cache to the socket (:class:`_Sendfile`), never through
+  Python.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from twisted.logger import Logger
 
@@ -25,6 +29,11 @@ __all__ = ["BodyWriter", "FileSender", "Relay", "CHUNK"]
 #: Read size for stored bodies: large enough that a transport write is
 #: worth its overhead, small enough to keep memory flat.
 CHUNK = 256 * 1024
+#: Bodies at least this large go by ``os.sendfile`` where the connection allows.
+SENDFILE_MIN = 64 * 1024
+#: Most bytes one ``sendfile`` turn sends before yielding to the reactor, so a
+#: fast reader of a huge body cannot starve the other connections.
+SENDFILE_SLICE = 4 * 1024 * 1024
 
 _log = Logger()
 
@@ -163,6 +172,13 @@ class FileSender:
         self._done = False
 
     def start(self) -> None:
+        if self._remaining >= SENDFILE_MIN:
+            take_socket = getattr(self._responder, "take_socket", None)
+            transport = take_socket(self._remaining) if take_socket is not None else None
+            if transport is not None:
+                self._done = True
+                _Sendfile(self._file, self._responder, transport, self._remaining).start()
+                return
         if self._remaining <= CHUNK:
             try:
                 data = self._file.read(self._remaining)
@@ -204,6 +220,89 @@ class FileSender:
         self._done = True
         self._file.close()
         self._responder.unregister_producer()
+        if complete:
+            self._responder.finish()
+        else:
+            self._responder.abort()
+
+
+class _Sendfile:
+    """``os.sendfile`` a stored body to a client's socket, with Twisted's help.
+
+    Twisted has no sendfile API, so this is a *pull* producer registered on
+    the transport itself (``IPullProducer``): the transport calls
+    :meth:`resumeProducing` only when its own write buffer is empty, so the
+    response head, written through Twisted just before, is always on the
+    socket first. Each turn sends until the socket is full (``EAGAIN``) or
+    :data:`SENDFILE_SLICE` is sent, then asks the transport to wait for
+    writability (``startWriting``); the transport's next ``doWrite`` finds
+    its buffer empty and calls :meth:`resumeProducing` again. If the client
+    goes away, the transport calls :meth:`stopProducing`.
+
+    The responder has already counted the bytes (see ``take_socket``); a
+    short file or a socket error aborts the response.
+    """
+
+    __slots__ = ("_file", "_responder", "_transport", "_offset", "_remaining", "_primed", "_done")
+
+    def __init__(self, file: BinaryIO, responder: Responder, transport: Any, length: int) -> None:
+        self._file = file
+        self._responder = responder
+        self._transport = transport
+        self._offset = file.tell()
+        self._remaining = length
+        self._primed = False
+        self._done = False
+
+    def start(self) -> None:
+        # A pull producer is asked for data at once, while the head may still
+        # be in Twisted's buffer: the first turn only asks for a doWrite.
+        self._transport.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        if self._done:
+            return
+        transport = self._transport
+        if not self._primed:
+            self._primed = True
+            transport.startWriting()
+            return
+        out, src = transport.fileno(), self._file.fileno()
+        budget = SENDFILE_SLICE
+        while self._remaining > 0 and budget > 0:
+            try:
+                sent = os.sendfile(out, src, self._offset, min(self._remaining, budget))
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as e:
+                # The client reset the connection, or the disk failed: the
+                # response cannot complete; the client sees it truncated.
+                _log.debug("sendfile failed: {error}", error=e)
+                self._finish(complete=False)
+                return
+            if sent == 0:
+                # The stored file is shorter than its entry said.
+                self._finish(complete=False)
+                return
+            self._offset += sent
+            self._remaining -= sent
+            budget -= sent
+        if self._remaining <= 0:
+            self._finish(complete=True)
+        else:
+            transport.startWriting()
+
+    def stopProducing(self) -> None:
+        if not self._done:
+            self._done = True
+            self._file.close()
+
+    def _finish(self, complete: bool) -> None:
+        self._done = True
+        self._file.close()
+        self._transport.unregisterProducer()
         if complete:
             self._responder.finish()
         else:

@@ -246,9 +246,20 @@ def test_reserved_token_file(tmp_path: Path) -> None:
     assert error_of(Config.from_options, options(admin_token_file=token)) == f"--admin-token-file: {NOT_YET_SUPPORTED}"
 
 
-def test_several_workers_refused() -> None:
-    """--workers above 1 is refused; 1 is accepted."""
-    assert error_of(Config.from_options, options(workers="4")) == f"--workers: more than one worker is {NOT_YET_SUPPORTED}"
+def test_several_workers_accepted() -> None:
+    """--workers above 1 is accepted with TCP and UNIX listeners."""
+    config = Config.from_options(options(workers="4", listen=["tcp:8080", "unix:/tmp/accel.sock"]))
+    assert config.workers == 4
+
+
+def test_several_workers_refused_with_tls(monkeypatch) -> None:
+    """Several workers cannot share a TLS listener (its sockets are not plain)."""
+    import accel.config
+
+    monkeypatch.setattr(accel.config, "_parse_endpoint", lambda raw, name: raw)
+    assert error_of(Config.from_options, options(workers="2", listen=["ssl:8443"])) == (
+        "--workers: more than one worker needs tcp, tcp6 or unix listeners, got 'ssl:8443'"
+    )
 
 
 # --- the TOML file ------------------------------------------------------------
@@ -363,7 +374,6 @@ ROUTE = '[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n'
         ('listen = "tcp:x"\n' + ROUTE, "listen: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'tcp:x' (invalid literal for int() with base 10: 'x')"),
         ('listen = ["tcp:80", 3]\n' + ROUTE, "listen[1]: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 3"),
         ("workers = 0\n" + ROUTE, "workers: expected a number of processes from 1 to 1024, got 0"),
-        ("workers = 2\n" + ROUTE, f"workers > 1: {NOT_YET_SUPPORTED}"),
         ('trusted_proxies = ["x"]\n' + ROUTE, "trusted_proxies[0]: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, got 'x' ('x' does not appear to be an IPv4 or IPv6 network)"),
         ("access_log = 1\n" + ROUTE, "access_log: expected a file path, '-' for standard output or 'off', got 1"),
         ("lisen = []\n" + ROUTE, "lisen: unknown key (did you mean 'listen'?)"),

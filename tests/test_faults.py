@@ -33,8 +33,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from accel.app import build_accelerator
-from accel.cache.store import Store
+from accel.app import build_accelerator, open_store
 from accel.config import ClientAccess, Config, OriginURL, Route, Site, Timeouts
 from accel.http.server import HTTPServerFactory
 
@@ -238,10 +237,13 @@ class FaultTests(TestCase):
         """Build and start the proxy for one default route ``/`` to ``origin``."""
         url = OriginURL.parse(origin or self.origin_url, "origin")
         config = Config(sites=(Site(hosts=(), routes=(Route(prefix=b"/", origins=(url,), timeouts=FAST, **route),)),))  # type: ignore[arg-type]
-        self.store = Store(str(self.directory / "cache"), 64 * 1024**2, self.store_clock, retry_interval=5.0)
+        self.store = open_store(str(self.directory / "cache"), 64 * 1024**2, self.store_clock, retry_interval=5.0)
         self.addCleanup(self.store.close)
         handler = build_accelerator(config, reactor, self.store)
-        factory = HTTPServerFactory(handler, reactor, body_limit=handler.body_limit)
+        # Wired as make_service does, fast path included.
+        factory = HTTPServerFactory(
+            handler, reactor, body_limit=handler.body_limit, fast_path=handler.fast_hit
+        )
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
@@ -422,6 +424,13 @@ class FaultTests(TestCase):
         self.start(access=ClientAccess(deny_unix=True))
         self.assert_clean_error(await self.request(b"/x", unix=True), 403)
         self.assertEqual((await self.request(b"/x")).status, 200)
+
+    async def test_denied_client_gets_no_hit_from_the_fast_path(self) -> None:
+        """A hit another client warmed up is still refused to a denied client."""
+        self.start(access=ClientAccess(deny_unix=True))
+        for _ in range(3):
+            self.assertEqual((await self.request(b"/x")).status, 200)
+        self.assert_clean_error(await self.request(b"/x", unix=True), 403)
 
     async def test_hidden_headers_leave_responses_and_hits(self) -> None:
         """X-Powered-By and (with hide_origin_server) Server are removed from

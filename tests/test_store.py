@@ -60,8 +60,12 @@ def read(store: Store, entry: Entry) -> bytes | None:
 
 
 def files(directory: Path) -> list[str]:
-    """Every file in the store but the database: spool files and bodies."""
-    found = (p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("cache.db"))
+    """Every file in the store but the database and change stamps: spool files and bodies."""
+    found = (
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and not p.name.startswith("cache.db") and p.name != "generations"
+    )
     return sorted(str(p.relative_to(directory)) for p in found)
 
 

@@ -1,9 +1,13 @@
-"""A bounded in-memory tier for small, hot bodies, in front of the disk store.
+"""Bounded in-memory tiers in front of the disk store: hot bodies, and hot hits.
 
 Keyed by ``body_id``, which names one stored body and is never reused: a
 replaced or purged body can therefore never be served from memory for a newer
 entry, even when another process did the replacing. Dropping a body here when
 the store deletes it only gives the memory back sooner.
+
+:class:`HotTier` holds more: whole fresh hits, header section pre-serialised,
+so the proxy can answer one with a dictionary lookup and a float comparison
+(see :meth:`accel.proxy.Accelerator.fast_hit`).
 
 Pure: no I/O, no Twisted.
 """
@@ -12,7 +16,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-__all__ = ["MemoryTier"]
+from attrs import frozen
+
+__all__ = ["HotEntry", "HotTier", "MemoryTier"]
 
 
 class MemoryTier:
@@ -59,4 +65,109 @@ class MemoryTier:
 
     def clear(self) -> None:
         self._bodies.clear()
+        self._bytes = 0
+
+
+@frozen(eq=False)
+class HotEntry:
+    """One stored response, ready to send as a fresh hit without consulting the store.
+
+    ``head`` is the status line and header section up to, not including,
+    the connection-management fields and the blank line, with two ``%d``
+    placeholders (every other ``%`` doubled): the ``Age`` in seconds and the
+    ``Cache-Status`` ``ttl``. ``age_at``/``fresh_until`` are on the proxy's
+    clock: the age at time *t* is ``t + age_at`` and the entry is fresh while
+    *t* < ``fresh_until`` (RFC 9111 section 4.2, computed once when the entry
+    was made). ``slot``/``generation`` are the store's change stamp for the
+    entry's primary key when it was read: a different stamp now means the
+    store changed (replaced, invalidated, purged) something under that key.
+    ``vary``/``secondary`` select the variant (RFC 9111 section 4.1).
+    ``needs_server``: the stored fields have no ``Server``, so the wire layer
+    adds its own, as it would for a response through the general path.
+    """
+
+    status: int
+    head: bytes
+    body: bytes
+    fresh_until: float
+    age_at: float
+    slot: int
+    generation: int
+    vary: tuple[bytes, ...] = ()
+    secondary: bytes = b""
+    needs_server: bool = True
+
+    @property
+    def size(self) -> int:
+        """Bytes charged against the tier: head, body and an allowance for the objects."""
+        return len(self.head) + len(self.body) + _ENTRY_OVERHEAD
+
+
+#: Approximate bytes of Python objects per hot entry besides head and body.
+_ENTRY_OVERHEAD = 512
+#: Variants (different ``Vary`` selections) kept per URL.
+_MAX_VARIANTS = 4
+
+
+class HotTier:
+    """Ready-to-send fresh hits (:class:`HotEntry`), least recently used out first.
+
+    Keyed by whatever identifies a request-target on the wire (the proxy
+    uses ``(scheme, authority, path, query)`` exactly as received); each key
+    holds up to four variants. Bodies of at most ``max_item`` bytes; at most
+    ``max_bytes`` in all, heads and overhead included. Correctness does not
+    depend on dropping entries here: the proxy checks freshness and the
+    store's change stamp on every use; :meth:`discard` only frees memory.
+    """
+
+    def __init__(self, max_bytes: int, max_item: int = 64 * 1024) -> None:
+        if not 0 <= max_item <= max_bytes:
+            raise ValueError(f"expected 0 <= max_item <= max_bytes, got {max_item} and {max_bytes}")
+        self.max_bytes = max_bytes
+        self.max_item = max_item
+        self._entries: OrderedDict[object, tuple[HotEntry, ...]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size(self) -> int:
+        """Bytes charged (see :attr:`HotEntry.size`)."""
+        return self._bytes
+
+    def get(self, key: object) -> tuple[HotEntry, ...] | None:
+        """The variants held for ``key``, marked most recently used; ``None`` if none."""
+        variants = self._entries.get(key)
+        if variants is not None:
+            self._entries.move_to_end(key)
+        return variants
+
+    def put(self, key: object, entry: HotEntry) -> None:
+        """Hold ``entry`` (replacing the variant it selects), evicting the least recently used."""
+        if len(entry.body) > self.max_item or entry.size > self.max_bytes:
+            return
+        old = self._entries.pop(key, ())
+        kept = tuple(e for e in old if e.secondary != entry.secondary)[: _MAX_VARIANTS - 1]
+        self._bytes -= sum(e.size for e in old) - sum(e.size for e in kept)
+        self._entries[key] = (entry, *kept)
+        self._bytes += entry.size
+        while self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= sum(e.size for e in evicted)
+
+    def discard(self, key: object, entry: HotEntry) -> None:
+        """Drop ``entry`` from ``key``'s variants, if it is still there."""
+        variants = self._entries.get(key)
+        if variants is None or not any(e is entry for e in variants):
+            return
+        kept = tuple(e for e in variants if e is not entry)
+        self._bytes -= entry.size
+        if kept:
+            self._entries[key] = kept
+        else:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()
         self._bytes = 0

@@ -55,6 +55,20 @@ order to within a minute, which is what a cache of hot URLs needs. As
 diskcache does, each insert that finds the store over its limit evicts up to
 ten of the least recently used rows in the same transaction.
 
+Change stamps
+-------------
+Readers that skip the database for fresh hits (the proxy's hot tier, one per
+worker process) must still see every replacement, freshening, invalidation
+and purge, whichever process made it. :class:`Generations` is a small file
+of 4,096 64-bit stamps, memory-mapped by every process: a primary key hashes
+to one slot, and every change under that key writes a new random stamp there
+*after* the database change; a purge by tag or prefix restamps every slot. A
+reader notes the slot's stamp *before* it reads the database and trusts what
+it read only while the stamp is unchanged, so a change that lands between
+its read and its use is never missed. Random stamps (rather than a counter)
+make concurrent writers safe without a lock: whichever write lands last, the
+slot no longer holds what any earlier reader noted.
+
 Degraded mode
 -------------
 An ``OSError``, ``sqlite3.Error`` or diskcache ``Timeout`` marks the store
@@ -78,7 +92,10 @@ import os
 import pickle
 import secrets
 import sqlite3
+import mmap
+import random
 import time
+import zlib
 from collections.abc import Iterable
 from typing import BinaryIO, Protocol
 
@@ -93,6 +110,7 @@ __all__ = [
     "BodyWriter",
     "Clock",
     "Entry",
+    "Generations",
     "Store",
     "StoreUnavailable",
 ]
@@ -112,6 +130,8 @@ _SPOOL = "spool"
 _MAX_PENDING = 1024
 #: Rows deleted per statement by purges, so each holds the write lock briefly.
 _PURGE_BATCH = 256
+#: File of :class:`Generations` in the store directory.
+_GENERATIONS = "generations"
 #: An unreferenced body file younger than this may be mid-commit in another
 #: process, so the orphan sweep leaves it for the next start.
 _ORPHAN_GRACE = 60.0
@@ -375,6 +395,49 @@ def _body_id(token: str) -> str:
     return f"{token[:2]}/{token[2:4]}/{token[4:]}.val"
 
 
+class Generations:
+    """Change stamps shared by every process using one store directory.
+
+    See "Change stamps" above. ``stamps[slot(primary)]`` is the current
+    stamp of ``primary``'s slot: read it before reading the store, compare
+    it before trusting what was read.
+    """
+
+    SLOTS = 4096
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            size = self.SLOTS * 8
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)  # zero-filled: every slot starts at stamp 0
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        #: The stamps, one unsigned 64-bit integer per slot (aligned: a
+        #: store or load of one is a single machine word).
+        self.stamps = memoryview(self._map).cast("Q")
+        self._random = random.Random(os.urandom(16))
+
+    def slot(self, primary: str) -> int:
+        """The slot of ``primary`` (stable across processes, unlike ``hash``)."""
+        return zlib.crc32(primary.encode("utf-8", "surrogatepass")) & (self.SLOTS - 1)
+
+    def bump(self, primary: str) -> None:
+        """Record that something stored under ``primary`` changed."""
+        self.stamps[self.slot(primary)] = self._random.getrandbits(64)
+
+    def bump_all(self) -> None:
+        """Record that anything may have changed (a purge by tag or prefix)."""
+        stamps, draw = self.stamps, self._random.getrandbits
+        for slot in range(self.SLOTS):
+            stamps[slot] = draw(64)
+
+    def close(self) -> None:
+        self.stamps.release()
+        self._map.close()
+
+
 class Store:
     """Stored responses, keyed by primary key and variant, bounded in bytes.
 
@@ -413,6 +476,9 @@ class Store:
         self._retry_at = 0.0
         self._cache: diskcache.Cache | None = None
         self._con: sqlite3.Connection | None = None
+        #: Change stamps (see the module docstring); ``None`` if the file
+        #: could not be opened (then nothing may skip the database).
+        self.generations: Generations | None = None
         #: Primaries to invalidate on recovery; ``None`` once it overflowed.
         self._pending: set[str] | None = set()
         self._counters = {"hits": 0, "misses": 0, "stores": 0, "errors": 0, "corrupt": 0}
@@ -425,6 +491,14 @@ class Store:
             self._sweep()
         except _ERRORS as e:
             self._degrade(e)
+        try:
+            self.generations = Generations(os.path.join(directory, _GENERATIONS))
+        except (OSError, ValueError) as e:
+            self._log.warn(
+                "cache store {directory}: no change stamps ({error}); the hot tier is off",
+                directory=directory,
+                error=_describe(e),
+            )
 
     # -- reads --------------------------------------------------------------
 
@@ -578,7 +652,10 @@ class Store:
         except _ERRORS as e:
             self._degrade(e)
             return None
-        return fresh if cursor.rowcount else None
+        if not cursor.rowcount:
+            return None
+        self._changed(entry.primary)
+        return fresh
 
     def remove(self, entry: Entry) -> bool:
         """Remove ``entry`` if it is still the stored version of its variant."""
@@ -592,13 +669,16 @@ class Store:
         Never raises: if the store is failing the invalidation is queued and
         applied on recovery, and 0 is returned.
         """
-        if self._usable():
-            try:
-                return self._delete_range(primary + "\0")
-            except _ERRORS as e:
-                self._degrade(e)
-        self._defer(primary)
-        return 0
+        try:
+            if self._usable():
+                try:
+                    return self._delete_range(primary + "\0")
+                except _ERRORS as e:
+                    self._degrade(e)
+            self._defer(primary)
+            return 0
+        finally:
+            self._changed(primary)
 
     def purge_tag(self, tag: str) -> int:
         """Remove every entry stored with surrogate key ``tag``; the count removed.
@@ -675,6 +755,9 @@ class Store:
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+        if self.generations is not None:
+            generations, self.generations = self.generations, None
+            generations.close()
 
     # -- internals ----------------------------------------------------------
 
@@ -797,20 +880,25 @@ class Store:
         pending = self._pending
         if pending is None:
             self._delete_range("")
+            self._changed(None)
         else:
             for primary in sorted(pending):
                 self._delete_range(primary + "\0")
+                self._changed(primary)
         self._pending = set()
 
     def _purge(self, statement: str, args: tuple[str, ...], what: str) -> int:
-        if self._usable():
-            try:
-                count = 0
-                while n := self._delete_batch(statement, args):
-                    count += n
-                return count
-            except _ERRORS as e:
-                self._degrade(e)
+        try:
+            if self._usable():
+                try:
+                    count = 0
+                    while n := self._delete_batch(statement, args):
+                        count += n
+                    return count
+                except _ERRORS as e:
+                    self._degrade(e)
+        finally:
+            self._changed(None)
         self._pending = None  # a purge we could not do: recovery must clear everything
         raise StoreUnavailable(
             f"cache store {self._directory} is failing ({self.last_error}); the purge of {what}"
@@ -854,10 +942,12 @@ class Store:
         except _ERRORS as e:
             self._degrade(e)
             return False
-        if cursor.rowcount and isinstance(filename, str):
-            self._cache.disk.remove(filename)
-            if self._memory is not None:
-                self._memory.discard(filename)
+        if cursor.rowcount:
+            self._changed(key[len(_VARIANT) : key.rindex("\0")])
+            if isinstance(filename, str):
+                self._cache.disk.remove(filename)
+                if self._memory is not None:
+                    self._memory.discard(filename)
         return bool(cursor.rowcount)
 
     def _spool_path(self, name: str) -> str:
@@ -898,8 +988,19 @@ class Store:
         finally:
             with contextlib.suppress(OSError):
                 f.close()
+        self._changed(entry.primary)
         self._counters["stores"] += 1
         return entry
+
+    def _changed(self, primary: str | None) -> None:
+        """Restamp ``primary``'s slot (every slot for ``None``); after the database change."""
+        generations = self.generations
+        if generations is None:
+            return
+        if primary is None:
+            generations.bump_all()
+        else:
+            generations.bump(primary)
 
     def _touch(self, entry: Entry) -> None:
         """Stamp ``entry`` as used, at most once per ``touch_interval`` (see Eviction above)."""

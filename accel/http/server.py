@@ -47,6 +47,7 @@ from collections.abc import Callable
 import httptools
 from attrs import field, frozen
 from attrs.validators import ge, gt, optional
+from twisted.internet import tcp, unix
 from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -60,6 +61,7 @@ from accel.http.model import EMPTY_BODY, BodySink, Handler, PushProducer, Reques
 
 __all__ = [
     "AccessLog",
+    "FastPath",
     "HTTPServerFactory",
     "HTTPServerProtocol",
     "RequestBodyError",
@@ -72,6 +74,18 @@ _log = Logger()
 #: ``request`` is ``None`` for a request rejected before it was parsed;
 #: ``status`` is 0 when the client went away before a response started.
 AccessLog = Callable[[Request | None, int, int, float, float, dict[str, str]], None]
+
+#: ``fast_path(factory, method, authority, path, query, pairs, connection)``
+#: may answer a GET or HEAD without content (only those are offered) before any :class:`Request` is
+#: built: it returns ``(response, status, body_bytes, notes)``, ``response``
+#: being the whole response, its head already carrying ``connection`` (the
+#: connection field line the server needs, maybe empty); or ``None``, and the
+#: request takes the general path. It is asked only when nothing is in
+#: progress or queued on the connection, so responses stay in order.
+FastPath = Callable[
+    ["HTTPServerFactory", bytes, bytes, bytes, bytes | None, list[tuple[bytes, bytes]], bytes],
+    tuple[bytes, int, int, dict[str, str]] | None,
+]
 
 
 @frozen
@@ -607,6 +621,24 @@ class _Exchange:
             self._producer = None
             self._proto.transport.unregisterProducer()
 
+    def take_socket(self, length: int) -> object | None:
+        """The transport, for a sender that writes the rest of the body to its socket itself.
+
+        For ``os.sendfile``: only once started, for a fixed-length body of
+        exactly ``length`` more bytes, on a plain TCP or UNIX connection
+        (never TLS, whose bytes must go through the TLS layer). The bytes
+        are counted as sent; the sender must then call ``finish`` or
+        ``abort`` as usual. ``None`` if the body must go through ``write``.
+        """
+        if self._state != _STARTED or self._mode != _FIXED or self._remaining != length:
+            return None
+        transport = self._proto.transport
+        if not isinstance(transport, (tcp.Server, unix.Server)):
+            return None
+        self._remaining = 0
+        self._sent += length
+        return transport
+
     def on_disconnect(self, callback: Callable[[], object]) -> None:  # type: ignore[override]
         if self._callbacks is None:
             self._callbacks = []
@@ -685,6 +717,7 @@ class HTTPServerProtocol(Protocol):
         self._scheme = factory.scheme
         self._access_log = factory.access_log
         self._body_limit = factory.body_limit
+        self._fast_path = factory.fast_path
         self._parser: httptools.HttpRequestParser | None = None
         self._client = ""
         self._client_port = 0
@@ -956,6 +989,15 @@ class HTTPServerProtocol(Protocol):
                 and not _has_token(connection, b"close")
             )
 
+        if (
+            length == 0
+            and (method == b"GET" or method == b"HEAD")
+            and self._fast_path is not None
+            and self._active is None
+            and not self._queue
+        ):
+            if self._answer_fast(method, target, path, query, version, authority, keep_alive):
+                return
         body = None if length == 0 else _RequestBody(self, length, expect)
         request = Request(
             method,
@@ -1005,6 +1047,62 @@ class HTTPServerProtocol(Protocol):
             self._advance()
         elif len(queue) >= self._limits.max_pipelined:
             self._update_reading()
+
+    def _answer_fast(
+        self,
+        method: bytes,
+        target: bytes,
+        path: bytes,
+        query: bytes | None,
+        version: bytes,
+        authority: bytes,
+        keep_alive: bool,
+    ) -> bool:
+        """Offer a request without content to the fast path; whether it answered.
+
+        The answer goes out in one write with no :class:`Request` or
+        exchange built (one is built for the access log, if there is one).
+        """
+        if not keep_alive:
+            connection = b"connection: close\r\n"
+        elif version == b"1.0":
+            connection = b"connection: keep-alive\r\n"
+        else:
+            connection = b""
+        pairs = self._pairs
+        assert self._fast_path is not None
+        try:
+            answer = self._fast_path(self.factory, method, authority, path, query, pairs, connection)
+        except Exception:
+            _log.failure("fast path failed; taking the general path", Failure())
+            return False
+        if answer is None:
+            return False
+        response, status, sent, notes = answer
+        # The head is consumed (as below for the general path); the message
+        # ends in on_message_complete, which finds no exchange to finish.
+        self._url = b""
+        self._pairs = []
+        self._header_bytes = 0
+        self._fields = None
+        self._phase = _BODY
+        self.transport.write(response)
+        now = self._clock.seconds()
+        access_log = self._access_log
+        if access_log is not None:
+            request = Request(
+                method, target, path, query, version, Headers(pairs), authority,
+                self._scheme, self._client, self._client_port,
+            )  # fmt: skip
+            try:
+                access_log(request, status, sent, self._last_rx, now, notes)
+            except Exception:
+                _log.failure("access log hook failed", Failure())
+        if keep_alive:
+            self._idle_deadline = now + self._idle_timeout
+        else:
+            self._close()
+        return True
 
     def on_body(self, data: bytes) -> None:
         if self._read_closed:
@@ -1308,7 +1406,9 @@ class HTTPServerFactory(ServerFactory):
     content it may carry, such as its route's limit, or ``None``: a declared
     length over it is refused with 413 up front, chunked content with 413
     (or a cut connection, once a response has started) when it goes over.
-    ``limits.max_body`` applies as well.
+    ``limits.max_body`` applies as well. ``fast_path`` (see
+    :data:`FastPath`) may answer simple requests before the handler is
+    involved.
     """
 
     protocol = HTTPServerProtocol  # type: ignore[assignment]
@@ -1323,6 +1423,7 @@ class HTTPServerFactory(ServerFactory):
         access_log: AccessLog | None = None,
         server_name: bytes = b"accel",
         body_limit: Callable[[Request], int | None] | None = None,
+        fast_path: FastPath | None = None,
     ) -> None:
         if not isinstance(limits, ServerLimits):
             raise TypeError(f"expected ServerLimits for limits, got {limits!r}")
@@ -1333,6 +1434,7 @@ class HTTPServerFactory(ServerFactory):
         self.access_log = access_log
         self.body_limit = body_limit
         self._connections: dict[str, int] = {}
+        self.fast_path = fast_path
         self.server_line = b"server: %s\r\n" % server_name if server_name else b""
         self._date_second = -1
         self._date_line = b""

@@ -1,0 +1,260 @@
+"""Several worker processes serving the same listeners and the same store.
+
+``--workers N`` runs the ``twistd`` process plus ``N - 1`` children, each a
+whole accel (its own reactor, origin pools, hot tier and ``Store`` on the
+shared cache directory: diskcache is safe across processes, and the store's
+change stamps carry invalidations between their hot tiers).
+
+The parent creates every listening socket before the reactor runs and hands
+them to the children as inherited file descriptors, so a child never binds
+anything itself and the listeners' ports (even port 0) and privileges are
+decided once. For TCP each worker gets *its own* socket, all bound to the
+same address with ``SO_REUSEPORT``: the kernel spreads new connections
+evenly over the workers, where one shared accept queue lets whichever
+process wakes first accept a whole burst. A UNIX socket cannot be shared
+that way, so its one socket is inherited by every worker. The parent keeps
+every socket open, so connections waiting for a worker that is restarting
+are not lost.
+
+A child that exits is started again after a delay (doubling up to a minute
+while it keeps failing); stopping the service stops the children (TERM,
+then KILL after a grace period). Children log to their standard error,
+which the parent relays to its own log with the worker's number.
+
+Run as a module (``python -m accel.workers``) this is the child: it reads
+its configuration and descriptors from standard input (a pickle written by
+the parent, which is trusted: it is the same program) and serves until
+terminated.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from attrs import frozen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from accel.config import Config
+
+__all__ = ["Listener", "ListenerService", "WorkerPool", "bind_listeners"]
+
+_log = Logger()
+
+#: Seconds before restarting a child that exited, doubled while it keeps
+#: failing within a minute of its start, up to :data:`_MAX_RESTART_DELAY`.
+_RESTART_DELAY = 1.0
+_MAX_RESTART_DELAY = 60.0
+#: Seconds a child has to exit after TERM before it is killed.
+_STOP_GRACE = 10.0
+
+
+@frozen
+class Listener:
+    """One listening socket, as inherited: its descriptor and address family."""
+
+    fileno: int
+    family: int
+
+
+def bind_listeners(descriptions: Sequence[str], workers: int, reactor: Any) -> list[list[socket.socket]]:
+    """For each listen description, the listening sockets of each of ``workers`` workers.
+
+    TCP: ``workers`` sockets bound to one address with ``SO_REUSEPORT``
+    (port 0 is resolved by the first); UNIX: one socket, repeated.
+    Descriptions are parsed by Twisted (the configuration has already
+    checked them and refused any other kind).
+    """
+    out = []
+    for description in descriptions:
+        endpoint = serverFromString(reactor, description)
+        # Twisted keeps an endpoint's address in private attributes and has
+        # no public way to bind with SO_REUSEPORT; read them here only.
+        kind = description.split(":", 1)[0]
+        backlog = int(getattr(endpoint, "_backlog", 50))
+        if kind == "unix":
+            path = endpoint._address  # type: ignore[attr-defined]
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            os.chmod(path, endpoint._mode)  # type: ignore[attr-defined]
+            sock.listen(backlog)
+            out.append([sock] * workers)
+            continue
+        family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+        interface = endpoint._interface or ("::" if family == socket.AF_INET6 else "")  # type: ignore[attr-defined]
+        port = int(endpoint._port)  # type: ignore[attr-defined]
+        socks = []
+        for _ in range(workers):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((interface, port))
+            port = sock.getsockname()[1]
+            sock.listen(backlog)
+            sock.setblocking(False)
+            socks.append(sock)
+        out.append(socks)
+    return out
+
+
+class ListenerService(Service):
+    """Serves ``factory`` on an already listening socket (``reactor.adoptStreamPort``)."""
+
+    def __init__(self, reactor: Any, listener: Listener, factory: Any) -> None:
+        self._reactor = reactor
+        self._listener = listener
+        self._factory = factory
+        self._port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._port = self._reactor.adoptStreamPort(self._listener.fileno, self._listener.family, self._factory)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self._port = self._port, None
+        return port.stopListening() if port is not None else None
+
+
+class _Child(ProcessProtocol):
+    """One child process: relays its log lines, reports its end."""
+
+    def __init__(self, number: int, ended: Callable[[_Child, Failure], None]) -> None:
+        self.number = number
+        self.started_at = 0.0
+        self._ended = ended
+        self._partial = b""
+        self.done: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+        self.errReceived(data)
+
+    def errReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            _log.info(
+                "worker {number}: {line}", number=self.number, line=line.decode("utf-8", "replace")
+            )
+
+    def processEnded(self, reason: Failure) -> None:  # noqa: N802 (Twisted API)
+        self.done.callback(None)
+        self._ended(self, reason)
+
+
+class WorkerPool(Service):
+    """Runs and supervises workers ``1 .. N - 1`` (the parent is worker 0).
+
+    ``listeners[i]`` are worker ``i + 1``'s inherited sockets, in the
+    order of ``config.listen``; ``config`` is what every child serves.
+    """
+
+    def __init__(self, reactor: Any, config: Config, listeners: Sequence[Sequence[socket.socket]]) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._listeners = listeners
+        self._children: dict[int, _Child] = {}
+        self._processes: dict[int, Any] = {}
+        self._delays: dict[int, float] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        for number in range(1, len(self._listeners) + 1):
+            self._spawn(number)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        waits = []
+        for number, child in list(self._children.items()):
+            process = self._processes.get(number)
+            if process is not None and process.pid is not None:
+                process.signalProcess("TERM")
+                killer = self._reactor.callLater(_STOP_GRACE, self._kill, number)
+                child.done.addBoth(lambda _, k=killer: k.cancel() if k.active() else None)
+            waits.append(child.done)
+        return DeferredList(waits)
+
+    @property
+    def pids(self) -> list[int]:
+        """The running children's process ids."""
+        return [p.pid for p in self._processes.values() if p.pid is not None]
+
+    def _kill(self, number: int) -> None:
+        process = self._processes.get(number)
+        if process is not None and process.pid is not None:
+            _log.warn("worker {number} did not stop in time; killing it", number=number)
+            process.signalProcess("KILL")
+
+    def _spawn(self, number: int) -> None:
+        socks = self._listeners[number - 1]
+        first = 3
+        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        inherited = []
+        for offset, sock in enumerate(socks):
+            child_fds[first + offset] = sock.fileno()
+            inherited.append(Listener(first + offset, sock.family))
+        child = _Child(number, self._ended)
+        child.started_at = self._reactor.seconds()
+        process = self._reactor.spawnProcess(
+            child,
+            sys.executable,
+            [sys.executable, "-m", "accel.workers"],
+            env=dict(os.environ),
+            childFDs=child_fds,
+        )
+        process.writeToChild(0, pickle.dumps((number, self._config, inherited)))
+        process.closeChildFD(0)
+        self._children[number] = child
+        self._processes[number] = process
+
+    def _ended(self, child: _Child, reason: Failure) -> None:
+        number = child.number
+        if self._children.get(number) is not child:
+            return
+        del self._children[number]
+        self._processes.pop(number, None)
+        if not self.running:
+            return
+        quick = self._reactor.seconds() - child.started_at < _MAX_RESTART_DELAY
+        delay = min(self._delays.get(number, _RESTART_DELAY / 2) * 2, _MAX_RESTART_DELAY) if quick else _RESTART_DELAY
+        self._delays[number] = delay
+        _log.error(
+            "worker {number} exited ({reason}); restarting it in {delay:.0f}s",
+            number=number,
+            reason=reason.getErrorMessage(),
+            delay=delay,
+        )
+        self._reactor.callLater(delay, self._restart, number)
+
+    def _restart(self, number: int) -> None:
+        if self.running and number not in self._children:
+            self._spawn(number)
+
+
+def _child_main() -> None:
+    """A worker: serve the parent's configuration on the inherited sockets until told to stop."""
+    number, config, listeners = pickle.loads(sys.stdin.buffer.read())
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from accel.app import make_service
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    service = make_service(config, reactor, listeners=listeners)
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    _log.info("worker {number} serving (pid {pid})", number=number, pid=os.getpid())
+    reactor.run()
+
+
+if __name__ == "__main__":
+    _child_main()

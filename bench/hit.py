@@ -1,0 +1,94 @@
+"""accel serving cache hits, for load tests of the hit path.
+
+    taskset -c 0 python bench/hit.py [--port 8080] [--workers N] [--access-log FILE]
+    taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/1k
+    taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/1m
+
+Starts a trivial origin (``/1k`` and ``/1m``, ``Cache-Control: max-age=86400``)
+and accel in front of it, in this process, exactly as ``twistd accel`` wires
+it (``accel.app.make_service``), with an access log to a file. It primes both
+objects, prints ``ready on 127.0.0.1:PORT``, and serves until killed. Not a
+test: a measuring stick. Compare with ``bench/raw_baseline.py`` run back to
+back (``bench/compare.py`` does both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import urllib.request
+
+from twisted.internet.protocol import Factory, Protocol
+
+BODIES = {b"/1k": b"k" * 1024, b"/1m": b"m" * (1024 * 1024)}
+
+
+class _Origin(Protocol):
+    """A minimal origin: each GET head gets its body, cacheable for a day."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+        buffer = self._buffer + data
+        while (end := buffer.find(b"\r\n\r\n")) >= 0:
+            head, buffer = buffer[:end], buffer[end + 4 :]
+            body = BODIES.get(head.split(b" ", 2)[1], b"")
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+                b"cache-control: max-age=86400\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        self._buffer = buffer
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--access-log", default=None, help="default: a temporary file")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import reactor
+
+    from accel.app import make_service
+    from accel.tap import Options
+
+    work = tempfile.mkdtemp(prefix="accel-bench-")
+    origin = reactor.listenTCP(0, Factory.forProtocol(_Origin), interface="127.0.0.1")
+    options = Options()
+    options.parseOptions(
+        [
+            "--origin", f"http://127.0.0.1:{origin.getHost().port}",
+            "--listen", f"tcp:{args.port}:interface=127.0.0.1:backlog=1024",
+            "--cache-dir", os.path.join(work, "cache"),
+            "--access-log", args.access_log or os.path.join(work, "access.log"),
+            "--workers", str(args.workers),
+        ]
+    )  # fmt: skip
+    assert options.config is not None
+    service = make_service(options.config, reactor)
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+
+    def prime() -> None:
+        for path in BODIES:
+            for _ in range(2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{args.port}{path.decode()}") as r:
+                    r.read()
+        print(f"ready on 127.0.0.1:{args.port} (work files in {work})", flush=True)
+
+    from twisted.internet.threads import deferToThread
+
+    reactor.callWhenRunning(
+        lambda: deferToThread(prime).addErrback(lambda f: (print(f, file=sys.stderr), reactor.stop()))
+    )
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

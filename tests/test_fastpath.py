@@ -1,0 +1,307 @@
+"""The hit fast path: the hot tier, the store's change stamps, and the wire hook.
+
+Requests go through a real :class:`HTTPServerProtocol` on a
+``StringTransport`` into a real :class:`Accelerator` with a real store in a
+temporary directory; the origin is the in-memory fake. A spy on
+``fast_hit`` tells which path answered.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from accel.cache.collapse import Collapser
+from accel.cache.memory import HotEntry, HotTier, MemoryTier
+from accel.cache.store import Generations, Store
+from accel.http.dates import format_http_date
+from accel.http.server import HTTPServerFactory
+from accel.proxy import Accelerator, CacheRules, Route
+from accel.routing import Router
+from tests.fakes import FakeUpstream, always
+
+T0 = 1_700_000_000.0
+BODY = b"hello, hot world"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    c = Clock()
+    c.advance(T0)
+    return c
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    s = Store(str(tmp_path / "cache"), 64 * 1024 * 1024, clock, memory=MemoryTier(1 << 20))
+    yield s
+    s.close()
+
+
+class Rig:
+    """A server protocol over a proxy over a fake origin, with a fast-path spy."""
+
+    def __init__(self, clock, store, headers=None, body=BODY, hot=None, access_log=None):
+        self.clock = clock
+        self.store = store
+        self.origin = FakeUpstream(
+            auto=always(
+                headers=headers
+                or [(b"date", format_http_date(T0)), (b"cache-control", b"max-age=60")],
+                body=body,
+            )
+        )
+        route = Route(upstream=self.origin, cache=CacheRules())
+        router: Router[Route] = Router([(["*"], [("/", route)])])
+        self.hot = hot if hot is not None else HotTier(1 << 20)
+        self.proxy = Accelerator(router, clock, store, Collapser(clock), hot=self.hot)
+        self.fast: list[bool] = []
+
+        def spy(*args):
+            answer = self.proxy.fast_hit(*args)
+            self.fast.append(answer is not None)
+            return answer
+
+        self.factory = HTTPServerFactory(self.proxy, clock, fast_path=spy, access_log=access_log)
+
+    def exchange(self, raw: bytes) -> bytes:
+        """Send ``raw`` on a new connection; the bytes written back."""
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(raw)
+        self.transport = transport
+        return transport.value()
+
+    def get(self, target=b"/a", extra=b"", method=b"GET", version=b"1.1") -> bytes:
+        return self.exchange(b"%s %s HTTP/%s\r\nhost: example.com\r\n%s\r\n" % (method, target, version, extra))
+
+
+def test_third_request_is_answered_by_the_fast_path(clock, store):
+    """A miss fills, a hit remembers, and the next identical request takes the fast path."""
+    rig = Rig(clock, store)
+    rig.get()
+    rig.get()
+    assert rig.fast == [False, False]
+    rig.get()
+    assert rig.fast[-1] is True
+    assert len(rig.origin.calls) == 1
+
+
+def test_fast_answer_is_byte_identical_to_the_general_one(clock, store):
+    """At the same instant, the fast path sends exactly what the general path sent."""
+    rig = Rig(clock, store)
+    rig.get()
+    general = rig.get()
+    fast = rig.get()
+    assert rig.fast[-1] is True
+    assert fast == general
+    assert b"cache-status: accel; hit; ttl=60\r\n" in fast
+    assert fast.endswith(b"\r\n\r\n" + BODY)
+
+
+def test_age_and_ttl_follow_the_clock(clock, store):
+    """RFC 9111 section 5.1: Age grows with residence; the ttl shrinks."""
+    rig = Rig(clock, store)
+    rig.get()
+    rig.get()
+    clock.advance(10.5)
+    fast = rig.get()
+    assert rig.fast[-1] is True
+    assert b"\r\nage: 10\r\n" in fast
+    assert b"ttl=49\r\n" in fast
+
+
+def test_expired_entry_takes_the_general_path(clock, store):
+    """RFC 9111 section 4.2: once stale, the fast path declines and the origin is asked."""
+    rig = Rig(clock, store)
+    rig.get()
+    rig.get()
+    clock.advance(60)
+    rig.get()
+    assert rig.fast[-1] is False
+    assert len(rig.origin.calls) == 2
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"if-none-match: *",
+        b"if-modified-since: Tue, 14 Nov 2023 22:13:20 GMT",
+        b"range: bytes=0-1",
+        b"cache-control: max-age=0",
+        b"pragma: no-cache",
+        b"authorization: Basic Zm9vOmJhcg==",
+    ],
+)
+def test_requests_with_conditions_or_directives_take_the_general_path(clock, store, field):
+    """Conditionals, ranges, request directives and credentials are for the general path."""
+    rig = Rig(clock, store)
+    rig.get()
+    rig.get()
+    rig.get(extra=field + b"\r\n")
+    assert rig.fast[-1] is False
+
+
+def test_head_is_answered_without_body(clock, store):
+    """A HEAD hit has the GET's head, Content-Length included, and no body."""
+    rig = Rig(clock, store)
+    rig.get()
+    general = rig.get()
+    head = rig.get(method=b"HEAD")
+    assert rig.fast[-1] is True
+    assert head == general[: -len(BODY)]
+
+
+def test_http10_keep_alive_and_close(clock, store):
+    """HTTP/1.0 gets keep-alive only when asked; otherwise the connection closes."""
+    rig = Rig(clock, store)
+    rig.get()
+    rig.get()
+    closed = rig.get(version=b"1.0")
+    assert rig.fast[-1] is True
+    assert b"connection: close\r\n" in closed
+    assert rig.transport.disconnecting
+    kept = rig.get(version=b"1.0", extra=b"connection: keep-alive\r\n")
+    assert b"connection: keep-alive\r\n" in kept
+    assert not rig.transport.disconnecting
+
+
+def test_pipelined_fast_hits_answer_in_order(clock, store):
+    """Several requests in one read each get their answer, in order."""
+    rig = Rig(clock, store, headers=[(b"date", format_http_date(T0)), (b"cache-control", b"max-age=60")])
+    rig.get(b"/a")
+    rig.get(b"/a")
+    rig.get(b"/b")
+    rig.get(b"/b")
+    out = rig.exchange(
+        b"GET /a HTTP/1.1\r\nhost: example.com\r\n\r\nGET /b HTTP/1.1\r\nhost: example.com\r\n\r\n"
+    )
+    assert rig.fast[-2:] == [True, True]
+    assert out.count(b"HTTP/1.1 200 OK") == 2
+
+
+def test_invalidation_by_an_unsafe_method_reaches_the_hot_tier(clock, store):
+    """RFC 9111 section 4.4: a successful POST to the URL stops its hot hits."""
+    rig = Rig(clock, store)
+    rig.get()
+    rig.get()
+    rig.exchange(b"POST /a HTTP/1.1\r\nhost: example.com\r\ncontent-length: 0\r\n\r\n")
+    rig.get()
+    assert rig.fast[-1] is False
+    assert len(rig.origin.calls) == 3  # fill, POST, refill
+
+
+def test_changes_by_another_process_reach_the_hot_tier(clock, store, tmp_path):
+    """A purge through another Store on the same directory (another worker) is seen at once."""
+    rig = Rig(clock, store)
+    rig.get()
+    rig.get()
+    other = Store(str(tmp_path / "cache"), 64 * 1024 * 1024, clock)
+    try:
+        assert other.purge_prefix("") == 1
+    finally:
+        other.close()
+    rig.get()
+    assert rig.fast[-1] is False
+
+
+def test_vary_selects_the_variant(clock, store):
+    """RFC 9111 section 4.1: a request whose Vary fields differ is not a fast hit of another variant."""
+    headers = [
+        (b"date", format_http_date(T0)),
+        (b"cache-control", b"max-age=60"),
+        (b"vary", b"accept-language"),
+    ]
+    rig = Rig(clock, store, headers=headers)
+    de, fr = b"accept-language: de\r\n", b"accept-language: fr\r\n"
+    rig.get(extra=de)
+    rig.get(extra=de)
+    rig.get(extra=de)
+    assert rig.fast[-1] is True
+    rig.get(extra=fr)
+    assert rig.fast[-1] is False
+    assert len(rig.origin.calls) == 2
+
+
+def test_large_bodies_are_not_remembered(clock, store):
+    """Bodies above the tier's item size always take the general path."""
+    rig = Rig(clock, store, body=b"x" * 2048, hot=HotTier(1 << 20, max_item=1024))
+    for _ in range(3):
+        rig.get()
+    assert rig.fast == [False, False, False]
+
+
+def test_fast_hits_are_logged(clock, store):
+    """The access log gets a line for a fast hit, with its status, size and HIT."""
+    lines = []
+    rig = Rig(clock, store, access_log=lambda *args: lines.append(args))
+    rig.get()
+    rig.get()
+    rig.get()
+    request, status, sent, _, _, notes = lines[-1]
+    assert (request.target, status, sent, notes["cache"]) == (b"/a", 200, len(BODY), "HIT")
+
+
+def test_percent_in_stored_fields_survives(clock, store):
+    """Stored field values are sent verbatim, "%" included."""
+    headers = [
+        (b"date", format_http_date(T0)),
+        (b"cache-control", b"max-age=60"),
+        (b"x-odd", b"100% age: %d"),
+    ]
+    rig = Rig(clock, store, headers=headers)
+    rig.get()
+    rig.get()
+    fast = rig.get()
+    assert rig.fast[-1] is True
+    assert b"x-odd: 100% age: %d\r\n" in fast
+
+
+# The tier and the stamps on their own
+
+
+def _entry(body=b"b", secondary=b"") -> HotEntry:
+    return HotEntry(200, b"HTTP/1.1 200 OK\r\n", body, 1.0, 0.0, 0, 0, secondary=secondary)
+
+
+def test_hot_tier_is_bounded_in_bytes():
+    """Past max_bytes, the least recently used keys go first."""
+    one = _entry(b"x" * 100).size
+    tier = HotTier(3 * one, max_item=100)
+    for key in "abc":
+        tier.put(key, _entry(b"x" * 100))
+    tier.get("a")
+    tier.put("d", _entry(b"x" * 100))
+    assert tier.get("b") is None and tier.get("a") is not None
+    assert tier.size <= 3 * one
+
+
+def test_hot_tier_replaces_the_same_variant():
+    """A new entry for a key replaces the one with the same secondary key only."""
+    tier = HotTier(1 << 20)
+    tier.put("k", _entry(secondary=b"de"))
+    tier.put("k", _entry(secondary=b"fr"))
+    newer = _entry(secondary=b"de")
+    tier.put("k", newer)
+    variants = tier.get("k")
+    assert variants is not None and len(variants) == 2 and variants[0] is newer
+    tier.discard("k", newer)
+    tier.discard("k", variants[1])
+    assert len(tier) == 0 and tier.size == 0
+
+
+def test_generations_are_shared_through_the_file(tmp_path):
+    """A bump in one mapping is seen by another mapping of the same file."""
+    a = Generations(str(tmp_path / "g"))
+    b = Generations(str(tmp_path / "g"))
+    slot = a.slot("http://example.com/a")
+    before = b.stamps[slot]
+    a.bump("http://example.com/a")
+    assert b.stamps[slot] != before
+    before = b.stamps[0]
+    a.bump_all()
+    assert b.stamps[0] != before
+    a.close()
+    b.close()
