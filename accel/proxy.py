@@ -310,7 +310,7 @@ class _Shared:
     reason: bytes
     #: The leader's client's response fields, without Age and Cache-Status.
     headers: Headers
-    #: The fields as stored (for RFC 9111 section 4.2.3 ``current_age``).
+    #: The fields as stored, to decide on and to compute ages from.
     stored: Headers
     vary: tuple[bytes, ...]
     secondary: bytes
@@ -759,10 +759,14 @@ class Accelerator:
 
         It cannot when nothing is published, when the fill is another
         variant (RFC 9111 section 4.1: its ``Vary`` fields do not match this
-        request), or when the fill is already over. The answer is the
-        leader's status and fields, with this request's own ``Age`` and
-        ``Cache-Status`` (RFC 9211 section 2.7: ``collapsed``, the response
-        of another forward request reused).
+        request), when the response, once stored, would not answer this
+        request as a fresh hit (RFC 9111 section 4: ``no-cache`` on either
+        side, the request's ``max-age`` or ``min-fresh``, a response already
+        stale), or when the fill is already over: then it waits for the end
+        and looks again, as it always did. The answer is the leader's status
+        and fields, with this request's own ``Age`` and ``Cache-Status``
+        (RFC 9211 section 2.7: ``collapsed``, the response of another
+        forward request reused).
         """
         if not isinstance(handle, _Shared):
             return False
@@ -773,16 +777,21 @@ class Accelerator:
         request = lk.request
         if policy.secondary_key(handle.vary, request.headers) != handle.secondary:
             return False
+        stored = policy.StoredResponse(
+            handle.status, handle.stored, handle.request_time, handle.response_time
+        )
+        now = self._clock.seconds()
+        decision = policy.decide(request.method, request.headers, stored, now, lk.rules.policy)
+        if not isinstance(decision, policy.Fresh):
+            return False
         follower = None
         if request.method != _HEAD:
             follower = handle.feed.follow(responder)
             if follower is None:
                 return False
-        now = self._clock.seconds()
-        age = policy.current_age(handle.stored, handle.request_time, handle.response_time, now)
         out = handle.headers.copy()
         out.remove(b"age")
-        out.add(b"age", policy.age_header_value(age))
+        out.add(b"age", policy.age_header_value(decision.age))
         out.add(
             b"cache-status",
             self._status(fwd=handle.fwd, fwd_status=handle.status, stored=True, collapsed=True),

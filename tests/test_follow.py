@@ -276,6 +276,24 @@ class TestClients:
         body.finish()
         assert len(upstream.calls) == 2 and other.status is None
 
+    def test_request_no_cache_does_not_follow(self, proxy, upstream):
+        """RFC 9111 5.2.1.4: a request with no-cache takes nothing it did not
+        see validated; it waits for the end and then goes to the origin."""
+        get(proxy)
+        picky = get(proxy, headers=[(b"Cache-Control", b"no-cache")])
+        body = answer(upstream)
+        assert picky.status is None
+        body.feed(b"0123456789ab")
+        body.finish()
+        assert len(upstream.calls) == 2
+
+    def test_response_no_cache_is_not_followed(self, proxy, upstream):
+        """RFC 9111 5.2.2.4: a stored no-cache response is never reused unvalidated."""
+        get(proxy)
+        waiter = get(proxy)
+        answer(upstream, headers=[*CACHEABLE[:1], (b"Cache-Control", b"no-cache")])
+        assert waiter.status is None
+
 
 class TestFeed:
     """The feed on its own, with a spool file in a temporary directory."""
