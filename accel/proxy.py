@@ -765,7 +765,7 @@ class Accelerator:
         stale), or when the fill is already over: then it waits for the end
         and looks again, as it always did. The answer is the leader's status
         and fields, with this request's own ``Age`` and ``Cache-Status``
-        (RFC 9211 section 2.7: ``collapsed``, the response of another
+        (RFC 9211 section 2.6: ``collapsed``, the response of another
         forward request reused).
         """
         if not isinstance(handle, _Shared):

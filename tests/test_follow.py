@@ -94,7 +94,7 @@ class TestFollowing:
         assert len(upstream.calls) == 1
 
     def test_followers_answer_with_their_own_age_and_cache_status(self, proxy, upstream):
-        """RFC 9211 2.7: a follower's Cache-Status says the forward request was
+        """RFC 9211 2.6: a follower's Cache-Status says the forward request was
         collapsed; it carries the leader's fields and its own Age."""
         leader, follower = get(proxy), get(proxy)
         body = answer(upstream)
