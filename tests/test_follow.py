@@ -106,6 +106,29 @@ class TestFollowing:
         body.feed(b"x" * 12)
         body.finish()
 
+    def test_following_outlasts_the_lock_timeout(self, proxy, upstream, clock):
+        """A long body: followers stay on the fill past the collapsing lock
+        timeout instead of fetching on their own."""
+        get(proxy)
+        follower = get(proxy)
+        body = answer(upstream)
+        body.feed(b"0123")
+        clock.advance(60)
+        body.feed(b"456789ab")
+        body.finish()
+        assert follower.body == b"0123456789ab" and follower.finished
+        assert len(upstream.calls) == 1
+
+    def test_a_head_leader_fills_for_get_followers(self, proxy, upstream):
+        """The leader's client asked HEAD; the GET behind it still gets the body."""
+        head = get(proxy, method=b"HEAD")
+        follower = get(proxy)
+        body = answer(upstream)
+        assert head.finished and head.body == b""
+        body.feed(b"0123456789ab")
+        body.finish()
+        assert follower.body == b"0123456789ab" and follower.finished
+
     def test_a_request_arriving_mid_fill_follows_from_the_start(self, proxy, upstream):
         """A miss that arrives while the fill streams joins it and gets every byte."""
         get(proxy)
