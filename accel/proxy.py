@@ -12,7 +12,10 @@ For each request the :class:`Accelerator` picks a route, and then:
 * on a miss, concurrent requests for one key collapse into one origin fetch
   (:class:`~accel.cache.collapse.Collapser`); the response streams to the
   client and into the store at once (:class:`~accel.streams.Relay`) and is
-  kept only if the policy allows it and the body arrived whole.
+  kept only if the policy allows it and the body arrived whole. While it is
+  being stored, the collapsed requests are answered from it as it streams:
+  they follow the spool file as it grows (:class:`~accel.streams.Feed`),
+  each at its own client's pace.
 
 Cache fills always fetch the whole representation with GET and without the
 client's conditional or range fields; accel then answers those itself from
@@ -32,6 +35,7 @@ and nowhere else.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Protocol, assert_never
 
 from attrs import define, field, frozen
@@ -54,7 +58,7 @@ from accel.forwarding import (
 from accel.http.headers import Headers
 from accel.http.model import BodySink, BodySource, Request, Responder
 from accel.routing import Router
-from accel.streams import FileSender, Relay
+from accel.streams import BodyWriter, Feed, FileSender, Relay
 from accel.upstream import OriginResponse, UpstreamError
 
 __all__ = ["Accelerator", "CacheRules", "Route", "simple_response"]
@@ -290,6 +294,29 @@ class _Fill:
     background: bool = False
     request_time: float = 0.0
     done: bool = field(default=False)
+
+
+@frozen
+class _Shared:
+    """A fill being stored, published for collapsed requests to follow.
+
+    What every follower needs to answer as the leader's client is answered:
+    the head (less ``Age`` and ``Cache-Status``, which are each follower's
+    own), the variant it is, and the ages to compute ``Age`` from.
+    """
+
+    feed: Feed
+    status: int
+    reason: bytes
+    #: The leader's client's response fields, without Age and Cache-Status.
+    headers: Headers
+    #: The fields as stored, to decide on and to compute ages from.
+    stored: Headers
+    vary: tuple[bytes, ...]
+    secondary: bytes
+    request_time: float
+    response_time: float
+    fwd: str
 
 
 class Accelerator:
@@ -698,9 +725,21 @@ class Accelerator:
         self._fetch(_Fill(lk, None, fwd, leader=leader), None)
 
     def _wait_for_leader(self, lk: _Lookup) -> bool:
-        """If another request is fetching this key, wait for it and look again."""
+        """If another request is fetching this key, follow its fill or wait for it.
+
+        A request that can take the leader's response as it is (no range, no
+        conditional) follows the fill as soon as it is published, or at once
+        if it already is; others wait for the end and look again.
+        """
         if lk.waited >= 2 or not self._collapser.in_flight(lk.key):
             return False
+        follow = None
+        if lk.responder is not None and not any(
+            name in lk.request.headers for name in _CONDITIONAL_FIELDS
+        ):
+            follow = partial(self._follow, lk)
+            if follow(self._collapser.published(lk.key)):
+                return True
         lk.waited += 1
         responder = lk.responder
 
@@ -712,7 +751,57 @@ class Accelerator:
                 lk.waited = 2  # do not wait again: fetch on our own
             self._lookup(lk)
 
-        self._collapser.wait(lk.key, wake)
+        self._collapser.wait(lk.key, wake, follow)
+        return True
+
+    def _follow(self, lk: _Lookup, handle: object) -> bool:
+        """Answer ``lk`` from a fill while it streams; False if it cannot.
+
+        It cannot when nothing is published, when the fill is another
+        variant (RFC 9111 section 4.1: its ``Vary`` fields do not match this
+        request), when the response, once stored, would not answer this
+        request as a fresh hit (RFC 9111 section 4: ``no-cache`` on either
+        side, the request's ``max-age`` or ``min-fresh``, a response already
+        stale), or when the fill is already over: then it waits for the end
+        and looks again, as it always did. The answer is the leader's status
+        and fields, with this request's own ``Age`` and ``Cache-Status``
+        (RFC 9211 section 2.6: ``collapsed``, the response of another
+        forward request reused).
+        """
+        if not isinstance(handle, _Shared):
+            return False
+        responder = lk.responder
+        assert responder is not None
+        if responder.disconnected:
+            return True  # nobody to answer: done waiting
+        request = lk.request
+        if policy.secondary_key(handle.vary, request.headers) != handle.secondary:
+            return False
+        stored = policy.StoredResponse(
+            handle.status, handle.stored, handle.request_time, handle.response_time
+        )
+        now = self._clock.seconds()
+        decision = policy.decide(request.method, request.headers, stored, now, lk.rules.policy)
+        if not isinstance(decision, policy.Fresh):
+            return False
+        follower = None
+        if request.method != _HEAD:
+            follower = handle.feed.follow(responder)
+            if follower is None:
+                return False
+        out = handle.headers.copy()
+        out.remove(b"age")
+        out.add(b"age", policy.age_header_value(decision.age))
+        out.add(
+            b"cache-status",
+            self._status(fwd=handle.fwd, fwd_status=handle.status, stored=True, collapsed=True),
+        )
+        responder.log["cache"] = "MISS"
+        responder.start(handle.status, handle.reason, out)
+        if follower is None:
+            responder.finish()
+        else:
+            follower.start()
         return True
 
     def _only_if_cached(self, lk: _Lookup) -> None:
@@ -954,9 +1043,10 @@ class Accelerator:
         )
         if isinstance(verdict, policy.Storable) and not too_big_for_range:
             to_store = policy.stored_headers(response.headers, verdict, response_time)
+            secondary = policy.secondary_key(verdict.vary, request.headers)
             writer = self._store.begin(
                 lk.key,
-                policy.secondary_key(verdict.vary, request.headers),
+                secondary,
                 verdict.vary,
                 response.status,
                 response.reason,
@@ -976,16 +1066,43 @@ class Accelerator:
             policy.Storable,
         )
         body = _Watched(response, lk.route, request)
+        sink: Feed | None = None
+        if writer is not None and fill.leader and writer.active:
+            # Others may follow the fill while it streams: publish it before
+            # the first byte flows.
+            sink = Feed(writer, response.body.length)
+            shared = response_headers_for_client(
+                response.headers, response.version, lk.route.forwarding
+            )
+            shared.remove(*lk.rules.strip)
+            self._collapser.publish(
+                lk.key,
+                _Shared(
+                    sink,
+                    response.status,
+                    response.reason,
+                    shared,
+                    to_store,
+                    verdict.vary,
+                    secondary,
+                    fill.request_time,
+                    response_time,
+                    fill.fwd,
+                ),
+            )
+
+        # What the relay writes to: the feed when others may follow, else the writer.
+        tee: BodyWriter | None = sink if sink is not None else writer
 
         def done(complete: bool, stored: object) -> None:
             self._finish_fill(fill, cacheable=cacheable)
 
         if fill.background or responder is None or responder.disconnected:
-            if writer is None:
+            if tee is None:
                 response.body.discard()
                 self._finish_fill(fill, cacheable=cacheable)
                 return
-            Relay(body, None, writer, done).start()
+            Relay(body, None, tee, done).start()
             return
 
         responder.log["cache"] = "MISS" if fill.entry is None else "EXPIRED"
@@ -1003,8 +1120,8 @@ class Accelerator:
             )
             if precondition is not None:
                 # Answer the client's precondition ourselves; keep filling.
-                if writer is not None:
-                    Relay(body, None, writer, done).start()
+                if tee is not None:
+                    Relay(body, None, tee, done).start()
                 else:
                     response.body.discard()
                     self._finish_fill(fill, cacheable=cacheable)
@@ -1017,11 +1134,11 @@ class Accelerator:
         if request.method == _HEAD:
             responder.start(response.status, response.reason, out)
             responder.finish()
-            if writer is not None:
-                Relay(body, None, writer, done).start()
+            if tee is not None:
+                Relay(body, None, tee, done).start()
             else:
                 response.body.discard()
                 self._finish_fill(fill, cacheable=cacheable)
             return
         responder.start(response.status, response.reason, out)
-        Relay(body, responder, writer, done).start()
+        Relay(body, responder, tee, done).start()

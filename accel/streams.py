@@ -8,6 +8,12 @@ it and accel never holds more than a chunk or two of any body:
   response is being stored, to a store writer at the same time (a tee). The
   stored copy is committed only when the origin finished the body cleanly;
   a truncated body aborts both the writer and the client's response.
+* :class:`Feed` and :class:`Follower` let other clients share a fill while
+  it streams (collapsed requests): the feed sits between a :class:`Relay`
+  and the store's writer and tells each follower how far the spool file has
+  grown; a follower reads the file through its own handle at its own
+  client's pace, so a slow follower only lags behind in the file and never
+  holds up the origin or the other clients.
 * :class:`FileSender` streams a stored body from an open file handle; on a
   plain TCP or UNIX connection a large one goes by ``os.sendfile`` straight
   from the page cache to the socket (:class:`_Sendfile`), never through
@@ -24,7 +30,7 @@ from twisted.logger import Logger
 
 from accel.http.model import BodySource, Responder
 
-__all__ = ["BodyWriter", "FileSender", "Relay", "CHUNK"]
+__all__ = ["BodyWriter", "Feed", "FileSender", "Follower", "Relay", "SpoolWriter", "CHUNK"]
 
 #: Read size for stored bodies: large enough that a transport write is
 #: worth its overhead, small enough to keep memory flat.
@@ -46,6 +52,19 @@ class BodyWriter(Protocol):
     def commit(self) -> object: ...
 
     def abort(self) -> None: ...
+
+
+class SpoolWriter(BodyWriter, Protocol):
+    """A writer whose body others can read as it grows (the store's writer)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    @property
+    def written(self) -> int: ...
+
+    @property
+    def spool_path(self) -> str | None: ...
 
 
 class Relay:
@@ -136,8 +155,18 @@ class Relay:
         self._body.resume()
 
     def stopProducing(self) -> None:
-        """The client went away: stop fetching (nothing half-stored)."""
+        """The client went away: stop fetching (nothing half-stored).
+
+        Unless other clients follow the fill (the writer is a :class:`Feed`
+        with followers): then the body is fetched and stored to the end
+        without this client.
+        """
         if self._done:
+            return
+        writer = self._writer
+        if isinstance(writer, Feed) and writer.followed:
+            self._responder = None
+            self._body.resume()
             return
         self._done = True
         self._drop_writer()
@@ -152,6 +181,180 @@ class Relay:
                 writer.abort()
             except Exception:
                 _log.failure("store abort failed")
+
+
+class Feed:
+    """A body being stored that other clients follow while it is written.
+
+    The :class:`Relay` of a cache fill writes through the feed (it is the
+    relay's writer); the feed passes everything to the store's ``writer``
+    and, after each chunk, tells every :class:`Follower` how many bytes the
+    spool file now holds. ``length`` is the declared body length, if any.
+
+    The fill ends one of two ways for the followers: *whole* (the origin
+    finished the body, every declared byte arrived and was written) and they
+    finish once they have sent it all; or *broken* (the origin failed or was
+    truncated, the writer gave up: a disk error, a body over its limit) and
+    their responses are aborted at once, so no client mistakes a part for
+    the whole.
+    """
+
+    __slots__ = ("_writer", "_length", "_followers", "_over")
+
+    def __init__(self, writer: SpoolWriter, length: int | None) -> None:
+        self._writer = writer
+        self._length = length
+        self._followers: list[Follower] = []
+        self._over = False
+
+    @property
+    def followed(self) -> bool:
+        """Whether any client is following the fill."""
+        return bool(self._followers)
+
+    def follow(self, responder: Responder) -> Follower | None:
+        """A follower streaming the body to ``responder``; ``None`` if too late.
+
+        Too late: the fill is over or no longer stored, so there is no file
+        to follow; the caller falls back to the store or the origin. The
+        follower has its own handle on the spool file; call its ``start``
+        once the response head is sent.
+        """
+        path = self._writer.spool_path
+        if self._over or path is None:
+            return None
+        try:
+            file = open(path, "rb", buffering=0)  # noqa: SIM115 (the follower closes it)
+        except OSError:
+            return None
+        follower = Follower(self, file, responder)
+        self._followers.append(follower)
+        return follower
+
+    @property
+    def available(self) -> int:
+        """Bytes of the body in the spool file so far."""
+        return self._writer.written
+
+    # BodyWriter (the relay's side)
+
+    def write(self, data: bytes) -> None:
+        writer = self._writer
+        writer.write(data)
+        if not writer.active:
+            self._end(whole=False)
+            return
+        for follower in list(self._followers):
+            follower.grown()
+
+    def commit(self) -> object:
+        writer = self._writer
+        whole = writer.active and (self._length is None or writer.written == self._length)
+        stored = writer.commit()
+        # A body that arrived whole but could not be kept (the store failed
+        # at the last step) is still whole in the followers' open files.
+        self._end(whole)
+        return stored
+
+    def abort(self) -> None:
+        self._writer.abort()
+        self._end(whole=False)
+
+    def _end(self, whole: bool) -> None:
+        if self._over:
+            return
+        self._over = True
+        for follower in list(self._followers):
+            follower.ended(whole)
+
+    def _leave(self, follower: Follower) -> None:
+        if follower in self._followers:
+            self._followers.remove(follower)
+
+
+class Follower:
+    """Streams a :class:`Feed`'s body from its spool file to one client.
+
+    A push producer on the client's responder: it reads :data:`CHUNK`-sized
+    pieces of the file through its own handle, only while the client keeps
+    up, and catches up whenever the feed grows or the client drains. Made
+    by :meth:`Feed.follow`.
+    """
+
+    __slots__ = ("_feed", "_file", "_responder", "_sent", "_paused", "_whole", "_done")
+
+    def __init__(self, feed: Feed, file: BinaryIO, responder: Responder) -> None:
+        self._feed = feed
+        self._file = file
+        self._responder = responder
+        self._sent = 0
+        self._paused = False
+        #: None while the fill goes on; then whether it ended whole.
+        self._whole: bool | None = None
+        self._done = False
+
+    def start(self) -> None:
+        """Send what is there, and the rest as it comes."""
+        self._responder.register_producer(self)
+        self._pump()
+
+    def grown(self) -> None:
+        """The feed wrote more."""
+        self._pump()
+
+    def ended(self, whole: bool) -> None:
+        """The fill is over: finish once caught up if ``whole``, else abort now."""
+        self._whole = whole
+        if whole:
+            self._pump()
+        elif not self._done:
+            self._finish(complete=False)
+
+    def _pump(self) -> None:
+        file, responder = self._file, self._responder
+        while not self._paused and not self._done:
+            missing = self._feed.available - self._sent
+            if missing <= 0:
+                if self._whole:
+                    self._finish(complete=True)
+                return
+            try:
+                data = file.read(min(CHUNK, missing))
+            except OSError:
+                data = b""
+            if not data:
+                # The file is shorter than what was written to it: never
+                # pass that off as a complete body.
+                self._finish(complete=False)
+                return
+            self._sent += len(data)
+            responder.write(data)
+
+    # PushProducer
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        """The client went away; the fill goes on for the others."""
+        if not self._done:
+            self._done = True
+            self._file.close()
+            self._feed._leave(self)
+
+    def _finish(self, complete: bool) -> None:
+        self._done = True
+        self._file.close()
+        self._feed._leave(self)
+        self._responder.unregister_producer()
+        if complete:
+            self._responder.finish()
+        else:
+            self._responder.abort()
 
 
 class FileSender:

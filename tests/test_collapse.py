@@ -85,3 +85,41 @@ def test_markers_are_bounded_and_expired_ones_dropped():
     c.lead("new")
     c.done("new", storable=False)
     assert list(c._passes) == ["new"]
+
+
+def test_published_fill_is_offered_to_followers_at_once():
+    """A waiter that can follow takes the published handle and is never woken."""
+    c, clock = make(timeout=5)
+    c.lead("k")
+    woken: list[bool] = []
+    offered: list[object] = []
+    c.wait("k", woken.append, lambda handle: offered.append(handle) or True)
+    c.publish("k", "fill")
+    assert offered == ["fill"]
+    clock.advance(10)  # its lock timeout was cancelled
+    c.done("k", storable=True)
+    assert woken == []
+
+
+def test_a_waiter_that_declines_keeps_waiting_for_the_end():
+    """Declining the handle (or having no follow callback) waits for done()."""
+    c, _ = make()
+    c.lead("k")
+    woken: list[bool] = []
+    c.wait("k", woken.append, lambda handle: False)
+    c.wait("k", woken.append)
+    c.publish("k", "fill")
+    assert woken == []
+    c.done("k", storable=True)
+    assert woken == [False, False]
+
+
+def test_published_handle_is_there_until_done():
+    """Later requests find the handle while the fill goes on, and not after."""
+    c, _ = make()
+    c.lead("k")
+    assert c.published("k") is None
+    c.publish("k", "fill")
+    assert c.published("k") == "fill"
+    c.done("k", storable=True)
+    assert c.published("k") is None

@@ -8,6 +8,15 @@ sends it and later requests for a while straight to the origin, so
 uncacheable traffic is never serialised behind one fetch (Varnish's
 hit-for-miss, nginx's ``proxy_cache_lock``).
 
+A fill that is being stored can be shared while it streams: the leader
+*publishes* a handle on it (:meth:`Collapser.publish`, an opaque object to
+this module: in practice an :class:`accel.streams.Feed`) as soon as its
+response head is in, and every waiter that registered a ``follow`` callback
+is offered it at once, as is every request that arrives while the fill goes
+on (:meth:`Collapser.published`). A waiter that declines (it needs the
+whole stored response: a range, a conditional, another variant) keeps
+waiting for the end.
+
 A waiter never waits longer than ``timeout`` seconds (nginx's
 ``proxy_cache_lock_timeout``): after that it is woken with ``timed_out`` and
 forwards on its own.
@@ -26,13 +35,30 @@ __all__ = ["Collapser"]
 
 #: A waiter's callback: ``wake(timed_out)``.
 Wake = Callable[[bool], None]
+#: A waiter's offer of a published fill: ``follow(handle)``; True takes it
+#: (the waiter is done waiting), False keeps waiting for the end.
+Follow = Callable[[object], bool]
+
+
+class _Waiter:
+    __slots__ = ("wake", "follow", "timer")
+
+    def __init__(self, wake: Wake, follow: Follow | None, timer: IDelayedCall | None) -> None:
+        self.wake = wake
+        self.follow = follow
+        self.timer = timer
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
 
 
 class _Flight:
-    __slots__ = ("waiters",)
+    __slots__ = ("waiters", "handle")
 
     def __init__(self) -> None:
-        self.waiters: list[tuple[Wake, IDelayedCall | None]] = []
+        self.waiters: list[_Waiter] = []
+        self.handle: object | None = None
 
 
 class Collapser:
@@ -76,13 +102,41 @@ class Collapser:
         self._flights[key] = _Flight()
         return True
 
-    def wait(self, key: str, wake: Wake) -> None:
-        """Wait for the leader of ``key`` (which must exist)."""
+    def wait(self, key: str, wake: Wake, follow: Follow | None = None) -> None:
+        """Wait for the leader of ``key`` (which must exist).
+
+        ``follow``, if given, is offered the fill as soon as it is published;
+        once it takes it, ``wake`` is never called.
+        """
         flight = self._flights[key]
         timer: IDelayedCall | None = None
         if self._timeout > 0:
             timer = self._clock.callLater(self._timeout, self._expire, key, wake)
-        flight.waiters.append((wake, timer))
+        flight.waiters.append(_Waiter(wake, follow, timer))
+
+    def publish(self, key: str, handle: object) -> None:
+        """The leader of ``key`` is streaming a fill others may follow.
+
+        Offers ``handle`` to the waiters that can follow; those that take it
+        stop waiting. Later requests find it with :meth:`published` until
+        :meth:`done`.
+        """
+        flight = self._flights.get(key)
+        if flight is None:
+            return
+        flight.handle = handle
+        waiting: list[_Waiter] = []
+        for waiter in list(flight.waiters):
+            if waiter.follow is not None and waiter.follow(handle):
+                waiter.cancel_timer()
+            else:
+                waiting.append(waiter)
+        flight.waiters = waiting
+
+    def published(self, key: str) -> object | None:
+        """The handle the leader of ``key`` published, if any."""
+        flight = self._flights.get(key)
+        return None if flight is None else flight.handle
 
     def done(self, key: str, storable: bool) -> None:
         """The leader finished; wake the waiters.
@@ -97,10 +151,9 @@ class Collapser:
             self._mark(key)
         if flight is None:
             return
-        for wake, timer in flight.waiters:
-            if timer is not None and timer.active():
-                timer.cancel()
-            wake(False)
+        for waiter in flight.waiters:
+            waiter.cancel_timer()
+            waiter.wake(False)
 
     def _mark(self, key: str) -> None:
         """Record a marker; drop expired ones and, past the bound, the oldest."""
@@ -118,5 +171,5 @@ class Collapser:
         flight = self._flights.get(key)
         if flight is None:
             return
-        flight.waiters = [(w, t) for w, t in flight.waiters if w is not wake]
+        flight.waiters = [w for w in flight.waiters if w.wake is not wake]
         wake(True)

@@ -348,6 +348,22 @@ class BodyWriter:
         """Whether the body is still being stored (false after a failure or abort)."""
         return self._spool is not None
 
+    @property
+    def written(self) -> int:
+        """Bytes of body given to :meth:`write` so far."""
+        return self._written
+
+    @property
+    def spool_path(self) -> str | None:
+        """The file the body is being written to, while it is (else ``None``).
+
+        Readers may open it to follow the body as it grows: on POSIX systems
+        a handle opened before :meth:`commit` renames the file, or
+        :meth:`abort` removes it, stays readable.
+        """
+        spool = self._spool
+        return None if spool is None else self._store._spool_path(spool[1])
+
     def write(self, data: bytes) -> None:
         """Append ``data`` to the body."""
         if self._spool is None:
