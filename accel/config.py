@@ -290,14 +290,6 @@ class Site:
     routes: tuple[Route, ...]
     access: ClientAccess | None = None
 
-    def route_for(self, path: bytes) -> Route | None:
-        """The route with the longest prefix of ``path``, or None."""
-        best: Route | None = None
-        for route in self.routes:
-            if path.startswith(route.prefix) and (best is None or len(route.prefix) > len(best.prefix)):
-                best = route
-        return best
-
 
 @frozen
 class Limits:
@@ -340,34 +332,6 @@ class Config:
     workers: int = 1
     limits: Limits = Limits()
     demo: bool = False
-
-    def site_for(self, authority: bytes) -> Site | None:
-        """The site for a request's Host (``authority``, port ignored).
-
-        An exact name wins over a wildcard, a longer wildcard over a shorter
-        one, and the default site catches the rest; None when nothing does.
-        """
-        host = _host_of(authority)
-        default: Site | None = None
-        wildcard: tuple[int, Site] | None = None
-        for site in self.sites:
-            if not site.hosts:
-                default = site
-            for name in site.hosts:
-                if name == host:
-                    return site
-                if name.startswith(b"*.") and host.endswith(name[1:]):
-                    if wildcard is None or len(name) > wildcard[0]:
-                        wildcard = (len(name), site)
-        return wildcard[1] if wildcard is not None else default
-
-    def is_trusted_proxy(self, client: str) -> bool:
-        """Whether the peer address ``client`` may set forwarding fields."""
-        try:
-            address = ipaddress.ip_address(client)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted_proxies)
 
     def with_demo_origin(self, origin: str) -> Config:
         """This configuration with one default site proxying ``/`` to the
@@ -978,11 +942,3 @@ def _merge_default_site(sites: tuple[Site, ...], routes: list[Route]) -> tuple[S
             kept = tuple(route for route in site.routes if route.prefix not in new)
             return sites[:i] + (evolve(site, routes=kept + tuple(routes)),) + sites[i + 1:]
     return sites + (Site(hosts=(), routes=tuple(routes)),)
-
-
-def _host_of(authority: bytes) -> bytes:
-    """The host part of a Host value: without port, brackets kept for IPv6."""
-    authority = authority.lower()
-    if authority.startswith(b"["):
-        return authority[: authority.find(b"]") + 1]
-    return authority.rpartition(b":")[0] if b":" in authority else authority

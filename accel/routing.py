@@ -43,7 +43,8 @@ class Router(Generic[R]):
     ``sites`` is a list of ``(host names, [(prefix, route), ...])``. A name is
     exact (``example.com``) or a wildcard (``*.example.com``: any subdomain,
     not the bare domain); a site with no names, or named ``*``, is the
-    default for hosts no other site names (without one, the first site is).
+    default for hosts no other site names. Without a default site, an
+    unknown host has no route (accel answers 404).
     An exact name beats a wildcard, a longer wildcard a shorter one. Names
     compare case-insensitively and without port.
     """
@@ -54,7 +55,6 @@ class Router(Generic[R]):
         self._by_host: dict[bytes, _Site[R]] = {}
         self._wildcards: list[tuple[bytes, _Site[R]]] = []
         self._default: _Site[R] | None = None
-        first: _Site[R] | None = None
         for names, routes in sites:
             ordered = sorted(
                 ((_bytes(p), r) for p, r in routes),
@@ -62,8 +62,6 @@ class Router(Generic[R]):
                 reverse=True,
             )
             site: _Site[R] = _Site(tuple(ordered))
-            if first is None:
-                first = site
             names = [_bytes(n).lower() for n in names]
             if not names:
                 self._default = site
@@ -75,8 +73,6 @@ class Router(Generic[R]):
                 else:
                     self._by_host.setdefault(name, site)
         self._wildcards.sort(key=lambda ws: len(ws[0]), reverse=True)
-        if self._default is None:
-            self._default = first
 
     def routes(self) -> list[R]:
         """Every route value, once each."""

@@ -20,8 +20,6 @@ from accel.config import (
     Config,
     ConfigError,
     OriginURL,
-    Route,
-    Site,
     Timeouts,
     parse_duration,
     parse_size,
@@ -140,7 +138,9 @@ def test_no_origin_means_demo() -> None:
 def test_demo_origin_is_wired_in() -> None:
     """with_demo_origin proxies / of a default site to the demo origin."""
     config = Config.from_options(options()).with_demo_origin("unix:/tmp/d/origin.sock")
-    assert config.site_for(b"anything").route_for(b"/x").origins == (OriginURL("unix", path="/tmp/d/origin.sock"),)
+    (site,) = config.sites
+    assert site.hosts == () and site.routes[0].prefix == b"/"
+    assert site.routes[0].origins == (OriginURL("unix", path="/tmp/d/origin.sock"),)
 
 
 def test_cli_simple_case() -> None:
@@ -333,38 +333,6 @@ def test_toml_full(tmp_path: Path) -> None:
     assert other.compression.encodings == ("gzip",) and other.compression.min_size == 256
 
 
-def test_site_selection(tmp_path: Path) -> None:
-    """Exact host beats wildcard; the default site takes the rest; port ignored."""
-    config = Config.from_toml(write(tmp_path, FULL.format(cache_dir=tmp_path)))
-    main, fallback = config.sites
-    assert config.site_for(b"example.com:8080") is main
-    assert config.site_for(b"www.example.com") is main
-    assert config.site_for(b"a.b.example.com") is main
-    assert config.site_for(b"notexample.com") is fallback
-    assert config.site_for(b"[::1]:8080") is fallback
-
-
-def test_wildcard_specificity() -> None:
-    """The longest matching wildcard wins, and no default means None."""
-    route = Route(prefix=b"/")
-    broad, narrow = Site((b"*.example.com",), (route,)), Site((b"*.cdn.example.com",), (route,))
-    config = Config(sites=(broad, narrow))
-    assert config.site_for(b"x.cdn.example.com") is narrow
-    assert config.site_for(b"x.example.com") is broad
-    assert config.site_for(b"example.com") is None
-
-
-def test_longest_prefix_wins() -> None:
-    """Routes are chosen by the longest prefix of the path, as nginx prefix locations."""
-    routes = tuple(Route(prefix=p) for p in (b"/", b"/api", b"/api/v2/"))
-    site = Site((), routes)
-    assert site.route_for(b"/api/v2/users").prefix == b"/api/v2/"
-    assert site.route_for(b"/api/v1").prefix == b"/api"
-    assert site.route_for(b"/apiary").prefix == b"/api"
-    assert site.route_for(b"/index.html").prefix == b"/"
-    assert Site((), routes[1:]).route_for(b"/other") is None
-
-
 ROUTE = '[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n'
 
 
@@ -457,7 +425,6 @@ def test_cli_origin_adds_default_site(tmp_path: Path) -> None:
     named, default = config.sites
     assert named.hosts == (b"a.com",) and default.hosts == ()
     assert default.routes[0].timeouts.connect == 3.0
-    assert config.site_for(b"b.com") is default
 
 
 def test_file_with_only_defaults_and_cli_origin(tmp_path: Path) -> None:
@@ -474,10 +441,13 @@ def test_file_without_sites_or_origin(tmp_path: Path) -> None:
 
 
 def test_trusted_proxy_lookup() -> None:
-    """is_trusted_proxy matches addresses inside the configured networks only."""
+    """--trusted-proxy networks are what the forwarding policy trusts, and only those."""
+    from accel.forwarding import ForwardingPolicy
+
     config = Config.from_options(options(origin=["http://a"], trusted_proxy=["10.0.0.0/8", "::1"]))
-    assert config.is_trusted_proxy("10.1.2.3") and config.is_trusted_proxy("::1")
-    assert not config.is_trusted_proxy("192.0.2.1") and not config.is_trusted_proxy("unix")
+    policy = ForwardingPolicy(trusted=config.trusted_proxies)
+    assert policy.trusts("10.1.2.3") and policy.trusts("::1")
+    assert not policy.trusts("192.0.2.1") and not policy.trusts("unix")
 
 
 # --- the reference documentation ------------------------------------------------

@@ -18,12 +18,30 @@ def test_site_by_host_case_insensitive_and_without_port():
     assert r.select(b"a.example", b"/") == "a"
 
 
-def test_unknown_host_falls_back_to_the_wildcard_site_or_the_first():
-    """A Host no site names goes to '*' when there is one, else to the first site."""
+def test_unknown_host_goes_to_the_default_site_or_nowhere():
+    """A Host no site names goes to the default site; without one, it has no route."""
     with_star = Router([(["a.example"], [("/", "a")]), (["*"], [("/", "star")])])
     assert with_star.select(b"zzz", b"/") == "star"
     without = Router([(["a.example"], [("/", "a")]), (["b.example"], [("/", "b")])])
-    assert without.select(b"zzz", b"/") == "a"
+    assert without.select(b"zzz", b"/") is None
+
+
+def test_router_follows_the_configured_sites(tmp_path):
+    """The runtime router picks the same site as docs/configuration.rst describes:
+    exact name, then the longest wildcard, then the default site; port ignored."""
+    from accel.config import Config, Route, Site
+
+    def site(*hosts: bytes) -> Site:
+        return Site(hosts, (Route(prefix=b"/"),))
+
+    main, narrow, fallback = site(b"example.com", b"*.example.com"), site(b"*.cdn.example.com"), site()
+    config = Config(sites=(main, narrow, fallback))
+    router = Router((s.hosts, [(r.prefix, s) for r in s.routes]) for s in config.sites)
+    assert router.select(b"example.com:8080", b"/") is main
+    assert router.select(b"a.b.example.com", b"/") is main
+    assert router.select(b"x.cdn.example.com", b"/") is narrow
+    assert router.select(b"notexample.com", b"/") is fallback
+    assert router.select(b"[::1]:8080", b"/") is fallback
 
 
 def test_no_matching_prefix_is_none():
