@@ -523,3 +523,20 @@ def test_memory_follows_replace_and_purge(tmp_path: Path) -> None:
     assert store.purge_all() == 1
     assert store.stats()["memory_entries"] == 1  # the replaced body, unreachable, ages out
     assert store.read_small(new) is None
+
+
+def test_variants_per_url_are_bounded(tmp_path):
+    """Past max_variants, storing another Vary variant drops the least recently used."""
+    from twisted.internet.task import Clock
+
+    store = Store(str(tmp_path / "c"), 64 << 20, Clock(), max_variants=3)
+    try:
+        for i in range(5):
+            w = store.begin("http://h/x", b"v%d" % i, (b"accept-language",), 200, b"OK", [], 0.0, 0.0, 1)
+            w.write(b"a")
+            assert w.commit() is not None
+        variants = store.lookup("http://h/x")
+        assert len(variants) == 3
+        assert b"v4" in {v.secondary for v in variants}
+    finally:
+        store.close()

@@ -477,8 +477,12 @@ class Store:
         retry_interval: float = 5.0,
         max_retry_interval: float = 300.0,
         memory: MemoryTier | None = None,
+        max_variants: int = 32,
     ) -> None:
         self._directory = directory
+        #: Stored variants per URL at most (Vary); past it, the least
+        #: recently used go, so no client can flood one URL with variants.
+        self._max_variants = max_variants
         self._spool = os.path.join(directory, _SPOOL)
         self._size_limit = size_limit
         self._clock = clock
@@ -1006,7 +1010,30 @@ class Store:
                 f.close()
         self._changed(entry.primary)
         self._counters["stores"] += 1
+        if entry.vary:
+            self._trim_variants(entry)
         return entry
+
+    def _trim_variants(self, keep: Entry) -> None:
+        """Drop the least recently used variants of ``keep.primary`` past the bound."""
+        if self._con is None:
+            return
+        low, high = _key_range(keep.primary + "\0")
+        try:
+            rows = self._con.execute(
+                "SELECT key, filename FROM Cache WHERE key >= ? AND key < ? AND raw = 1"
+                " ORDER BY access_time",
+                (low, high),
+            ).fetchall()
+        except _ERRORS as e:
+            self._degrade(e)
+            return
+        excess = len(rows) - self._max_variants
+        for key, filename in rows:
+            if excess <= 0:
+                break
+            if key != keep.key and self._drop_row(key, filename, counted=False):
+                excess -= 1
 
     def _changed(self, primary: str | None) -> None:
         """Restamp ``primary``'s slot (every slot for ``None``); after the database change."""
