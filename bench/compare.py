@@ -58,6 +58,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--client-cpu", default="1")
+    parser.add_argument("--paths", nargs="+", default=["/1k", "/1m"], help="of /1k and /1m")
     args = parser.parse_args(argv)
     raw_port, accel_port = _free_port(), _free_port()
     raw = _start([os.path.join(HERE, "raw_baseline.py"), str(raw_port)], args.server_cpus)
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> None:
     )
     try:
         time.sleep(1)
-        for path in ("/1k", "/1m"):
+        for path in args.paths:
             for n in range(args.rounds):
                 base = _wrk(f"http://127.0.0.1:{raw_port}{path}", args.duration, args.client_cpu)
                 ours = _wrk(f"http://127.0.0.1:{accel_port}{path}", args.duration, args.client_cpu)

@@ -72,6 +72,7 @@ def main(argv: list[str]) -> None:
     )  # fmt: skip
     assert options.config is not None
     service = make_service(options.config, reactor)
+    service.privilegedStartService()  # binds the listeners, as twistd does
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 

@@ -789,6 +789,11 @@ class Store:
             disk=_SpoolDisk,
             size_limit=self._size_limit,
             eviction_policy="least-recently-used",
+            # SQLite's own default page cache (2 MiB) rather than diskcache's
+            # 32 MiB: the index is read through the OS page cache anyway, and
+            # 32 MiB per worker was most of the resident growth with 100,000
+            # entries (bench/rss.py).
+            sqlite_cache_size=512,
         )
         try:
             con = sqlite3.connect(
