@@ -62,10 +62,10 @@ class Router(Generic[R]):
                 reverse=True,
             )
             site: _Site[R] = _Site(tuple(ordered))
-            names = [_bytes(n).lower() for n in names]
-            if not names:
+            lowered = [_bytes(n).lower() for n in names]
+            if not lowered:
                 self._default = site
-            for name in names:
+            for name in lowered:
                 if name == b"*":
                     self._default = site
                 elif name.startswith(b"*."):

@@ -77,10 +77,10 @@ def parse_http_date(raw: bytes) -> float | None:
         if month is None or hms is None:
             return None
         this_year = time.gmtime().tm_year
-        year = this_year - this_year % 100 + int(yy)
-        if year > this_year + 50:
-            year -= 100
-        return _build(year, month, int(day), hms)
+        full_year = this_year - this_year % 100 + int(yy)
+        if full_year > this_year + 50:
+            full_year -= 100
+        return _build(full_year, month, int(day), hms)
     if len(words) == 5:
         # asctime: Sun Nov  6 08:49:37 1994
         _, mon, day, clock, year = words

@@ -186,9 +186,9 @@ def _build(directives: Iterable[tuple[bytes, bytes | None]]) -> CacheControl:
         first = values[0]
         agreed = first is not None and all(value == first for value in values)
         fields[name.decode().replace("-", "_")] = first if agreed else 0
-    for name, seconds in deltas.items():
+    for name, candidates in deltas.items():
         pick = max if name == b"min-fresh" else min
-        fields[name.decode().replace("-", "_")] = pick(seconds)
+        fields[name.decode().replace("-", "_")] = pick(candidates)
     if no_cache:
         fields["no_cache"] = True
         if all(no_cache):
