@@ -405,7 +405,8 @@ class Accelerator:
             head = entry.head % (now + entry.age_at, entry.fresh_until - now)
             server = factory.server_line if entry.needs_server else b""
             if method == _HEAD:
-                return b"".join((head, connection, server, b"\r\n")), entry.status, 0, _HIT_NOTES, None
+                response = b"".join((head, connection, server, b"\r\n"))
+                return response, entry.status, 0, _HIT_NOTES, None
             if entry.path:
                 if factory.scheme != b"http":
                     return None  # TLS: the body must go through the TLS layer
