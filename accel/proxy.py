@@ -21,11 +21,13 @@ Cache fills always fetch the whole representation with GET and without the
 client's conditional or range fields; accel then answers those itself from
 what it has (RFC 9110 sections 13 and 14), as nginx and Varnish do.
 
-Fresh hits of small objects are also remembered, ready to send, in a
-:class:`~accel.cache.memory.HotTier`; the wire layer offers each simple
-request to :meth:`Accelerator.fast_hit` first, which answers a remembered hit
-with a dictionary lookup, a clock comparison and one write, and declines
-everything else (see its docstring for exactly what it takes).
+Fresh hits are also remembered, ready to send, in a
+:class:`~accel.cache.memory.HotTier` (small bodies in memory, large ones as
+the path of their stored file); the wire layer offers each simple request to
+:meth:`Accelerator.fast_hit` first, which answers a remembered hit with a
+dictionary lookup, a clock comparison and one write (a large body then goes
+by ``sendfile``), and declines everything else (see its docstring for exactly
+what it takes).
 
 Everything here sees only the wire-independent model of
 :mod:`accel.http.model`; decisions are the pure functions of
@@ -35,8 +37,9 @@ and nowhere else.
 
 from __future__ import annotations
 
+import os
 from functools import partial
-from typing import Protocol, assert_never
+from typing import BinaryIO, Protocol, assert_never
 
 from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
@@ -354,20 +357,23 @@ class Accelerator:
         query: bytes | None,
         pairs: list[tuple[bytes, bytes]],
         connection: bytes,
-    ) -> tuple[bytes, int, int, dict[str, str]] | None:
+    ) -> tuple[bytes, int, int, dict[str, str], BinaryIO | None] | None:
         """Answer a remembered fresh hit at once, or ``None`` for the general path.
 
         An :data:`accel.http.server.FastPath`. Taken only by a GET or HEAD
         without content (the server checks), whose exact
         ``(scheme, authority, path, query)`` the general path recently
-        answered as a fresh ``HIT`` from a small stored body, with none of the
-        :data:`_NOT_FAST` fields, whose ``Vary`` fields select the same
+        answered as a fresh ``HIT`` of the whole stored body, with none of
+        the :data:`_NOT_FAST` fields, whose ``Vary`` fields select the same
         variant, while the stored response is still fresh (RFC 9111 section
         4.2: the expiry was computed when it was remembered) and the store
         has changed nothing under its key since. The answer is what the
         general path would send, with the ``Age`` and ``Cache-Status`` ttl
-        of now. Declined: everything else, including requests the general
-        path would answer from the cache in another way.
+        of now. A small body is part of the answer; a large one is its
+        stored body file, opened here, for the server to send after the head
+        (plain connections only: over TLS the fast path declines). Declined:
+        everything else, including requests the general path would answer
+        from the cache in another way, and a body file that is gone.
         """
         hot = self._hot
         if hot is None:
@@ -399,16 +405,58 @@ class Accelerator:
             head = entry.head % (now + entry.age_at, entry.fresh_until - now)
             server = factory.server_line if entry.needs_server else b""
             if method == _HEAD:
-                return b"".join((head, connection, server, b"\r\n")), entry.status, 0, _HIT_NOTES
+                response = b"".join((head, connection, server, b"\r\n"))
+                return response, entry.status, 0, _HIT_NOTES, None
+            if entry.path:
+                if factory.scheme != b"http":
+                    return None  # TLS: the body must go through the TLS layer
+                body_file = self._open_body(entry)
+                if body_file is None:
+                    hot.discard(key, entry)
+                    return None
+                head = b"".join((head, connection, server, b"\r\n"))
+                return head, entry.status, entry.length, _HIT_NOTES, body_file
             body = entry.body
             response = b"".join((head, connection, server, b"\r\n", body))
-            return response, entry.status, len(body), _HIT_NOTES
+            return response, entry.status, len(body), _HIT_NOTES, None
         return None
 
+    @staticmethod
+    def _open_body(entry: HotEntry) -> BinaryIO | None:
+        """``entry``'s body file, open for reading; ``None`` if gone or not its length.
+
+        The store never reuses a body file's name, so a file there of the
+        right length is the body remembered; anything else (removed by
+        another process, damaged) is left to the general path to deal with.
+        """
+        try:
+            f = open(entry.path, "rb")  # noqa: SIM115 - the server closes it
+        except OSError:
+            return None
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except OSError:
+            size = -1
+        if size != entry.length:
+            f.close()
+            return None
+        return f
+
     def _remember(
-        self, lk: _Lookup, entry: Entry, headers: Headers, body: bytes, age: float, ttl: float
+        self,
+        lk: _Lookup,
+        entry: Entry,
+        headers: Headers,
+        age: float,
+        ttl: float,
+        body: bytes = b"",
+        path: str = "",
     ) -> None:
-        """Keep a fresh hit ready to send for :meth:`fast_hit`, if it qualifies."""
+        """Keep a fresh hit ready to send for :meth:`fast_hit`, if it qualifies.
+
+        Either the whole ``body`` (small) or the ``path`` of its stored body
+        file (large) is kept.
+        """
         hot = self._hot
         request = lk.request
         if (
@@ -434,6 +482,7 @@ class Accelerator:
         )
         lines.append(b"via: 1.1 " + lk.route.forwarding.via + b"\r\n")
         stored, via = b"".join(lines[:-1]), lines[-1]
+        length = entry.length if path else len(body)
         # Literal "%" doubled: the template is formatted with (age, ttl).
         template = b"".join(
             (
@@ -441,7 +490,7 @@ class Accelerator:
                 b"age: %d\r\n",
                 via.replace(b"%", b"%%"),
                 b"cache-status: " + self._hit_status + b"\r\n",
-                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"content-length: " + str(length).encode("ascii") + b"\r\n",
             )
         )
         now = lk.looked_up_at
@@ -458,6 +507,8 @@ class Accelerator:
                 vary=entry.vary,
                 secondary=entry.secondary,
                 needs_server=b"server" not in headers,
+                path=path,
+                length=length,
             ),
         )
 
@@ -889,7 +940,7 @@ class Accelerator:
             small = self._store.read_small(entry)
             if small is not None:
                 if word == "HIT" and cache_status is None and status == entry.status:
-                    self._remember(lk, entry, headers, small, age, ttl)
+                    self._remember(lk, entry, headers, age, ttl, body=small)
                 responder.start(status, reason, out)
                 responder.write(small)
                 responder.finish()
@@ -902,6 +953,14 @@ class Accelerator:
             return
         if first:
             body.seek(first)
+        elif (
+            count == length
+            and word == "HIT"
+            and cache_status is None
+            and status == entry.status
+            and isinstance(body.name, str)
+        ):
+            self._remember(lk, entry, headers, age, ttl, path=body.name)
         responder.start(status, reason, out)
         FileSender(body, responder, count).start()
 

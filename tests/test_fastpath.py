@@ -1,12 +1,18 @@
 """The hit fast path: the hot tier, the store's change stamps, and the wire hook.
 
 Requests go through a real :class:`HTTPServerProtocol` on a
-``StringTransport`` into a real :class:`Accelerator` with a real store in a
+``StringTransport`` (or, for large hits sent by ``sendfile``, a real loopback
+socket) into a real :class:`Accelerator` with a real store in a
 temporary directory; the origin is the in-memory fake. A spy on
 ``fast_hit`` tells which path answered.
 """
 
 from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
 
 import pytest
 from twisted.internet.task import Clock
@@ -305,3 +311,218 @@ def test_generations_are_shared_through_the_file(tmp_path):
     assert b.stamps[0] != before
     a.close()
     b.close()
+
+
+# Large hits: the head from the hot tier, the body from its stored file
+
+BIG = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: never read into memory
+
+
+def _remembered_path(rig) -> str:
+    """The body file path the hot tier holds for /a."""
+    variants = rig.hot.get((b"http", b"example.com", b"/a", None))
+    assert variants is not None and variants[0].path
+    return variants[0].path
+
+
+def test_large_fast_answer_is_byte_identical_to_the_general_one(clock, store):
+    """A large fresh hit is remembered by path, and the fast answer equals the general one."""
+    rig = Rig(clock, store, body=BIG)
+    rig.get()
+    general = rig.get()
+    fast = rig.get()
+    assert rig.fast == [False, False, True]
+    assert fast == general
+    assert fast.endswith(b"\r\n\r\n" + BIG)
+    assert b"content-length: %d\r\n" % len(BIG) in fast
+
+
+def test_large_head_is_answered_without_body(clock, store):
+    """A HEAD of a large hit is the GET's head, and no file is opened for it."""
+    rig = Rig(clock, store, body=BIG)
+    rig.get()
+    general = rig.get()
+    head = rig.get(method=b"HEAD")
+    assert rig.fast[-1] is True
+    assert head == general[: -len(BIG)]
+
+
+def test_large_expired_entry_takes_the_general_path(clock, store):
+    """RFC 9111 section 4.2: a stale large entry is not a fast hit; the origin is asked."""
+    rig = Rig(clock, store, body=BIG)
+    rig.get()
+    rig.get()
+    clock.advance(60)
+    out = rig.get()
+    assert rig.fast[-1] is False
+    assert len(rig.origin.calls) == 2
+    assert out.endswith(BIG)
+
+
+def test_large_purge_by_another_process_reaches_the_hot_tier(clock, store, tmp_path):
+    """A purge through another Store (another worker) stops large fast hits at once."""
+    rig = Rig(clock, store, body=BIG)
+    rig.get()
+    rig.get()
+    other = Store(str(tmp_path / "cache"), 64 * 1024 * 1024, clock)
+    try:
+        assert other.purge_prefix("") == 1
+    finally:
+        other.close()
+    out = rig.get()
+    assert rig.fast[-1] is False
+    assert len(rig.origin.calls) == 2
+    assert out.endswith(BIG)
+
+
+def test_removed_body_file_takes_the_general_path(clock, store):
+    """A body file removed behind the store's back: declined, and the client still gets the body."""
+    rig = Rig(clock, store, body=BIG)
+    rig.get()
+    rig.get()
+    os.remove(_remembered_path(rig))
+    out = rig.get()
+    assert rig.fast[-1] is False
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\n" + BIG)
+    assert len(rig.origin.calls) == 2  # the store dropped the entry: a miss
+
+
+def test_truncated_body_file_takes_the_general_path(clock, store):
+    """A body file of the wrong length is never sent by the fast path."""
+    rig = Rig(clock, store, body=BIG)
+    rig.get()
+    rig.get()
+    with open(_remembered_path(rig), "r+b") as f:
+        f.truncate(10)
+    out = rig.get()
+    assert rig.fast[-1] is False
+    assert out.endswith(b"\r\n\r\n" + BIG)
+
+
+def test_large_fast_hits_are_logged_with_their_size(clock, store):
+    """The access log line of a large fast hit has the body's length and HIT, once sent."""
+    lines = []
+    rig = Rig(clock, store, body=BIG, access_log=lambda *args: lines.append(args))
+    for _ in range(3):
+        rig.get()
+    assert rig.fast[-1] is True
+    request, status, sent, _, _, notes = lines[-1]
+    assert (request.target, status, sent, notes["cache"]) == (b"/a", 200, len(BIG), "HIT")
+    assert len(lines) == 3
+
+
+def test_large_fast_hits_decline_over_tls(clock, store):
+    """On a TLS listener the body cannot bypass the TLS layer: the general path answers."""
+    rig = Rig(clock, store, body=BIG)
+    rig.factory.scheme = b"https"
+    rig.get()
+    rig.get()
+    out = rig.get()
+    assert rig.fast[-1] is False
+    assert out.endswith(BIG)
+
+
+def test_hot_tier_bounds_file_entries_by_count():
+    """Past max_files, the least recently used file entry goes; memory entries stay."""
+    tier = HotTier(1 << 20, max_files=2)
+    tier.put("m", _entry())
+    for key in "abc":
+        tier.put(key, HotEntry(200, b"h", b"", 1.0, 0.0, 0, 0, path="/f/" + key, length=1 << 20))
+    assert tier.get("a") is None
+    assert tier.get("b") is not None and tier.get("c") is not None and tier.get("m") is not None
+    tier.clear()
+    assert tier.size == 0 and len(tier) == 0
+
+
+# Large hits over real sockets: sendfile, slow readers, pipelining
+
+#: Larger than a loopback socket's buffers, so sendfile meets a full socket.
+LIVE = BIG * 4
+
+
+def _serve(rig, client):
+    """Run ``client(port)`` in a thread against ``rig``'s server on the real reactor."""
+    from twisted.internet import reactor
+
+    port = reactor.listenTCP(0, rig.factory, interface="127.0.0.1")
+    result: list[bytes] = []
+    thread = threading.Thread(target=lambda: result.append(client(port.getHost().port)))
+    thread.start()
+    deadline = time.monotonic() + 20
+    while thread.is_alive() and time.monotonic() < deadline:
+        reactor.iterate(0.005)
+    thread.join(1)
+    port.stopListening()
+    for _ in range(5):
+        reactor.iterate(0)
+    return result[0]
+
+
+def _get(port: int, raw: bytes, rcvbuf: int = 0) -> bytes:
+    """Send ``raw`` and read until the server closes."""
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    data = bytearray()
+    with s:
+        s.sendall(raw)
+        while chunk := s.recv(16384 if rcvbuf else 1 << 20):
+            data += chunk
+            if rcvbuf:
+                time.sleep(0.001)
+    return bytes(data)
+
+
+@pytest.fixture
+def live(tmp_path):
+    """A rig on the real reactor, its large entry filled and remembered."""
+    from twisted.internet import reactor
+
+    s = Store(str(tmp_path / "live"), 64 * 1024 * 1024, reactor, memory=MemoryTier(1 << 20))
+    headers = [(b"date", format_http_date(time.time())), (b"cache-control", b"max-age=600")]
+    rig = Rig(reactor, s, headers=headers, body=LIVE)
+    fill = b"GET /a HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n"
+    for _ in range(2):  # a miss, then a hit that remembers
+        assert _serve(rig, lambda port: _get(port, fill)).endswith(LIVE)
+    assert rig.fast == [False, False]
+    yield rig
+    s.close()
+
+
+def test_slow_reader_gets_a_large_fast_hit_by_sendfile(live, monkeypatch):
+    """A slow reader gets every byte of a large fast hit, sent by several sendfile turns."""
+    calls = []
+    real = os.sendfile
+
+    def spy(*args):
+        n = real(*args)
+        calls.append(n)
+        return n
+
+    monkeypatch.setattr(os, "sendfile", spy)
+    raw = b"GET /a HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n"
+    out = _serve(live, lambda port: _get(port, raw, rcvbuf=16384))
+    assert live.fast[-1] is True
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\n" + LIVE)
+    assert b"connection: close\r\n" in out
+    assert len(calls) > 1 and sum(calls) == len(LIVE)  # the socket filled: several turns
+
+
+def test_request_pipelined_after_a_large_fast_hit_is_answered_in_order(live):
+    """A request sent with a large fast hit waits for its body, then is answered."""
+    raw = (
+        b"GET /a HTTP/1.1\r\nhost: example.com\r\n\r\n"
+        b"GET /a HTTP/1.1\r\nhost: example.com\r\n\r\n"
+        b"HEAD /a HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n"
+    )
+    out = _serve(live, lambda port: _get(port, raw))
+    first, _, rest = out.partition(b"\r\n\r\n")
+    assert b"content-length: %d" % len(LIVE) in first
+    assert rest[: len(LIVE)] == LIVE
+    second, _, rest = rest[len(LIVE) :].partition(b"\r\n\r\n")
+    assert second.startswith(b"HTTP/1.1 200 OK\r\n") and rest[: len(LIVE)] == LIVE
+    third, _, tail = rest[len(LIVE) :].partition(b"\r\n\r\n")
+    assert third.startswith(b"HTTP/1.1 200 OK\r\n") and b"connection: close" in third
+    assert tail == b""
+    assert live.fast[-1] is True  # the HEAD, once the connection was idle again

@@ -7,7 +7,9 @@ the store deletes it only gives the memory back sooner.
 
 :class:`HotTier` holds more: whole fresh hits, header section pre-serialised,
 so the proxy can answer one with a dictionary lookup and a float comparison
-(see :meth:`accel.proxy.Accelerator.fast_hit`).
+(see :meth:`accel.proxy.Accelerator.fast_hit`). A large hit is held as its
+head and the path of its stored body file, which the wire layer sends from
+the page cache.
 
 Pure: no I/O, no Twisted.
 """
@@ -15,6 +17,7 @@ Pure: no I/O, no Twisted.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from attrs import frozen
 
@@ -84,6 +87,8 @@ class HotEntry:
     ``vary``/``secondary`` select the variant (RFC 9111 section 4.1).
     ``needs_server``: the stored fields have no ``Server``, so the wire layer
     adds its own, as it would for a response through the general path.
+    ``path``, if not empty, names the stored body file of ``length`` bytes,
+    sent from there instead of ``body`` (then empty): a large body.
     """
 
     status: int
@@ -96,6 +101,8 @@ class HotEntry:
     vary: tuple[bytes, ...] = ()
     secondary: bytes = b""
     needs_server: bool = True
+    path: str = ""
+    length: int = 0
 
     @property
     def size(self) -> int:
@@ -115,18 +122,24 @@ class HotTier:
     Keyed by whatever identifies a request-target on the wire (the proxy
     uses ``(scheme, authority, path, query)`` exactly as received); each key
     holds up to four variants. Bodies of at most ``max_item`` bytes; at most
-    ``max_bytes`` in all, heads and overhead included. Correctness does not
+    ``max_bytes`` in all, heads and overhead included; of those, at most
+    ``max_files`` entries that name a body file instead (their bodies stay
+    on disk, so they are bounded by count). Correctness does not
     depend on dropping entries here: the proxy checks freshness and the
     store's change stamp on every use; :meth:`discard` only frees memory.
     """
 
-    def __init__(self, max_bytes: int, max_item: int = 64 * 1024) -> None:
+    def __init__(self, max_bytes: int, max_item: int = 64 * 1024, max_files: int = 256) -> None:
         if not 0 <= max_item <= max_bytes:
             raise ValueError(f"expected 0 <= max_item <= max_bytes, got {max_item} and {max_bytes}")
+        if max_files < 0:
+            raise ValueError(f"expected max_files >= 0, got {max_files}")
         self.max_bytes = max_bytes
         self.max_item = max_item
+        self.max_files = max_files
         self._entries: OrderedDict[object, tuple[HotEntry, ...]] = OrderedDict()
         self._bytes = 0
+        self._files = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -147,14 +160,19 @@ class HotTier:
         """Hold ``entry`` (replacing the variant it selects), evicting the least recently used."""
         if len(entry.body) > self.max_item or entry.size > self.max_bytes:
             return
+        if entry.path and not self.max_files:
+            return
         old = self._entries.pop(key, ())
         kept = tuple(e for e in old if e.secondary != entry.secondary)[: _MAX_VARIANTS - 1]
-        self._bytes -= sum(e.size for e in old) - sum(e.size for e in kept)
+        self._forget(e for e in old if not any(e is k for k in kept))
         self._entries[key] = (entry, *kept)
         self._bytes += entry.size
+        self._files += bool(entry.path)
         while self._bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
-            self._bytes -= sum(e.size for e in evicted)
+            self._forget(evicted)
+        if self._files > self.max_files:
+            self._evict_file()
 
     def discard(self, key: object, entry: HotEntry) -> None:
         """Drop ``entry`` from ``key``'s variants, if it is still there."""
@@ -162,7 +180,7 @@ class HotTier:
         if variants is None or not any(e is entry for e in variants):
             return
         kept = tuple(e for e in variants if e is not entry)
-        self._bytes -= entry.size
+        self._forget((entry,))
         if kept:
             self._entries[key] = kept
         else:
@@ -171,3 +189,18 @@ class HotTier:
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+        self._files = 0
+
+    def _forget(self, entries: Iterable[HotEntry]) -> None:
+        """Uncharge ``entries``, which are no longer held."""
+        for e in entries:
+            self._bytes -= e.size
+            self._files -= bool(e.path)
+
+    def _evict_file(self) -> None:
+        """Drop the least recently used entry that names a body file."""
+        for key, variants in self._entries.items():
+            for e in variants:
+                if e.path:
+                    self.discard(key, e)
+                    return

@@ -43,6 +43,7 @@ import ipaddress
 import re
 from collections import deque
 from collections.abc import Callable
+from typing import BinaryIO
 
 import httptools
 from attrs import field, frozen
@@ -58,6 +59,7 @@ from twisted.python.failure import Failure
 from accel.http.dates import format_http_date
 from accel.http.headers import Headers, split_list
 from accel.http.model import EMPTY_BODY, BodySink, Handler, PushProducer, Request
+from accel.streams import FileSender
 
 __all__ = [
     "AccessLog",
@@ -77,14 +79,16 @@ AccessLog = Callable[[Request | None, int, int, float, float, dict[str, str]], N
 
 #: ``fast_path(factory, method, authority, path, query, pairs, connection)``
 #: may answer a GET or HEAD without content (only those are offered) before any :class:`Request` is
-#: built: it returns ``(response, status, body_bytes, notes)``, ``response``
-#: being the whole response, its head already carrying ``connection`` (the
-#: connection field line the server needs, maybe empty); or ``None``, and the
-#: request takes the general path. It is asked only when nothing is in
+#: built: it returns ``(response, status, body_bytes, notes, body_file)``,
+#: ``response`` being the whole response, its head already carrying
+#: ``connection`` (the connection field line the server needs, maybe empty);
+#: or, if ``body_file`` is not ``None``, the head only, to be followed by
+#: ``body_bytes`` bytes of that open file (the server sends and closes it);
+#: or ``None``, and the request takes the general path. It is asked only when nothing is in
 #: progress or queued on the connection, so responses stay in order.
 FastPath = Callable[
     ["HTTPServerFactory", bytes, bytes, bytes, bytes | None, list[tuple[bytes, bytes]], bytes],
-    tuple[bytes, int, int, dict[str, str]] | None,
+    tuple[bytes, int, int, dict[str, str], BinaryIO | None] | None,
 ]
 
 
@@ -1078,7 +1082,7 @@ class HTTPServerProtocol(Protocol):
             return False
         if answer is None:
             return False
-        response, status, sent, notes = answer
+        response, status, sent, notes, body_file = answer
         # The head is consumed (as below for the general path); the message
         # ends in on_message_complete, which finds no exchange to finish.
         self._url = b""
@@ -1086,6 +1090,12 @@ class HTTPServerProtocol(Protocol):
         self._header_bytes = 0
         self._fields = None
         self._phase = _BODY
+        if body_file is not None:
+            self._send_fast_file(
+                method, target, path, query, version, authority, keep_alive,
+                pairs, response, status, sent, notes, body_file,
+            )  # fmt: skip
+            return True
         self.transport.write(response)
         now = self._clock.seconds()
         access_log = self._access_log
@@ -1103,6 +1113,45 @@ class HTTPServerProtocol(Protocol):
         else:
             self._close()
         return True
+
+    def _send_fast_file(
+        self,
+        method: bytes,
+        target: bytes,
+        path: bytes,
+        query: bytes | None,
+        version: bytes,
+        authority: bytes,
+        keep_alive: bool,
+        pairs: list[tuple[bytes, bytes]],
+        head: bytes,
+        status: int,
+        length: int,
+        notes: dict[str, str],
+        body_file: BinaryIO,
+    ) -> None:
+        """Send a fast answer's ``head``, then ``length`` bytes of ``body_file``.
+
+        The body takes as long as the client takes to read it, so from here
+        the answer is an ordinary exchange, started with ``head`` as written
+        and in progress: pipelined requests queue behind it, the body goes by
+        :class:`~accel.streams.FileSender` (``sendfile`` on a plain
+        connection), and its end is logged and handled as any other.
+        """
+        request = Request(
+            method, target, path, query, version, Headers(pairs), authority,
+            self._scheme, self._client, self._client_port,
+        )  # fmt: skip
+        exchange = _Exchange(self, request, None, keep_alive, self._last_rx)
+        exchange.log.update(notes)
+        exchange._state = _STARTED
+        exchange._status = status
+        exchange._mode = _FIXED
+        exchange._remaining = length
+        self._parsing = exchange
+        self._active = exchange
+        self.transport.write(head)
+        FileSender(body_file, exchange, length).start()
 
     def on_body(self, data: bytes) -> None:
         if self._read_closed:
