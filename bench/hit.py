@@ -4,7 +4,7 @@
     taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/1k
     taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/1m
 
-Starts a trivial origin (``/1k`` and ``/1m``, ``Cache-Control: max-age=86400``)
+Starts a trivial origin (``/1k``, ``/64k``, ``/100k`` and ``/1m``, ``Cache-Control: max-age=86400``)
 and accel in front of it, in this process, exactly as ``twistd accel`` wires
 it (``accel.app.make_service``), with an access log to a file. It primes both
 objects, prints ``ready on 127.0.0.1:PORT``, and serves until killed. Not a
@@ -22,7 +22,12 @@ import urllib.request
 
 from twisted.internet.protocol import Factory, Protocol
 
-BODIES = {b"/1k": b"k" * 1024, b"/1m": b"m" * (1024 * 1024)}
+BODIES = {
+    b"/1k": b"k" * 1024,
+    b"/64k": b"s" * (64 * 1024),
+    b"/100k": b"t" * (100 * 1024),
+    b"/1m": b"m" * (1024 * 1024),
+}
 
 
 class _Origin(Protocol):

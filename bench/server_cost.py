@@ -24,7 +24,7 @@ from twisted.internet.testing import StringTransport  # noqa: E402
 
 from accel.http.server import HTTPServerFactory  # noqa: E402
 
-ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", 200, 0, {})
+ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", 200, 0, {}, None)
 HEADS = {
     "wrk (1 field)": b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
     "browser (10 fields)": (

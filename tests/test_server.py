@@ -1285,3 +1285,146 @@ def test_protocol_class_exported():
     """The factory builds HTTPServerProtocol instances."""
     proto, _, _, _ = connect()
     assert isinstance(proto, HTTPServerProtocol)
+
+
+# --- Simple heads: read without llhttp, exactly as llhttp reads them ---
+
+
+@define
+class FastSpy:
+    """A fast path that answers targets under ``/hit`` and records every offer."""
+
+    offers: list[tuple] = field(factory=list)
+
+    def __call__(self, factory, method, authority, path, query, pairs, connection):
+        self.offers.append((method, authority, path, query, list(pairs), connection))
+        if not path.startswith(b"/hit"):
+            return None
+        body = b"" if method == b"HEAD" else b"hit"
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n%s\r\n" % connection
+        return head + body, 200, len(body), {"cache": "HIT"}, None
+
+
+def fast_connect(handler=None, **limits):
+    """As :func:`connect`, with a :class:`FastSpy` as the fast path: ``(proto, transport, spy, handler)``."""
+    handler = handler if handler is not None else Recorder()
+    spy = FastSpy()
+    factory = HTTPServerFactory(handler, MemoryReactorClock(), limits=ServerLimits(**limits), fast_path=spy)
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport, spy, handler
+
+
+def run_head(head: bytes, simple: bool, **limits):
+    """Feed ``head`` in one read, with or without the simple-head reading (without, llhttp
+    reads every head); what the server did, for comparison."""
+    proto, t, spy, h = fast_connect(**limits)
+    if not simple:
+        proto._answer_simple = lambda data: False
+    proto.dataReceived(head)
+    seen = [
+        (r.method, r.target, r.path, r.query, r.version, r.headers.pairs, r.authority)
+        for r in h.requests
+    ]
+    return t.value(), t.disconnecting, spy.offers, seen
+
+
+_FIELD_NAMES = st.sampled_from(
+    [b"Host", b"host", b"HOST", b"Connection", b"Content-Length", b"Transfer-Encoding",
+     b"Expect", b"Upgrade", b"Accept", b"X-Forwarded-For", b"x_under", b"Bad Name", b"", b"If-None-Match"]
+)  # fmt: skip
+_FIELD_VALUES = st.one_of(
+    st.sampled_from(
+        [b"example.com", b"EXAMPLE.com:8080", b"[::1]:80", b"a b", b"close", b"keep-alive",
+         b"Close, foo", b"0", b"5", b"chunked", b"100-continue", b"h2c", b" padded \t", b"", b"*",
+         b'"etag"', b"a\x00b", b"\x80\xff", b"a\rb", b"x\x7fy", b"bad host", b"h:99999"]
+    ),
+    st.binary(max_size=12),
+)  # fmt: skip
+_TARGETS = st.one_of(
+    st.sampled_from(
+        [b"/hit", b"/hit?x=1", b"/hit?", b"/miss", b"/hit/%41", b"/hit/%zz", b"/hit#frag", b"*",
+         b"http://example.com/hit", b"/hit|^[]", b"/hit?{}`\\", b"/hi t", b"/\x80", b"//hit", b"/hit?a?b"]
+    ),
+    st.binary(max_size=10).map(lambda b: b"/hit" + b),
+)  # fmt: skip
+
+
+@st.composite
+def heads(draw):
+    method = draw(st.sampled_from([b"GET", b"HEAD", b"POST", b"get", b"OPTIONS", b"GET "]))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"http/1.1"]))
+    fields = draw(st.lists(st.tuples(_FIELD_NAMES, _FIELD_VALUES, st.sampled_from([b":", b": ", b":\t", b" :"])),
+                           max_size=5))  # fmt: skip
+    if draw(st.booleans()):
+        fields.insert(draw(st.integers(0, len(fields))), (b"Host", b"example.com", b": "))
+    lines = [b"%s %s %s" % (method, draw(_TARGETS), version)]
+    lines += [name + sep + value for name, value, sep in fields]
+    return b"\r\n".join(lines) + draw(st.sampled_from([b"\r\n\r\n", b"\r\n\r\n\r\n\r\n", b"\n\r\n\r\n"]))
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(heads())
+def test_simple_head_is_read_as_llhttp_reads_it(head):
+    """Read as a simple head or by llhttp, a head gets the same offers, requests, bytes and close."""
+    assert run_head(head, simple=True) == run_head(head, simple=False)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(heads(), st.integers(1, 3), st.integers(40, 200))
+def test_simple_heads_respect_the_limits(head, max_headers, max_header_bytes):
+    """Over a count or size limit, a head is answered as llhttp's reading answers it."""
+    limits = {"max_headers": max_headers, "max_header_bytes": max_header_bytes, "max_target": 8}
+    assert run_head(head, simple=True, **limits) == run_head(head, simple=False, **limits)
+
+
+def test_simple_head_answered_by_the_fast_path():
+    """A whole simple GET reaches the fast path with its parts; the connection stays open for the next."""
+    proto, t, spy, h = fast_connect()
+    head = b"GET /hit?q=1 HTTP/1.1\r\nHost: Example.COM\r\nAccept:  */* \r\n\r\n"
+    proto.dataReceived(head)
+    proto.dataReceived(head)
+    assert spy.offers == [
+        (b"GET", b"example.com", b"/hit", b"q=1", [(b"host", b"Example.COM"), (b"accept", b"*/*")], b"")
+    ] * 2
+    assert [r.body for r in responses(t.value())] == [b"hit", b"hit"]
+    assert h.requests == [] and not t.disconnecting
+
+
+def test_simple_head_declined_goes_to_the_handler():
+    """A head the fast path declines is parsed again by llhttp and handled as any request."""
+    proto, t, spy, h = fast_connect()
+    proto.dataReceived(b"GET /miss HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert len(spy.offers) == 1
+    assert [(r.path, r.headers.pairs) for r in h.requests] == [
+        (b"/miss", [(b"host", b"a"), (b"connection", b"close")])
+    ]
+    assert only_response(t).get(b"connection") == b"close"
+    assert t.disconnecting
+
+
+def test_pipelined_heads_are_not_simple():
+    """Two heads in one read go through llhttp, both answered in order."""
+    proto, t, spy, _ = fast_connect()
+    proto.dataReceived(b"GET /hit HTTP/1.1\r\nHost: a\r\n\r\nGET /miss HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [o[2] for o in spy.offers] == [b"/hit", b"/miss"]
+    assert [r.body for r in responses(t.value())] == [b"hit", b"ok"]
+
+
+def test_simple_head_skips_llhttp():
+    """A whole simple head the fast path answers never reaches llhttp; a declined one does."""
+
+    fed: list[bytes] = []
+
+    class NoParser:
+        def feed_data(self, data):
+            fed.append(data)
+            raise AssertionError("llhttp was asked to read a simple head")
+
+    proto, t, spy, _ = fast_connect()
+    proto._parser = NoParser()
+    proto.dataReceived(b"HEAD /hit HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+    assert fed == []
+    assert t.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert spy.offers[0][5] == b"connection: keep-alive\r\n"

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import BinaryIO
@@ -275,6 +276,18 @@ _MANAGED = frozenset(
 _SPECIAL = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"}
 )
+
+# --- Simple heads (see HTTPServerProtocol._answer_simple) ---
+
+_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+#: One whole GET or HEAD head in origin-form, and nothing after it: field
+#: lines of a token, a colon and printable ASCII, space or HTAB only. A
+#: strict subset of what llhttp accepts, read the same way.
+_SIMPLE_HEAD = re.compile(
+    b"(GET|HEAD) ((/[%s]*)(?:\\?([%s]*))?) HTTP/1\\.([01])\r\n((?:[%s]+:[\t\x20-\x7e]*\r\n)*)\r\n"
+    % (re.escape(_PATH_OK), re.escape(_QUERY_OK), _TCHAR)
+)
+_SIMPLE_VERSIONS = {b"1": b"1.1", b"0": b"1.0"}
 _NO_FIELDS: dict[bytes, list[bytes]] = {}
 
 # Response states.
@@ -338,7 +351,7 @@ class _RequestBody:
             self._expect = False
             ex = self._exchange
             if ex is not None and ex._state == _NEW and not ex.disconnected and not self.received:
-                self._proto.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._proto._write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._proto._arm_for_phase()
         self._flush()
 
@@ -537,7 +550,7 @@ class _Exchange:
         self._status = status
         self._mode = mode
         self._keep = keep
-        proto.transport.write(b"".join(out))
+        proto._write(b"".join(out))
 
     def _interim(self, status: int, reason: bytes, headers: Headers) -> None:
         """A 1xx response; never to an HTTP/1.0 client (RFC 9110 section 15.2)."""
@@ -552,7 +565,7 @@ class _Exchange:
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         out.extend(b"%s: %s\r\n" % pair for pair in headers.pairs if pair[0] not in _MANAGED)
         out.append(b"\r\n")
-        self._proto.transport.write(b"".join(out))
+        self._proto._write(b"".join(out))
 
     def write(self, data: bytes) -> None:
         """Send content; dropped for HEAD/204/304, cut at the declared length."""
@@ -564,12 +577,12 @@ class _Exchange:
         if not n:
             return
         mode = self._mode
-        transport = self._proto.transport
+        proto = self._proto
         if mode == _CHUNKED:
             if n < 8192:
-                transport.write(b"%x\r\n%s\r\n" % (n, data))
+                proto._write(b"%x\r\n%s\r\n" % (n, data))
             else:
-                transport.writeSequence((b"%x\r\n" % n, data, b"\r\n"))
+                proto._write_parts((b"%x\r\n" % n, data, b"\r\n"))
         elif mode == _FIXED:
             if n > self._remaining:
                 n = self._remaining
@@ -577,9 +590,9 @@ class _Exchange:
                 if not n:
                     return
             self._remaining -= n
-            transport.write(data)
+            proto._write(data)
         elif mode == _CLOSE:
-            transport.write(data)
+            proto._write(data)
         else:
             return
         self._sent += n
@@ -599,7 +612,7 @@ class _Exchange:
             self.abort()
             return
         if self._mode == _CHUNKED:
-            self._proto.transport.write(b"0\r\n\r\n")
+            self._proto._write(b"0\r\n\r\n")
         self._state = _DONE
         if self._producer is not None:
             self.unregister_producer()
@@ -723,6 +736,9 @@ class HTTPServerProtocol(Protocol):
         self._body_limit = factory.body_limit
         self._fast_path = factory.fast_path
         self._parser: httptools.HttpRequestParser | None = None
+        #: The connection's socket while writes may bypass Twisted's buffer
+        #: (plain TCP and UNIX connections; ``None`` over TLS): see _write.
+        self._socket: socket.socket | None = None
         self._client = ""
         self._client_port = 0
         # Parse state of the message being read.
@@ -733,6 +749,8 @@ class HTTPServerProtocol(Protocol):
         self._fields: dict[bytes, list[bytes]] | None = None
         self._parsing: _Exchange | None = None
         self._resync: bytes | None = None
+        #: The fast path declined this head already, read as a simple head.
+        self._declined = False
         self._error: tuple[int, str] | None = None
         self._progress = False
         self._stalled = 0
@@ -760,7 +778,10 @@ class HTTPServerProtocol(Protocol):
         # Only the version digits: we answer 505 for other majors ourselves.
         parser.set_dangerous_leniencies(lenient_version=True)
         self._parser = parser
-        peer = self.transport.getPeer()
+        transport = self.transport
+        if isinstance(transport, (tcp.Server, unix.Server)) and hasattr(transport, "_tempDataLen"):
+            self._socket = transport.socket
+        peer = transport.getPeer()
         if isinstance(peer, UNIXAddress):
             self._client = "unix"
         else:
@@ -793,12 +814,67 @@ class HTTPServerProtocol(Protocol):
         self._queue.clear()
         self._active = self._parsing = None
         self._parser = None  # break the parser <-> protocol cycle
+        self._socket = None
+
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` to the client, in order after everything written before.
+
+        On a plain connection whose Twisted write buffer is empty (the usual
+        case: one response per request, read promptly), ``data`` goes
+        straight to the socket. ``transport.write`` would instead buffer it,
+        register the socket for writability, and send it on the reactor's
+        next turn, then unregister it: two ``epoll_ctl`` calls and a reactor
+        turn per response, a third of a small cache hit's cost. Whatever the
+        socket does not take at once (it is full, or broken) goes to the
+        transport, which sends it when it can, pausing producers as usual,
+        or finds the error and closes. Over TLS the bytes must go through
+        the TLS layer: always the transport.
+        """
+        sock = self._socket
+        if sock is not None:
+            transport = self.transport
+            # Twisted's FileDescriptor: dataBuffer[offset:] and the
+            # _tempDataBuffer list hold what it has not sent yet.
+            if not transport._tempDataLen and not transport.dataBuffer and not transport.disconnecting:
+                try:
+                    sent = sock.send(data)
+                except OSError:
+                    sent = 0  # EAGAIN, or an error the transport reports
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        self.transport.write(data)
+
+    def _write_parts(self, parts: tuple[bytes, ...]) -> None:
+        """:meth:`_write` of the concatenation of ``parts``, without copying them."""
+        sock = self._socket
+        if sock is not None:
+            transport = self.transport
+            if not transport._tempDataLen and not transport.dataBuffer and not transport.disconnecting:
+                try:
+                    sent = sock.sendmsg(parts)
+                except OSError:
+                    sent = 0
+                total = sum(len(part) for part in parts)
+                if sent == total:
+                    return
+                self.transport.write(b"".join(parts)[sent:])
+                return
+        self.transport.writeSequence(parts)
 
     def dataReceived(self, data: bytes) -> None:
         if self._read_closed:
             return
         now = self._last_rx = self._clock.seconds()
         if self._phase == _IDLE:
+            if (
+                self._fast_path is not None
+                and self._active is None
+                and not self._queue
+                and data[-4:] == b"\r\n\r\n"
+                and self._answer_simple(data)
+            ):
+                return
             # Bytes of a new head (even before llhttp reaches the target).
             self._phase = _HEAD
             self._head_since = now
@@ -999,6 +1075,7 @@ class HTTPServerProtocol(Protocol):
             and self._fast_path is not None
             and self._active is None
             and not self._queue
+            and not self._declined
         ):
             if self._answer_fast(method, target, path, query, version, authority, keep_alive):
                 return
@@ -1031,6 +1108,7 @@ class HTTPServerProtocol(Protocol):
                 else b"Content-Length: %d\r\n" % length
             )
         # The head is consumed: reset per-message state for the next one.
+        self._declined = False
         self._url = b""
         self._pairs = []
         self._header_bytes = 0
@@ -1051,6 +1129,69 @@ class HTTPServerProtocol(Protocol):
             self._advance()
         elif len(queue) >= self._limits.max_pipelined:
             self._update_reading()
+
+    def _answer_simple(self, data: bytes) -> bool:
+        """Offer ``data``, if it is exactly one simple head, to the fast path; whether it answered.
+
+        A cache hit's head, as clients send it, is ``GET``, a plain path,
+        ``Host`` and a few ordinary fields, arriving in one piece between
+        requests. Such a head (:data:`_SIMPLE_HEAD`: a strict subset of what
+        llhttp accepts, with none of the fields that need the server's
+        checks besides ``Host`` and ``Connection``, within every limit) is
+        read here with two regular expressions instead of llhttp's callbacks
+        and offered to the fast path exactly as :meth:`on_headers_complete`
+        would offer it. Anything else, and any head the fast path declines,
+        is parsed by llhttp from its first byte as usual: nothing has been
+        consumed. tests/test_server.py checks that both readings agree.
+        """
+        m = _SIMPLE_HEAD.fullmatch(data)
+        if m is None:
+            return False
+        method, target, path, query, minor, block = m.groups()
+        limits = self._limits
+        if (
+            self._over_limit
+            or len(data) > limits.max_header_bytes
+            or len(target) > limits.max_target
+            or (b"%" in path and _BAD_PCT.search(path) is not None)
+        ):
+            return False
+        pairs = []
+        for line in block.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            pairs.append((name.lower(), value.strip(b" \t")))
+        if len(pairs) > limits.max_headers:
+            return False
+        host = None
+        connection = None
+        for pair in pairs:
+            name = pair[0]
+            if name in _SPECIAL:
+                if name == b"host" and host is None:
+                    host = pair[1]
+                elif name == b"connection" and connection is None:
+                    connection = [pair[1]]
+                else:
+                    return False  # framing, Expect, Upgrade, repeats: the server's checks
+        if host is None or not valid_host(host):
+            return False
+        version = _SIMPLE_VERSIONS[minor]
+        if version == b"1.1":
+            keep_alive = connection is None or not _has_token(connection, b"close")
+        else:
+            keep_alive = (
+                connection is not None
+                and _has_token(connection, b"keep-alive")
+                and not _has_token(connection, b"close")
+            )
+        self._pairs = pairs
+        if not self._answer_fast(method, target, path, query, version, host.lower(), keep_alive):
+            self._pairs = []
+            self._declined = True  # llhttp's reading need not ask again
+            return False
+        self._stalled = 0
+        self.on_message_complete()  # as llhttp would, at the end of the head
+        return True
 
     def _answer_fast(
         self,
@@ -1096,7 +1237,7 @@ class HTTPServerProtocol(Protocol):
                 pairs, response, status, sent, notes, body_file,
             )  # fmt: skip
             return True
-        self.transport.write(response)
+        self._write(response)
         now = self._clock.seconds()
         access_log = self._access_log
         if access_log is not None:
@@ -1150,7 +1291,7 @@ class HTTPServerProtocol(Protocol):
         exchange._remaining = length
         self._parsing = exchange
         self._active = exchange
-        self.transport.write(head)
+        self._write(head)
         FileSender(body_file, exchange, length).start()
 
     def on_body(self, data: bytes) -> None:
@@ -1315,7 +1456,7 @@ class HTTPServerProtocol(Protocol):
         text = b"%d %s: %s\n" % (status, reason, exchange.detail.encode("ascii", "replace"))
         factory = self.factory
         request = exchange.request
-        self.transport.write(
+        self._write(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n%s%s\r\n%s"
             % (
