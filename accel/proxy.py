@@ -49,22 +49,21 @@ from twisted.python.failure import Failure
 
 from accel.cache import policy
 from accel.cache.collapse import Collapser
-from accel.cache.keys import DEFAULT_RECIPE, KeyRecipe, primary_key
+from accel.cache.keys import DEFAULT_RECIPE, primary_key
 from accel.cache.memory import HotEntry, HotTier
 from accel.cache.store import Entry, Store
-from accel.config import ClientAccess
 from accel.forwarding import (
-    ForwardingPolicy,
     request_headers_for_origin,
     response_headers_for_client,
 )
 from accel.http.headers import Headers
-from accel.http.model import BodySink, BodySource, Request, Responder
+from accel.http.model import BodySink, Request, Responder
+from accel.routes import CacheRules, Lookup, Route
 from accel.routing import Router
 from accel.streams import BodyWriter, Feed, FileSender, Relay
 from accel.upstream import OriginResponse, UpstreamError
 
-__all__ = ["Accelerator", "CacheRules", "Route", "simple_response"]
+__all__ = ["Accelerator", "simple_response"]
 
 _log = Logger()
 
@@ -110,54 +109,6 @@ class _WireFactory(Protocol):
 
     scheme: bytes
     server_line: bytes
-
-
-class Upstream:
-    """Structural: what a route forwards to (an origin pool, or parents)."""
-
-    def request(
-        self, method: bytes, target: bytes, headers: Headers, body: BodySource
-    ) -> Deferred[OriginResponse]: ...
-
-    def close(self) -> Deferred[None]: ...
-
-
-@frozen
-class CacheRules:
-    """A caching route's settings, resolved for the request path.
-
-    ``range_fetch_max``: a range request that misses fetches the whole object
-    into the cache only if it is at most this many bytes; larger ones are
-    passed through with their ``Range``.
-    """
-
-    policy: policy.PolicySettings = policy.DEFAULT_SETTINGS
-    recipe: KeyRecipe = DEFAULT_RECIPE
-    range_fetch_max: int = 64 * 1024 * 1024
-    #: Fields for this cache alone (RFC 9213), removed before responses
-    #: go downstream: accel's targeted field, and CDN-Cache-Control when the
-    #: operator says this is the last CDN hop.
-    strip: tuple[bytes, ...] = (b"accel-cache-control",)
-
-
-@define
-class Route:
-    """One route's runtime parts, built from the configuration at start-up.
-
-    ``access``: which clients may use the route (403 for others);
-    ``hide_headers``: origin response fields removed as responses arrive, so
-    they reach neither clients nor the store; ``max_body``: a request whose
-    declared Content-Length exceeds it gets 413 without reaching the origin.
-    """
-
-    upstream: Upstream
-    forwarding: ForwardingPolicy = ForwardingPolicy()
-    cache: CacheRules | None = None
-    name: str = "/"
-    access: ClientAccess | None = None
-    hide_headers: tuple[bytes, ...] = ()
-    #: The most request content accepted, or None: see :meth:`Accelerator.body_limit`.
-    max_body: int | None = None
 
 
 _REASONS = {
@@ -263,28 +214,10 @@ class _Watched:
 
 
 @define(slots=True)
-class _Lookup:
-    """One GET/HEAD on a caching route, carried through lookup and fetch."""
-
-    route: Route
-    rules: CacheRules
-    request: Request
-    responder: Responder | None
-    key: str
-    #: The store's change stamp for ``key`` before the latest lookup.
-    generation: int | None = None
-    #: When the latest lookup decided (the ``now`` of its ages and ttls).
-    looked_up_at: float = 0.0
-    #: Times this request already waited for another's fetch.
-    waited: int = 0
-    collapsed: bool = False
-
-
-@define(slots=True)
 class _Fill:
     """An origin fetch made for the cache (miss, revalidation or background)."""
 
-    lookup: _Lookup
+    lookup: Lookup
     #: The stored entry being revalidated, if any.
     entry: Entry | None
     #: RFC 9211 ``fwd`` reason.
@@ -444,7 +377,7 @@ class Accelerator:
 
     def _remember(
         self,
-        lk: _Lookup,
+        lk: Lookup,
         entry: Entry,
         headers: Headers,
         age: float,
@@ -562,7 +495,7 @@ class Accelerator:
             if "\0" in key:
                 self.forward(route, request, responder, b"bypass")
                 return
-            self._lookup(_Lookup(route, rules, request, responder, key))
+            self._lookup(Lookup(route, rules, request, responder, key))
             return
         self.forward(route, request, responder, b"method", invalidate=rules)
 
@@ -700,7 +633,7 @@ class Accelerator:
 
     # Cache lookup
 
-    def _lookup(self, lk: _Lookup) -> None:
+    def _lookup(self, lk: Lookup) -> None:
         assert self._store is not None
         request = lk.request
         settings = lk.rules.policy
@@ -731,7 +664,7 @@ class Accelerator:
             self._serve(lk, entry, headers, decision.age, decision.ttl, "STALE")
         elif isinstance(decision, policy.StaleWhileRevalidate):
             if self._collapser.lead(lk.key):
-                background = _Lookup(lk.route, lk.rules, request, None, lk.key)
+                background = Lookup(lk.route, lk.rules, request, None, lk.key)
                 fill = _Fill(background, entry, "stale", leader=True, background=True)
                 self._fetch(fill, decision.conditional)
             self._serve(lk, entry, headers, decision.age, decision.ttl, "UPDATING")
@@ -749,7 +682,7 @@ class Accelerator:
         else:
             assert_never(decision)
 
-    def _miss(self, lk: _Lookup, decision: policy.Forward | policy.OnlyIfCachedMiss, fwd: str) -> None:
+    def _miss(self, lk: Lookup, decision: policy.Forward | policy.OnlyIfCachedMiss, fwd: str) -> None:
         if isinstance(decision, policy.OnlyIfCachedMiss):
             self._only_if_cached(lk)
             return
@@ -767,7 +700,7 @@ class Accelerator:
             # Fill the whole object in the background and answer the range
             # from the store once it is there (or pass it through if the
             # object turns out too large or not storable: hit-for-miss).
-            background = _Lookup(lk.route, lk.rules, lk.request, None, lk.key)
+            background = Lookup(lk.route, lk.rules, lk.request, None, lk.key)
             self._fetch(_Fill(background, None, fwd, leader=True, background=True), None)
             if not self._wait_for_leader(lk):
                 lk.waited += 1  # the fill is already over: look again, once
@@ -775,7 +708,7 @@ class Accelerator:
             return
         self._fetch(_Fill(lk, None, fwd, leader=leader), None)
 
-    def _wait_for_leader(self, lk: _Lookup) -> bool:
+    def _wait_for_leader(self, lk: Lookup) -> bool:
         """If another request is fetching this key, follow its fill or wait for it.
 
         A request that can take the leader's response as it is (no range, no
@@ -805,7 +738,7 @@ class Accelerator:
         self._collapser.wait(lk.key, wake, follow)
         return True
 
-    def _follow(self, lk: _Lookup, handle: object) -> bool:
+    def _follow(self, lk: Lookup, handle: object) -> bool:
         """Answer ``lk`` from a fill while it streams; False if it cannot.
 
         It cannot when nothing is published, when the fill is another
@@ -855,7 +788,7 @@ class Accelerator:
             follower.start()
         return True
 
-    def _only_if_cached(self, lk: _Lookup) -> None:
+    def _only_if_cached(self, lk: Lookup) -> None:
         assert lk.responder is not None
         lk.responder.log["cache"] = "MISS"
         simple_response(
@@ -869,7 +802,7 @@ class Accelerator:
 
     def _serve(
         self,
-        lk: _Lookup,
+        lk: Lookup,
         entry: Entry,
         headers: Headers,
         age: float,

@@ -13,7 +13,8 @@ from twisted.internet.task import Clock
 from accel.cache.collapse import Collapser
 from accel.cache.store import Store
 from accel.http.dates import format_http_date
-from accel.proxy import Accelerator, CacheRules, Route
+from accel.proxy import Accelerator
+from accel.routes import CacheRules, Route
 from accel.routing import Router
 from accel.upstream import UpstreamTimeout
 from tests.fakes import FakeResponder, FakeUpstream, always, make_request, response
