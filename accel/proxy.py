@@ -47,6 +47,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from accel.answers import (
+    CONDITIONAL_FIELDS,
+    DRAIN,
+    Watched,
+    answer_origin_failure,
+    log_origin_failure,
+    not_modified,
+    simple_response,
+)
 from accel.cache import policy
 from accel.cache.collapse import Collapser
 from accel.cache.keys import DEFAULT_RECIPE, primary_key
@@ -57,29 +66,18 @@ from accel.forwarding import (
     response_headers_for_client,
 )
 from accel.http.headers import Headers
-from accel.http.model import BodySink, Request, Responder
+from accel.http.model import Request, Responder
 from accel.routes import CacheRules, Lookup, Route
 from accel.routing import Router
 from accel.streams import BodyWriter, Feed, FileSender, Relay
-from accel.upstream import OriginResponse, UpstreamError
+from accel.upstream import OriginResponse
 
-__all__ = ["Accelerator", "simple_response"]
+__all__ = ["Accelerator"]
 
 _log = Logger()
 
 _GET = b"GET"
 _HEAD = b"HEAD"
-
-#: Client fields that make a request conditional or partial; a cache fill
-#: drops them and accel evaluates them itself against what it has.
-_CONDITIONAL_FIELDS = (
-    b"if-match",
-    b"if-none-match",
-    b"if-modified-since",
-    b"if-unmodified-since",
-    b"if-range",
-    b"range",
-)
 
 #: What ``Allow`` says when accel answers for itself: the methods it forwards.
 _ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -94,7 +92,7 @@ _ORIGIN_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
 #: stored response there), request cache directives (RFC 9111 section
 #: 5.2.1, and ``Pragma``, section 5.4), and ``Authorization`` (section 3.5).
 _NOT_FAST = frozenset(
-    {*_CONDITIONAL_FIELDS, b"cache-control", b"pragma", b"authorization"}
+    {*CONDITIONAL_FIELDS, b"cache-control", b"pragma", b"authorization"}
 )
 #: Fields the wire layer manages, dropped from a stored head as
 #: :meth:`accel.http.server._Exchange.start` drops them.
@@ -109,108 +107,6 @@ class _WireFactory(Protocol):
 
     scheme: bytes
     server_line: bytes
-
-
-_REASONS = {
-    304: b"Not Modified",
-    400: b"Bad Request",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    412: b"Precondition Failed",
-    413: b"Content Too Large",
-    416: b"Range Not Satisfiable",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
-
-
-def simple_response(
-    responder: Responder,
-    status: int,
-    message: bytes,
-    extra: Headers | None = None,
-) -> None:
-    """Answer with a short plain-text body (never origin internals)."""
-    headers = extra.copy() if extra is not None else Headers()
-    body = message + b"\n"
-    headers.add(b"content-type", b"text/plain; charset=utf-8")
-    headers.add(b"content-length", b"%d" % len(body))
-    headers.setdefault(b"cache-control", b"no-store")
-    responder.start(status, _REASONS.get(status, b"Error"), headers)
-    responder.write(body)
-    responder.finish()
-
-
-class _Drain:
-    """A body sink that throws the body away (so the connection is reusable)."""
-
-    def data(self, chunk: bytes) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-    def fail(self, reason: Exception) -> None:
-        pass
-
-
-_DRAIN: BodySink = _Drain()
-
-
-class _Watched:
-    """An origin response body that logs, once, a failure after the head.
-
-    Failures before the head are logged where the request fails; this covers
-    the rest (a reset, a timeout or broken framing mid-body), which otherwise
-    only shows as a truncated response to the client. Naming the origin is
-    the upstream error's job: its text starts with the origin's name.
-    """
-
-    __slots__ = ("_body", "_sink", "_route", "_request", "length")
-
-    def __init__(self, response: OriginResponse, route: Route, request: Request) -> None:
-        self._body = response.body
-        self._route = route
-        self._request = request
-        self._sink: BodySink = _DRAIN
-        self.length = response.body.length
-
-    # BodySource
-
-    def deliver(self, sink: BodySink) -> None:
-        self._sink = sink
-        self._body.deliver(self)
-
-    def pause(self) -> None:
-        self._body.pause()
-
-    def resume(self) -> None:
-        self._body.resume()
-
-    def discard(self) -> None:
-        self._body.discard()
-
-    # BodySink
-
-    def data(self, chunk: bytes) -> None:
-        self._sink.data(chunk)
-
-    def end(self) -> None:
-        self._sink.end()
-
-    def fail(self, reason: Exception) -> None:
-        request = self._request
-        _log.warn(
-            "origin body failed for {method} {target} on route {route}: {error}",
-            method=request.method.decode("latin-1"),
-            target=request.target.decode("latin-1"),
-            route=self._route.name,
-            error=str(reason),
-        )
-        self._sink.fail(reason)
 
 
 @define(slots=True)
@@ -574,36 +470,9 @@ class Accelerator:
                 self._status(fwd=fwd.decode("ascii"), fwd_status=response.status),
             )
             responder.start(response.status, response.reason, out)
-            Relay(_Watched(response, route, request), responder).start()
+            Relay(Watched(response, route, request), responder).start()
 
-        d.addCallbacks(relay, self._origin_failed, errbackArgs=(route, request, responder))
-
-    def _origin_failed(
-        self, failure: Failure, route: Route, request: Request, responder: Responder | None
-    ) -> None:
-        if failure.check(CancelledError):
-            return
-        status = self._log_origin_failure(failure, route, request)
-        if responder is None or responder.disconnected:
-            return
-        if status == 504:
-            simple_response(responder, 504, b"The origin did not answer in time.")
-        else:
-            simple_response(responder, 502, b"The origin could not be reached.")
-
-    def _log_origin_failure(self, failure: Failure, route: Route, request: Request) -> int:
-        if failure.check(UpstreamError):
-            error = failure.value
-            _log.warn(
-                "origin failed for {method} {target} on route {route}: {error}",
-                method=request.method.decode("latin-1"),
-                target=request.target.decode("latin-1"),
-                route=route.name,
-                error=str(error),
-            )
-            return int(getattr(error, "status", 502))
-        _log.failure("unexpected error while forwarding", failure)
-        return 502
+        d.addCallbacks(relay, answer_origin_failure, errbackArgs=(route, request, responder))
 
     def _invalidate(self, request: Request, response: OriginResponse, rules: CacheRules) -> None:
         """RFC 9111 section 4.4: unsafe requests invalidate what they touched."""
@@ -719,7 +588,7 @@ class Accelerator:
             return False
         follow = None
         if lk.responder is not None and not any(
-            name in lk.request.headers for name in _CONDITIONAL_FIELDS
+            name in lk.request.headers for name in CONDITIONAL_FIELDS
         ):
             follow = partial(self._follow, lk)
             if follow(self._collapser.published(lk.key)):
@@ -832,7 +701,7 @@ class Accelerator:
             request.method, request.headers, entry.status, out, entry.response_time
         )
         if precondition == 304:
-            responder.start(304, b"Not Modified", self._not_modified(out))
+            responder.start(304, b"Not Modified", not_modified(out))
             responder.finish()
             return
         if precondition == 412:
@@ -897,14 +766,6 @@ class Accelerator:
         responder.start(status, reason, out)
         FileSender(body, responder, count).start()
 
-    @staticmethod
-    def _not_modified(headers: Headers) -> Headers:
-        out = policy.not_modified_headers(headers)
-        for name in (b"age", b"via", b"cache-status"):
-            for value in headers.get_all(name):
-                out.add(name, value)
-        return out
-
     def _status(self, **kw: object) -> bytes:
         return policy.cache_status(name=self._name, **kw)  # type: ignore[arg-type]
 
@@ -914,7 +775,7 @@ class Accelerator:
         lk = fill.lookup
         request = lk.request
         headers = request_headers_for_origin(request, lk.route.forwarding)
-        headers.remove(*_CONDITIONAL_FIELDS)
+        headers.remove(*CONDITIONAL_FIELDS)
         if conditional is not None:
             for name, value in conditional:
                 headers.add(name, value)
@@ -942,13 +803,13 @@ class Accelerator:
         if failure.check(CancelledError):
             return
         if fill.background or lk.responder is None:
-            self._log_origin_failure(failure, lk.route, lk.request)
+            log_origin_failure(failure, lk.route, lk.request)
             return
         if fill.entry is not None and self._stale_on_error(fill):
-            self._log_origin_failure(failure, lk.route, lk.request)
+            log_origin_failure(failure, lk.route, lk.request)
             self._serve_stale_on_error(fill, None)
             return
-        self._origin_failed(failure, lk.route, lk.request, lk.responder)
+        answer_origin_failure(failure, lk.route, lk.request, lk.responder)
 
     def _stale_on_error(self, fill: _Fill) -> bool:
         entry = fill.entry
@@ -989,7 +850,7 @@ class Accelerator:
 
         entry = fill.entry
         if entry is not None and response.status == 304:
-            response.body.deliver(_DRAIN)
+            response.body.deliver(DRAIN)
             stored_headers = Headers(list(entry.headers))
             if policy.selects_stored(stored_headers, response.headers):
                 merged = policy.freshen(stored_headers, response.headers, response_time, settings)
@@ -1057,7 +918,7 @@ class Accelerator:
             ),
             policy.Storable,
         )
-        body = _Watched(response, lk.route, request)
+        body = Watched(response, lk.route, request)
         sink: Feed | None = None
         if writer is not None and fill.leader and writer.active:
             # Others may follow the fill while it streams: publish it before
@@ -1118,7 +979,7 @@ class Accelerator:
                     response.body.discard()
                     self._finish_fill(fill, cacheable=cacheable)
                 if precondition == 304:
-                    responder.start(304, b"Not Modified", self._not_modified(out))
+                    responder.start(304, b"Not Modified", not_modified(out))
                     responder.finish()
                 else:
                     simple_response(responder, 412, b"Precondition failed.")
