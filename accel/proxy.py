@@ -10,16 +10,16 @@ For each request the :class:`Accelerator` picks a route, and then:
   say whether it is served (fresh, or stale where allowed), validated with
   the origin first, or served while validated in the background;
 * on a miss, concurrent requests for one key collapse into one origin fetch
-  (:class:`~accel.cache.collapse.Collapser`); the response streams to the
-  client and into the store at once (:class:`~accel.streams.Relay`) and is
-  kept only if the policy allows it and the body arrived whole. While it is
-  being stored, the collapsed requests are answered from it as it streams:
-  they follow the spool file as it grows (:class:`~accel.streams.Feed`),
+  (:class:`~accel.cache.collapse.Collapser`); the fill (:mod:`accel.fill`)
+  streams the response to the client and into the store at once and keeps
+  it only if the policy allows it and the body arrived whole. While it is
+  being stored, the collapsed requests are answered from it as it streams,
   each at its own client's pace.
 
 Cache fills always fetch the whole representation with GET and without the
 client's conditional or range fields; accel then answers those itself from
-what it has (RFC 9110 sections 13 and 14), as nginx and Varnish do.
+what it has (RFC 9110 sections 13 and 14), as nginx and Varnish do: here for
+a stored response, in :mod:`accel.fill` for one just fetched.
 
 Fresh hits served here are also remembered, ready to send, for the hit fast
 path (:mod:`accel.fasthit`), which the wire layer tries first as
@@ -36,18 +36,13 @@ from __future__ import annotations
 from functools import partial
 from typing import assert_never
 
-from attrs import define, field, frozen
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from accel.answers import (
     CONDITIONAL_FIELDS,
-    DRAIN,
     Watched,
     answer_origin_failure,
-    log_origin_failure,
     not_modified,
     simple_response,
 )
@@ -57,6 +52,7 @@ from accel.cache.keys import DEFAULT_RECIPE, primary_key
 from accel.cache.memory import HotTier
 from accel.cache.store import Entry, Store
 from accel.fasthit import HotHits
+from accel.fill import Fill, Filler
 from accel.forwarding import (
     request_headers_for_origin,
     response_headers_for_client,
@@ -65,64 +61,16 @@ from accel.http.headers import Headers
 from accel.http.model import Request, Responder
 from accel.routes import CacheRules, Lookup, Route
 from accel.routing import Router
-from accel.streams import BodyWriter, Feed, FileSender, Relay
+from accel.streams import FileSender, Relay
 from accel.upstream import OriginResponse
 
 __all__ = ["Accelerator"]
-
-_log = Logger()
 
 _GET = b"GET"
 _HEAD = b"HEAD"
 
 #: What ``Allow`` says when accel answers for itself: the methods it forwards.
 _ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-
-#: A request with no fields: what any client could have asked.
-_NO_FIELDS = Headers()
-
-_ORIGIN_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
-
-@define(slots=True)
-class _Fill:
-    """An origin fetch made for the cache (miss, revalidation or background)."""
-
-    lookup: Lookup
-    #: The stored entry being revalidated, if any.
-    entry: Entry | None
-    #: RFC 9211 ``fwd`` reason.
-    fwd: str
-    #: Whether this fetch holds the collapsing lock for its key.
-    leader: bool
-    #: Serve the stored entry if the origin fails (RFC 5861 stale-if-error).
-    stale_on_error: bool = False
-    #: Nobody waits on the answer: a background revalidation or range fill.
-    background: bool = False
-    request_time: float = 0.0
-    done: bool = field(default=False)
-
-
-@frozen
-class _Shared:
-    """A fill being stored, published for collapsed requests to follow.
-
-    What every follower needs to answer as the leader's client is answered:
-    the head (less ``Age`` and ``Cache-Status``, which are each follower's
-    own), the variant it is, and the ages to compute ``Age`` from.
-    """
-
-    feed: Feed
-    status: int
-    reason: bytes
-    #: The leader's client's response fields, without Age and Cache-Status.
-    headers: Headers
-    #: The fields as stored, to decide on and to compute ages from.
-    stored: Headers
-    vary: tuple[bytes, ...]
-    secondary: bytes
-    request_time: float
-    response_time: float
-    fwd: str
 
 
 class Accelerator:
@@ -148,6 +96,9 @@ class Accelerator:
         self._name = name
         self._hot = hot if store is not None else None
         self._hits = HotHits(self._hot, store, clock, name)
+        self._filler = Filler(
+            clock, store, self._collapser, name, serve=self._serve, forward=self.forward
+        )
         #: The server's fast path (an :data:`accel.http.server.FastPath`):
         #: :meth:`HotHits.fast_hit <accel.fasthit.HotHits.fast_hit>` itself,
         #: bound rather than wrapped, so a hot hit costs no extra call.
@@ -346,16 +297,16 @@ class Accelerator:
         elif isinstance(decision, policy.StaleWhileRevalidate):
             if self._collapser.lead(lk.key):
                 background = Lookup(lk.route, lk.rules, request, None, lk.key)
-                fill = _Fill(background, entry, "stale", leader=True, background=True)
-                self._fetch(fill, decision.conditional)
+                fill = Fill(background, entry, "stale", leader=True, background=True)
+                self._filler.fetch(fill, decision.conditional)
             self._serve(lk, entry, headers, decision.age, decision.ttl, "UPDATING")
         elif isinstance(decision, policy.Revalidate):
             if self._wait_for_leader(lk):
                 return
             fwd = "request" if decision.reason.startswith("request") else "stale"
-            fill = _Fill(lk, entry, fwd, leader=self._collapser.lead(lk.key))
+            fill = Fill(lk, entry, fwd, leader=self._collapser.lead(lk.key))
             fill.stale_on_error = decision.stale_on_error
-            self._fetch(fill, decision.conditional)
+            self._filler.fetch(fill, decision.conditional)
         elif isinstance(decision, policy.Forward):
             self._miss(lk, decision, "request")
         elif isinstance(decision, policy.OnlyIfCachedMiss):
@@ -382,12 +333,12 @@ class Accelerator:
             # from the store once it is there (or pass it through if the
             # object turns out too large or not storable: hit-for-miss).
             background = Lookup(lk.route, lk.rules, lk.request, None, lk.key)
-            self._fetch(_Fill(background, None, fwd, leader=True, background=True), None)
+            self._filler.fetch(Fill(background, None, fwd, leader=True, background=True), None)
             if not self._wait_for_leader(lk):
                 lk.waited += 1  # the fill is already over: look again, once
                 self._lookup(lk)
             return
-        self._fetch(_Fill(lk, None, fwd, leader=leader), None)
+        self._filler.fetch(Fill(lk, None, fwd, leader=leader), None)
 
     def _wait_for_leader(self, lk: Lookup) -> bool:
         """If another request is fetching this key, follow its fill or wait for it.
@@ -402,7 +353,7 @@ class Accelerator:
         if lk.responder is not None and not any(
             name in lk.request.headers for name in CONDITIONAL_FIELDS
         ):
-            follow = partial(self._follow, lk)
+            follow = partial(self._filler.follow, lk)
             if follow(self._collapser.published(lk.key)):
                 return True
         lk.waited += 1
@@ -417,56 +368,6 @@ class Accelerator:
             self._lookup(lk)
 
         self._collapser.wait(lk.key, wake, follow)
-        return True
-
-    def _follow(self, lk: Lookup, handle: object) -> bool:
-        """Answer ``lk`` from a fill while it streams; False if it cannot.
-
-        It cannot when nothing is published, when the fill is another
-        variant (RFC 9111 section 4.1: its ``Vary`` fields do not match this
-        request), when the response, once stored, would not answer this
-        request as a fresh hit (RFC 9111 section 4: ``no-cache`` on either
-        side, the request's ``max-age`` or ``min-fresh``, a response already
-        stale), or when the fill is already over: then it waits for the end
-        and looks again, as it always did. The answer is the leader's status
-        and fields, with this request's own ``Age`` and ``Cache-Status``
-        (RFC 9211 section 2.6: ``collapsed``, the response of another
-        forward request reused).
-        """
-        if not isinstance(handle, _Shared):
-            return False
-        responder = lk.responder
-        assert responder is not None
-        if responder.disconnected:
-            return True  # nobody to answer: done waiting
-        request = lk.request
-        if policy.secondary_key(handle.vary, request.headers) != handle.secondary:
-            return False
-        stored = policy.StoredResponse(
-            handle.status, handle.stored, handle.request_time, handle.response_time
-        )
-        now = self._clock.seconds()
-        decision = policy.decide(request.method, request.headers, stored, now, lk.rules.policy)
-        if not isinstance(decision, policy.Fresh):
-            return False
-        follower = None
-        if request.method != _HEAD:
-            follower = handle.feed.follow(responder)
-            if follower is None:
-                return False
-        out = handle.headers.copy()
-        out.remove(b"age")
-        out.add(b"age", policy.age_header_value(decision.age))
-        out.add(
-            b"cache-status",
-            self._status(fwd=handle.fwd, fwd_status=handle.status, stored=True, collapsed=True),
-        )
-        responder.log["cache"] = "MISS"
-        responder.start(handle.status, handle.reason, out)
-        if follower is None:
-            responder.finish()
-        else:
-            follower.start()
         return True
 
     def _only_if_cached(self, lk: Lookup) -> None:
@@ -580,230 +481,3 @@ class Accelerator:
 
     def _status(self, **kw: object) -> bytes:
         return policy.cache_status(name=self._name, **kw)  # type: ignore[arg-type]
-
-    # Fetching for the cache
-
-    def _fetch(self, fill: _Fill, conditional: Headers | None) -> None:
-        lk = fill.lookup
-        request = lk.request
-        headers = request_headers_for_origin(request, lk.route.forwarding)
-        headers.remove(*CONDITIONAL_FIELDS)
-        if conditional is not None:
-            for name, value in conditional:
-                headers.add(name, value)
-        fill.request_time = self._clock.seconds()
-        target = request.path + (b"?" + request.query if request.query is not None else b"")
-        d = lk.route.upstream.request(_GET, target, headers, request.body)
-        if lk.responder is not None:
-            lk.responder.on_disconnect(lambda: self._client_left(fill, d))
-        d.addCallbacks(self._filled, self._fill_failed, callbackArgs=(fill,), errbackArgs=(fill,))
-
-    def _client_left(self, fill: _Fill, d: Deferred[OriginResponse]) -> None:
-        if not d.called:
-            d.cancel()
-
-    def _finish_fill(self, fill: _Fill, cacheable: bool) -> None:
-        if fill.done:
-            return
-        fill.done = True
-        if fill.leader:
-            self._collapser.done(fill.lookup.key, cacheable)
-
-    def _fill_failed(self, failure: Failure, fill: _Fill) -> None:
-        lk = fill.lookup
-        self._finish_fill(fill, cacheable=True)
-        if failure.check(CancelledError):
-            return
-        if fill.background or lk.responder is None:
-            log_origin_failure(failure, lk.route, lk.request)
-            return
-        if fill.entry is not None and self._stale_on_error(fill):
-            log_origin_failure(failure, lk.route, lk.request)
-            self._serve_stale_on_error(fill, None)
-            return
-        answer_origin_failure(failure, lk.route, lk.request, lk.responder)
-
-    def _stale_on_error(self, fill: _Fill) -> bool:
-        entry = fill.entry
-        assert entry is not None
-        stored = policy.StoredResponse(
-            entry.status, Headers(list(entry.headers)), entry.request_time, entry.response_time
-        )
-        return policy.may_serve_stale_on_error(
-            fill.lookup.request.headers, stored, self._clock.seconds(), fill.lookup.rules.policy
-        )
-
-    def _serve_stale_on_error(self, fill: _Fill, fwd_status: int | None) -> None:
-        entry = fill.entry
-        assert entry is not None
-        headers = Headers(list(entry.headers))
-        now = self._clock.seconds()
-        age = policy.current_age(headers, entry.request_time, entry.response_time, now)
-        lifetime = policy.freshness_lifetime(
-            headers, entry.status, entry.response_time, fill.lookup.rules.policy
-        )
-        status = self._status(
-            hit=True, fwd="stale", fwd_status=fwd_status, ttl=lifetime - age, detail=b"stale-if-error"
-        )
-        self._serve(fill.lookup, entry, headers, age, lifetime - age, "STALE", status)
-
-    def _filled(self, response: OriginResponse, fill: _Fill) -> None:
-        assert self._store is not None
-        lk = fill.lookup
-        request = lk.request
-        responder = lk.responder
-        settings = lk.rules.policy
-        response_time = self._clock.seconds()
-        if responder is not None:
-            responder.log["upstream"] = response.origin.name
-        if lk.route.hide_headers:
-            # Before storing and before freshening: a hidden field is never kept.
-            response.headers.remove(*lk.route.hide_headers)
-
-        entry = fill.entry
-        if entry is not None and response.status == 304:
-            response.body.deliver(DRAIN)
-            stored_headers = Headers(list(entry.headers))
-            if policy.selects_stored(stored_headers, response.headers):
-                merged = policy.freshen(stored_headers, response.headers, response_time, settings)
-                updated = self._store.update(entry, merged.pairs, fill.request_time, response_time)
-                self._finish_fill(fill, cacheable=True)
-                if fill.background:
-                    return
-                fresh = updated if updated is not None else entry
-                headers = merged if updated is not None else stored_headers
-                age = policy.current_age(
-                    headers, fresh.request_time, fresh.response_time, response_time
-                )
-                ttl = policy.freshness_lifetime(headers, fresh.status, response_time, settings) - age
-                status = self._status(fwd=fill.fwd, fwd_status=304, ttl=ttl)
-                self._serve(lk, fresh, headers, age, ttl, "REVALIDATED", status)
-                return
-            # A 304 that does not select what we have: we cannot use it.
-            self._finish_fill(fill, cacheable=True)
-            if not fill.background and responder is not None:
-                self.forward(lk.route, request, responder, b"stale")
-            return
-
-        if (
-            entry is not None
-            and response.status in _ORIGIN_FAILURE_STATUSES
-            and not fill.background
-            and self._stale_on_error(fill)
-        ):
-            response.body.discard()
-            self._finish_fill(fill, cacheable=True)
-            self._serve_stale_on_error(fill, response.status)
-            return
-
-        verdict = policy.storable(
-            _GET, request.headers, response.status, response.headers, response_time, settings
-        )
-        writer = None
-        too_big_for_range = (
-            fill.background
-            and fill.entry is None
-            and response.body.length is not None
-            and response.body.length > lk.rules.range_fetch_max
-        )
-        if isinstance(verdict, policy.Storable) and not too_big_for_range:
-            to_store = policy.stored_headers(response.headers, verdict, response_time)
-            secondary = policy.secondary_key(verdict.vary, request.headers)
-            writer = self._store.begin(
-                lk.key,
-                secondary,
-                verdict.vary,
-                response.status,
-                response.reason,
-                to_store.pairs,
-                fill.request_time,
-                response_time,
-                response.body.length,
-                tuple(t.decode("latin-1") for t in verdict.tags),
-            )
-        # Whether others may get this response from the cache: when only this
-        # request kept it out (its no-store, its Authorization), other
-        # requests must not be sent past the cache for it (hit-for-miss).
-        cacheable = writer is not None or not too_big_for_range and isinstance(
-            policy.storable(
-                _GET, _NO_FIELDS, response.status, response.headers, response_time, settings
-            ),
-            policy.Storable,
-        )
-        body = Watched(response, lk.route, request)
-        sink: Feed | None = None
-        if writer is not None and fill.leader and writer.active:
-            # Others may follow the fill while it streams: publish it before
-            # the first byte flows.
-            sink = Feed(writer, response.body.length)
-            shared = response_headers_for_client(
-                response.headers, response.version, lk.route.forwarding
-            )
-            shared.remove(*lk.rules.strip)
-            self._collapser.publish(
-                lk.key,
-                _Shared(
-                    sink,
-                    response.status,
-                    response.reason,
-                    shared,
-                    to_store,
-                    verdict.vary,
-                    secondary,
-                    fill.request_time,
-                    response_time,
-                    fill.fwd,
-                ),
-            )
-
-        # What the relay writes to: the feed when others may follow, else the writer.
-        tee: BodyWriter | None = sink if sink is not None else writer
-
-        def done(complete: bool, stored: object) -> None:
-            self._finish_fill(fill, cacheable=cacheable)
-
-        if fill.background or responder is None or responder.disconnected:
-            if tee is None:
-                response.body.discard()
-                self._finish_fill(fill, cacheable=cacheable)
-                return
-            Relay(body, None, tee, done).start()
-            return
-
-        responder.log["cache"] = "MISS" if fill.entry is None else "EXPIRED"
-        out = response_headers_for_client(response.headers, response.version, lk.route.forwarding)
-        out.remove(*lk.rules.strip)
-        out.add(
-            b"cache-status",
-            self._status(
-                fwd=fill.fwd, fwd_status=response.status, stored=cacheable, collapsed=lk.collapsed
-            ),
-        )
-        if response.status == 200:
-            precondition = policy.evaluate_conditionals(
-                request.method, request.headers, response.status, out, response_time
-            )
-            if precondition is not None:
-                # Answer the client's precondition ourselves; keep filling.
-                if tee is not None:
-                    Relay(body, None, tee, done).start()
-                else:
-                    response.body.discard()
-                    self._finish_fill(fill, cacheable=cacheable)
-                if precondition == 304:
-                    responder.start(304, b"Not Modified", not_modified(out))
-                    responder.finish()
-                else:
-                    simple_response(responder, 412, b"Precondition failed.")
-                return
-        if request.method == _HEAD:
-            responder.start(response.status, response.reason, out)
-            responder.finish()
-            if tee is not None:
-                Relay(body, None, tee, done).start()
-            else:
-                response.body.discard()
-                self._finish_fill(fill, cacheable=cacheable)
-            return
-        responder.start(response.status, response.reason, out)
-        Relay(body, responder, tee, done).start()
