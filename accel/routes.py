@@ -67,7 +67,8 @@ class Route:
     name: str = "/"
     access: ClientAccess | None = None
     hide_headers: tuple[bytes, ...] = ()
-    #: The most request content accepted, or None: see :meth:`accel.proxy.Accelerator.body_limit`.
+    #: The most request content accepted, or None: see
+    #: :meth:`accel.proxy.Accelerator.body_limit`.
     max_body: int | None = None
 
 

@@ -1,4 +1,4 @@
-"""The accelerator's cache flow (accel.proxy), on fakes and a real diskcache store.
+"""The accelerator's cache flow (accel.proxy, accel.fill), on fakes and a real diskcache store.
 
 The origin and the client are in-memory fakes (tests/fakes.py); time is a
 task.Clock; the store is the real one in a temporary directory. Each test
