@@ -62,7 +62,7 @@ from accel.http.headers import Headers
 from accel.http.model import BodySink, BodySource, Request, Responder
 from accel.routing import Router
 from accel.streams import BodyWriter, Feed, FileSender, Relay
-from accel.upstream import OriginResponse, UpstreamError
+from accel.upstream import InterimCallback, OriginResponse, UpstreamError
 
 __all__ = ["Accelerator", "CacheRules", "Route", "simple_response"]
 
@@ -116,7 +116,12 @@ class Upstream:
     """Structural: what a route forwards to (an origin pool, or parents)."""
 
     def request(
-        self, method: bytes, target: bytes, headers: Headers, body: BodySource
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodySource,
+        interim: InterimCallback | None = None,
     ) -> Deferred[OriginResponse]: ...
 
     def close(self) -> Deferred[None]: ...
@@ -191,6 +196,28 @@ def simple_response(
     responder.start(status, _REASONS.get(status, b"Error"), headers)
     responder.write(body)
     responder.finish()
+
+
+def interim_relay(route: Route, responder: Responder) -> InterimCallback:
+    """Pass an origin's interim (1xx) responses on to the client.
+
+    RFC 9110 section 15.2: a proxy MUST forward 1xx responses (here 102,
+    103 and any other; the upstream side keeps ``100 Continue``, accel
+    answering ``Expect`` itself). Their fields are treated as a final
+    head's: hop-by-hop and the route's hidden fields removed, ``Via``
+    added. The server never sends them to an HTTP/1.0 client. They are not
+    stored: only the final response is (RFC 9111 section 3).
+    """
+
+    def relay(status: int, reason: bytes, headers: Headers) -> None:
+        if responder.disconnected:
+            return
+        if route.hide_headers:
+            headers.remove(*route.hide_headers)
+        # The origin connection is HTTP/1.1: only that version carries 1xx.
+        responder.start(status, reason, response_headers_for_client(headers, b"1.1", route.forwarding))
+
+    return relay
 
 
 class _Drain:
@@ -623,7 +650,9 @@ class Accelerator:
         responder.log.setdefault("cache", "BYPASS")
         headers = request_headers_for_origin(request, route.forwarding)
         target = request.path + (b"?" + request.query if request.query is not None else b"")
-        d = route.upstream.request(request.method, target, headers, request.body)
+        d = route.upstream.request(
+            request.method, target, headers, request.body, interim_relay(route, responder)
+        )
         responder.on_disconnect(d.cancel)
 
         def relay(response: OriginResponse) -> None:
@@ -987,7 +1016,8 @@ class Accelerator:
                 headers.add(name, value)
         fill.request_time = self._clock.seconds()
         target = request.path + (b"?" + request.query if request.query is not None else b"")
-        d = lk.route.upstream.request(_GET, target, headers, request.body)
+        relay = None if lk.responder is None else interim_relay(lk.route, lk.responder)
+        d = lk.route.upstream.request(_GET, target, headers, request.body, relay)
         if lk.responder is not None:
             lk.responder.on_disconnect(lambda: self._client_left(fill, d))
         d.addCallbacks(self._filled, self._fill_failed, callbackArgs=(fill,), errbackArgs=(fill,))
