@@ -14,16 +14,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from accel.cache import policy
+from accel.forwarding import response_headers_for_client
 from accel.http.headers import Headers
 from accel.http.model import BodySink, Request, Responder
 from accel.routes import Route
-from accel.upstream import OriginResponse, UpstreamError
+from accel.upstream import InterimCallback, OriginResponse, UpstreamError
 
 __all__ = [
     "CONDITIONAL_FIELDS",
     "DRAIN",
     "Watched",
     "answer_origin_failure",
+    "interim_relay",
     "log_origin_failure",
     "not_modified",
     "simple_response",
@@ -192,3 +194,25 @@ class Watched:
             error=str(reason),
         )
         self._sink.fail(reason)
+
+
+def interim_relay(route: Route, responder: Responder) -> InterimCallback:
+    """Pass an origin's interim (1xx) responses on to the client.
+
+    RFC 9110 section 15.2: a proxy MUST forward 1xx responses (here 102,
+    103 and any other; the upstream side keeps ``100 Continue``, accel
+    answering ``Expect`` itself). Their fields are treated as a final
+    head's: hop-by-hop and the route's hidden fields removed, ``Via``
+    added. The server never sends them to an HTTP/1.0 client. They are not
+    stored: only the final response is (RFC 9111 section 3).
+    """
+
+    def relay(status: int, reason: bytes, headers: Headers) -> None:
+        if responder.disconnected:
+            return
+        if route.hide_headers:
+            headers.remove(*route.hide_headers)
+        # The origin connection is HTTP/1.1: only that version carries 1xx.
+        responder.start(status, reason, response_headers_for_client(headers, b"1.1", route.forwarding))
+
+    return relay

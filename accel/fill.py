@@ -41,6 +41,7 @@ from accel.answers import (
     DRAIN,
     Watched,
     answer_origin_failure,
+    interim_relay,
     log_origin_failure,
     not_modified,
     simple_response,
@@ -156,7 +157,8 @@ class Filler:
                 headers.add(name, value)
         fill.request_time = self._clock.seconds()
         target = request.path + (b"?" + request.query if request.query is not None else b"")
-        d = lk.route.upstream.request(_GET, target, headers, request.body)
+        relay = None if lk.responder is None else interim_relay(lk.route, lk.responder)
+        d = lk.route.upstream.request(_GET, target, headers, request.body, relay)
         if lk.responder is not None:
             lk.responder.on_disconnect(lambda: self._client_left(fill, d))
         d.addCallbacks(self._filled, self._fill_failed, callbackArgs=(fill,), errbackArgs=(fill,))

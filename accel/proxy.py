@@ -43,6 +43,7 @@ from accel.answers import (
     CONDITIONAL_FIELDS,
     Watched,
     answer_origin_failure,
+    interim_relay,
     not_modified,
     simple_response,
 )
@@ -215,7 +216,9 @@ class Accelerator:
         responder.log.setdefault("cache", "BYPASS")
         headers = request_headers_for_origin(request, route.forwarding)
         target = request.path + (b"?" + request.query if request.query is not None else b"")
-        d = route.upstream.request(request.method, target, headers, request.body)
+        d = route.upstream.request(
+            request.method, target, headers, request.body, interim_relay(route, responder)
+        )
         responder.on_disconnect(d.cancel)
 
         def relay(response: OriginResponse) -> None:

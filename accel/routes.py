@@ -18,7 +18,7 @@ from accel.config import ClientAccess
 from accel.forwarding import ForwardingPolicy
 from accel.http.headers import Headers
 from accel.http.model import BodySource, Request, Responder
-from accel.upstream import OriginResponse
+from accel.upstream import InterimCallback, OriginResponse
 
 __all__ = ["CacheRules", "Lookup", "Route", "Upstream"]
 
@@ -27,7 +27,12 @@ class Upstream:
     """Structural: what a route forwards to (an origin pool, or parents)."""
 
     def request(
-        self, method: bytes, target: bytes, headers: Headers, body: BodySource
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: BodySource,
+        interim: InterimCallback | None = None,
     ) -> Deferred[OriginResponse]: ...
 
     def close(self) -> Deferred[None]: ...

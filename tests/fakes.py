@@ -52,10 +52,15 @@ class FakeResponder:
     disconnected: bool = False
     producer: PushProducer | None = None
     log: dict[str, str] = field(factory=dict)
+    #: Interim (1xx) responses sent before the final one.
+    interims: list[tuple[int, bytes, Headers]] = field(factory=list)
     _on_disconnect: list[Callable[[], object]] = field(factory=list)
 
     def start(self, status: int, reason: bytes, headers: Headers) -> None:
         assert self.status is None, "start() called twice"
+        if status < 200:
+            self.interims.append((status, reason, headers))
+            return
         self.status, self.reason, self.headers = status, reason, headers
 
     def write(self, data: bytes) -> None:
@@ -148,6 +153,8 @@ class Call:
     target: bytes
     headers: Headers
     deferred: Deferred[OriginResponse]
+    #: Where the proxy wants interim (1xx) responses, if anywhere.
+    interim: Callable[[int, bytes, Headers], None] | None = None
 
 
 ORIGIN = Origin.parse("http://origin.test:80")
@@ -178,9 +185,16 @@ class FakeUpstream:
     auto: Callable[[Call], OriginResponse] | None = None
     calls: list[Call] = field(factory=list)
 
-    def request(self, method: bytes, target: bytes, headers: Headers, body: object) -> Deferred[OriginResponse]:
+    def request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: object,
+        interim: Callable[[int, bytes, Headers], None] | None = None,
+    ) -> Deferred[OriginResponse]:
         d: Deferred[OriginResponse] = Deferred()
-        call = Call(method, target, headers, d)
+        call = Call(method, target, headers, d, interim)
         self.calls.append(call)
         if self.auto is not None:
             try:

@@ -237,7 +237,8 @@ def origin_answer(seen: Seen) -> tuple[bytes, bool]:
 
     The path chooses: ``/cache/...`` is cacheable, ``/hop`` carries
     hop-by-hop fields, ``/chunked`` and ``/eof`` have no Content-Length,
-    ``/204`` and ``/304`` no content; anything else is ``no-store``.
+    ``/204`` and ``/304`` no content; a path ending in ``/hints`` is preceded
+    by a ``103 Early Hints``; anything else is ``no-store``.
     The body names the request, so a client can tell responses apart.
     """
     path = seen.target.split(b"?", 1)[0]
@@ -271,7 +272,10 @@ def origin_answer(seen: Seen) -> tuple[bytes, bool]:
         head += b"content-length: %d\r\n" % len(body)
     if seen.method == b"HEAD" or not body:
         framed = b""
-    return b"HTTP/1.1 %s\r\n%s\r\n%s" % (status, head, framed), close
+    interim = b""
+    if path.endswith(b"/hints"):
+        interim = b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n"
+    return b"%sHTTP/1.1 %s\r\n%s\r\n%s" % (interim, status, head, framed), close
 
 
 class RecordingOrigin(Protocol):
@@ -985,6 +989,23 @@ def test_no_interim_response_to_http_1_0(stack: Stack) -> None:
     outcome, client = exchange(stack, raw, count=1)
     client.close()
     assert [r.status for r in outcome.responses] == [200]
+    assert client.received.startswith(b"HTTP/1.1 200 ")
+
+
+def test_interim_response_is_forwarded_and_not_stored(stack: Stack) -> None:
+    """RFC 9110 section 15.2: a proxy forwards the origin's 1xx (with Via);
+    RFC 9111 section 3: only the final response is stored, so a hit has none."""
+    for target, reached in ((b"/cache/hints", [b"GET /cache/hints"]), (b"/hints", [b"GET /hints"])):
+        outcome, client = exchange(stack, b"GET %s HTTP/1.1\r\n%s\r\n" % (target, H), count=1)
+        client.close()
+        assert [s.line for s in outcome.reached] == reached
+        interim, _, rest = client.received.partition(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n"), client.received[:200]
+        assert parse_head(interim)[1] == [(b"link", b"</s.css>; rel=preload"), (b"via", b"1.1 accel")]
+        assert rest.startswith(b"HTTP/1.1 200 ")
+    hit, client = exchange(stack, b"GET /cache/hints HTTP/1.1\r\n" + H + b"\r\n", count=1)
+    client.close()
+    assert hit.reached == [] and hit.responses[0].get(b"age") is not None
     assert client.received.startswith(b"HTTP/1.1 200 ")
 
 

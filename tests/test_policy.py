@@ -402,6 +402,32 @@ class TestExpires:
             headers = H((b"expires", raw), (b"date", date()))
             assert freshness_lifetime(headers, 200, NOW) == 0, raw
 
+    def test_extra_spaces_are_invalid(self) -> None:
+        """HTTP-date has exactly one SP between its parts (RFC 9110 5.6.7): more is invalid."""
+        for raw in (b"Thu, 18  Aug  2050 02:01:18 GMT", b"Thu,  18 Aug 2050 02:01:18 GMT",
+                    b"Thu, 18 Aug 2050  02:01:18 GMT", b"Thu Aug   8 02:01:18 2050",
+                    b"Thursday,  18-Aug-50 02:01:18 GMT"):  # fmt: skip
+            headers = H((b"expires", raw), (b"date", date()))
+            assert parse_http_date(raw) is None, raw
+            assert freshness_lifetime(headers, 200, NOW) == 0, raw
+
+    def test_case_of_names_is_forgiven(self) -> None:
+        """Day, month and GMT in another case still parse (RFC 9110 5.6.7: be robust)."""
+        expected = parse_http_date(b"Thu, 18 Aug 2050 02:01:18 GMT")
+        for raw in (b"THU, 18 Aug 2050 02:01:18 GMT", b"Thu, 18 AUG 2050 02:01:18 GMT",
+                    b"Thu, 18 Aug 2050 02:01:18 gMT", b"thursday, 18-aug-50 02:01:18 gmt"):  # fmt: skip
+            assert parse_http_date(raw) == expected, raw
+
+    def test_unknown_day_name_is_invalid(self) -> None:
+        """A day-name that is not one of the seven is not an HTTP-date."""
+        assert parse_http_date(b"Thx, 18 Aug 2050 02:01:18 GMT") is None
+        assert parse_http_date(b"Thirsday, 18-Aug-50 02:01:18 GMT") is None
+
+    @given(st.integers(min_value=0, max_value=2**33))
+    def test_imf_fixdate_round_trips(self, when: int) -> None:
+        """What accel writes as a date, it reads back unchanged."""
+        assert parse_http_date(format_http_date(when)) == when
+
     def test_multiple_different_lines(self) -> None:
         """Several different Expires lines are treated as invalid."""
         headers = H((b"expires", date(100)), (b"expires", date(200)), (b"date", date()))

@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from accel.cache.collapse import Collapser
 from accel.cache.store import Store
 from accel.http.dates import format_http_date
+from accel.http.headers import Headers
 from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
@@ -529,3 +530,57 @@ class TestNoPoisoning:
         proxy = make_proxy(clock, store, upstream)
         assert get(proxy, headers=[(b"Authorization", b"alice")]).body == b"alice"
         assert get(proxy).body == b"anon"
+
+
+class TestInterim:
+    """RFC 9110 section 15.2: a proxy MUST forward 1xx responses; RFC 9111 3: only final ones are stored."""
+
+    EARLY_HINTS = Headers([(b"link", b"</s.css>; rel=preload"), (b"connection", b"x-hop"), (b"x-hop", b"1")])
+
+    def test_interim_is_forwarded_on_a_miss_and_not_replayed_on_a_hit(self, clock, store):
+        """A 103 reaches the client that caused the fetch; the hit that follows has none."""
+        upstream = FakeUpstream()
+        proxy = make_proxy(clock, store, upstream)
+        miss = get(proxy)
+        interim = upstream.calls[0].interim
+        assert interim is not None
+        interim(103, b"Early Hints", self.EARLY_HINTS.copy())
+        assert miss.status is None
+        ((status, reason, headers),) = miss.interims
+        assert (status, reason) == (103, b"Early Hints")
+        assert headers.get_all(b"link") == [b"</s.css>; rel=preload"]
+        assert b"x-hop" not in headers and b"connection" not in headers
+        upstream.calls[0].deferred.callback(response(200, dated((b"Cache-Control", b"max-age=60")), b"x")[0])
+        assert miss.status == 200 and miss.finished
+        hit = get(proxy)
+        assert hit.header(b"cache-status").startswith(b"accel; hit")
+        assert hit.interims == [] and b"link" not in hit.headers
+
+    def test_interim_is_forwarded_when_passing_through(self, clock, store):
+        """On a route without caching the 1xx goes through as well."""
+        upstream = FakeUpstream()
+        proxy = make_proxy(clock, store, upstream, rules=None)
+        r = get(proxy)
+        upstream.calls[0].interim(102, b"Processing", Headers())
+        assert [i[0] for i in r.interims] == [102]
+
+    def test_no_interim_for_a_client_that_left(self, clock, store):
+        """A 1xx arriving after the client went away is dropped."""
+        upstream = FakeUpstream()
+        proxy = make_proxy(clock, store, upstream, rules=None)
+        r = get(proxy)
+        r.disconnect()
+        upstream.calls[0].interim(103, b"Early Hints", self.EARLY_HINTS.copy())
+        assert r.interims == []
+
+    def test_background_fetch_forwards_no_interim(self, clock, store):
+        """stale-while-revalidate's background fetch has no client to forward a 1xx to."""
+        headers = dated((b"Cache-Control", b"max-age=1, stale-while-revalidate=60"), (b"ETag", b'"a"'))
+        upstream = FakeUpstream(auto=always(headers=headers))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        clock.advance(5)
+        upstream.auto = None
+        stale = get(proxy)
+        assert stale.status == 200 and len(upstream.calls) == 2
+        assert upstream.calls[1].interim is None

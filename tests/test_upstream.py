@@ -594,7 +594,7 @@ class MemoryTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
     def test_interim_100_continue_is_skipped(self):
-        """1xx interim responses are skipped; the final response is returned."""
+        """100 Continue is skipped (accel answers Expect itself); the final response is returned."""
         pool = self.make_pool()
         d = self.get(pool)
         protocol, _ = self.accept()
@@ -606,6 +606,65 @@ class MemoryTests(SynchronousTestCase):
         self.assertEqual((response.status, response.reason), (201, b"Created"))
         self.assertEqual(response.headers, Headers([(b"content-length", b"0")]))
         self.assertEqual(pool.idle_connections(ORIGIN), 1)
+
+    def test_interim_responses_reach_the_caller_in_order(self):
+        """RFC 9110 15.2: each 1xx but 100 goes to ``interim``, in order, before the head."""
+        pool = self.make_pool()
+        seen: list[tuple[int, bytes, Headers]] = []
+        d = pool.request(
+            b"GET", b"/x", Headers([(b"host", b"example.com")]), EMPTY_BODY,
+            lambda *interim: seen.append(interim),
+        )  # fmt: skip
+        protocol, _ = self.accept()
+        protocol.dataReceived(
+            b"HTTP/1.1 102 Processing\r\n\r\n"
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nLink: </a.js>\r\n\r\n"
+        )
+        self.assertNoResult(d)
+        self.assertEqual(
+            seen,
+            [
+                (102, b"Processing", Headers()),
+                (103, b"Early Hints", Headers([(b"link", b"</s.css>; rel=preload"), (b"link", b"</a.js>")])),
+            ],
+        )
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        response = self.successResultOf(d)
+        self.assertEqual(response.headers, Headers([(b"content-length", b"0")]))
+        self.assertEqual(len(seen), 2)
+        self.assertEqual(pool.idle_connections(ORIGIN), 1)
+
+    def test_interim_and_head_in_one_read(self):
+        """A 103 and the final head in the same read: the 103 is reported first."""
+        pool = self.make_pool()
+        events: list[object] = []
+        d = pool.request(
+            b"GET", b"/x", Headers([(b"host", b"example.com")]), EMPTY_BODY,
+            lambda status, reason, headers: events.append(status),
+        )  # fmt: skip
+        d.addCallback(lambda response: events.append(response.status))
+        protocol, _ = self.accept()
+        protocol.dataReceived(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertEqual(events, [103, 200])
+
+    def test_interim_after_cancel_is_not_reported(self):
+        """Once the caller cancelled, interim responses are no longer reported."""
+        pool = self.make_pool()
+        seen: list[int] = []
+        d = pool.request(
+            b"GET", b"/x", Headers([(b"host", b"example.com")]), EMPTY_BODY,
+            lambda status, reason, headers: seen.append(status),
+        )  # fmt: skip
+        protocol, transport = self.accept()
+        d.cancel()
+        self.failureResultOf(d)
+        protocol.dataReceived(b"HTTP/1.1 103 Early Hints\r\n\r\n")
+        self.assertEqual(seen, [])
+        self.assertTrue(transport.disconnecting)
 
     def test_101_is_a_protocol_error(self):
         """101 Switching Protocols was never asked for: UpstreamProtocolError."""

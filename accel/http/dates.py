@@ -8,6 +8,7 @@ means "already expired", section 5.3 of RFC 9111).
 from __future__ import annotations
 
 import calendar
+import re
 import time
 
 __all__ = ["format_http_date", "parse_http_date"]
@@ -23,21 +24,38 @@ _MONTH_NAMES = (
 )  # fmt: skip
 
 
-def _clock(raw: bytes) -> tuple[int, int, int] | None:
-    parts = raw.split(b":")
-    if len(parts) != 3 or not all(len(p) == 2 and p.isdigit() for p in parts):
-        return None
-    h, m, s = (int(p) for p in parts)
-    if h > 23 or m > 59 or s > 60:
-        return None
-    return h, m, s
+#: RFC 9110 section 5.6.7, with the single SP separators of the grammar. The
+#: names of days, months and ``GMT`` are matched without regard to case
+#: (recipients are "encouraged to be robust in parsing timestamps"); the
+#: layout is not, so ``Thu, 18  Aug  2050 ...`` is not a date.
+_IMF_FIXDATE = re.compile(
+    rb"([A-Za-z]{3}), ([0-9]{2}) ([A-Za-z]{3}) ([0-9]{4})"
+    rb" ([0-9]{2}):([0-9]{2}):([0-9]{2}) [Gg][Mm][Tt]"
+)
+_RFC850_DATE = re.compile(
+    rb"([A-Za-z]{6,9}), ([0-9]{2})-([A-Za-z]{3})-([0-9]{2})"
+    rb" ([0-9]{2}):([0-9]{2}):([0-9]{2}) [Gg][Mm][Tt]"
+)
+_ASCTIME_DATE = re.compile(
+    rb"([A-Za-z]{3}) ([A-Za-z]{3}) ([0-9]{2}| [0-9])"
+    rb" ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([0-9]{4})"
+)
+_DAY_NAMES = frozenset(day.lower() for day in _DAYS)
+_LONG_DAY_NAMES = frozenset(
+    {b"monday", b"tuesday", b"wednesday", b"thursday", b"friday", b"saturday", b"sunday"}
+)  # fmt: skip
 
 
-def _build(year: int, month: int, day: int, hms: tuple[int, int, int]) -> float | None:
-    if not 1 <= day <= 31:
+def _build(
+    year: int, month: bytes, day: bytes, hour: bytes, minute: bytes, second: bytes
+) -> float | None:
+    """POSIX seconds for a parsed date, or ``None`` if a part is out of range."""
+    number = _MONTHS.get(month.lower())
+    h, m, s, d = int(hour), int(minute), int(second), int(day)
+    if number is None or not 1 <= d <= 31 or h > 23 or m > 59 or s > 60:
         return None
     try:
-        return float(calendar.timegm((year, month, day, *hms, 0, 0, 0)))
+        return float(calendar.timegm((year, number, d, h, m, s, 0, 0, 0)))
     except (ValueError, OverflowError):
         return None
 
@@ -48,49 +66,31 @@ def parse_http_date(raw: bytes) -> float | None:
     Accepts IMF-fixdate (``Sun, 06 Nov 1994 08:49:37 GMT``), the obsolete
     RFC 850 form (``Sunday, 06-Nov-94 08:49:37 GMT``, two-digit years read
     per RFC 9110 as within 50 years of now) and asctime
-    (``Sun Nov  6 08:49:37 1994``), as a recipient MUST.
+    (``Sun Nov  6 08:49:37 1994``), as a recipient MUST (RFC 9110 section
+    5.6.7). Each form must follow its grammar exactly, one space where it
+    has ``SP``; only the case of the names is forgiven. Surrounding
+    whitespace is ignored.
     """
     raw = raw.strip(b" \t")
-    if not raw.isascii():
-        return None
-    words = raw.split()
-    if len(words) == 6 and words[5] == b"GMT" and words[0].endswith(b","):
-        # IMF-fixdate: day-name, DD Mon YYYY HH:MM:SS GMT
-        day, mon, year, clock = words[1], words[2], words[3], words[4]
-        if len(day) != 2 or not day.isdigit() or len(year) != 4 or not year.isdigit():
+    if (match := _IMF_FIXDATE.fullmatch(raw)) is not None:
+        name, day, month, year, hour, minute, second = match.groups()
+        if name.lower() not in _DAY_NAMES:
             return None
-        month = _MONTHS.get(mon.lower())
-        hms = _clock(clock)
-        if month is None or hms is None:
-            return None
-        return _build(int(year), month, int(day), hms)
-    if len(words) == 4 and words[3] == b"GMT" and words[0].endswith(b","):
-        # RFC 850: Weekday, DD-Mon-YY HH:MM:SS GMT
-        dmy = words[1].split(b"-")
-        if len(dmy) != 3:
-            return None
-        day, mon, yy = dmy
-        if len(day) != 2 or not day.isdigit() or len(yy) != 2 or not yy.isdigit():
-            return None
-        month = _MONTHS.get(mon.lower())
-        hms = _clock(words[2])
-        if month is None or hms is None:
+        return _build(int(year), month, day, hour, minute, second)
+    if (match := _RFC850_DATE.fullmatch(raw)) is not None:
+        name, day, month, yy, hour, minute, second = match.groups()
+        if name.lower() not in _LONG_DAY_NAMES:
             return None
         this_year = time.gmtime().tm_year
-        full_year = this_year - this_year % 100 + int(yy)
-        if full_year > this_year + 50:
-            full_year -= 100
-        return _build(full_year, month, int(day), hms)
-    if len(words) == 5:
-        # asctime: Sun Nov  6 08:49:37 1994
-        _, mon, day, clock, year = words
-        if not day.isdigit() or len(day) > 2 or len(year) != 4 or not year.isdigit():
+        year = this_year - this_year % 100 + int(yy)
+        if year > this_year + 50:
+            year -= 100
+        return _build(year, month, day, hour, minute, second)
+    if (match := _ASCTIME_DATE.fullmatch(raw)) is not None:
+        name, month, day, hour, minute, second, year = match.groups()
+        if name.lower() not in _DAY_NAMES:
             return None
-        month = _MONTHS.get(mon.lower())
-        hms = _clock(clock)
-        if month is None or hms is None:
-            return None
-        return _build(int(year), month, int(day), hms)
+        return _build(int(year), month, day.lstrip(b" "), hour, minute, second)
     return None
 
 

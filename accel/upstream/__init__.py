@@ -5,8 +5,9 @@
 * :mod:`.connection` speaks HTTP/1.1 on one connection (httptools' llhttp);
 * :mod:`.pool` chooses origins, pools connections and retries.
 
-The proxy sees :class:`Upstream` (``request(method, target, headers, body)``
-firing with an :class:`OriginResponse`) and the :class:`UpstreamError` family.
+The proxy sees :class:`Upstream` (``request(method, target, headers, body,
+interim)`` firing with an :class:`OriginResponse`, and calling ``interim``
+with any 1xx responses before that) and the :class:`UpstreamError` family.
 """
 
 from accel.upstream.connection import OriginResponse
@@ -18,9 +19,10 @@ from accel.upstream.errors import (
 )
 from accel.upstream.health import OriginHealth, choose_origin
 from accel.upstream.origin import Origin, UpstreamSettings
-from accel.upstream.pool import OriginPool, Upstream
+from accel.upstream.pool import InterimCallback, OriginPool, Upstream
 
 __all__ = [
+    "InterimCallback",
     "Origin",
     "OriginHealth",
     "OriginPool",

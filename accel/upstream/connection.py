@@ -8,7 +8,9 @@ response has no body because the request was HEAD (llhttp wants
 For HEAD the message is complete at the end of the head and the parser is
 dropped; any byte that follows makes the connection unusable, so it is
 closed instead of pooled. llhttp itself knows that 1xx, 204 and 304 have no
-body. Interim 1xx responses are skipped; 101 is an error (no upgrade was
+body. Interim 1xx responses are handed to the listener before the final
+head (``interim_received``), except ``100 Continue``, which answers an
+``Expect`` the proxy does not forward; 101 is an error (no upgrade was
 asked for).
 
 No request pipelining: a connection carries one exchange, so any byte after
@@ -146,7 +148,14 @@ class OriginResponse:
 
 
 class ExchangeListener(Protocol):
-    """Who started an exchange: told once, head or failure, before any body byte."""
+    """Who started an exchange: told once, head or failure, before any body byte.
+
+    Interim responses (1xx but 100 and 101) come before the head, in order.
+    """
+
+    def interim_received(
+        self, exchange: Exchange, status: int, reason: bytes, headers: Headers
+    ) -> None: ...
 
     def head_received(self, exchange: Exchange, response: OriginResponse) -> None: ...
 
@@ -341,6 +350,8 @@ class Exchange:
         self._pairs: list[tuple[bytes, bytes]] = []
         self._error: UpstreamProtocolError | None = None
         self._interim = False
+        #: Interim heads parsed but not yet handed to the listener.
+        self._interims: deque[tuple[int, bytes, Headers]] = deque()
         self._head_done = False
         self._reported = False
         self._complete = False
@@ -380,6 +391,10 @@ class Exchange:
                 self._fail(error)
                 return
             self._trailing = True
+        while self._interims:
+            self.listener.interim_received(self, *self._interims.popleft())
+            if self._finished:
+                return  # the listener gave up (its client went away)
         if not self._head_done:
             if self.received > self._settings.max_head_bytes:
                 limit = self._settings.max_head_bytes
@@ -475,6 +490,8 @@ class Exchange:
                 )
                 raise self._error
             self._interim = True
+            if status != 100:
+                self._interims.append((status, self._reason, Headers(self._pairs)))
             return
         headers = Headers(self._pairs)
         # RFC 9112 section 6.3.

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
@@ -65,13 +65,17 @@ from accel.upstream.errors import (
 from accel.upstream.health import OriginHealth, choose_origin
 from accel.upstream.origin import Origin, UpstreamSettings
 
-__all__ = ["OriginPool", "Upstream"]
+__all__ = ["InterimCallback", "OriginPool", "Upstream"]
 
 #: RFC 9110 section 9.2.2.
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
 )
+
+
+#: Called with the status, reason and fields of each interim (1xx) response.
+InterimCallback = Callable[[int, bytes, Headers], None]
 
 
 class Upstream(typing.Protocol):
@@ -83,11 +87,14 @@ class Upstream(typing.Protocol):
         target: bytes,
         headers: Headers,
         body: BodySource = EMPTY_BODY,
+        interim: InterimCallback | None = None,
     ) -> Deferred[OriginResponse]:
         """Send a cleaned request; fire with the response head or an UpstreamError.
 
         The Deferred is cancellable until it fires (the client went away):
-        the connection is closed.
+        the connection is closed. ``interim`` is called with each interim
+        response that comes before the head (1xx other than 100 and 101),
+        for a proxy to forward (RFC 9110 section 15.2).
         """
 
 
@@ -235,8 +242,10 @@ class _Call:
         target: bytes,
         headers: Headers,
         body: BodySource,
+        interim: InterimCallback | None = None,
     ) -> None:
         self.deferred: Deferred[OriginResponse] = Deferred(self._cancel)
+        self._interim = interim
         self._pool = pool
         self._method = method
         self._target = target
@@ -299,6 +308,12 @@ class _Call:
             connection, self, self._method, head, self._body
         )
         connection.send(exchange)
+
+    def interim_received(
+        self, exchange: Exchange, status: int, reason: bytes, headers: Headers
+    ) -> None:
+        if self._interim is not None and not self._cancelled:
+            self._interim(status, reason, headers)
 
     def head_received(self, exchange: Exchange, response: OriginResponse) -> None:
         self._exchange = None
@@ -378,6 +393,7 @@ class OriginPool:
         target: bytes,
         headers: Headers,
         body: BodySource = EMPTY_BODY,
+        interim: InterimCallback | None = None,
     ) -> Deferred[OriginResponse]:
         """Forward one request; see :class:`Upstream`.
 
@@ -386,7 +402,7 @@ class OriginPool:
         """
         if self._closed:
             return fail(UpstreamConnectError("the origin pool is closed"))
-        call = _Call(self, method, target, headers, body)
+        call = _Call(self, method, target, headers, body, interim)
         call.next_origin()
         return call.deferred
 
