@@ -246,6 +246,16 @@ def _split_absolute(method: bytes, target: bytes) -> tuple[bytes, bytes | None, 
     return path, query, authority.lower()
 
 
+def _no_delay(transport: object) -> None:
+    """Turn off Nagle's algorithm on a TCP (or TLS over TCP) transport that can."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not a TCP socket after all
+
+
 def _has_token(values: list[bytes], token: bytes) -> bool:
     """Whether the comma-separated list fields contain ``token`` (any case)."""
     for element in split_list(values):
@@ -785,6 +795,9 @@ class HTTPServerProtocol(Protocol):
         if isinstance(peer, UNIXAddress):
             self._client = "unix"
         else:
+            # A response written in pieces (a head, then relayed content)
+            # must not wait for the client's delayed ACK (Nagle's algorithm).
+            _no_delay(transport)
             self._client = str(getattr(peer, "host", ""))
             self._client_port = int(getattr(peer, "port", 0))
             self._over_limit = not self.factory._admit(self._client)
