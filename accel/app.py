@@ -30,7 +30,8 @@ from accel.cache.policy import PolicySettings
 from accel.cache.store import Store
 from accel.forwarding import ForwardingPolicy
 from accel.http.server import HTTPServerFactory, ServerLimits
-from accel.proxy import Accelerator, CacheRules, Route
+from accel.proxy import Accelerator
+from accel.routes import CacheRules, Route
 from accel.routing import Router
 from accel.workers import Listener, ListenerService, WorkerPool, bind_listeners
 from accel.upstream import Origin, OriginPool, UpstreamSettings

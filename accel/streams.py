@@ -357,7 +357,43 @@ class Follower:
             self._responder.abort()
 
 
-class FileSender:
+class _StoredBody:
+    """What :class:`FileSender` and :class:`_Sendfile` share: ``length`` bytes
+    of an open stored body going to one client, the file closed exactly once.
+
+    A subclass says how its producer is unregistered (:meth:`_unregister`):
+    from the responder, or from the transport itself.
+    """
+
+    __slots__ = ("_file", "_responder", "_remaining", "_done")
+
+    def __init__(self, file: BinaryIO, responder: Responder, length: int) -> None:
+        self._file = file
+        self._responder = responder
+        self._remaining = length
+        self._done = False
+
+    def stopProducing(self) -> None:
+        """The client went away: close the file, send nothing more."""
+        if not self._done:
+            self._done = True
+            self._file.close()
+
+    def _finish(self, complete: bool) -> None:
+        """Close the file and end the response: finished if ``complete``, else aborted."""
+        self._done = True
+        self._file.close()
+        self._unregister()
+        if complete:
+            self._responder.finish()
+        else:
+            self._responder.abort()
+
+    def _unregister(self) -> None:
+        raise NotImplementedError
+
+
+class FileSender(_StoredBody):
     """Stream ``length`` bytes of an open stored body to a client.
 
     The file is closed when done, whatever happens. Small bodies go out in
@@ -365,14 +401,11 @@ class FileSender:
     socket buffer is full.
     """
 
-    __slots__ = ("_file", "_responder", "_remaining", "_paused", "_done")
+    __slots__ = ("_paused",)
 
     def __init__(self, file: BinaryIO, responder: Responder, length: int) -> None:
-        self._file = file
-        self._responder = responder
-        self._remaining = length
+        super().__init__(file, responder, length)
         self._paused = False
-        self._done = False
 
     def start(self) -> None:
         if self._remaining >= SENDFILE_MIN:
@@ -414,22 +447,11 @@ class FileSender:
             if self._remaining <= 0:
                 self._finish(complete=True)
 
-    def stopProducing(self) -> None:
-        if not self._done:
-            self._done = True
-            self._file.close()
-
-    def _finish(self, complete: bool) -> None:
-        self._done = True
-        self._file.close()
+    def _unregister(self) -> None:
         self._responder.unregister_producer()
-        if complete:
-            self._responder.finish()
-        else:
-            self._responder.abort()
 
 
-class _Sendfile:
+class _Sendfile(_StoredBody):
     """``os.sendfile`` a stored body to a client's socket, with Twisted's help.
 
     Twisted has no sendfile API, so this is a *pull* producer registered on
@@ -446,16 +468,13 @@ class _Sendfile:
     short file or a socket error aborts the response.
     """
 
-    __slots__ = ("_file", "_responder", "_transport", "_offset", "_remaining", "_primed", "_done")
+    __slots__ = ("_transport", "_offset", "_primed")
 
     def __init__(self, file: BinaryIO, responder: Responder, transport: Any, length: int) -> None:
-        self._file = file
-        self._responder = responder
+        super().__init__(file, responder, length)
         self._transport = transport
         self._offset = file.tell()
-        self._remaining = length
         self._primed = False
-        self._done = False
 
     def start(self) -> None:
         # A pull producer is asked for data at once, while the head may still
@@ -497,16 +516,5 @@ class _Sendfile:
         else:
             transport.startWriting()
 
-    def stopProducing(self) -> None:
-        if not self._done:
-            self._done = True
-            self._file.close()
-
-    def _finish(self, complete: bool) -> None:
-        self._done = True
-        self._file.close()
+    def _unregister(self) -> None:
         self._transport.unregisterProducer()
-        if complete:
-            self._responder.finish()
-        else:
-            self._responder.abort()

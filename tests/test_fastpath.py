@@ -23,7 +23,8 @@ from accel.cache.memory import HotEntry, HotTier, MemoryTier
 from accel.cache.store import Generations, Store
 from accel.http.dates import format_http_date
 from accel.http.server import HTTPServerFactory
-from accel.proxy import Accelerator, CacheRules, Route
+from accel.proxy import Accelerator
+from accel.routes import CacheRules, Route
 from accel.routing import Router
 from tests.fakes import FakeUpstream, always
 

@@ -27,7 +27,8 @@ from accel.cache.store import Store
 from accel.config import Config, OriginURL, Route as RouteConfig, Site as SiteConfig
 from accel.http.dates import format_http_date
 from accel.http.server import HTTPServerFactory
-from accel.proxy import Accelerator, CacheRules, Route
+from accel.proxy import Accelerator
+from accel.routes import CacheRules, Route
 from accel.routing import Router
 from accel.streams import CHUNK, Feed
 from tests.fakes import FakeResponder, FakeUpstream, always, make_request, response

@@ -1,4 +1,4 @@
-"""The accelerator's cache flow (accel.proxy), on fakes and a real diskcache store.
+"""The accelerator's cache flow (accel.proxy, accel.fill), on fakes and a real diskcache store.
 
 The origin and the client are in-memory fakes (tests/fakes.py); time is a
 task.Clock; the store is the real one in a temporary directory. Each test
@@ -13,7 +13,8 @@ from twisted.internet.task import Clock
 from accel.cache.collapse import Collapser
 from accel.cache.store import Store
 from accel.http.dates import format_http_date
-from accel.proxy import Accelerator, CacheRules, Route
+from accel.proxy import Accelerator
+from accel.routes import CacheRules, Route
 from accel.routing import Router
 from accel.upstream import UpstreamTimeout
 from tests.fakes import FakeResponder, FakeUpstream, always, make_request, response

@@ -7,7 +7,7 @@ the store deletes it only gives the memory back sooner.
 
 :class:`HotTier` holds more: whole fresh hits, header section pre-serialised,
 so the proxy can answer one with a dictionary lookup and a float comparison
-(see :meth:`accel.proxy.Accelerator.fast_hit`). A large hit is held as its
+(see :meth:`accel.fasthit.HotHits.fast_hit`). A large hit is held as its
 head and the path of its stored body file, which the wire layer sends from
 the page cache.
 

@@ -1,0 +1,194 @@
+"""What accel answers itself, and where origin failures become answers.
+
+Short plain-text answers (:func:`simple_response`), the head of a 304 that
+accel answers from what it has (:func:`not_modified`), and the one place an
+origin error becomes a 502 or 504 (:func:`answer_origin_failure`); an origin
+body that fails after its head is sent can only be cut short, and
+:class:`Watched` logs it.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from accel.cache import policy
+from accel.http.headers import Headers
+from accel.http.model import BodySink, Request, Responder
+from accel.routes import Route
+from accel.upstream import OriginResponse, UpstreamError
+
+__all__ = [
+    "CONDITIONAL_FIELDS",
+    "DRAIN",
+    "Watched",
+    "answer_origin_failure",
+    "log_origin_failure",
+    "not_modified",
+    "simple_response",
+]
+
+_log = Logger()
+
+#: Client fields that make a request conditional or partial; a cache fill
+#: drops them and accel evaluates them itself against what it has.
+CONDITIONAL_FIELDS = (
+    b"if-match",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-unmodified-since",
+    b"if-range",
+    b"range",
+)
+
+_REASONS = {
+    304: b"Not Modified",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    412: b"Precondition Failed",
+    413: b"Content Too Large",
+    416: b"Range Not Satisfiable",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+def simple_response(
+    responder: Responder,
+    status: int,
+    message: bytes,
+    extra: Headers | None = None,
+) -> None:
+    """Answer with a short plain-text body (never origin internals)."""
+    headers = extra.copy() if extra is not None else Headers()
+    body = message + b"\n"
+    headers.add(b"content-type", b"text/plain; charset=utf-8")
+    headers.add(b"content-length", b"%d" % len(body))
+    headers.setdefault(b"cache-control", b"no-store")
+    responder.start(status, _REASONS.get(status, b"Error"), headers)
+    responder.write(body)
+    responder.finish()
+
+
+def not_modified(headers: Headers) -> Headers:
+    """The fields of a 304 for a response with ``headers``, as accel sends it.
+
+    What RFC 9110 section 15.4.5 keeps (:func:`accel.cache.policy.not_modified_headers`),
+    plus the ``Age``, ``Via`` and ``Cache-Status`` accel added.
+    """
+    out = policy.not_modified_headers(headers)
+    for name in (b"age", b"via", b"cache-status"):
+        for value in headers.get_all(name):
+            out.add(name, value)
+    return out
+
+
+def answer_origin_failure(
+    failure: Failure, route: Route, request: Request, responder: Responder | None
+) -> None:
+    """Log a failed origin request and answer 502 or 504 (nothing if cancelled).
+
+    The one place origin errors become HTTP: the status is the upstream
+    error's (:class:`~accel.upstream.UpstreamTimeout` is 504), the body is a
+    short plain sentence that names no origin internals, and nothing is sent
+    if the client is gone.
+    """
+    if failure.check(CancelledError):
+        return
+    status = log_origin_failure(failure, route, request)
+    if responder is None or responder.disconnected:
+        return
+    if status == 504:
+        simple_response(responder, 504, b"The origin did not answer in time.")
+    else:
+        simple_response(responder, 502, b"The origin could not be reached.")
+
+
+def log_origin_failure(failure: Failure, route: Route, request: Request) -> int:
+    """Log a failed origin request once; the status to answer it with."""
+    if failure.check(UpstreamError):
+        error = failure.value
+        _log.warn(
+            "origin failed for {method} {target} on route {route}: {error}",
+            method=request.method.decode("latin-1"),
+            target=request.target.decode("latin-1"),
+            route=route.name,
+            error=str(error),
+        )
+        return int(getattr(error, "status", 502))
+    _log.failure("unexpected error while forwarding", failure)
+    return 502
+
+
+class _Drain:
+    """A body sink that throws the body away (so the connection is reusable)."""
+
+    def data(self, chunk: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def fail(self, reason: Exception) -> None:
+        pass
+
+
+DRAIN: BodySink = _Drain()
+
+
+class Watched:
+    """An origin response body that logs, once, a failure after the head.
+
+    Failures before the head are logged where the request fails; this covers
+    the rest (a reset, a timeout or broken framing mid-body), which otherwise
+    only shows as a truncated response to the client. Naming the origin is
+    the upstream error's job: its text starts with the origin's name.
+    """
+
+    __slots__ = ("_body", "_sink", "_route", "_request", "length")
+
+    def __init__(self, response: OriginResponse, route: Route, request: Request) -> None:
+        self._body = response.body
+        self._route = route
+        self._request = request
+        self._sink: BodySink = DRAIN
+        self.length = response.body.length
+
+    # BodySource
+
+    def deliver(self, sink: BodySink) -> None:
+        self._sink = sink
+        self._body.deliver(self)
+
+    def pause(self) -> None:
+        self._body.pause()
+
+    def resume(self) -> None:
+        self._body.resume()
+
+    def discard(self) -> None:
+        self._body.discard()
+
+    # BodySink
+
+    def data(self, chunk: bytes) -> None:
+        self._sink.data(chunk)
+
+    def end(self) -> None:
+        self._sink.end()
+
+    def fail(self, reason: Exception) -> None:
+        request = self._request
+        _log.warn(
+            "origin body failed for {method} {target} on route {route}: {error}",
+            method=request.method.decode("latin-1"),
+            target=request.target.decode("latin-1"),
+            route=self._route.name,
+            error=str(reason),
+        )
+        self._sink.fail(reason)

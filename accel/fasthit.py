@@ -1,0 +1,240 @@
+"""The hit fast path: fresh hits remembered ready to send, answered from the wire.
+
+When the general path (:mod:`accel.proxy`) serves a fresh ``HIT`` of a whole
+stored body, :meth:`HotHits.remember` keeps it in the
+:class:`~accel.cache.memory.HotTier`, pre-serialised, with the time it stops
+being fresh: a small body in memory, a large one as the path of its stored
+file. The wire layer offers each simple request to :meth:`HotHits.fast_hit`
+first (from the server's ``on_headers_complete``), which answers a remembered
+hit with a dictionary lookup, a clock comparison, a check of the store's change
+stamp for the key and one write (a large body then goes by ``sendfile``),
+and declines everything else (see its docstring for exactly what it takes).
+No :class:`~accel.http.model.Request`, responder or store read is involved.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO, Protocol
+
+from twisted.internet.interfaces import IReactorTime
+
+from accel.answers import CONDITIONAL_FIELDS
+from accel.cache import policy
+from accel.cache.memory import HotEntry, HotTier
+from accel.cache.store import Entry, Store
+from accel.http.headers import Headers
+from accel.routes import Lookup
+
+__all__ = ["HotHits"]
+
+_HEAD = b"HEAD"
+
+#: Request fields that send a request down the general path even when its
+#: answer is in the hot tier: conditionals and ranges (evaluated against the
+#: stored response there), request cache directives (RFC 9111 section
+#: 5.2.1, and ``Pragma``, section 5.4), and ``Authorization`` (section 3.5).
+_NOT_FAST = frozenset(
+    {*CONDITIONAL_FIELDS, b"cache-control", b"pragma", b"authorization"}
+)
+#: Fields the wire layer manages, dropped from a stored head as
+#: :meth:`accel.http.server._Exchange.start` drops them.
+_WIRE_FIELDS = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"age"}
+)
+_HIT_NOTES = {"cache": "HIT"}
+
+
+class _WireFactory(Protocol):
+    """Structural: what :meth:`HotHits.fast_hit` reads of the server's factory."""
+
+    scheme: bytes
+    server_line: bytes
+
+
+class HotHits:
+    """Remembers fresh hits in ``hot`` and answers them from the wire.
+
+    ``hot`` is ``None`` when there is no store, or no hot tier: nothing is
+    remembered and every request is declined. The hot tier needs a store
+    with change stamps (see :class:`accel.cache.store.Generations`); ``name``
+    is this cache's name in ``Cache-Status``.
+    """
+
+    def __init__(
+        self,
+        hot: HotTier | None,
+        store: Store | None,
+        clock: IReactorTime,
+        name: bytes,
+    ) -> None:
+        self._hot = hot
+        self._store = store
+        self._clock = clock
+        self._hit_status = (
+            policy.cache_status(name=name, hit=True).replace(b"%", b"%%") + b"; ttl=%d"
+        )
+
+    def fast_hit(
+        self,
+        factory: _WireFactory,
+        method: bytes,
+        authority: bytes,
+        path: bytes,
+        query: bytes | None,
+        pairs: list[tuple[bytes, bytes]],
+        connection: bytes,
+    ) -> tuple[bytes, int, int, dict[str, str], BinaryIO | None] | None:
+        """Answer a remembered fresh hit at once, or ``None`` for the general path.
+
+        An :data:`accel.http.server.FastPath`. Taken only by a GET or HEAD
+        without content (the server checks), whose exact
+        ``(scheme, authority, path, query)`` the general path recently
+        answered as a fresh ``HIT`` of the whole stored body, with none of
+        the :data:`_NOT_FAST` fields, whose ``Vary`` fields select the same
+        variant, while the stored response is still fresh (RFC 9111 section
+        4.2: the expiry was computed when it was remembered) and the store
+        has changed nothing under its key since. The answer is what the
+        general path would send, with the ``Age`` and ``Cache-Status`` ttl
+        of now. A small body is part of the answer; a large one is its
+        stored body file, opened here, for the server to send after the head
+        (plain connections only: over TLS the fast path declines). Declined:
+        everything else, including requests the general path would answer
+        from the cache in another way, and a body file that is gone.
+        """
+        hot = self._hot
+        if hot is None:
+            return None
+        key = (factory.scheme, authority, path, query)
+        variants = hot.get(key)
+        if variants is None:
+            return None
+        for pair in pairs:
+            if pair[0] in _NOT_FAST:
+                return None
+        store = self._store
+        assert store is not None
+        generations = store.generations
+        if generations is None or not store.healthy:
+            return None
+        stamps = generations.stamps
+        now = self._clock.seconds()
+        headers = None
+        for entry in variants:
+            if entry.vary:
+                if headers is None:
+                    headers = Headers(pairs)
+                if policy.secondary_key(entry.vary, headers) != entry.secondary:
+                    continue
+            if now >= entry.fresh_until or stamps[entry.slot] != entry.generation:
+                hot.discard(key, entry)
+                return None
+            head = entry.head % (now + entry.age_at, entry.fresh_until - now)
+            server = factory.server_line if entry.needs_server else b""
+            if method == _HEAD:
+                response = b"".join((head, connection, server, b"\r\n"))
+                return response, entry.status, 0, _HIT_NOTES, None
+            if entry.path:
+                if factory.scheme != b"http":
+                    return None  # TLS: the body must go through the TLS layer
+                body_file = self._open_body(entry)
+                if body_file is None:
+                    hot.discard(key, entry)
+                    return None
+                head = b"".join((head, connection, server, b"\r\n"))
+                return head, entry.status, entry.length, _HIT_NOTES, body_file
+            body = entry.body
+            response = b"".join((head, connection, server, b"\r\n", body))
+            return response, entry.status, len(body), _HIT_NOTES, None
+        return None
+
+    @staticmethod
+    def _open_body(entry: HotEntry) -> BinaryIO | None:
+        """``entry``'s body file, open for reading; ``None`` if gone or not its length.
+
+        The store never reuses a body file's name, so a file there of the
+        right length is the body remembered; anything else (removed by
+        another process, damaged) is left to the general path to deal with.
+        """
+        try:
+            f = open(entry.path, "rb")  # noqa: SIM115 - the server closes it
+        except OSError:
+            return None
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except OSError:
+            size = -1
+        if size != entry.length:
+            f.close()
+            return None
+        return f
+
+    def remember(
+        self,
+        lk: Lookup,
+        entry: Entry,
+        headers: Headers,
+        age: float,
+        ttl: float,
+        body: bytes = b"",
+        path: str = "",
+    ) -> None:
+        """Keep a fresh hit ready to send for :meth:`fast_hit`, if it qualifies.
+
+        Either the whole ``body`` (small) or the ``path`` of its stored body
+        file (large) is kept.
+        """
+        hot = self._hot
+        request = lk.request
+        if (
+            hot is None
+            or lk.generation is None
+            or lk.route.access is not None  # the fast path checks no client rules
+            or lk.rules.recipe.headers
+            or len(body) > hot.max_item
+            or not 200 <= entry.status < 600
+            or entry.status in (204, 304)
+            or b"date" not in headers
+            or any(name in _NOT_FAST for name, _ in request.headers.pairs)
+        ):
+            return
+        store = self._store
+        assert store is not None and store.generations is not None
+        targeted = lk.rules.policy.targeted_field
+        lines = [b"HTTP/1.1 %d %s\r\n" % (entry.status, entry.reason)]
+        lines.extend(
+            b"%s: %s\r\n" % pair
+            for pair in headers.pairs
+            if pair[0] not in _WIRE_FIELDS and pair[0] != targeted
+        )
+        lines.append(b"via: 1.1 " + lk.route.forwarding.via + b"\r\n")
+        stored, via = b"".join(lines[:-1]), lines[-1]
+        length = entry.length if path else len(body)
+        # Literal "%" doubled: the template is formatted with (age, ttl).
+        template = b"".join(
+            (
+                stored.replace(b"%", b"%%"),
+                b"age: %d\r\n",
+                via.replace(b"%", b"%%"),
+                b"cache-status: " + self._hit_status + b"\r\n",
+                b"content-length: " + str(length).encode("ascii") + b"\r\n",
+            )
+        )
+        now = lk.looked_up_at
+        hot.put(
+            (request.scheme, request.authority, request.path, request.query),
+            HotEntry(
+                status=entry.status,
+                head=template,
+                body=body,
+                fresh_until=now + ttl,
+                age_at=age - now,
+                slot=store.generations.slot(lk.key),
+                generation=lk.generation,
+                vary=entry.vary,
+                secondary=entry.secondary,
+                needs_server=b"server" not in headers,
+                path=path,
+                length=length,
+            ),
+        )
