@@ -1317,6 +1317,46 @@ def test_real_socket_sends_without_delay():
     assert options and options[0] != 0
 
 
+def test_real_socket_large_chunks_arrive_whole():
+    """Over loopback, chunks large enough to go out as separate buffers arrive framed and whole."""
+    import threading
+
+    from twisted.internet import reactor
+
+    chunk = bytes(range(256)) * 1024  # 256 KiB: more than one send() takes at first
+
+    class Chunks:
+        def handle(self, request, responder):
+            responder.start(200, b"OK", Headers())
+            for _ in range(4):
+                responder.write(chunk)
+            responder.finish()
+
+    port = reactor.listenTCP(0, HTTPServerFactory(Chunks(), reactor), interface="127.0.0.1")
+    number = port.getHost().port
+    result: list[bytes] = []
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            data = b""
+            while part := s.recv(65536):
+                data += part
+            result.append(data)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    for _ in range(1000):
+        if not thread.is_alive():
+            break
+        reactor.iterate(0.01)
+    thread.join(5)
+    port.stopListening()
+    reactor.iterate(0)
+    (response,) = responses(result[0])
+    assert response.body == chunk * 4
+
+
 def test_protocol_class_exported():
     """The factory builds HTTPServerProtocol instances."""
     proto, _, _, _ = connect()
