@@ -45,8 +45,10 @@ _log = Logger()
 #: worker stays under about 80 MiB resident whatever the store holds.
 MEMORY_TIER_BYTES = 8 * 1024 * 1024
 HOT_TIER_BYTES = 16 * 1024 * 1024
-#: Largest body either tier holds.
-MEMORY_MAX_ITEM = 64 * 1024
+#: Largest body either tier holds (read whole from disk on the reactor
+#: thread when first served: a bounded read from the page cache). Larger
+#: hot bodies are sent from their files with sendfile.
+MEMORY_MAX_ITEM = 256 * 1024
 
 
 def cache_rules(settings: cfg.CacheSettings) -> CacheRules | None:

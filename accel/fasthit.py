@@ -43,6 +43,9 @@ _WIRE_FIELDS = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"age"}
 )
 _HIT_NOTES = {"cache": "HIT"}
+#: From this size on, a body in memory is handed to the server apart from
+#: its head (sent together by one ``sendmsg``) rather than copied after it.
+_SEPARATE_BODY = 16 * 1024
 
 
 class _WireFactory(Protocol):
@@ -84,7 +87,7 @@ class HotHits:
         query: bytes | None,
         pairs: list[tuple[bytes, bytes]],
         connection: bytes,
-    ) -> tuple[bytes, int, int, dict[str, str], BinaryIO | None] | None:
+    ) -> tuple[bytes, int, int, dict[str, str], bytes | BinaryIO | None] | None:
         """Answer a remembered fresh hit at once, or ``None`` for the general path.
 
         An :data:`accel.http.server.FastPath`. Taken only by a GET or HEAD
@@ -96,9 +99,10 @@ class HotHits:
         4.2: the expiry was computed when it was remembered) and the store
         has changed nothing under its key since. The answer is what the
         general path would send, with the ``Age`` and ``Cache-Status`` ttl
-        of now. A small body is part of the answer; a large one is its
-        stored body file, opened here, for the server to send after the head
-        (plain connections only: over TLS the fast path declines). Declined:
+        of now. A small body is part of the answer; a larger one in memory
+        comes apart from the head (no copy); a large one is its stored body
+        file, opened here, for the server to send after the head (plain
+        connections only: over TLS the fast path declines). Declined:
         everything else, including requests the general path would answer
         from the cache in another way, and a body file that is gone.
         """
@@ -144,6 +148,9 @@ class HotHits:
                 head = b"".join((head, connection, server, b"\r\n"))
                 return head, entry.status, entry.length, _HIT_NOTES, body_file
             body = entry.body
+            if len(body) >= _SEPARATE_BODY:
+                head = b"".join((head, connection, server, b"\r\n"))
+                return head, entry.status, len(body), _HIT_NOTES, body
             response = b"".join((head, connection, server, b"\r\n", body))
             return response, entry.status, len(body), _HIT_NOTES, None
         return None

@@ -456,13 +456,18 @@ class _Sendfile(_StoredBody):
 
     Twisted has no sendfile API, so this is a *pull* producer registered on
     the transport itself (``IPullProducer``): the transport calls
-    :meth:`resumeProducing` only when its own write buffer is empty, so the
-    response head, written through Twisted just before, is always on the
-    socket first. Each turn sends until the socket is full (``EAGAIN``) or
+    :meth:`resumeProducing` only when its own write buffer is empty, so
+    whatever was written through Twisted before (the response head, if it
+    did not go straight to the socket) is always on the socket first. Each
+    turn sends until the socket is full (``EAGAIN``) or
     :data:`SENDFILE_SLICE` is sent, then asks the transport to wait for
     writability (``startWriting``); the transport's next ``doWrite`` finds
     its buffer empty and calls :meth:`resumeProducing` again. If the client
     goes away, the transport calls :meth:`stopProducing`.
+
+    When Twisted's buffer is already empty at the start (the head went
+    straight to the socket, the usual case), the first bytes go at once,
+    and a body the socket takes whole never involves the reactor.
 
     The responder has already counted the bytes (see ``take_socket``); a
     short file or a socket error aborts the response.
@@ -477,19 +482,26 @@ class _Sendfile(_StoredBody):
         self._primed = False
 
     def start(self) -> None:
+        transport = self._transport
+        if not transport.dataBuffer and not transport._tempDataLen and self._send():
+            return
         # A pull producer is asked for data at once, while the head may still
-        # be in Twisted's buffer: the first turn only asks for a doWrite.
-        self._transport.registerProducer(self, False)
+        # be in Twisted's buffer (or the socket is full): the first turn only
+        # asks for a doWrite.
+        transport.registerProducer(self, False)
 
     def resumeProducing(self) -> None:
         if self._done:
             return
-        transport = self._transport
         if not self._primed:
             self._primed = True
-            transport.startWriting()
+        elif self._send():
             return
-        out, src = transport.fileno(), self._file.fileno()
+        self._transport.startWriting()
+
+    def _send(self) -> bool:
+        """Send until the socket is full or a slice is sent; whether the response ended."""
+        out, src = self._transport.fileno(), self._file.fileno()
         budget = SENDFILE_SLICE
         while self._remaining > 0 and budget > 0:
             try:
@@ -503,18 +515,19 @@ class _Sendfile(_StoredBody):
                 # response cannot complete; the client sees it truncated.
                 _log.debug("sendfile failed: {error}", error=e)
                 self._finish(complete=False)
-                return
+                return True
             if sent == 0:
                 # The stored file is shorter than its entry said.
                 self._finish(complete=False)
-                return
+                return True
             self._offset += sent
             self._remaining -= sent
             budget -= sent
         if self._remaining <= 0:
             self._finish(complete=True)
-        else:
-            transport.startWriting()
+            return True
+        return False
 
     def _unregister(self) -> None:
-        self._transport.unregisterProducer()
+        if self._transport.producer is self:  # not if it ended in start()
+            self._transport.unregisterProducer()

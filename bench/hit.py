@@ -3,6 +3,7 @@
     taskset -c 0 python bench/hit.py [--port 8080] [--workers N] [--access-log FILE]
     taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/1k
     taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/1m
+    taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/private/1k
 
 Starts a trivial origin (``/1k``, ``/64k``, ``/100k`` and ``/1m``, ``Cache-Control: max-age=86400``)
 and accel in front of it, in this process, exactly as ``twistd accel`` wires
@@ -31,7 +32,11 @@ BODIES = {
 
 
 class _Origin(Protocol):
-    """A minimal origin: each GET head gets its body, cacheable for a day."""
+    """A minimal origin: each GET head gets its body, cacheable for a day.
+
+    Under ``/private`` (``/private/1k``, say) the same bodies come with
+    ``Cache-Control: no-store``: every request goes through to the origin.
+    """
 
     def __init__(self) -> None:
         self._buffer = b""
@@ -40,10 +45,13 @@ class _Origin(Protocol):
         buffer = self._buffer + data
         while (end := buffer.find(b"\r\n\r\n")) >= 0:
             head, buffer = buffer[:end], buffer[end + 4 :]
-            body = BODIES.get(head.split(b" ", 2)[1], b"")
+            path = head.split(b" ", 2)[1]
+            private = path.startswith(b"/private/")
+            body = BODIES.get(path[8:] if private else path, b"")
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
-                b"cache-control: max-age=86400\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                b"cache-control: %s\r\ncontent-length: %d\r\n\r\n%s"
+                % (b"no-store" if private else b"max-age=86400", len(body), body)
             )
         self._buffer = buffer
 

@@ -108,6 +108,18 @@ def test_fast_answer_is_byte_identical_to_the_general_one(clock, store):
     assert fast.endswith(b"\r\n\r\n" + BODY)
 
 
+def test_larger_body_in_memory_is_sent_whole_after_its_head(clock, store):
+    """A 48 KiB body held in memory (handed over apart from its head) arrives whole."""
+    body = bytes(range(256)) * 192
+    rig = Rig(clock, store, body=body)
+    rig.get()
+    general = rig.get()
+    fast = rig.get()
+    assert rig.fast[-1] is True
+    assert fast == general
+    assert fast.endswith(b"\r\n\r\n" + body)
+
+
 def test_age_and_ttl_follow_the_clock(clock, store):
     """RFC 9111 section 5.1: Age grows with residence; the ttl shrinks."""
     rig = Rig(clock, store)

@@ -1281,6 +1281,82 @@ def test_real_socket_pipelined():
     assert [r.body for r in responses(result[0])] == [b"/one", b"/two", b"/three"]
 
 
+def test_real_socket_sends_without_delay():
+    """Client TCP connections have Nagle's algorithm off, so a head and relayed content
+    written apart never wait for the client's delayed ACK."""
+    import threading
+
+    from twisted.internet import reactor
+
+    options: list[int] = []
+
+    class Probe:
+        def handle(self, request, responder):
+            handle = responder._proto.transport.getHandle()
+            options.append(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            answer(responder, b"ok")
+
+    port = reactor.listenTCP(0, HTTPServerFactory(Probe(), reactor), interface="127.0.0.1")
+    number = port.getHost().port
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            while s.recv(65536):
+                pass
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    for _ in range(500):
+        if not thread.is_alive():
+            break
+        reactor.iterate(0.01)
+    thread.join(5)
+    port.stopListening()
+    reactor.iterate(0)
+    assert options and options[0] != 0
+
+
+def test_real_socket_large_chunks_arrive_whole():
+    """Over loopback, chunks large enough to go out as separate buffers arrive framed and whole."""
+    import threading
+
+    from twisted.internet import reactor
+
+    chunk = bytes(range(256)) * 1024  # 256 KiB: more than one send() takes at first
+
+    class Chunks:
+        def handle(self, request, responder):
+            responder.start(200, b"OK", Headers())
+            for _ in range(4):
+                responder.write(chunk)
+            responder.finish()
+
+    port = reactor.listenTCP(0, HTTPServerFactory(Chunks(), reactor), interface="127.0.0.1")
+    number = port.getHost().port
+    result: list[bytes] = []
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            data = b""
+            while part := s.recv(65536):
+                data += part
+            result.append(data)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    for _ in range(1000):
+        if not thread.is_alive():
+            break
+        reactor.iterate(0.01)
+    thread.join(5)
+    port.stopListening()
+    reactor.iterate(0)
+    (response,) = responses(result[0])
+    assert response.body == chunk * 4
+
+
 def test_protocol_class_exported():
     """The factory builds HTTPServerProtocol instances."""
     proto, _, _, _ = connect()

@@ -32,7 +32,7 @@ ROUNDS = 8
 OBJECTS = 150
 BLOB_SIZE = 256 * 1024
 #: Idle origin connections accel may keep pooled (UpstreamSettings.max_idle_per_origin).
-POOLED = 32
+POOLED = 256
 DEADLINE = 40.0
 
 

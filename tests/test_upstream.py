@@ -9,6 +9,8 @@ here, twisted.web for the well-behaved and raw protocols for misbehaviour.
 
 from __future__ import annotations
 
+import socket
+
 import datetime
 import ipaddress
 import os
@@ -1129,6 +1131,15 @@ class SocketTests(TestCase):
             self.assertEqual(await read(await self.get(pool)), b"hello from a")
         self.assertEqual(tracking.made, 1)
         self.assertEqual(pool.idle_connections(Origin.parse(url)), 1)
+
+    async def test_origin_connections_send_without_delay(self):
+        """TCP connections to origins have Nagle's algorithm off (TCP_NODELAY)."""
+        _, url = self.site()
+        pool = self.pool(url)
+        await read(await self.get(pool))
+        (connection,) = pool._homes[0].idle
+        handle = connection.transport.getHandle()
+        self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     async def test_head_with_content_length_keeps_the_connection(self):
         """HEAD: no body despite Content-Length; the connection is reused after it."""

@@ -80,16 +80,17 @@ AccessLog = Callable[[Request | None, int, int, float, float, dict[str, str]], N
 
 #: ``fast_path(factory, method, authority, path, query, pairs, connection)``
 #: may answer a GET or HEAD without content (only those are offered) before any :class:`Request` is
-#: built: it returns ``(response, status, body_bytes, notes, body_file)``,
+#: built: it returns ``(response, status, body_bytes, notes, body)``,
 #: ``response`` being the whole response, its head already carrying
-#: ``connection`` (the connection field line the server needs, maybe empty);
-#: or, if ``body_file`` is not ``None``, the head only, to be followed by
-#: ``body_bytes`` bytes of that open file (the server sends and closes it);
-#: or ``None``, and the request takes the general path. It is asked only when nothing is in
-#: progress or queued on the connection, so responses stay in order.
+#: ``connection`` (the connection field line the server needs, maybe empty),
+#: if ``body`` is ``None``; or else the head only, to be followed by
+#: ``body``: bytes in memory, or an open file of which ``body_bytes`` bytes
+#: are sent (the server closes it). Or it returns ``None``, and the request
+#: takes the general path. It is asked only when nothing is in progress or
+#: queued on the connection, so responses stay in order.
 FastPath = Callable[
     ["HTTPServerFactory", bytes, bytes, bytes, bytes | None, list[tuple[bytes, bytes]], bytes],
-    tuple[bytes, int, int, dict[str, str], BinaryIO | None] | None,
+    tuple[bytes, int, int, dict[str, str], bytes | BinaryIO | None] | None,
 ]
 
 
@@ -244,6 +245,16 @@ def _split_absolute(method: bytes, target: bytes) -> tuple[bytes, bytes | None, 
         rest = b"/" + rest
     path, query, _ = split_target(method, rest)
     return path, query, authority.lower()
+
+
+def _no_delay(transport: object) -> None:
+    """Turn off Nagle's algorithm on a TCP (or TLS over TCP) transport that can."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not a TCP socket after all
 
 
 def _has_token(values: list[bytes], token: bytes) -> bool:
@@ -785,6 +796,9 @@ class HTTPServerProtocol(Protocol):
         if isinstance(peer, UNIXAddress):
             self._client = "unix"
         else:
+            # A response written in pieces (a head, then relayed content)
+            # must not wait for the client's delayed ACK (Nagle's algorithm).
+            _no_delay(transport)
             self._client = str(getattr(peer, "host", ""))
             self._client_port = int(getattr(peer, "port", 0))
             self._over_limit = not self.factory._admit(self._client)
@@ -1223,7 +1237,7 @@ class HTTPServerProtocol(Protocol):
             return False
         if answer is None:
             return False
-        response, status, sent, notes, body_file = answer
+        response, status, sent, notes, body = answer
         # The head is consumed (as below for the general path); the message
         # ends in on_message_complete, which finds no exchange to finish.
         self._url = b""
@@ -1231,13 +1245,16 @@ class HTTPServerProtocol(Protocol):
         self._header_bytes = 0
         self._fields = None
         self._phase = _BODY
-        if body_file is not None:
+        if body is None:
+            self._write(response)
+        elif isinstance(body, bytes):
+            self._write_parts((response, body))
+        else:
             self._send_fast_file(
                 method, target, path, query, version, authority, keep_alive,
-                pairs, response, status, sent, notes, body_file,
+                pairs, response, status, sent, notes, body,
             )  # fmt: skip
             return True
-        self._write(response)
         now = self._clock.seconds()
         access_log = self._access_log
         if access_log is not None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from attrs import frozen
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -240,6 +241,12 @@ class OriginConnection(TwistedProtocol):
         self._lost: list[Deferred[None]] = []
 
     def connectionMade(self) -> None:
+        if not isinstance(self.transport.getPeer(), UNIXAddress):
+            # A request head and its content go out in separate writes:
+            # the content must not wait for the origin's delayed ACK.
+            no_delay = getattr(self.transport, "setTcpNoDelay", None)
+            if no_delay is not None:
+                no_delay(True)
         if not self._tls:
             self.ready.callback(self)
 
