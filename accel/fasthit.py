@@ -133,6 +133,11 @@ class HotHits:
             if now >= entry.fresh_until or stamps[entry.slot] != entry.generation:
                 hot.discard(key, entry)
                 return None
+            if now >= entry.touch_due and entry.stored is not None:
+                # Keep the store's LRU stamp current, as a hit through the
+                # store would (at most once per interval).
+                entry.touch_due = now + store.touch_interval
+                store.touch(entry.stored)
             head = entry.head % (now + entry.age_at, entry.fresh_until - now)
             server = factory.server_line if entry.needs_server else b""
             if method == _HEAD:
@@ -243,5 +248,7 @@ class HotHits:
                 needs_server=b"server" not in headers,
                 path=path,
                 length=length,
+                stored=entry,
+                touch_due=now + store.touch_interval,
             ),
         )

@@ -539,3 +539,22 @@ def test_request_pipelined_after_a_large_fast_hit_is_answered_in_order(live):
     assert third.startswith(b"HTTP/1.1 200 OK\r\n") and b"connection: close" in third
     assert tail == b""
     assert live.fast[-1] is True  # the HEAD, once the connection was idle again
+
+
+def test_fast_hits_keep_the_store_lru_stamp_current(clock, store):
+    """Once per touch interval a fast hit stamps the stored entry as used, so a response
+    hot in memory is not the first evicted on disk; more often, it does not."""
+    rig = Rig(clock, store, headers=[(b"date", format_http_date(T0)), (b"cache-control", b"max-age=3600")])
+    rig.get()
+    rig.get()  # remembered by the general path, which stamped the entry itself
+    store._con.execute("UPDATE Cache SET access_time = 0")
+    clock.advance(store.touch_interval - 1)
+    rig.get()
+    assert rig.fast[-1] is True
+    assert [t for (t,) in store._con.execute("SELECT access_time FROM Cache WHERE raw = 1")] == [0]
+    clock.advance(1)
+    before = time.time()
+    rig.get()
+    assert rig.fast[-1] is True
+    (stamp,) = [t for (t,) in store._con.execute("SELECT access_time FROM Cache WHERE raw = 1")]
+    assert stamp >= before

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from attrs import frozen
+from attrs import define
+
+if TYPE_CHECKING:
+    from accel.cache.store import Entry
 
 __all__ = ["HotEntry", "HotTier", "MemoryTier"]
 
@@ -71,7 +75,7 @@ class MemoryTier:
         self._bytes = 0
 
 
-@frozen(eq=False)
+@define(eq=False)
 class HotEntry:
     """One stored response, ready to send as a fresh hit without consulting the store.
 
@@ -89,6 +93,9 @@ class HotEntry:
     adds its own, as it would for a response through the general path.
     ``path``, if not empty, names the stored body file of ``length`` bytes,
     sent from there instead of ``body`` (then empty): a large body.
+    ``stored`` is the store's entry, stamped as used (its LRU time) when a
+    fast hit finds the proxy's clock past ``touch_due``, the one field that
+    changes: so a response hot in memory is not the first evicted on disk.
     """
 
     status: int
@@ -103,6 +110,8 @@ class HotEntry:
     needs_server: bool = True
     path: str = ""
     length: int = 0
+    stored: Entry | None = None
+    touch_due: float = float("inf")
 
     @property
     def size(self) -> int:

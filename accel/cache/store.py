@@ -1050,19 +1050,28 @@ class Store:
         else:
             generations.bump(primary)
 
-    def _touch(self, entry: Entry) -> None:
-        """Stamp ``entry`` as used, at most once per ``touch_interval`` (see Eviction above)."""
-        now = time.time()  # diskcache's access_time is wall-clock
-        if self._con is None or now - entry.accessed_at < self._touch_interval:
+    def touch(self, entry: Entry) -> None:
+        """Stamp ``entry`` as used now: its LRU time (for hits served without reading the store)."""
+        if self._con is None:
             return
         try:
             self._con.execute(
                 "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1 AND filename = ?",
-                (now, entry.key, entry.body_id),
+                (time.time(), entry.key, entry.body_id),  # diskcache's access_time is wall-clock
             )
         except _ERRORS:
             # A lost LRU stamp only ages the entry; the writes that matter report failures.
             self._counters["errors"] += 1
+
+    @property
+    def touch_interval(self) -> float:
+        """Seconds between two LRU stamps of one entry (see Eviction above)."""
+        return self._touch_interval
+
+    def _touch(self, entry: Entry) -> None:
+        """Stamp ``entry`` as used, at most once per ``touch_interval`` (see Eviction above)."""
+        if time.time() - entry.accessed_at >= self._touch_interval:
+            self.touch(entry)
 
 
 def _describe(error: BaseException) -> str:
