@@ -152,6 +152,10 @@ def bind_listeners(descriptions: Sequence[str], workers: int, reactor: Any) -> l
             sock.bind(path)
             os.chmod(path, endpoint._mode)  # type: ignore[attr-defined]
             sock.listen(backlog)
+            # Every worker wakes for a new connection and one wins it: the
+            # others must find the queue empty, not block in accept(). The
+            # flag belongs to the socket, which all the workers share.
+            sock.setblocking(False)
             out.append([sock] * workers)
             continue
         interface = endpoint._interface  # type: ignore[attr-defined]
