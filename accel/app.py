@@ -143,9 +143,17 @@ class _InOrder(MultiService):
         Service.stopService(self)
         done: Deferred[None] = succeed(None)
         for service in reversed(list(self)):
-            done.addCallback(lambda _, s=service: maybeDeferred(s.stopService))
-            done.addErrback(lambda f: _log.failure("error while shutting down", f))
+            done.addCallback(_stop, service)
+            done.addErrback(_stop_failed)
         return done
+
+
+def _stop(_: object, service: Any) -> Deferred[None]:
+    return maybeDeferred(service.stopService)
+
+
+def _stop_failed(failure: Failure) -> None:
+    _log.failure("error while shutting down", failure)
 
 
 class _Closer(Service):

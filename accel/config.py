@@ -54,6 +54,7 @@ __all__ = [
     "Site",
     "Timeouts",
     "DEFAULT_HIDE_HEADERS",
+    "MAX_WORKERS",
     "NOT_YET_SUPPORTED",
     "SHAREABLE_LISTENERS",
     "parse_duration",
@@ -570,7 +571,8 @@ def _check_log_path(raw: object, name: str) -> str:
 #: Listener kinds several workers can share: the parent binds them, each
 #: worker serves its inherited socket (``ssl`` wrapped in TLS by the worker).
 SHAREABLE_LISTENERS = ("tcp", "tcp6", "unix", "ssl")
-_MAX_WORKERS = 1024
+#: The most worker processes accepted (``auto`` is capped there too).
+MAX_WORKERS = 1024
 
 
 def _parse_workers(raw: object, name: str) -> int | None:
@@ -578,8 +580,8 @@ def _parse_workers(raw: object, name: str) -> int | None:
     if raw == "auto":
         return None
     number = int(raw) if isinstance(raw, str) and raw.isascii() and raw.isdigit() else raw
-    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= _MAX_WORKERS:
-        _fail(name, f"expected auto or a number of processes from 1 to {_MAX_WORKERS}, got {raw!r}")
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_WORKERS:
+        _fail(name, f"expected auto or a number of processes from 1 to {MAX_WORKERS}, got {raw!r}")
     return number
 
 

@@ -63,7 +63,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from accel.config import Config, unshareable_listener
+from accel.config import MAX_WORKERS, Config, unshareable_listener
 
 __all__ = [
     "Listener",
@@ -116,7 +116,7 @@ def plan_workers(config: Config, cpus: int) -> WorkerPlan:
     """
     if config.workers is not None:
         return WorkerPlan(config.workers)
-    count = max(1, min(cpus, 1024))
+    count = max(1, min(cpus, MAX_WORKERS))
     culprit = unshareable_listener(config.listen)
     if count > 1 and culprit is not None:
         return WorkerPlan(1, f"--workers auto: one worker, as the listener {culprit!r} cannot be shared by several")
@@ -368,21 +368,23 @@ class _ParentWatch:
 
 def _child_main() -> None:
     """A worker: serve the parent's configuration on the inherited sockets until told to stop."""
+    # Before anything else, and kept by the reactor (which only replaces
+    # Python's default handler): a Ctrl-C is the parent's to act on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     (size,) = _HEADER.unpack(_read_exactly(0, _HEADER.size))
     number, config, listeners = pickle.loads(_read_exactly(0, size))
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from accel.app import make_service
 
+    reactor: Any = _reactor
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     service = make_service(config, reactor, listeners=listeners)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     os.set_blocking(0, False)
     reactor.addReader(_ParentWatch(reactor, 0))
-    # After the reactor's own handlers are in place: the parent stops us.
-    reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
     _log.info("worker {number} serving (pid {pid})", number=number, pid=os.getpid())
     reactor.run()
 

@@ -26,10 +26,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from accel import workers
 from accel.app import _InOrder
 from accel.config import Config
-from accel.workers import WorkerPlan, available_cpus, bind_listeners, plan_workers, serving_factory
+from accel.workers import (
+    WorkerPlan,
+    available_cpus,
+    bind_listeners,
+    plan_workers,
+    serving_factory,
+)
 from tests.test_e2e import _wait_for, accel, process
 from tests.test_upstream import _self_signed
 
