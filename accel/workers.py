@@ -164,6 +164,8 @@ def bind_listeners(descriptions: Sequence[str], workers: int, reactor: Any) -> l
         family = socket.AF_INET6 if ipv6 else socket.AF_INET
         interface = interface or ("::" if ipv6 else "")
         port = int(endpoint._port)  # type: ignore[attr-defined]
+        if port:
+            _check_free(family, interface, port)
         socks = []
         for _ in range(workers):
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -176,6 +178,19 @@ def bind_listeners(descriptions: Sequence[str], workers: int, reactor: Any) -> l
             socks.append(sock)
         out.append(socks)
     return out
+
+
+def _check_free(family: int, interface: str, port: int) -> None:
+    """Raise ``OSError`` (address in use) if something listens on ``port`` already.
+
+    ``SO_REUSEPORT`` would let the workers' sockets join the listener of
+    another process of the same user, a second accel started by mistake,
+    and split its connections with it, where one process alone is told the
+    port is in use. A plain bind first keeps that answer.
+    """
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((interface, port))
 
 
 def serving_factory(description: str, factory: Any, reactor: Any) -> Any:

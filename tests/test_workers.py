@@ -9,6 +9,7 @@ process. Which process holds each client connection is read from ``/proc``
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import signal
@@ -120,6 +121,19 @@ def test_tls_listener_gets_a_socket_per_worker_on_one_port(tls_key: tuple[str, s
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_a_port_another_accel_listens_on_is_in_use() -> None:
+    """SO_REUSEPORT does not let the workers join another process's listener:
+    binding answers "address in use" as for one process."""
+    with socket.socket() as other:  # another accel's worker socket, same user
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(OSError) as info:
+            bind_listeners([f"tcp:{port}:interface=127.0.0.1"], 2, reactor)
+    assert info.value.errno == errno.EADDRINUSE
 
 
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
