@@ -386,7 +386,10 @@ class _UnixConnection(http.client.HTTPConnection):
 def test_workers_end_when_twistd_is_killed(tmp_path: Path) -> None:
     """SIGKILL to twistd: every worker notices its parent is gone and exits."""
     port = _free_port()
-    with accel(tmp_path, "--workers", "3", "--listen", f"tcp:{port}:interface=127.0.0.1") as proxy:
+    temp = tmp_path / "tmp"  # what the killed twistd cannot remove stays here
+    temp.mkdir()
+    args = ("--workers", "3", "--listen", f"tcp:{port}:interface=127.0.0.1")
+    with accel(tmp_path, *args, env={"TMPDIR": str(temp)}) as proxy:
         _wait_for(lambda: len(_children(proxy.pid)) == 2, "the workers", proxy)
         children = _children(proxy.pid)
         _wait_for(lambda: (tmp_path / "accel.log").read_text().count("serving (pid") == 2, "the workers serving", proxy)
