@@ -15,7 +15,7 @@ from typing import Any
 
 from attrs import evolve
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
@@ -33,7 +33,15 @@ from accel.http.server import HTTPServerFactory, ServerLimits
 from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
-from accel.workers import Listener, ListenerService, WorkerPool, bind_listeners
+from accel.workers import (
+    Listener,
+    ListenerService,
+    WorkerPool,
+    available_cpus,
+    bind_listeners,
+    plan_workers,
+    serving_factory,
+)
 from accel.upstream import Origin, OriginPool, UpstreamSettings
 
 __all__ = ["make_service", "build_accelerator"]
@@ -126,6 +134,31 @@ def build_accelerator(config: cfg.Config, reactor: Any, store: Store | None) -> 
     return Accelerator(router, reactor, store, Collapser(reactor), hot=hot)
 
 
+class _InOrder(MultiService):
+    """A ``MultiService`` that stops its services one at a time, last first.
+
+    Each waits for the one started after it to finish stopping, so the
+    worker processes have exited before the demo origin they fetch from
+    stops and the temporary cache directory they share is removed.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        done: Deferred[None] = succeed(None)
+        for service in reversed(list(self)):
+            done.addCallback(_stop, service)
+            done.addErrback(_stop_failed)
+        return done
+
+
+def _stop(_: object, service: Any) -> Deferred[None]:
+    return maybeDeferred(service.stopService)
+
+
+def _stop_failed(failure: Failure) -> None:
+    _log.failure("error while shutting down", failure)
+
+
 class _Closer(Service):
     """Closes what the proxy opened (store, logs, temp dirs) when stopping."""
 
@@ -205,12 +238,13 @@ def make_service(
 ) -> IService:
     """Everything ``twistd accel`` runs, as one service.
 
-    With ``config.workers`` above 1 this process binds every listener, serves
-    as worker 0 and runs the others (:mod:`accel.workers`); a worker is
-    given its already listening sockets as ``listeners``, one per
-    ``config.listen`` entry, and runs no workers itself.
+    With more than one worker (``config.workers``, or for ``auto`` one per
+    CPU: :func:`~accel.workers.plan_workers`) this process binds every
+    listener, serves as worker 0 and runs the others (:mod:`accel.workers`);
+    a worker is given its already listening sockets as ``listeners``, one
+    per ``config.listen`` entry, and runs no workers itself.
     """
-    top = MultiService()
+    top = _InOrder()
     closer = _Closer()
     closer.setServiceParent(top)
 
@@ -235,9 +269,15 @@ def make_service(
     closer.add(handler.close)
     limits = server_limits(config)
     access_log = _access_log(config, reactor, closer)
-    if listeners is None and config.workers > 1:
+    workers = 1
+    if listeners is None:
+        plan = plan_workers(config, available_cpus())
+        if plan.reason is not None:
+            _log.info("{reason}", reason=plan.reason)
+        workers = plan.count
+    if workers > 1:
         try:
-            sockets = bind_listeners(config.listen, config.workers, reactor)
+            sockets = bind_listeners(config.listen, workers, reactor)
         except OSError as e:
             top.stopService()  # remove temporary directories
             raise SystemExit(f"accel: --listen {' '.join(config.listen)}: cannot listen: {e}") from None
@@ -259,7 +299,8 @@ def make_service(
             fast_path=handler.fast_hit,
         )
         if listeners is not None:
-            ListenerService(reactor, listeners[number], factory).setServiceParent(top)
+            served = serving_factory(description, factory, reactor)
+            ListenerService(reactor, listeners[number], served).setServiceParent(top)
         else:
             endpoint = serverFromString(reactor, description)
             _Listener(description, endpoint, factory).setServiceParent(top)

@@ -54,9 +54,12 @@ __all__ = [
     "Site",
     "Timeouts",
     "DEFAULT_HIDE_HEADERS",
+    "MAX_WORKERS",
     "NOT_YET_SUPPORTED",
+    "SHAREABLE_LISTENERS",
     "parse_duration",
     "parse_size",
+    "unshareable_listener",
 ]
 
 #: The text that ends start-up when an option for a later release is used.
@@ -316,7 +319,10 @@ class Config:
     ``admin``/``admin_token_file``: the admin API listener and its token.
     ``trusted_proxies``: client networks whose X-Forwarded-For/Forwarded
     fields are believed. ``access_log``: a file path, ``"-"`` for standard
-    output, or None for the Twisted log. ``demo``: no origin was configured,
+    output, or None for the Twisted log. ``workers``: the number of worker
+    processes, or None (``auto``) for one per CPU this process may run on,
+    counted at start-up (:func:`accel.workers.plan_workers`).
+    ``demo``: no origin was configured,
     so the built-in demo origin is to be started; see
     :meth:`with_demo_origin`.
     """
@@ -329,7 +335,7 @@ class Config:
     admin_token_file: str | None = None
     trusted_proxies: tuple[Network, ...] = ()
     access_log: str | None = None
-    workers: int = 1
+    workers: int | None = None
     limits: Limits = Limits()
     demo: bool = False
 
@@ -562,20 +568,41 @@ def _check_log_path(raw: object, name: str) -> str:
     return raw
 
 
-def _parse_workers(raw: object, name: str) -> int:
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
-        raw = int(raw)
-    if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= 1024:
-        _fail(name, f"expected a number of processes from 1 to 1024, got {raw!r}")
-    return raw
+#: Listener kinds several workers can share: the parent binds them, each
+#: worker serves its inherited socket (``ssl`` wrapped in TLS by the worker).
+SHAREABLE_LISTENERS = ("tcp", "tcp6", "unix", "ssl")
+#: The most worker processes accepted (``auto`` is capped there too).
+MAX_WORKERS = 1024
+
+
+def _parse_workers(raw: object, name: str) -> int | None:
+    """``auto`` (None: one worker per CPU) or a number of processes, 1 to 1024."""
+    if raw == "auto":
+        return None
+    number = int(raw) if isinstance(raw, str) and raw.isascii() and raw.isdigit() else raw
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_WORKERS:
+        _fail(name, f"expected auto or a number of processes from 1 to {MAX_WORKERS}, got {raw!r}")
+    return number
+
+
+def unshareable_listener(listen: Iterable[str]) -> str | None:
+    """The first listen description several workers cannot share, or None."""
+    for description in listen:
+        if description.split(":", 1)[0] not in SHAREABLE_LISTENERS:
+            return description
+    return None
 
 
 def _check_workers(config: Config, name: str) -> None:
-    """Several workers share their listening sockets: only plain stream sockets can be shared."""
-    if config.workers > 1:
-        for description in config.listen:
-            if description.split(":", 1)[0] not in ("tcp", "tcp6", "unix"):
-                _fail(name, f"more than one worker needs tcp, tcp6 or unix listeners, got {description!r}")
+    """An explicit number of workers above 1 needs listeners they can share.
+
+    ``auto`` is not checked here: it falls back to one worker at start-up.
+    """
+    if config.workers is not None and config.workers > 1:
+        culprit = unshareable_listener(config.listen)
+        if culprit is not None:
+            kinds = ", ".join(SHAREABLE_LISTENERS)
+            _fail(name, f"more than one worker needs {kinds} listeners, got {culprit!r}")
 
 
 def _parse_fraction(raw: object, name: str) -> float:
@@ -837,7 +864,7 @@ def _load_file(path: str, option: str) -> tuple[Config, Route]:
     if admin_token_file is not None:
         unsupported.append(admin.name("token_file"))
 
-    workers = top.get("workers", _parse_workers, 1)
+    workers = top.get("workers", _parse_workers, None)
     config = Config(
         listen=top.get_list("listen", _parse_endpoint) or Config().listen,
         sites=_read_sites(top.tables("sites"), template, unsupported),
@@ -880,7 +907,8 @@ def _from_options(options: Mapping[str, Any]) -> Config:
     admin = None if given("admin") is None else _parse_endpoint(given("admin"), "--admin")
     token_file = None if given("admin-token-file") is None else _check_readable_file(given("admin-token-file"), "--admin-token-file")
     access_log = None if given("access-log") is None else _check_log_path(given("access-log"), "--access-log")
-    workers = None if given("workers") is None else _parse_workers(given("workers"), "--workers")
+    workers_given = given("workers") is not None
+    workers = _parse_workers(given("workers"), "--workers") if workers_given else None
     if host is not None and not origins and not parents:
         _fail("--origin-host", "needs --origin (it sets the Host sent to the --origin pool)")
     for option, value in (("--static", statics), ("--parent", parents), ("--admin", admin), ("--admin-token-file", token_file)):
@@ -912,12 +940,13 @@ def _from_options(options: Mapping[str, Any]) -> Config:
         ("admin", admin),
         ("admin_token_file", token_file),
         ("access_log", access_log),
-        ("workers", workers),
     ):
         if value is not None:
             changes[key] = value
+    if workers_given:  # even --workers auto replaces the file's number
+        changes["workers"] = workers
     config = evolve(config, **changes)
-    _check_workers(config, "--workers" if workers is not None else "workers")
+    _check_workers(config, "--workers" if workers_given else "workers")
     if not config.sites:
         if config_file is not None:
             _fail(config_file, "sites: expected at least one [[sites]] table with routes (or give --origin)")

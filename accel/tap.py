@@ -34,7 +34,7 @@ class Options(usage.Options):
         ["cache-size", None, None, "Cache size limit, e.g. 512M or 2G [default: 1G]."],
         ["origin-host", None, None, "Host header sent to the --origin pool instead of the client's."],
         ["access-log", None, None, "Access log file, - for stdout, or off [default: the twistd log]."],
-        ["workers", None, None, "Number of worker processes [default: 1]."],
+        ["workers", None, None, "Worker processes, 1 to 1024, or auto for one per CPU [default: auto]."],
         ["admin", None, None, "Endpoint of the admin API, e.g. tcp:9090:interface=127.0.0.1."],
         ["admin-token-file", None, None, "File holding the admin API's bearer token."],
     ]

@@ -12,41 +12,69 @@ decided once. For TCP each worker gets *its own* socket, all bound to the
 same address with ``SO_REUSEPORT``: the kernel spreads new connections
 evenly over the workers, where one shared accept queue lets whichever
 process wakes first accept a whole burst. A UNIX socket cannot be shared
-that way, so its one socket is inherited by every worker. The parent keeps
+that way, so its one socket is inherited by every worker. A TLS (``ssl:``)
+listener is a TCP listener whose connections each worker wraps in TLS
+itself, with a context built from the same description (as
+``reactor.listenSSL`` does with ``TLSMemoryBIOFactory``). The parent keeps
 every socket open, so connections waiting for a worker that is restarting
 are not lost.
 
+``--workers auto``, the default, is one worker per CPU this process may run
+on (:func:`available_cpus`); :func:`plan_workers` decides, and settles on
+one worker when a listener cannot be shared (only an explicit number is
+refused for that, by the configuration).
+
 A child that exits is started again after a delay (doubling up to a minute
 while it keeps failing); stopping the service stops the children (TERM,
-then KILL after a grace period). Children log to their standard error,
-which the parent relays to its own log with the worker's number.
+then KILL after a grace period). A child whose parent is gone, even killed
+with SIGKILL, stops by itself: its standard input is a pipe from the parent,
+and the end of that pipe ends the child. Children ignore SIGINT (a Ctrl-C at
+the terminal reaches the whole process group; the parent stops them).
+Children log to their standard error, which the parent relays to its own
+log with the worker's number.
 
 Run as a module (``python -m accel.workers``) this is the child: it reads
-its configuration and descriptors from standard input (a pickle written by
-the parent, which is trusted: it is the same program) and serves until
-terminated.
+its configuration and descriptors from standard input (a length-prefixed
+pickle written by the parent, which is trusted: it is the same program)
+and serves until terminated.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
+import struct
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import frozen
 from twisted.application.service import Service
+from twisted.internet import abstract
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from accel.config import Config
+from accel.config import MAX_WORKERS, Config, unshareable_listener
 
-__all__ = ["Listener", "ListenerService", "WorkerPool", "bind_listeners"]
+__all__ = [
+    "Listener",
+    "ListenerService",
+    "WorkerPlan",
+    "WorkerPool",
+    "available_cpus",
+    "bind_listeners",
+    "plan_workers",
+    "serving_factory",
+]
 
 _log = Logger()
 
@@ -56,6 +84,43 @@ _RESTART_DELAY = 1.0
 _MAX_RESTART_DELAY = 60.0
 #: Seconds a child has to exit after TERM before it is killed.
 _STOP_GRACE = 10.0
+
+
+#: The length prefix of the parent's message to a child.
+_HEADER = struct.Struct("!I")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system
+    has one, else every CPU), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this system
+        return max(1, os.cpu_count() or 1)
+
+
+@frozen
+class WorkerPlan:
+    """How many workers to run; ``reason`` says why ``auto`` settled on one."""
+
+    count: int
+    reason: str | None = None
+
+
+def plan_workers(config: Config, cpus: int) -> WorkerPlan:
+    """The number of workers ``config`` asks for, on a machine with ``cpus`` usable CPUs.
+
+    An explicit number is taken as it is (the configuration has checked
+    that the listeners can be shared). ``auto`` is one per CPU, but one in
+    all when a listener cannot be shared between processes.
+    """
+    if config.workers is not None:
+        return WorkerPlan(config.workers)
+    count = max(1, min(cpus, MAX_WORKERS))
+    culprit = unshareable_listener(config.listen)
+    if count > 1 and culprit is not None:
+        return WorkerPlan(1, f"--workers auto: one worker, as the listener {culprit!r} cannot be shared by several")
+    return WorkerPlan(count)
 
 
 @frozen
@@ -69,10 +134,10 @@ class Listener:
 def bind_listeners(descriptions: Sequence[str], workers: int, reactor: Any) -> list[list[socket.socket]]:
     """For each listen description, the listening sockets of each of ``workers`` workers.
 
-    TCP: ``workers`` sockets bound to one address with ``SO_REUSEPORT``
-    (port 0 is resolved by the first); UNIX: one socket, repeated.
-    Descriptions are parsed by Twisted (the configuration has already
-    checked them and refused any other kind).
+    TCP and TLS: ``workers`` sockets bound to one address with
+    ``SO_REUSEPORT`` (port 0 is resolved by the first); UNIX: one socket,
+    repeated. Descriptions are parsed by Twisted (the configuration has
+    already checked them, and :func:`plan_workers` any other kind).
     """
     out = []
     for description in descriptions:
@@ -87,11 +152,20 @@ def bind_listeners(descriptions: Sequence[str], workers: int, reactor: Any) -> l
             sock.bind(path)
             os.chmod(path, endpoint._mode)  # type: ignore[attr-defined]
             sock.listen(backlog)
+            # Every worker wakes for a new connection and one wins it: the
+            # others must find the queue empty, not block in accept(). The
+            # flag belongs to the socket, which all the workers share.
+            sock.setblocking(False)
             out.append([sock] * workers)
             continue
-        family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
-        interface = endpoint._interface or ("::" if family == socket.AF_INET6 else "")  # type: ignore[attr-defined]
+        interface = endpoint._interface  # type: ignore[attr-defined]
+        # As Twisted's own TCP port: an IPv6 interface makes an IPv6 socket.
+        ipv6 = kind == "tcp6" or abstract.isIPv6Address(interface)
+        family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        interface = interface or ("::" if ipv6 else "")
         port = int(endpoint._port)  # type: ignore[attr-defined]
+        if port:
+            _check_free(family, interface, port)
         socks = []
         for _ in range(workers):
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -104,6 +178,33 @@ def bind_listeners(descriptions: Sequence[str], workers: int, reactor: Any) -> l
             socks.append(sock)
         out.append(socks)
     return out
+
+
+def _check_free(family: int, interface: str, port: int) -> None:
+    """Raise ``OSError`` (address in use) if something listens on ``port`` already.
+
+    ``SO_REUSEPORT`` would let the workers' sockets join the listener of
+    another process of the same user, a second accel started by mistake,
+    and split its connections with it, where one process alone is told the
+    port is in use. A plain bind first keeps that answer.
+    """
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((interface, port))
+
+
+def serving_factory(description: str, factory: Any, reactor: Any) -> Any:
+    """The factory to serve an inherited socket of the listener ``description`` with.
+
+    ``factory`` itself, or for ``ssl`` it wrapped in TLS with the context
+    the description asks for (key, certificate, options), exactly as
+    ``reactor.listenSSL`` wraps it on a socket it binds itself.
+    """
+    if description.split(":", 1)[0] != "ssl":
+        return factory
+    endpoint = serverFromString(reactor, description)
+    # SSL4ServerEndpoint keeps the context factory it parsed privately.
+    return TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)  # type: ignore[attr-defined]
 
 
 class ListenerService(Service):
@@ -211,8 +312,9 @@ class WorkerPool(Service):
             env=dict(os.environ),
             childFDs=child_fds,
         )
-        process.writeToChild(0, pickle.dumps((number, self._config, inherited)))
-        process.closeChildFD(0)
+        message = pickle.dumps((number, self._config, inherited))
+        # The pipe stays open: its end tells the child that this process is gone.
+        process.writeToChild(0, _HEADER.pack(len(message)) + message)
         self._children[number] = child
         self._processes[number] = process
 
@@ -240,18 +342,64 @@ class WorkerPool(Service):
             self._spawn(number)
 
 
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise SystemExit("accel worker: the parent went away before sending the configuration")
+        data += chunk
+    return data
+
+
+@implementer(IReadDescriptor)
+class _ParentWatch:
+    """Stops the reactor when the pipe from the parent ends (the parent is gone)."""
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> Exception | None:
+        try:
+            data = os.read(self._fd, 4096)
+        except BlockingIOError:
+            return None
+        except OSError as error:
+            return error
+        return None if data else ConnectionDone("the parent is gone")
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._reactor.running:
+            _log.warn("the parent process is gone; stopping")
+            self._reactor.stop()
+
+    def logPrefix(self) -> str:
+        return "parent"
+
+
 def _child_main() -> None:
     """A worker: serve the parent's configuration on the inherited sockets until told to stop."""
-    number, config, listeners = pickle.loads(sys.stdin.buffer.read())
-    from twisted.internet import reactor
+    # Before anything else, and kept by the reactor (which only replaces
+    # Python's default handler): a Ctrl-C is the parent's to act on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    (size,) = _HEADER.unpack(_read_exactly(0, _HEADER.size))
+    number, config, listeners = pickle.loads(_read_exactly(0, size))
+    from twisted.internet import reactor as _reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from accel.app import make_service
 
+    reactor: Any = _reactor
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     service = make_service(config, reactor, listeners=listeners)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    os.set_blocking(0, False)
+    reactor.addReader(_ParentWatch(reactor, 0))
     _log.info("worker {number} serving (pid {pid})", number=number, pid=os.getpid())
     reactor.run()
 

@@ -1,19 +1,21 @@
 """Resident memory of accel at steady state with many small objects stored.
 
-    python bench/rss.py [--objects 100000] [--size 1024] [--hot 1000] [--hot-seconds 20]
+    python bench/rss.py [--objects 100000] [--size 1024] [--hot 1000] [--hot-seconds 20] [--workers 1]
 
 Starts a trivial origin (asyncio, in this process: every ``GET /o/N``
 answers ``--size`` bytes, ``Cache-Control: max-age=86400``) and ``twistd -n
-accel`` in front of it as a subprocess, with a fresh cache directory and the
-access log off. Then:
+accel --workers N`` in front of it as a subprocess, with a fresh cache
+directory and the access log off. Then:
 
 1. stores ``--objects`` distinct URLs (each fetched once: a miss that fills
    the cache) over 64 keep-alive connections;
 2. hits a hot subset of ``--hot`` URLs for ``--hot-seconds`` (each hot URL is
    asked twice first, so the hot tier holds it);
-3. prints accel's ``VmRSS`` and ``VmHWM`` (from ``/proc/PID/status``) after
-   each phase, and the origin's request count, which must equal the number
-   of objects (the hot phase must be all hits).
+3. prints each worker's ``VmRSS`` and ``VmHWM`` (from ``/proc/PID/status``)
+   and ``Pss`` (from ``/proc/PID/smaps_rollup``: shared pages divided among
+   the processes that map them) after each phase, with the workers' total,
+   and the origin's request count, which must equal the number of objects
+   (the hot phase must be all hits).
 
 Not a test: a measuring stick for the memory target (under 80 MiB with
 100,000 small objects stored; docs/performance.rst).
@@ -87,14 +89,40 @@ async def _load(port: int, paths: list[bytes], seconds: float) -> int:
     return sum(counts)
 
 
-def _rss(pid: int) -> str:
+def _memory(pid: int) -> dict[str, float]:
+    """VmRSS, VmHWM, RssAnon, RssFile and Pss of ``pid``, in MiB."""
     with open(f"/proc/{pid}/status") as f:
         fields = dict(line.split(":", 1) for line in f if ":" in line)
-    mib = {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
-    return (
-        f"VmRSS {mib['VmRSS']:5.1f} MiB (anonymous {mib['RssAnon']:5.1f}, files {mib['RssFile']:5.1f};"
-        f" peak {mib['VmHWM']:5.1f})"
-    )
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        fields.update(line.split(":", 1) for line in f if ":" in line)
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Pss")}
+
+
+def _workers(pid: int) -> list[int]:
+    """twistd's pid, then its worker processes'."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [pid, *(int(child) for child in f.read().split())]
+
+
+def _rss(pid: int) -> str:
+    """One line per worker (twistd first), then the total when there are several."""
+    lines, total = [], {"VmRSS": 0.0, "Pss": 0.0}
+    for number, worker in enumerate(_workers(pid)):
+        mib = _memory(worker)
+        total = {k: total[k] + mib[k] for k in total}
+        lines.append(
+            f"\n  worker {number}: VmRSS {mib['VmRSS']:5.1f} MiB (anonymous {mib['RssAnon']:5.1f},"
+            f" files {mib['RssFile']:5.1f}; peak {mib['VmHWM']:5.1f}; Pss {mib['Pss']:5.1f})"
+        )
+    if len(lines) > 1:
+        lines.append(f"\n  all workers: VmRSS {total['VmRSS']:5.1f} MiB, Pss {total['Pss']:5.1f} MiB")
+    return "".join(lines)
+
+
+def _all_serving(pid: int, log: str) -> bool:
+    """Whether every worker twistd started has said it is serving."""
+    with open(log) as f:
+        return f.read().count("serving (pid") == len(_workers(pid)) - 1
 
 
 def _free_port() -> int:
@@ -110,6 +138,7 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--hot", type=int, default=1000)
     parser.add_argument("--hot-seconds", type=float, default=20.0)
     parser.add_argument("--store-seconds", type=float, default=600.0, help="bound on phase 1")
+    parser.add_argument("--workers", default="1", help="accel's --workers: a number, or auto")
     args = parser.parse_args(argv)
 
     origin = _Origin(args.size)
@@ -124,6 +153,7 @@ async def main(argv: list[str]) -> None:
             "accel", "--origin", f"http://127.0.0.1:{origin_port}",
             "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
             "--cache-dir", os.path.join(work, "cache"), "--access-log", "off",
+            "--workers", args.workers,
         ],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
     )  # fmt: skip
@@ -132,7 +162,9 @@ async def main(argv: list[str]) -> None:
             try:
                 _, w = await asyncio.open_connection("127.0.0.1", port)
                 w.close()
-                break
+                if args.workers == "1" or _all_serving(proc.pid, os.path.join(work, "twistd.log")):
+                    break
+                await asyncio.sleep(0.1)
             except OSError:
                 await asyncio.sleep(0.1)
         else:

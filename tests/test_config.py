@@ -181,8 +181,6 @@ def test_cli_simple_case() -> None:
         ({"origin": ["ftp://x"]}, "--origin: expected http://host[:port], https://host[:port] or unix:/path, got 'ftp://x'"),
         ({"trusted_proxy": ["10.0.0.1/8"]}, "--trusted-proxy: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, got '10.0.0.1/8' (10.0.0.1/8 has host bits set)"),
         ({"trusted_proxy": ["everyone"]}, "--trusted-proxy: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, got 'everyone' ('everyone' does not appear to be an IPv4 or IPv6 network)"),
-        ({"workers": "0"}, "--workers: expected a number of processes from 1 to 1024, got 0"),
-        ({"workers": "two"}, "--workers: expected a number of processes from 1 to 1024, got 'two'"),
         ({"origin": ["http://a"], "origin_host": "a b"}, "--origin-host: expected a host such as example.com or example.com:8080, got 'a b'"),
         ({"origin_host": "example.com"}, "--origin-host: needs --origin (it sets the Host sent to the --origin pool)"),
         ({"static": ["/assets"]}, "--static: expected PREFIX=DIR such as /assets=/srv/www/assets, got '/assets'"),
@@ -246,19 +244,83 @@ def test_reserved_token_file(tmp_path: Path) -> None:
     assert error_of(Config.from_options, options(admin_token_file=token)) == f"--admin-token-file: {NOT_YET_SUPPORTED}"
 
 
+# --- workers -------------------------------------------------------------------
+
+
+def test_workers_default_is_auto() -> None:
+    """Without --workers the number is left to start-up: one per CPU (None)."""
+    assert Config.from_options(options()).workers is None
+    assert Config().workers is None
+
+
+@pytest.mark.parametrize("raw, expected", [("auto", None), ("1", 1), ("2", 2), ("1024", 1024)])
+def test_workers_option_values(raw: str, expected: int | None) -> None:
+    """--workers takes auto or a number of processes from 1 to 1024."""
+    assert Config.from_options(options(workers=raw)).workers == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "1025", "-1", "two", "", " 2", "2.0", "AUTO", "²"])
+def test_workers_option_errors(raw: str) -> None:
+    """A bad --workers ends start-up with one line naming the option and the value."""
+    assert error_of(Config.from_options, options(workers=raw)) == (
+        f"--workers: expected auto or a number of processes from 1 to 1024, got {raw!r}"
+    )
+
+
+@pytest.mark.parametrize("text, expected", [('workers = "auto"', None), ("workers = 3", 3), ("", None)])
+def test_workers_in_the_file(tmp_path: Path, text: str, expected: int | None) -> None:
+    """workers = "auto" (the default) or an integer, in the file."""
+    assert Config.from_toml(write(tmp_path, text + "\n" + ROUTE)).workers == expected
+
+
+def test_workers_option_replaces_the_file(tmp_path: Path) -> None:
+    """--workers, even auto, replaces the file's workers."""
+    path = write(tmp_path, "workers = 3\n" + ROUTE)
+    assert Config.from_options(options(config=path)).workers == 3
+    assert Config.from_options(options(config=path, workers="auto")).workers is None
+    assert Config.from_options(options(config=path, workers="2")).workers == 2
+
+
 def test_several_workers_accepted() -> None:
     """--workers above 1 is accepted with TCP and UNIX listeners."""
     config = Config.from_options(options(workers="4", listen=["tcp:8080", "unix:/tmp/accel.sock"]))
     assert config.workers == 4
 
 
-def test_several_workers_refused_with_tls(monkeypatch) -> None:
-    """Several workers cannot share a TLS listener (its sockets are not plain)."""
+def test_several_workers_accepted_with_tls(monkeypatch) -> None:
+    """Several workers share a TLS listener (each wraps its socket in TLS)."""
     import accel.config
 
     monkeypatch.setattr(accel.config, "_parse_endpoint", lambda raw, name: raw)
-    assert error_of(Config.from_options, options(workers="2", listen=["ssl:8443"])) == (
-        "--workers: more than one worker needs tcp, tcp6 or unix listeners, got 'ssl:8443'"
+    assert Config.from_options(options(workers="2", listen=["ssl:8443", "tcp6:8080"])).workers == 2
+
+
+def test_several_workers_refused_with_an_unshareable_listener(monkeypatch) -> None:
+    """An explicit number above 1 with a listener that cannot be shared is one line."""
+    import accel.config
+
+    monkeypatch.setattr(accel.config, "_parse_endpoint", lambda raw, name: raw)
+    assert error_of(Config.from_options, options(workers="2", listen=["tcp:80", "systemd:domain=INET:index=0"])) == (
+        "--workers: more than one worker needs tcp, tcp6, unix, ssl listeners, got 'systemd:domain=INET:index=0'"
+    )
+
+
+def test_auto_workers_accept_an_unshareable_listener(monkeypatch) -> None:
+    """auto is not refused for such a listener: start-up settles on one worker."""
+    import accel.config
+
+    monkeypatch.setattr(accel.config, "_parse_endpoint", lambda raw, name: raw)
+    assert Config.from_options(options(listen=["systemd:domain=INET:index=0"])).workers is None
+
+
+def test_file_workers_refused_with_an_unshareable_listener(tmp_path: Path, monkeypatch) -> None:
+    """The file's workers is checked the same way, and named as the file's key."""
+    import accel.config
+
+    monkeypatch.setattr(accel.config, "_parse_endpoint", lambda raw, name: raw)
+    path = write(tmp_path, 'workers = 2\nlisten = "systemd:domain=INET:index=0"\n' + ROUTE)
+    assert error_of(Config.from_options, options(config=path)) == (
+        "workers: more than one worker needs tcp, tcp6, unix, ssl listeners, got 'systemd:domain=INET:index=0'"
     )
 
 
@@ -341,7 +403,10 @@ ROUTE = '[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "http://a"\n'
     [
         ('listen = "tcp:x"\n' + ROUTE, "listen: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'tcp:x' (invalid literal for int() with base 10: 'x')"),
         ('listen = ["tcp:80", 3]\n' + ROUTE, "listen[1]: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 3"),
-        ("workers = 0\n" + ROUTE, "workers: expected a number of processes from 1 to 1024, got 0"),
+        ("workers = 0\n" + ROUTE, "workers: expected auto or a number of processes from 1 to 1024, got 0"),
+        ('workers = "two"\n' + ROUTE, "workers: expected auto or a number of processes from 1 to 1024, got 'two'"),
+        ("workers = 2.0\n" + ROUTE, "workers: expected auto or a number of processes from 1 to 1024, got 2.0"),
+        ("workers = true\n" + ROUTE, "workers: expected auto or a number of processes from 1 to 1024, got True"),
         ('trusted_proxies = ["x"]\n' + ROUTE, "trusted_proxies[0]: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, got 'x' ('x' does not appear to be an IPv4 or IPv6 network)"),
         ("access_log = 1\n" + ROUTE, "access_log: expected a file path, '-' for standard output or 'off', got 1"),
         ("lisen = []\n" + ROUTE, "lisen: unknown key (did you mean 'listen'?)"),

@@ -3,7 +3,7 @@
 ``twistd -n accel`` runs as a process in front of ``tests/origin_server.py``
 (both on UNIX sockets). Many concurrent misses of large blobs stream through
 it into the store; while several bodies are half-spooled, accel is killed
-with SIGKILL (by its PID). A new accel on the same ``--cache-dir`` must then
+with SIGKILL (by its PID, with its worker processes). A new accel on the same ``--cache-dir`` must then
 serve nothing torn: every blob it answers, from the cache or not, has the
 right length and checksum, the interrupted writes are swept, and the store
 stays within ``--cache-size``.
@@ -19,8 +19,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.origin_server import blob
 from tests.test_e2e import HERE, UnixHTTPConnection, _wait_for, accel, get, process
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="finds the workers in /proc")
 
 CACHE_SIZE = 24 * 1024**2
 #: Blobs fetched (and stored) before the crash, then fetched during it.
@@ -40,6 +44,12 @@ def fetch(sock: str, number: int) -> tuple[int, str, bytes, str]:
         return response.status, response.getheader("x-checksum", ""), body, response.getheader("cache-status", "")
     finally:
         conn.close()
+
+
+def workers_of(pid: int) -> list[int]:
+    """The worker processes ``pid`` runs (none with one worker)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
 
 
 def body_files(cache: Path) -> list[Path]:
@@ -66,7 +76,10 @@ def test_kill_during_heavy_writes_leaves_a_sound_cache(tmp_path: Path) -> None:
             # Heavy writes: every in-flight blob is a miss being spooled.
             futures = [pool.submit(fetch, sock, n) for n in IN_FLIGHT]
             _wait_for(lambda: len(spool_files(cache)) >= 8 and len(body_files(cache)) >= len(SETTLED) + 4, "spooling", first)
-            os.kill(first.pid, signal.SIGKILL)
+            # The whole accel dies at once, as in a power cut: every worker
+            # (children first, so the parent cannot restart them), then the parent.
+            for pid in [*workers_of(first.pid), first.pid]:
+                os.kill(pid, signal.SIGKILL)
             first.wait(timeout=10)
             assert first.returncode == -signal.SIGKILL
             for future in futures:

@@ -64,8 +64,9 @@ def _wait_for(predicate, what: str, proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def process(args: list[str], log: Path) -> Iterator[subprocess.Popen]:
-    env = dict(os.environ, PYTHONPATH=SOURCE_ROOT)
+def process(args: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``args`` with this checkout first on ``PYTHONPATH`` (and ``env`` added); end it by PID."""
+    env = dict(os.environ, PYTHONPATH=SOURCE_ROOT, **(env or {}))
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
@@ -79,10 +80,10 @@ def process(args: list[str], log: Path) -> Iterator[subprocess.Popen]:
             proc.wait()
 
 
-def accel(tmp_path: Path, *args: str):
+def accel(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
     command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                "-n", "--pidfile=", "accel", *args]  # fmt: skip
-    return process(command, tmp_path / "accel.log")
+    return process(command, tmp_path / "accel.log", env)
 
 
 def get(conn: http.client.HTTPConnection, path: str, headers: dict[str, str] | None = None):

@@ -157,7 +157,8 @@ def test_soak(tmp_path: Path) -> None:
     origin_cmd = [sys.executable, str(HERE / "origin_server.py"), f"unix:{origin_sock}:backlog=1024"]
     with process(origin_cmd, tmp_path / "origin.log") as origin:
         _wait_for(lambda: os.path.exists(origin_sock), "origin", origin)
-        args = ("--listen", f"tcp:{port}:interface=127.0.0.1", "--origin", f"unix:{origin_sock}",
+        # One worker: the test reads that one process's memory and descriptors.
+        args = ("--workers", "1", "--listen", f"tcp:{port}:interface=127.0.0.1", "--origin", f"unix:{origin_sock}",
                 "--cache-dir", str(tmp_path / "cache"), "--access-log", os.devnull)  # fmt: skip
         with accel(tmp_path, *args) as proc:
 

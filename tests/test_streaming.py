@@ -65,7 +65,8 @@ def stack(tmp_path_factory):
         _wait_for(port_file.exists, "origin", origin)
         origin_port = int(port_file.read_text())
         port = free_port()
-        with accel(tmp, "--listen", f"tcp:{port}:interface=127.0.0.1", "--origin",
+        # One worker: the tests read that one process's memory.
+        with accel(tmp, "--workers", "1", "--listen", f"tcp:{port}:interface=127.0.0.1", "--origin",
                    f"http://127.0.0.1:{origin_port}", "--cache-dir", str(tmp / "cache"),
                    "--access-log", str(tmp / "access.log")) as proc:  # fmt: skip
 
