@@ -1504,3 +1504,144 @@ def test_simple_head_skips_llhttp():
     assert fed == []
     assert t.value().startswith(b"HTTP/1.1 200 OK\r\n")
     assert spy.offers[0][5] == b"connection: keep-alive\r\n"
+
+
+def _serve_one_client(factory, client) -> None:
+    """Run ``client(port)`` in a thread against ``factory`` on a real loopback port."""
+    import threading
+
+    from twisted.internet import reactor
+
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    thread = threading.Thread(target=client, args=(port.getHost().port,))
+    thread.start()
+    for _ in range(1000):
+        if not thread.is_alive():
+            break
+        reactor.iterate(0.01)
+    thread.join(5)
+    port.stopListening()
+    for _ in range(3):
+        reactor.iterate(0)
+
+
+def test_error_answer_survives_unread_content():
+    """A rejected request whose content is still arriving gets its answer, not a reset:
+    the server half-closes and reads what the client still sends (lingering close)."""
+    import select
+
+    from twisted.internet import reactor
+
+    got: list[bytes | Exception] = []
+    part = b"x" * 65536
+
+    def client(number: int) -> None:
+        with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n" + part)
+            select.select([s], [], [], 5)  # the answer is on its way
+            data = b""
+            try:
+                for _ in range(4):
+                    s.sendall(part)  # still uploading, as a client that sent no Expect does
+                while chunk := s.recv(65536):
+                    data += chunk
+                got.append(data)
+            except OSError as e:
+                got.append(e)
+
+    factory = HTTPServerFactory(Recorder(), reactor, limits=ServerLimits(max_body=1000))
+    _serve_one_client(factory, client)
+    assert isinstance(got[0], bytes), got
+    assert only_response_bytes(got[0]).status == 413
+
+
+def only_response_bytes(raw: bytes) -> Response:
+    found = responses(raw)
+    assert len(found) == 1, raw
+    return found[0]
+
+
+class FullSocket:
+    """A socket that takes nothing: every write falls back to the transport."""
+
+    def send(self, data):
+        raise BlockingIOError
+
+    def sendmsg(self, parts):
+        raise BlockingIOError
+
+
+class HalfCloseTransport(StringTransport):
+    """A StringTransport that records half-closes, as a plain TCP connection allows."""
+
+    dataBuffer = b""
+    _tempDataLen = 0
+    write_closed = False
+    aborted = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+    def abortConnection(self):
+        self.aborted = True
+        self.disconnecting = True
+
+
+def lingering(**limits):
+    """A protocol whose transport can half-close; rejected with 413 mid-upload."""
+    clock = MemoryReactorClock()
+    factory = HTTPServerFactory(Recorder(), clock, limits=ServerLimits(max_body=10, **limits))
+    proto = factory.buildProtocol(None)
+    transport = HalfCloseTransport()
+    proto.makeConnection(transport)
+    proto._socket = FullSocket()  # as connectionMade sets it for tcp.Server / unix.Server
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nxxxx")
+    return proto, transport, clock
+
+
+def test_lingering_close_half_closes_and_drops_what_arrives():
+    """After the error answer the write side is shut, reading goes on, and nothing read
+    is acted on."""
+    proto, t, clock = lingering()
+    assert only_response(t).status == 413
+    assert t.write_closed and not t.disconnecting
+    before = t.value()
+    proto.dataReceived(b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n" * 10)
+    assert t.value() == before
+    assert t.producerState != "paused"
+
+
+def test_lingering_close_ends_after_silence():
+    """linger_timeout seconds without a byte from the client end the connection."""
+    proto, t, clock = lingering(linger_timeout=5, linger_time=30)
+    clock.advance(4)
+    proto.dataReceived(b"y" * 1000)
+    clock.advance(4)
+    assert not t.disconnecting  # the bytes restarted the silence
+    clock.advance(1)
+    assert t.disconnecting and not t.aborted
+
+
+def test_lingering_close_is_bounded_in_all():
+    """A client that keeps sending is cut off after linger_time seconds in all."""
+    proto, t, clock = lingering(linger_timeout=5, linger_time=12)
+    for _ in range(11):
+        clock.advance(1)
+        proto.dataReceived(b"y" * 1000)
+    assert not t.disconnecting
+    clock.advance(1)
+    assert t.disconnecting
+
+
+def test_lingering_close_aborts_when_the_answer_is_not_read():
+    """If the answer itself is still unsent at the end, the connection is aborted."""
+    proto, t, clock = lingering(linger_timeout=5)
+    t.dataBuffer = b"unsent"
+    clock.advance(5)
+    assert t.aborted
+
+
+def test_no_lingering_when_disabled():
+    """linger_time 0 closes at once, as before."""
+    _, t, _ = lingering(linger_time=0)
+    assert t.disconnecting and not t.write_closed

@@ -132,6 +132,15 @@ class ServerLimits:
     #: connection closed, as nginx's ``limit_conn`` does. UNIX-socket clients
     #: are not counted (they all share one "address").
     max_connections_per_client: int | None = field(default=1024, validator=optional(gt(0)))
+    #: Lingering close, as nginx's ``lingering_time``/``lingering_timeout``:
+    #: after an answer that leaves request content unread, the server sends
+    #: its FIN and reads and drops what still arrives, for at most
+    #: ``linger_time`` seconds in all and ``linger_timeout`` seconds of
+    #: silence, then closes. Closing at once would make the kernel answer the
+    #: unread bytes with a reset, which can destroy the answer before the
+    #: client reads it.
+    linger_time: float = field(default=30.0, validator=ge(0))
+    linger_timeout: float = field(default=5.0, validator=ge(0))
 
 
 class RequestBodyError(Exception):
@@ -771,6 +780,8 @@ class HTTPServerProtocol(Protocol):
         self._advancing = False
         self._buffered = 0
         # Connection state.
+        #: Since when the connection lingers (see ServerLimits.linger_time).
+        self._lingering: float | None = None
         self._reading_paused = False
         self._read_closed = False
         self._closing = False
@@ -878,6 +889,8 @@ class HTTPServerProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._read_closed:
+            if self._lingering is not None:
+                self._last_rx = self._clock.seconds()  # dropped; the silence restarts
             return
         now = self._last_rx = self._clock.seconds()
         if self._phase == _IDLE:
@@ -1404,8 +1417,14 @@ class HTTPServerProtocol(Protocol):
             self._access(exchange, self._clock.seconds())
         if self._closing:
             return
-        if not clean or not exchange._keep:
+        if not clean:
             self._close()
+            return
+        if not exchange._keep:
+            if exchange.received:
+                self._close()
+            else:
+                self._close_lingering()  # the client may still be sending its content
             return
         if exchange.received:
             if exchange is self._active:
@@ -1420,7 +1439,7 @@ class HTTPServerProtocol(Protocol):
             return  # no content: on_message_complete follows right away
         remaining = None if body.length is None else body.length - body.received
         if body._expect or (remaining is not None and remaining > self._limits.max_discard):
-            self._close()
+            self._close_lingering()
             return
         # Read and drop what is left (bounded), then carry on.
         body._drain_limit = body.received + self._limits.max_discard
@@ -1490,7 +1509,7 @@ class HTTPServerProtocol(Protocol):
         exchange._keep = False
         if self._access_log is not None:
             self._access(exchange, self._clock.seconds())
-        self._close()
+        self._close_lingering()
 
     def _access(self, exchange: _Exchange, now: float) -> None:
         access_log = self._access_log
@@ -1538,6 +1557,48 @@ class HTTPServerProtocol(Protocol):
         self._closing = True
         self._cancel_timer()
         self.transport.loseConnection()
+
+    def _close_lingering(self) -> None:
+        """Close after an answer, when the client may still be sending content.
+
+        The write side is shut once the answer is sent (FIN); what the client
+        still sends is read and dropped until it closes, or for the times
+        :class:`ServerLimits` allows (see ``linger_time``). Plain
+        connections only: over TLS the connection simply closes.
+        """
+        if self._closing:
+            return
+        limits = self._limits
+        if self._socket is None or limits.linger_time <= 0:
+            self._close()
+            return
+        self._read_closed = self._closing = True
+        self._cancel_timer()
+        now = self._clock.seconds()
+        self._lingering = self._last_rx = now
+        self.transport.loseWriteConnection()
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        self._timer = self._clock.callLater(
+            min(limits.linger_timeout, limits.linger_time), self._on_linger_timer
+        )
+
+    def _on_linger_timer(self) -> None:
+        """Stop lingering when the client has been silent or slow too long."""
+        self._timer = None
+        limits = self._limits
+        now = self._clock.seconds()
+        assert self._lingering is not None
+        deadline = min(self._lingering + limits.linger_time, self._last_rx + limits.linger_timeout)
+        if now >= deadline:
+            transport = self.transport
+            if transport.dataBuffer or transport._tempDataLen:
+                transport.abortConnection()  # the client does not read its answer either
+            else:
+                transport.loseConnection()  # the write side is shut: this closes the socket
+            return
+        self._timer = self._clock.callLater(deadline - now, self._on_linger_timer)
 
     def _arm(self, deadline: float) -> None:
         """Make sure the watchdog fires no later than ``deadline``."""
