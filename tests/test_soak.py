@@ -30,7 +30,9 @@ CONNECTIONS = 300
 REQUESTS_PER_CONNECTION = 6
 ROUNDS = 8
 OBJECTS = 150
-BLOB_SIZE = 256 * 1024
+#: Larger than the memory tiers' largest item (accel.app.MEMORY_MAX_ITEM), so blobs
+#: are sent from their files (sendfile) and the memory tiers hold the small objects.
+BLOB_SIZE = 384 * 1024
 #: Idle origin connections accel may keep pooled (UpstreamSettings.max_idle_per_origin).
 POOLED = 256
 DEADLINE = 40.0
