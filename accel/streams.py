@@ -74,9 +74,14 @@ class Relay:
     client is not waiting for); ``on_done(complete: bool, stored: object)`` is
     called once at the end, ``stored`` being what the writer's ``commit``
     returned (``None`` when nothing was stored).
+
+    While storing a body of declared length, the chunk that completes it
+    goes to the client only after the store has committed the entry: a
+    client that has the whole response can rely on the next request, to
+    this process or another worker, finding it stored.
     """
 
-    __slots__ = ("_body", "_responder", "_writer", "_on_done", "_done", "_limit", "_seen")
+    __slots__ = ("_body", "_responder", "_writer", "_on_done", "_done", "_limit", "_seen", "_held")
 
     def __init__(
         self,
@@ -93,6 +98,7 @@ class Relay:
         self._done = False
         self._limit = store_limit
         self._seen = 0
+        self._held = b""
 
     def start(self) -> None:
         if self._responder is not None:
@@ -104,8 +110,8 @@ class Relay:
     def data(self, chunk: bytes) -> None:
         if self._done:
             return
+        self._seen += len(chunk)
         if self._writer is not None:
-            self._seen += len(chunk)
             if self._limit is not None and self._seen > self._limit:
                 self._drop_writer()
             else:
@@ -115,7 +121,15 @@ class Relay:
                     _log.failure("store write failed; continuing without storing")
                     self._drop_writer()
         if self._responder is not None:
-            self._responder.write(chunk)
+            if self._held:
+                # More than declared after all: the store's writer has given
+                # up on it; the client gets the bytes in order.
+                self._responder.write(self._held)
+                self._held = b""
+            if self._writer is not None and self._seen == self._body.length:
+                self._held = chunk  # the last one: sent once committed (see end)
+            else:
+                self._responder.write(chunk)
 
     def end(self) -> None:
         if self._done:
@@ -130,8 +144,11 @@ class Relay:
                 stored = None
             self._writer = None
         if self._responder is not None:
+            if self._held:
+                self._responder.write(self._held)
             self._responder.unregister_producer()
             self._responder.finish()
+        self._held = b""
         if self._on_done is not None:
             self._on_done(True, stored)
 

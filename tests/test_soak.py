@@ -34,7 +34,7 @@ OBJECTS = 150
 #: are sent from their files (sendfile) and the memory tiers hold the small objects.
 BLOB_SIZE = 384 * 1024
 #: Idle origin connections accel may keep pooled (UpstreamSettings.max_idle_per_origin).
-POOLED = 256
+POOLED = 64
 DEADLINE = 40.0
 
 

@@ -139,7 +139,7 @@ class UpstreamSettings:
     first_byte_timeout: float = field(default=60.0, validator=_positive)
     idle_timeout: float = field(default=60.0, validator=_positive)
     keepalive_timeout: float = field(default=30.0, validator=_positive)
-    max_idle_per_origin: int = field(default=256, validator=_non_negative_int)
+    max_idle_per_origin: int = field(default=64, validator=_non_negative_int)
     max_fails: int = field(default=3, validator=_non_negative_int)
     fail_timeout: float = field(default=10.0, validator=_positive)
     tries: int = field(default=0, validator=_non_negative_int)
