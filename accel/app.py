@@ -82,24 +82,48 @@ def cache_rules(settings: cfg.CacheSettings) -> CacheRules | None:
 
 
 def server_limits(config: cfg.Config) -> ServerLimits:
-    """The client-side limits ``config`` asks for (the rest at their defaults).
+    """The client-side limits ``config`` asks for (its ``[server]`` table).
 
     Request bodies are bounded per route, by the server asking
     :meth:`~accel.proxy.Accelerator.body_limit` before the handler runs.
     """
+    limits = config.limits
     return ServerLimits(
-        header_timeout=config.limits.header_timeout,
-        idle_timeout=config.limits.keepalive_timeout,
-        max_header_bytes=config.limits.max_header_bytes,
+        max_target=limits.max_target,
+        max_header_bytes=limits.max_header_bytes,
+        max_headers=limits.max_headers,
+        header_timeout=limits.header_timeout,
+        idle_timeout=limits.keepalive_timeout,
+        body_timeout=limits.body_timeout,
+        max_pipelined=limits.max_pipelined,
+        max_buffered_body=limits.max_buffered_body,
+        max_discard=limits.max_discard,
+        max_connections_per_client=limits.max_connections_per_client,
+        linger_time=limits.linger_time,
+        linger_timeout=limits.linger_timeout,
     )
 
 
-def _upstream_settings(timeouts: cfg.Timeouts) -> UpstreamSettings:
+def upstream_settings(timeouts: cfg.Timeouts, upstream: cfg.UpstreamLimits) -> UpstreamSettings:
+    """The settings of one route's origin pool: its timeouts, and the
+    server-wide ``[upstream]`` table."""
     return UpstreamSettings(
         connect_timeout=timeouts.connect,
         first_byte_timeout=timeouts.first_byte,
         idle_timeout=timeouts.idle,
+        keepalive_timeout=timeouts.keepalive,
+        max_idle_per_origin=upstream.max_idle_per_origin,
+        max_fails=upstream.max_fails,
+        fail_timeout=upstream.fail_timeout,
+        tries=upstream.tries,
+        max_head_bytes=upstream.max_header_bytes,
+        max_headers=upstream.max_headers,
     )
+
+
+def collapser(config: cfg.Config, reactor: Any) -> Collapser:
+    """The request collapser ``config`` asks for: its cache lock and hit-for-miss times."""
+    return Collapser(reactor, timeout=config.cache_lock_timeout, pass_ttl=config.cache_hit_for_miss_ttl)
 
 
 def open_store(directory: str, size_limit: int, reactor: Any, **options: Any) -> Store:
@@ -117,7 +141,7 @@ def build_accelerator(config: cfg.Config, reactor: Any, store: Store | None) -> 
         routes = []
         for route in site.routes:
             origins = [Origin.parse(str(o)) for o in route.origins]
-            pool = OriginPool(origins, reactor, _upstream_settings(route.timeouts))
+            pool = OriginPool(origins, reactor, upstream_settings(route.timeouts, config.upstream))
             runtime = Route(
                 upstream=pool,
                 forwarding=ForwardingPolicy(trusted=trusted, host=route.host),
@@ -131,7 +155,7 @@ def build_accelerator(config: cfg.Config, reactor: Any, store: Store | None) -> 
         sites.append((site.hosts, routes))
     router: Router[Route] = Router(sites)
     hot = HotTier(HOT_TIER_BYTES, MEMORY_MAX_ITEM) if store is not None else None
-    return Accelerator(router, reactor, store, Collapser(reactor), hot=hot)
+    return Accelerator(router, reactor, store, collapser(config, reactor), hot=hot)
 
 
 class _InOrder(MultiService):
@@ -262,7 +286,7 @@ def make_service(
             directory = tempfile.mkdtemp(prefix="accel-cache-")
             closer.add(lambda: shutil.rmtree(directory, ignore_errors=True))
             config = evolve(config, cache_dir=directory)  # the workers share it
-        store = open_store(directory, config.cache_size, reactor)
+        store = open_store(directory, config.cache_size, reactor, max_variants=config.cache_max_variants)
         closer.add(store.close)
 
     handler = build_accelerator(config, reactor, store)

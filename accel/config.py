@@ -53,6 +53,7 @@ __all__ = [
     "Route",
     "Site",
     "Timeouts",
+    "UpstreamLimits",
     "DEFAULT_HIDE_HEADERS",
     "MAX_WORKERS",
     "NOT_YET_SUPPORTED",
@@ -146,12 +147,15 @@ class Timeouts:
 
     ``connect``: to establish the connection (and TLS); ``first_byte``: from
     the request sent to the response head received; ``idle``: the longest
-    silence while a response body streams.
+    silence while a response body streams; ``keepalive``: how long an idle
+    pooled connection is kept for reuse (nginx's upstream
+    ``keepalive_timeout``).
     """
 
     connect: float = 10.0
     first_byte: float = 60.0
     idle: float = 60.0
+    keepalive: float = 30.0
 
 
 @frozen
@@ -296,16 +300,58 @@ class Site:
 
 @frozen
 class Limits:
-    """Client-side limits of the HTTP server.
+    """Client-side limits of the HTTP server (the ``[server]`` table).
 
     ``header_timeout``: seconds to receive a complete request head;
     ``keepalive_timeout``: seconds an idle persistent connection is kept;
-    ``max_header_bytes``: the largest request head accepted.
+    ``body_timeout``: seconds of silence while request content is awaited;
+    ``max_header_bytes``: the largest request head accepted;
+    ``max_headers``: the most field lines in it; ``max_target``: the longest
+    request-target; ``max_pipelined``: parsed requests queued behind the one
+    being answered before reading pauses; ``max_buffered_body``: request
+    content buffered before reading pauses; ``max_discard``: unread request
+    content drained after a response to keep the connection;
+    ``max_connections_per_client``: open connections per client address, or
+    None for no limit; ``linger_time``/``linger_timeout``: the lingering
+    close (in all, and of silence). The meaning of each is that of the field
+    of the same name in :class:`accel.http.server.ServerLimits`, whose
+    defaults these are (``max_header_bytes`` excepted: 64 KiB here).
     """
 
     header_timeout: float = 10.0
     keepalive_timeout: float = 60.0
+    body_timeout: float = 60.0
     max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_target: int = 8192
+    max_pipelined: int = 16
+    max_buffered_body: int = 64 * 1024
+    max_discard: int = 64 * 1024
+    max_connections_per_client: int | None = 1024
+    linger_time: float = 30.0
+    linger_timeout: float = 5.0
+
+
+@frozen
+class UpstreamLimits:
+    """How every route's origin pool reuses connections, skips failing
+    origins and bounds responses (the ``[upstream]`` table).
+
+    ``max_idle_per_origin``: idle connections kept per origin for reuse;
+    ``max_fails`` failures within ``fail_timeout`` seconds make an origin be
+    skipped for ``fail_timeout`` seconds (0 disables this); ``tries``: how
+    many origins one request may be sent to (0: each origin once);
+    ``max_header_bytes``/``max_headers``: the largest response head and its
+    most field lines. The meaning of each is that of the field in
+    :class:`accel.upstream.UpstreamSettings`, whose defaults these are.
+    """
+
+    max_idle_per_origin: int = 64
+    max_fails: int = 3
+    fail_timeout: float = 10.0
+    tries: int = 0
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
 
 
 @frozen
@@ -322,7 +368,14 @@ class Config:
     output, or None for the Twisted log. ``workers``: the number of worker
     processes, or None (``auto``) for one per CPU this process may run on,
     counted at start-up (:func:`accel.workers.plan_workers`).
-    ``demo``: no origin was configured,
+    ``limits``: the HTTP server's limits on clients; ``upstream``: how
+    origin pools reuse connections, skip failing origins and bound
+    responses. ``cache_lock_timeout``: seconds a request waits for another's
+    fetch of the same key before fetching itself (nginx's
+    ``proxy_cache_lock_timeout``); ``cache_hit_for_miss_ttl``: seconds a key
+    whose response could not be stored is fetched without waiting on
+    others (0: never); ``cache_max_variants``: stored variants per URL (Vary)
+    at most. ``demo``: no origin was configured,
     so the built-in demo origin is to be started; see
     :meth:`with_demo_origin`.
     """
@@ -337,6 +390,10 @@ class Config:
     access_log: str | None = None
     workers: int | None = None
     limits: Limits = Limits()
+    upstream: UpstreamLimits = UpstreamLimits()
+    cache_lock_timeout: float = 10.0
+    cache_hit_for_miss_ttl: float = 120.0
+    cache_max_variants: int = 32
     demo: bool = False
 
     def with_demo_origin(self, origin: str) -> Config:
@@ -605,6 +662,42 @@ def _check_workers(config: Config, name: str) -> None:
             _fail(name, f"more than one worker needs {kinds} listeners, got {culprit!r}")
 
 
+def _parse_positive_duration(raw: object, name: str) -> float:
+    """A duration above zero (a timer that can never run out is not a timeout)."""
+    seconds = parse_duration(raw, name)
+    if seconds <= 0:
+        _fail(name, f"expected a duration above zero such as 30s, 5m or 1h, got {raw!r}")
+    return seconds
+
+
+def _parse_positive_size(raw: object, name: str) -> int:
+    """A size above zero (a buffer or head bound of 0 would refuse everything)."""
+    size = parse_size(raw, name)
+    if size <= 0:
+        _fail(name, f"expected a size above zero such as 64k or 1M, got {raw!r}")
+    return size
+
+
+def _parse_count(minimum: int) -> Callable[[object, str], int]:
+    """A parser of whole numbers from ``minimum`` up (TOML integers only)."""
+
+    def parse(raw: object, name: str) -> int:
+        if not isinstance(raw, int) or isinstance(raw, bool) or raw < minimum:
+            _fail(name, f"expected a whole number from {minimum} up, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _parse_connection_limit(raw: object, name: str) -> int | None:
+    """A number of connections from 1 up, or ``off`` (None: no limit)."""
+    if raw == "off":
+        return None
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
+        _fail(name, f"expected a number of connections from 1 up, or off, got {raw!r}")
+    return raw
+
+
 def _parse_fraction(raw: object, name: str) -> float:
     if isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 <= raw <= 1:
         return float(raw)
@@ -687,12 +780,48 @@ class _Table:
 
 def _read_timeouts(table: _Table, base: Timeouts) -> Timeouts:
     timeouts = Timeouts(
-        connect=table.get("connect", parse_duration, base.connect),
-        first_byte=table.get("first_byte", parse_duration, base.first_byte),
-        idle=table.get("idle", parse_duration, base.idle),
+        connect=table.get("connect", _parse_positive_duration, base.connect),
+        first_byte=table.get("first_byte", _parse_positive_duration, base.first_byte),
+        idle=table.get("idle", _parse_positive_duration, base.idle),
+        keepalive=table.get("keepalive", _parse_positive_duration, base.keepalive),
     )
     table.finish()
     return timeouts
+
+
+def _read_limits(server: _Table) -> Limits:
+    """The client limits of the ``[server]`` table (``max_body`` is read by the caller)."""
+    base = Limits()
+    return Limits(
+        header_timeout=server.get("header_timeout", _parse_positive_duration, base.header_timeout),
+        keepalive_timeout=server.get("keepalive_timeout", _parse_positive_duration, base.keepalive_timeout),
+        body_timeout=server.get("body_timeout", _parse_positive_duration, base.body_timeout),
+        max_header_bytes=server.get("max_header_bytes", _parse_positive_size, base.max_header_bytes),
+        max_headers=server.get("max_headers", _parse_count(1), base.max_headers),
+        max_target=server.get("max_target", _parse_positive_size, base.max_target),
+        max_pipelined=server.get("max_pipelined", _parse_count(1), base.max_pipelined),
+        max_buffered_body=server.get("max_buffered_body", _parse_positive_size, base.max_buffered_body),
+        max_discard=server.get("max_discard", parse_size, base.max_discard),
+        max_connections_per_client=server.get(
+            "max_connections_per_client", _parse_connection_limit, base.max_connections_per_client
+        ),
+        linger_time=server.get("linger_time", parse_duration, base.linger_time),
+        linger_timeout=server.get("linger_timeout", parse_duration, base.linger_timeout),
+    )
+
+
+def _read_upstream(table: _Table) -> UpstreamLimits:
+    base = UpstreamLimits()
+    upstream = UpstreamLimits(
+        max_idle_per_origin=table.get("max_idle_per_origin", _parse_count(0), base.max_idle_per_origin),
+        max_fails=table.get("max_fails", _parse_count(0), base.max_fails),
+        fail_timeout=table.get("fail_timeout", _parse_positive_duration, base.fail_timeout),
+        tries=table.get("tries", _parse_count(0), base.tries),
+        max_header_bytes=table.get("max_header_bytes", _parse_positive_size, base.max_header_bytes),
+        max_headers=table.get("max_headers", _parse_count(1), base.max_headers),
+    )
+    table.finish()
+    return upstream
 
 
 def _read_cache_settings(table: _Table, base: CacheSettings, also: Iterable[str] = ()) -> CacheSettings:
@@ -814,7 +943,8 @@ def _read_sites(tables: list[_Table], template: Route, unsupported: list[str]) -
     return tuple(sites)
 
 
-_STORE_KEYS = ("dir", "size")
+#: Keys of ``[cache]`` that set the store and the collapser, not route defaults.
+_STORE_KEYS = ("dir", "size", "lock_timeout", "hit_for_miss_ttl", "max_variants")
 
 
 def _load_file(path: str, option: str) -> tuple[Config, Route]:
@@ -835,18 +965,18 @@ def _load_file(path: str, option: str) -> tuple[Config, Route]:
     top = _Table(data, "", path)
     unsupported: list[str] = []
 
-    defaults, server = Limits(), top.table("server")
-    limits = Limits(
-        header_timeout=server.get("header_timeout", parse_duration, defaults.header_timeout),
-        keepalive_timeout=server.get("keepalive_timeout", parse_duration, defaults.keepalive_timeout),
-        max_header_bytes=server.get("max_header_bytes", parse_size, defaults.max_header_bytes),
-    )
+    server = top.table("server")
+    limits = _read_limits(server)
     max_body = server.get("max_body", parse_size, Route(prefix=b"/").max_body)
     server.finish()
+    upstream = _read_upstream(top.table("upstream"))
 
-    cache = top.table("cache")
+    defaults, cache = Config(), top.table("cache")
     cache_dir = cache.get("dir", _check_cache_dir, None)
-    cache_size = cache.get("size", parse_size, Config().cache_size)
+    cache_size = cache.get("size", parse_size, defaults.cache_size)
+    lock_timeout = cache.get("lock_timeout", _parse_positive_duration, defaults.cache_lock_timeout)
+    hit_for_miss_ttl = cache.get("hit_for_miss_ttl", parse_duration, defaults.cache_hit_for_miss_ttl)
+    max_variants = cache.get("max_variants", _parse_count(1), defaults.cache_max_variants)
     template = Route(
         prefix=b"/",
         max_body=max_body,
@@ -876,6 +1006,10 @@ def _load_file(path: str, option: str) -> tuple[Config, Route]:
         access_log=top.get("access_log", _check_log_path, None),
         workers=workers,
         limits=limits,
+        upstream=upstream,
+        cache_lock_timeout=lock_timeout,
+        cache_hit_for_miss_ttl=hit_for_miss_ttl,
+        cache_max_variants=max_variants,
     )
     top.finish()
     if unsupported:

@@ -651,3 +651,171 @@ def test_strip_cdn_cache_control_key(tmp_path: Path) -> None:
     """cache.strip_cdn_cache_control is read as a boolean."""
     text = '[[sites]]\n  [[sites.routes]]\n  prefix = "/"\n  origin = "http://a"\n  cache = { strip_cdn_cache_control = true }\n'
     assert Config.from_toml(write(tmp_path, text)).sites[0].routes[0].cache.strip_cdn_cache_control
+
+
+# --- limits: [server], [upstream], cache lock, hit-for-miss, variants ----------
+
+LIMITS = """\
+[server]
+body_timeout = "30s"
+max_headers = 50
+max_target = "4k"
+max_pipelined = 4
+max_buffered_body = "128k"
+max_discard = 0
+max_connections_per_client = 64
+linger_time = "10s"
+linger_timeout = 0
+
+[upstream]
+max_idle_per_origin = 0
+max_fails = 5
+fail_timeout = "30s"
+tries = 2
+max_header_bytes = "16k"
+max_headers = 64
+
+[cache]
+lock_timeout = "5s"
+hit_for_miss_ttl = 0
+max_variants = 4
+
+[timeouts]
+keepalive = "15s"
+
+[[sites]]
+  [[sites.routes]]
+  prefix = "/"
+  origin = "http://a"
+
+  [[sites.routes]]
+  prefix = "/slow/"
+  origin = "http://b"
+  timeouts = { keepalive = "2s" }
+"""
+
+
+def test_limit_keys(tmp_path: Path) -> None:
+    """Every limit key reaches its field of the configuration."""
+    from accel.config import Limits, UpstreamLimits
+
+    config = Config.from_toml(write(tmp_path, LIMITS))
+    assert config.limits == Limits(
+        body_timeout=30.0,
+        max_headers=50,
+        max_target=4096,
+        max_pipelined=4,
+        max_buffered_body=128 * 1024,
+        max_discard=0,
+        max_connections_per_client=64,
+        linger_time=10.0,
+        linger_timeout=0.0,
+    )
+    assert config.upstream == UpstreamLimits(
+        max_idle_per_origin=0, max_fails=5, fail_timeout=30.0, tries=2, max_header_bytes=16 * 1024, max_headers=64
+    )
+    assert (config.cache_lock_timeout, config.cache_hit_for_miss_ttl, config.cache_max_variants) == (5.0, 0.0, 4)
+
+
+def test_keepalive_timeout_is_a_route_timeout(tmp_path: Path) -> None:
+    """timeouts.keepalive is a route default that a route's timeouts table overrides."""
+    root, slow = Config.from_toml(write(tmp_path, LIMITS)).sites[0].routes
+    assert root.timeouts == Timeouts(keepalive=15.0) and slow.timeouts == Timeouts(keepalive=2.0)
+
+
+def test_connection_limit_off(tmp_path: Path) -> None:
+    """max_connections_per_client = "off" means no limit."""
+    config = Config.from_toml(write(tmp_path, '[server]\nmax_connections_per_client = "off"\n' + ROUTE))
+    assert config.limits.max_connections_per_client is None
+
+
+def test_absent_limit_keys_take_the_defaults(tmp_path: Path) -> None:
+    """A file that sets no limit gets the configuration's defaults."""
+    config = Config.from_toml(write(tmp_path, ROUTE))
+    defaults = Config()
+    assert (config.limits, config.upstream) == (defaults.limits, defaults.upstream)
+    assert config.sites[0].routes[0].timeouts == Timeouts()
+    assert (config.cache_lock_timeout, config.cache_hit_for_miss_ttl, config.cache_max_variants) == (
+        defaults.cache_lock_timeout,
+        defaults.cache_hit_for_miss_ttl,
+        defaults.cache_max_variants,
+    )
+
+
+def test_server_limit_defaults_are_the_servers() -> None:
+    """The [server] defaults are ServerLimits' own, but for the documented 64 KiB head."""
+    from accel.app import server_limits
+    from accel.http.server import ServerLimits
+
+    assert server_limits(Config()) == ServerLimits(max_header_bytes=64 * 1024)
+
+
+def test_upstream_defaults_are_the_pools() -> None:
+    """The [upstream] and [timeouts] defaults are UpstreamSettings' own, but for the documented 10 s connect."""
+    from accel.app import upstream_settings
+    from accel.config import UpstreamLimits
+    from accel.upstream import UpstreamSettings
+
+    assert upstream_settings(Timeouts(), UpstreamLimits()) == UpstreamSettings(connect_timeout=10.0)
+
+
+def test_cache_limit_defaults_are_the_collapsers_and_stores() -> None:
+    """cache.lock_timeout, hit_for_miss_ttl and max_variants default to Collapser's and Store's defaults."""
+    import inspect
+
+    from accel.cache.collapse import Collapser
+    from accel.cache.store import Store
+
+    collapser = inspect.signature(Collapser).parameters
+    store = inspect.signature(Store).parameters
+    config = Config()
+    assert config.cache_lock_timeout == collapser["timeout"].default
+    assert config.cache_hit_for_miss_ttl == collapser["pass_ttl"].default
+    assert config.cache_max_variants == store["max_variants"].default
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[server]\nbody_timeout = 0\n", "server.body_timeout: expected a duration above zero such as 30s, 5m or 1h, got 0"),
+        ('[server]\nheader_timeout = "0s"\n', "server.header_timeout: expected a duration above zero such as 30s, 5m or 1h, got '0s'"),
+        ("[server]\nkeepalive_timeout = 0.0\n", "server.keepalive_timeout: expected a duration above zero such as 30s, 5m or 1h, got 0.0"),
+        ("[server]\nmax_header_bytes = 0\n", "server.max_header_bytes: expected a size above zero such as 64k or 1M, got 0"),
+        ("[server]\nmax_headers = 0\n", "server.max_headers: expected a whole number from 1 up, got 0"),
+        ('[server]\nmax_headers = "100"\n', "server.max_headers: expected a whole number from 1 up, got '100'"),
+        ("[server]\nmax_headers = true\n", "server.max_headers: expected a whole number from 1 up, got True"),
+        ('[server]\nmax_target = "8 kilo"\n', "server.max_target: expected a size such as 512M or 2G, got '8 kilo'"),
+        ("[server]\nmax_pipelined = 1.5\n", "server.max_pipelined: expected a whole number from 1 up, got 1.5"),
+        ('[server]\nmax_buffered_body = "0k"\n', "server.max_buffered_body: expected a size above zero such as 64k or 1M, got '0k'"),
+        ("[server]\nmax_discard = -1\n", "server.max_discard: expected a size such as 512M or 2G, got -1"),
+        ("[server]\nmax_connections_per_client = 0\n", "server.max_connections_per_client: expected a number of connections from 1 up, or off, got 0"),
+        ('[server]\nmax_connections_per_client = "none"\n', "server.max_connections_per_client: expected a number of connections from 1 up, or off, got 'none'"),
+        ('[server]\nlinger_time = "long"\n', "server.linger_time: expected a duration such as 30s, 5m or 1h, got 'long'"),
+        ("[server]\nlinger_timeout = -5\n", "server.linger_timeout: expected a duration such as 30s, 5m or 1h, got -5"),
+        ("[server]\nmax_conections_per_client = 5\n", "server.max_conections_per_client: unknown key (did you mean 'max_connections_per_client'?)"),
+        ("upstream = 1\n", "upstream: expected a table, got 1"),
+        ("[upstream]\nmax_idle_per_origin = -1\n", "upstream.max_idle_per_origin: expected a whole number from 0 up, got -1"),
+        ('[upstream]\nmax_fails = "3"\n', "upstream.max_fails: expected a whole number from 0 up, got '3'"),
+        ("[upstream]\nfail_timeout = 0\n", "upstream.fail_timeout: expected a duration above zero such as 30s, 5m or 1h, got 0"),
+        ("[upstream]\ntries = false\n", "upstream.tries: expected a whole number from 0 up, got False"),
+        ("[upstream]\nmax_header_bytes = 0\n", "upstream.max_header_bytes: expected a size above zero such as 64k or 1M, got 0"),
+        ("[upstream]\nmax_headers = 0\n", "upstream.max_headers: expected a whole number from 1 up, got 0"),
+        ('[upstream]\nconnect = "1s"\n', "upstream.connect: unknown key"),
+        ("[timeouts]\nkeepalive = 0\n", "timeouts.keepalive: expected a duration above zero such as 30s, 5m or 1h, got 0"),
+        ('[timeouts]\nconnect = "0ms"\n', "timeouts.connect: expected a duration above zero such as 30s, 5m or 1h, got '0ms'"),
+        ("[cache]\nlock_timeout = 0\n", "cache.lock_timeout: expected a duration above zero such as 30s, 5m or 1h, got 0"),
+        ('[cache]\nhit_for_miss_ttl = "2 min"\n', "cache.hit_for_miss_ttl: expected a duration such as 30s, 5m or 1h, got '2 min'"),
+        ("[cache]\nmax_variants = 0\n", "cache.max_variants: expected a whole number from 1 up, got 0"),
+    ],
+)
+def test_limit_key_errors(tmp_path: Path, text: str, message: str) -> None:
+    """A bad limit ends start-up with one line naming the key."""
+    path = write(tmp_path, text + ROUTE)
+    assert error_of(Config.from_toml, path) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("key", ["lock_timeout", "hit_for_miss_ttl", "max_variants"])
+def test_store_limits_are_not_route_keys(tmp_path: Path, key: str) -> None:
+    """The cache lock, hit-for-miss and variant bounds are server-wide: a route's cache table refuses them."""
+    path = write(tmp_path, ROUTE + f"cache = {{ {key} = 1 }}\n")
+    assert error_of(Config.from_toml, path) == f"{path}: sites[0].routes[0].cache.{key}: unknown key"
