@@ -743,20 +743,20 @@ def test_absent_limit_keys_take_the_defaults(tmp_path: Path) -> None:
 
 
 def test_server_limit_defaults_are_the_servers() -> None:
-    """The [server] defaults are ServerLimits' own, but for the documented 64 KiB head."""
+    """The [server] defaults are ServerLimits' own."""
     from accel.app import server_limits
     from accel.http.server import ServerLimits
 
-    assert server_limits(Config()) == ServerLimits(max_header_bytes=64 * 1024)
+    assert server_limits(Config()) == ServerLimits()
 
 
 def test_upstream_defaults_are_the_pools() -> None:
-    """The [upstream] and [timeouts] defaults are UpstreamSettings' own, but for the documented 10 s connect."""
+    """The [upstream] and [timeouts] defaults are UpstreamSettings' own."""
     from accel.app import upstream_settings
     from accel.config import UpstreamLimits
     from accel.upstream import UpstreamSettings
 
-    assert upstream_settings(Timeouts(), UpstreamLimits()) == UpstreamSettings(connect_timeout=10.0)
+    assert upstream_settings(Timeouts(), UpstreamLimits()) == UpstreamSettings()
 
 
 def test_cache_limit_defaults_are_the_collapsers_and_stores() -> None:

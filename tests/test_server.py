@@ -1234,7 +1234,7 @@ def test_no_connection_limit():
     assert only_response(t).status == 200
 
 
-def test_default_connection_limit_is_256():
+def test_default_connection_limit_is_1024():
     """The default follows the documented value."""
     assert ServerLimits().max_connections_per_client == 1024
 

@@ -104,7 +104,7 @@ class ServerLimits:
     #: Longest request-target, in bytes: 414 URI Too Long.
     max_target: int = field(default=8192, validator=gt(0))
     #: Sum of field name and value lengths in the head: 431.
-    max_header_bytes: int = field(default=32768, validator=gt(0))
+    max_header_bytes: int = field(default=64 * 1024, validator=gt(0))
     #: Most field lines in the head: 431.
     max_headers: int = field(default=100, validator=gt(0))
     #: Seconds for a request head to arrive once it has begun (and for the

@@ -135,7 +135,7 @@ class UpstreamSettings:
     ``max_head_bytes`` and ``max_headers`` bound a response head.
     """
 
-    connect_timeout: float = field(default=5.0, validator=_positive)
+    connect_timeout: float = field(default=10.0, validator=_positive)
     first_byte_timeout: float = field(default=60.0, validator=_positive)
     idle_timeout: float = field(default=60.0, validator=_positive)
     keepalive_timeout: float = field(default=30.0, validator=_positive)
