@@ -12,10 +12,12 @@ from __future__ import annotations
 import socket
 
 import datetime
+import gc
 import ipaddress
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -354,6 +356,27 @@ class MemoryTests(SynchronousTestCase):
         self, pool: OriginPool, method: bytes = b"GET", body=EMPTY_BODY
     ) -> Deferred[OriginResponse]:
         return pool.request(method, b"/x", Headers([(b"host", b"example.com")]), body)
+
+    def test_a_finished_exchange_is_freed_without_the_cyclic_gc(self):
+        """Once its response is read, no reference cycle keeps the exchange, its
+        parser, its response or the request's Deferred alive: reference counting
+        frees them at once, leaving nothing for the cyclic GC to find."""
+        pool = self.make_pool()
+        gc.disable()
+        try:
+            d = self.get(pool)
+            protocol, _ = self.accept()
+            exchange = protocol._wrappedProtocol.exchange  # the endpoint's wrapper
+            protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+            response = self.successResultOf(d)
+            sink = Sink()
+            response.body.deliver(sink)
+            self.assertTrue(sink.ended)
+            refs = [weakref.ref(o) for o in (d, exchange, response)]
+            del d, exchange, response, sink
+            self.assertEqual([ref() for ref in refs], [None] * len(refs))
+        finally:
+            gc.enable()
 
     def test_request_head_on_the_wire(self):
         """Host first as given, fields in order, no framing fields for an empty GET."""
