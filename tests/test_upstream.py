@@ -378,6 +378,31 @@ class MemoryTests(SynchronousTestCase):
         finally:
             gc.enable()
 
+    def test_what_the_socket_does_not_take_goes_to_the_transport_in_order(self):
+        """A request head goes straight to a plain socket; the part it does not take,
+        and everything after it, goes through the transport, so nothing is reordered."""
+        pool = self.make_pool()
+        self.get(pool)
+        protocol, transport = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")  # now idle, pooled
+        taken: list[bytes] = []
+
+        class Socket:  # takes five bytes, once
+            def send(self, data: bytes) -> int:
+                taken.append(data[: 5 - len(b"".join(taken))])
+                return len(taken[-1])
+
+        connection = protocol._wrappedProtocol  # the endpoint's wrapper
+        connection._socket = Socket()
+        transport._tempDataLen, transport.dataBuffer = 0, b""  # Twisted's empty buffer
+        transport.clear()
+        pool.request(b"POST", b"/x", Headers([(b"host", b"h")]), ListBody([b"abc", b"de"]))
+        self.assertEqual(
+            b"".join(taken) + transport.value(),
+            b"POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\n\r\nabcde",
+        )
+        self.assertEqual(b"".join(taken), b"POST ")
+
     def test_request_head_on_the_wire(self):
         """Host first as given, fields in order, no framing fields for an empty GET."""
         pool = self.make_pool()

@@ -26,6 +26,7 @@ fails its sink instead.
 from __future__ import annotations
 
 import re
+import socket
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from attrs import frozen
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from twisted.internet import tcp, unix
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -239,14 +241,19 @@ class OriginConnection(TwistedProtocol):
         self.watchdog = _Watchdog(home.clock, self._timed_out)
         self._tls = tls
         self._lost: list[Deferred[None]] = []
+        #: The plain TCP or UNIX socket under the transport, for :meth:`write`.
+        self._socket: socket.socket | None = None
 
     def connectionMade(self) -> None:
-        if not isinstance(self.transport.getPeer(), UNIXAddress):
+        transport = self.transport
+        if not isinstance(transport.getPeer(), UNIXAddress):
             # A request head and its content go out in separate writes:
             # the content must not wait for the origin's delayed ACK.
-            no_delay = getattr(self.transport, "setTcpNoDelay", None)
+            no_delay = getattr(transport, "setTcpNoDelay", None)
             if no_delay is not None:
                 no_delay(True)
+        if isinstance(transport, (tcp.Client, unix.Client)) and hasattr(transport, "_tempDataLen"):
+            self._socket = transport.socket
         if not self._tls:
             self.ready.callback(self)
 
@@ -262,8 +269,39 @@ class OriginConnection(TwistedProtocol):
             # Bytes nobody asked for (no pipelining here): retire the connection.
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the origin, in order after everything written before.
+
+        As the server does for its responses (``HTTPServerProtocol._write``):
+        on a plain connection whose Twisted write buffer is empty, the usual
+        case for a request head, ``data`` goes straight to the socket, sparing
+        ``transport.write``'s two ``epoll_ctl`` calls and the reactor turn it
+        waits for before sending. What the socket does not take at once (it
+        is full, or broken) goes to the transport, which sends it when it can
+        or finds the error and closes. Over TLS: always the transport.
+        """
+        sock = self._socket
+        if sock is not None:
+            transport = self.transport
+            # Twisted's FileDescriptor: dataBuffer[offset:] and the
+            # _tempDataBuffer list hold what it has not sent yet.
+            if (
+                not transport._tempDataLen  # type: ignore[attr-defined]
+                and not transport.dataBuffer  # type: ignore[attr-defined]
+                and not transport.disconnecting  # type: ignore[attr-defined]
+            ):
+                try:
+                    sent = sock.send(data)
+                except OSError:
+                    sent = 0  # EAGAIN, or an error the transport reports
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        self.transport.write(data)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
+        self._socket = None
         self.watchdog.cancel()
         if not self.ready.called:
             name = self.home.origin.name
@@ -376,8 +414,7 @@ class Exchange:
     # -- driven by the pool and the connection ------------------------------
 
     def start(self) -> None:
-        transport = self.connection.transport
-        transport.write(self._head)
+        self.connection.write(self._head)
         length = self._body.length
         if length == 0:
             self._request_sent()
