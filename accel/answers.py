@@ -182,7 +182,10 @@ class Watched:
         self._sink.data(chunk)
 
     def end(self) -> None:
-        self._sink.end()
+        # The sink (a Relay) holds this body: letting go of it on the way out
+        # leaves no cycle for the cyclic GC.
+        sink, self._sink = self._sink, DRAIN
+        sink.end()
 
     def fail(self, reason: Exception) -> None:
         request = self._request
@@ -193,7 +196,8 @@ class Watched:
             route=self._route.name,
             error=str(reason),
         )
-        self._sink.fail(reason)
+        sink, self._sink = self._sink, DRAIN
+        sink.fail(reason)
 
 
 def interim_relay(route: Route, responder: Responder) -> InterimCallback:

@@ -20,7 +20,7 @@ from ipaddress import IPv4Network, IPv6Network
 
 from attrs import frozen
 
-from accel.http.headers import Headers
+from accel.http.headers import HOP_BY_HOP, Headers, split_list
 from accel.http.model import Request
 
 __all__ = [
@@ -51,6 +51,12 @@ UNKEYED_OVERRIDES = (
     b"x-http-method",
     b"x-method-override",
 )
+
+#: What never goes upstream as the client sent it: hop-by-hop fields, the
+#: forwarding fields (replaced, or extended when trusted) and ``Expect``;
+#: for GET and HEAD also the unkeyed overrides.
+_NOT_FORWARDED = HOP_BY_HOP | frozenset(_FORWARDED_FIELDS) | frozenset(_REQUEST_ONLY_HERE)
+_NOT_FORWARDED_SAFE = _NOT_FORWARDED | frozenset(UNKEYED_OVERRIDES)
 
 
 @frozen
@@ -98,46 +104,63 @@ def _forwarded_node(client: str) -> bytes:
 def request_headers_for_origin(request: Request, policy: ForwardingPolicy) -> Headers:
     """The header list to send upstream for ``request``.
 
-    Keeps the client's end-to-end fields in order, drops hop-by-hop ones,
-    and adds ``Via`` and the forwarding fields as the module docstring says.
-    """
-    headers = request.headers.without_hop_by_hop()
-    # Field names with "_" are dropped, as nginx does: CGI-style origins read
-    # "Transfer_Encoding" as Transfer-Encoding, a known smuggling route.
-    if any(b"_" in name for name, _ in headers):
-        headers = Headers([pair for pair in headers if b"_" not in pair[0]])
-    if request.method in (b"GET", b"HEAD"):
-        headers.remove(*UNKEYED_OVERRIDES)
-    elif request.method in (b"OPTIONS", b"TRACE"):
-        _decrement_max_forwards(headers)
-    trusted = policy.trusts(request.client)
-    client = request.client or "unknown"
-    if trusted:
-        prior_xff = headers.get(b"x-forwarded-for")
-        prior_fwd = headers.get(b"forwarded")
-        proto = headers.get(b"x-forwarded-proto") or request.scheme
-        host = headers.get(b"x-forwarded-host") or request.authority
-    else:
-        prior_xff = prior_fwd = None
-        proto = request.scheme
-        host = request.authority
-    headers.remove(*_FORWARDED_FIELDS, *_REQUEST_ONLY_HERE)
+    Keeps the client's end-to-end fields in order, drops hop-by-hop ones
+    (and those ``Connection`` names), and adds ``Via`` and the forwarding
+    fields as the module docstring says. ``Host`` is the route's, or the
+    request's authority, in place of the client's first ``Host`` line.
 
+    One pass over the client's fields: this runs for every request that
+    reaches an origin.
+    """
+    method = request.method
+    drop = _NOT_FORWARDED_SAFE if method == b"GET" or method == b"HEAD" else _NOT_FORWARDED
+    named = request.headers.get_all(b"connection")
+    by_connection: frozenset[bytes] | set[bytes] = frozenset()
+    if named:
+        by_connection = {token.lower() for token in split_list(named)}
+        drop = drop | by_connection
+    trusted = policy.trusts(request.client)
+    #: The forwarding fields a trusted client sent, to extend.
+    prior: dict[bytes, list[bytes]] = {}
+    host = policy.host if policy.host is not None else request.authority
+    host_placed = False
+    pairs: list[tuple[bytes, bytes]] = []
+    for pair in request.headers:
+        name = pair[0]
+        if name in drop:
+            if trusted and name in _FORWARDED_FIELDS and name not in by_connection:
+                prior.setdefault(name, []).append(pair[1])
+        elif b"_" in name:
+            # Dropped, as nginx does: CGI-style origins read
+            # "Transfer_Encoding" as Transfer-Encoding, a known smuggling route.
+            pass
+        elif name == b"host":
+            if not host_placed:
+                pairs.append((b"host", host))
+                host_placed = True
+        else:
+            pairs.append(pair)
+    client = request.client or "unknown"
     node = client.encode("ascii", "replace")
-    headers.add(b"x-forwarded-for", prior_xff + b", " + node if prior_xff else node)
-    headers.add(b"x-forwarded-proto", proto)
-    headers.add(b"x-forwarded-host", host)
+    prior_xff = b", ".join(prior[b"x-forwarded-for"]) if b"x-forwarded-for" in prior else None
+    prior_fwd = b", ".join(prior[b"forwarded"]) if b"forwarded" in prior else None
+    proto = b", ".join(prior.get(b"x-forwarded-proto", ())) or request.scheme
+    forwarded_host = b", ".join(prior.get(b"x-forwarded-host", ())) or request.authority
+    pairs.append((b"x-forwarded-for", prior_xff + b", " + node if prior_xff else node))
+    pairs.append((b"x-forwarded-proto", proto))
+    pairs.append((b"x-forwarded-host", forwarded_host))
     element = b"for=%s;host=%s;proto=%s" % (
         _forwarded_node(client),
         _quote_if_needed(request.authority),
         request.scheme,
     )
-    headers.add(b"forwarded", prior_fwd + b", " + element if prior_fwd else element)
-    headers.add(b"via", _via(request.version, policy.via))
-    if policy.host is not None:
-        headers.set(b"host", policy.host)
-    else:
-        headers.set(b"host", request.authority)
+    pairs.append((b"forwarded", prior_fwd + b", " + element if prior_fwd else element))
+    pairs.append((b"via", _via(request.version, policy.via)))
+    if not host_placed:
+        pairs.append((b"host", host))
+    headers = Headers(pairs)
+    if method == b"OPTIONS" or method == b"TRACE":
+        _decrement_max_forwards(headers)
     return headers
 
 

@@ -273,11 +273,24 @@ class Accelerator:
         request = lk.request
         settings = lk.rules.policy
         now = lk.looked_up_at = self._clock.seconds()
-        generations = self._store.generations
-        if generations is not None and self._hot is not None:
+        store = self._store
+        generations = store.generations
+        stamp = None
+        if generations is not None:
             # Noted before the read: see accel.cache.store, "Change stamps".
-            lk.generation = generations.stamps[generations.slot(lk.key)]
-        entries = self._store.lookup(lk.key)
+            stamp = generations.stamps[generations.slot(lk.key)]
+            if self._hot is not None:
+                lk.generation = stamp
+        if stamp is not None and self._collapser.known_unstored(lk.key, stamp):
+            # A hit-for-miss marker saw nothing stored under this key, and
+            # nothing was stored since (the stamp is unchanged): this pass-
+            # through request need not read the store to find nothing again.
+            entries = []
+        else:
+            entries = store.lookup(lk.key)
+            if not entries and stamp is not None and store.healthy:
+                # (A store that failed reads as empty: that is not "nothing stored".)
+                self._collapser.note_unstored(lk.key, stamp)
         entry = None
         for candidate in entries:
             if policy.secondary_key(candidate.vary, request.headers) == candidate.secondary:

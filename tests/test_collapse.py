@@ -65,6 +65,45 @@ def test_storable_response_clears_a_marker():
     assert not c.passing("k")
 
 
+def test_a_marker_remembers_the_stamp_the_store_was_empty_at():
+    """A live marker knows the store held nothing for its key at a noted stamp, and only that one."""
+    c, _ = make(pass_ttl=60)
+    c.lead("k")
+    c.done("k", storable=False)
+    assert not c.known_unstored("k", 7)
+    c.note_unstored("k", 7)
+    assert c.known_unstored("k", 7)
+    assert not c.known_unstored("k", 8)
+    assert not c.known_unstored("other", 7)
+
+
+def test_nothing_is_noted_without_a_marker():
+    """Without a live marker an empty store is not remembered: the notes never outgrow the markers."""
+    c, clock = make(pass_ttl=60)
+    c.note_unstored("k", 7)
+    assert not c.known_unstored("k", 7)
+    c.lead("k")
+    c.done("k", storable=False)
+    c.note_unstored("k", 7)
+    clock.advance(60)
+    assert not c.known_unstored("k", 7)
+
+
+def test_a_new_marker_forgets_the_old_note():
+    """A marker set again (after a fill) starts without a note; a cacheable answer drops it."""
+    c, _ = make(pass_ttl=60)
+    c.lead("k")
+    c.done("k", storable=False)
+    c.note_unstored("k", 7)
+    c.lead("k")
+    c.done("k", storable=False)
+    assert not c.known_unstored("k", 7)
+    c.note_unstored("k", 7)
+    c.lead("k")
+    c.done("k", storable=True)
+    assert not c.known_unstored("k", 7)
+
+
 def test_keys_are_independent():
     """Collapsing one key never holds another."""
     c, _ = make()

@@ -310,6 +310,34 @@ class TestCollapsing:
         assert len(upstream.calls) == 5  # the late ones went straight out, unserialised
         assert all(c.status is None for c in late)
 
+    def test_passing_requests_skip_the_store_while_nothing_is_stored(self, clock, store, monkeypatch):
+        """Under a hit-for-miss marker, once a read found the store empty, later requests
+        for the key go to the origin without reading the store again."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"no-store")), body=b"x"))
+        proxy = make_proxy(clock, store, upstream)
+        reads = []
+        lookup = store.lookup
+        monkeypatch.setattr(store, "lookup", lambda key: reads.append(key) or lookup(key))
+        for _ in range(5):
+            r = get(proxy)
+            assert r.body == b"x" and r.finished and r.log["cache"] == "MISS"
+            assert b"fwd=uri-miss" in r.header(b"cache-status")
+        assert len(upstream.calls) == 5
+        assert len(reads) == 2  # the miss, then the first pass that noted the store empty
+
+    def test_something_stored_under_the_key_is_found_despite_the_marker(self, clock, store):
+        """A response stored for the key after the marker noted the store empty (here by
+        another worker sharing the store) is looked up and served."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"no-store")), body=b"x"))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        get(proxy)  # notes the store empty under the marker
+        other = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"y"))
+        assert get(make_proxy(clock, store, other)).body == b"y"  # another worker stores it
+        hit = get(proxy)
+        assert hit.body == b"y" and hit.log["cache"] == "HIT"
+        assert len(upstream.calls) == 2
+
     def test_waiters_time_out_and_fetch_on_their_own(self, clock, store):
         """A stuck leader holds others for at most the lock timeout."""
         upstream = FakeUpstream()

@@ -12,10 +12,12 @@ from __future__ import annotations
 import socket
 
 import datetime
+import gc
 import ipaddress
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -354,6 +356,52 @@ class MemoryTests(SynchronousTestCase):
         self, pool: OriginPool, method: bytes = b"GET", body=EMPTY_BODY
     ) -> Deferred[OriginResponse]:
         return pool.request(method, b"/x", Headers([(b"host", b"example.com")]), body)
+
+    def test_a_finished_exchange_is_freed_without_the_cyclic_gc(self):
+        """Once its response is read, no reference cycle keeps the exchange, its
+        parser, its response or the request's Deferred alive: reference counting
+        frees them at once, leaving nothing for the cyclic GC to find."""
+        pool = self.make_pool()
+        gc.disable()
+        try:
+            d = self.get(pool)
+            protocol, _ = self.accept()
+            exchange = protocol._wrappedProtocol.exchange  # the endpoint's wrapper
+            protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+            response = self.successResultOf(d)
+            sink = Sink()
+            response.body.deliver(sink)
+            self.assertTrue(sink.ended)
+            refs = [weakref.ref(o) for o in (d, exchange, response)]
+            del d, exchange, response, sink
+            self.assertEqual([ref() for ref in refs], [None] * len(refs))
+        finally:
+            gc.enable()
+
+    def test_what_the_socket_does_not_take_goes_to_the_transport_in_order(self):
+        """A request head goes straight to a plain socket; the part it does not take,
+        and everything after it, goes through the transport, so nothing is reordered."""
+        pool = self.make_pool()
+        self.get(pool)
+        protocol, transport = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")  # now idle, pooled
+        taken: list[bytes] = []
+
+        class Socket:  # takes five bytes, once
+            def send(self, data: bytes) -> int:
+                taken.append(data[: 5 - len(b"".join(taken))])
+                return len(taken[-1])
+
+        connection = protocol._wrappedProtocol  # the endpoint's wrapper
+        connection._socket = Socket()
+        transport._tempDataLen, transport.dataBuffer = 0, b""  # Twisted's empty buffer
+        transport.clear()
+        pool.request(b"POST", b"/x", Headers([(b"host", b"h")]), ListBody([b"abc", b"de"]))
+        self.assertEqual(
+            b"".join(taken) + transport.value(),
+            b"POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\n\r\nabcde",
+        )
+        self.assertEqual(b"".join(taken), b"POST ")
 
     def test_request_head_on_the_wire(self):
         """Host first as given, fields in order, no framing fields for an empty GET."""

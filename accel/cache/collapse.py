@@ -17,6 +17,13 @@ on (:meth:`Collapser.published`). A waiter that declines (it needs the
 whole stored response: a range, a conditional, another variant) keeps
 waiting for the end.
 
+A marker can also remember that the store held nothing at all for its key
+as of a given change stamp (:meth:`Collapser.note_unstored`, see
+:class:`accel.cache.store.Generations`): while the slot's stamp is unchanged
+nothing has been stored under the key since, by any process, so the requests
+the marker passes need not read the store to find that out again
+(:meth:`Collapser.known_unstored`).
+
 A waiter never waits longer than ``timeout`` seconds (nginx's
 ``proxy_cache_lock_timeout``): after that it is woken with ``timed_out`` and
 forwards on its own.
@@ -53,6 +60,16 @@ class _Waiter:
             self.timer.cancel()
 
 
+class _Pass:
+    """A hit-for-miss marker: until when, and the stamp the store was seen empty at."""
+
+    __slots__ = ("unstored_at", "until")
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+        self.unstored_at: int | None = None
+
+
 class _Flight:
     __slots__ = ("waiters", "handle")
 
@@ -76,8 +93,8 @@ class Collapser:
         self._pass_ttl = pass_ttl
         self._max_passes = max_passes
         self._flights: dict[str, _Flight] = {}
-        #: Hit-for-miss markers, oldest first: key -> expiry time.
-        self._passes: OrderedDict[str, float] = OrderedDict()
+        #: Hit-for-miss markers, oldest first.
+        self._passes: OrderedDict[str, _Pass] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -87,13 +104,36 @@ class Collapser:
 
     def passing(self, key: str) -> bool:
         """True while a hit-for-miss marker for ``key`` is live."""
-        until = self._passes.get(key)
-        if until is None:
-            return False
-        if until <= self._clock.seconds():
+        return self._live(key) is not None
+
+    def note_unstored(self, key: str, stamp: int) -> None:
+        """The store held no response at all for ``key`` when its change stamp was ``stamp``.
+
+        Remembered only while a hit-for-miss marker for ``key`` is live (so
+        this never grows beyond the markers); the caller must have read
+        ``stamp`` *before* it read the store.
+        """
+        marker = self._live(key)
+        if marker is not None:
+            marker.unstored_at = stamp
+
+    def known_unstored(self, key: str, stamp: int) -> bool:
+        """True if a live marker for ``key`` saw the store empty at this very stamp.
+
+        The stamp changes with every store, freshening, invalidation or purge
+        under the key, in any process; unchanged, nothing was stored since.
+        """
+        marker = self._live(key)
+        return marker is not None and marker.unstored_at == stamp
+
+    def _live(self, key: str) -> _Pass | None:
+        marker = self._passes.get(key)
+        if marker is None:
+            return None
+        if marker.until <= self._clock.seconds():
             del self._passes[key]
-            return False
-        return True
+            return None
+        return marker
 
     def lead(self, key: str) -> bool:
         """Become the leader for ``key``; False if someone already is."""
@@ -160,10 +200,10 @@ class Collapser:
         now = self._clock.seconds()
         passes = self._passes
         passes.pop(key, None)
-        passes[key] = now + self._pass_ttl
+        passes[key] = _Pass(now + self._pass_ttl)
         while passes:
-            oldest, until = next(iter(passes.items()))
-            if until > now and len(passes) <= self._max_passes:
+            oldest, marker = next(iter(passes.items()))
+            if marker.until > now and len(passes) <= self._max_passes:
                 break
             del passes[oldest]
 

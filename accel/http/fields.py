@@ -216,6 +216,10 @@ def _merge(lists: list[tuple[bytes, ...] | None]) -> tuple[bytes, ...]:
 _INVALID = b"\x00"
 
 
+#: No ``Cache-Control`` at all, the usual case: one frozen value, shared.
+_ABSENT = CacheControl()
+
+
 def parse_cache_control(values: list[bytes]) -> CacheControl:
     """Parse ``Cache-Control`` field lines (RFC 9111 section 5.2).
 
@@ -227,7 +231,7 @@ def parse_cache_control(values: list[bytes]) -> CacheControl:
     field line at all, ``present`` is false.
     """
     if not values:
-        return CacheControl()
+        return _ABSENT
     pairs: list[tuple[bytes, bytes | None]] = []
     for element in split_list(values):
         name, eq, raw = element.partition(b"=")

@@ -172,7 +172,8 @@ class Headers:
 
         RFC 9110 section 7.6.1.
         """
-        drop = set(HOP_BY_HOP)
-        for token in self.get_list(b"connection"):
-            drop.add(token.lower())
+        drop = HOP_BY_HOP
+        named = self.get_all(b"connection")
+        if named:
+            drop = drop | {token.lower() for token in split_list(named)}
         return Headers([p for p in self._pairs if p[0] not in drop])

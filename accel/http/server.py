@@ -634,6 +634,10 @@ class _Exchange:
         if self._mode == _CHUNKED:
             self._proto._write(b"0\r\n\r\n")
         self._state = _DONE
+        # Never called now; dropping them breaks the cycle most handlers make
+        # (a callback holding what holds this responder), so the exchange is
+        # freed by reference counting rather than by the cyclic GC.
+        self._callbacks = None
         if self._producer is not None:
             self.unregister_producer()
         self._proto._response_done(self, True)
@@ -677,6 +681,8 @@ class _Exchange:
         return transport
 
     def on_disconnect(self, callback: Callable[[], object]) -> None:  # type: ignore[override]
+        if self._state == _DONE:
+            return  # finished or gone already: it would never be called
         if self._callbacks is None:
             self._callbacks = []
         self._callbacks.append(callback)
@@ -691,6 +697,7 @@ class _Exchange:
 
     def _done(self, clean: bool) -> None:
         self._state = _DONE
+        self._callbacks = None  # never called now: see finish()
         self.unregister_producer()
         self._proto._response_done(self, clean)
 

@@ -7,6 +7,7 @@ reactor.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 
 from attrs import field, frozen, validators
 
@@ -81,14 +82,16 @@ class Origin:
     def tls(self) -> bool:
         return self.scheme == "https"
 
-    @property
+    # name and authority are read for every request: computed once.
+
+    @cached_property
     def name(self) -> str:
         """How logs name this origin: ``http://app:8080`` or ``unix:/run/app.sock``."""
         if self.scheme == "unix":
             return f"unix:{self.path}"
         return f"{self.scheme}://{self.authority.decode('ascii')}{self.prefix.decode('ascii')}"
 
-    @property
+    @cached_property
     def authority(self) -> bytes:
         """``host[:port]`` for a default Host field (the port unless the default)."""
         if self.scheme == "unix":

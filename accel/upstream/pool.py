@@ -265,7 +265,7 @@ class _Call:
         limit = pool.settings.tries or len(pool._homes)
         index = pool._choose(self._tried) if len(self._tried) < limit else None
         if index is None:
-            self.deferred.errback(self._error)
+            self._settle().errback(self._error)
             return
         self._tried.add(index)
         self._try(pool._homes[index], reuse=True)
@@ -318,7 +318,7 @@ class _Call:
     def head_received(self, exchange: Exchange, response: OriginResponse) -> None:
         self._exchange = None
         self._home.succeeded()  # type: ignore[union-attr]
-        self.deferred.callback(response)
+        self._settle().callback(response)
 
     def exchange_failed(self, exchange: Exchange, error: Exception) -> None:
         self._exchange = None
@@ -339,7 +339,18 @@ class _Call:
         ):
             self.next_origin()
         else:
-            self.deferred.errback(error)
+            self._settle().errback(error)
+
+    def _settle(self) -> Deferred[OriginResponse]:
+        """The call's Deferred, to fire now; the call lets go of it.
+
+        The Deferred holds this call (its canceller), which held the
+        Deferred: letting go makes both plain garbage, freed by reference
+        counting as soon as the caller is done, rather than a cycle left to
+        the cyclic GC. Cancelling a Deferred that has fired does nothing.
+        """
+        deferred, self.deferred = self.deferred, None  # type: ignore[assignment]
+        return deferred
 
     def _cancel(self, _: Deferred[OriginResponse]) -> None:
         self._cancelled = True
@@ -403,8 +414,9 @@ class OriginPool:
         if self._closed:
             return fail(UpstreamConnectError("the origin pool is closed"))
         call = _Call(self, method, target, headers, body, interim)
+        deferred = call.deferred  # next_origin() may fire it, and let it go
         call.next_origin()
-        return call.deferred
+        return deferred
 
     def _choose(self, exclude: set[int]) -> int | None:
         """The origin to try next: see :func:`choose_origin`."""
