@@ -1172,7 +1172,7 @@ class HTTPServerProtocol(Protocol):
         requests. Such a head (:data:`_SIMPLE_HEAD`: a strict subset of what
         llhttp accepts, with none of the fields that need the server's
         checks besides ``Host`` and ``Connection``, within every limit) is
-        read here with two regular expressions instead of llhttp's callbacks
+        read here with one regular expression instead of llhttp's callbacks
         and offered to the fast path exactly as :meth:`on_headers_complete`
         would offer it. Anything else, and any head the fast path declines,
         is parsed by llhttp from its first byte as usual: nothing has been
