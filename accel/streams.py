@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Protocol
 
 from twisted.logger import Logger
 
+from accel import directwrite
 from accel.http.model import BodySource, Responder
 
 __all__ = ["BodyWriter", "Feed", "FileSender", "Follower", "Relay", "SpoolWriter", "CHUNK"]
@@ -500,7 +501,7 @@ class _Sendfile(_StoredBody):
 
     def start(self) -> None:
         transport = self._transport
-        if not transport.dataBuffer and not transport._tempDataLen and self._send():
+        if directwrite.buffer_empty(transport) and self._send():
             return
         # A pull producer is asked for data at once, while the head may still
         # be in Twisted's buffer (or the socket is full): the first turn only

@@ -1242,21 +1242,36 @@ def test_default_connection_limit_is_1024():
 # --- A real socket ---
 
 
-def test_real_socket_pipelined():
-    """Over loopback, three pipelined requests come back in order on one connection."""
+def _serve_one_client(factory, client) -> None:
+    """Run ``client(port)`` in a thread against ``factory`` on a real loopback port."""
     import threading
 
+    from twisted.internet import reactor
+
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    thread = threading.Thread(target=client, args=(port.getHost().port,))
+    thread.start()
+    for _ in range(1000):
+        if not thread.is_alive():
+            break
+        reactor.iterate(0.01)
+    thread.join(5)
+    port.stopListening()
+    for _ in range(3):
+        reactor.iterate(0)
+
+
+def test_real_socket_pipelined():
+    """Over loopback, three pipelined requests come back in order on one connection."""
     from twisted.internet import reactor
 
     class Echo:
         def handle(self, request, responder):
             answer(responder, request.path)
 
-    port = reactor.listenTCP(0, HTTPServerFactory(Echo(), reactor), interface="127.0.0.1")
-    number = port.getHost().port
     result: list[bytes] = []
 
-    def client() -> None:
+    def client(number: int) -> None:
         with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
             s.sendall(
                 b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -1268,24 +1283,13 @@ def test_real_socket_pipelined():
                 data += chunk
             result.append(data)
 
-    thread = threading.Thread(target=client)
-    thread.start()
-    # Drive the reactor by hand: no reactor.run(), so other tests may use it too.
-    for _ in range(500):
-        if not thread.is_alive():
-            break
-        reactor.iterate(0.01)
-    thread.join(5)
-    port.stopListening()
-    reactor.iterate(0)
+    _serve_one_client(HTTPServerFactory(Echo(), reactor), client)
     assert [r.body for r in responses(result[0])] == [b"/one", b"/two", b"/three"]
 
 
 def test_real_socket_sends_without_delay():
     """Client TCP connections have Nagle's algorithm off, so a head and relayed content
     written apart never wait for the client's delayed ACK."""
-    import threading
-
     from twisted.internet import reactor
 
     options: list[int] = []
@@ -1296,31 +1300,18 @@ def test_real_socket_sends_without_delay():
             options.append(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
             answer(responder, b"ok")
 
-    port = reactor.listenTCP(0, HTTPServerFactory(Probe(), reactor), interface="127.0.0.1")
-    number = port.getHost().port
-
-    def client() -> None:
+    def client(number: int) -> None:
         with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             while s.recv(65536):
                 pass
 
-    thread = threading.Thread(target=client)
-    thread.start()
-    for _ in range(500):
-        if not thread.is_alive():
-            break
-        reactor.iterate(0.01)
-    thread.join(5)
-    port.stopListening()
-    reactor.iterate(0)
+    _serve_one_client(HTTPServerFactory(Probe(), reactor), client)
     assert options and options[0] != 0
 
 
 def test_real_socket_large_chunks_arrive_whole():
     """Over loopback, chunks large enough to go out as separate buffers arrive framed and whole."""
-    import threading
-
     from twisted.internet import reactor
 
     chunk = bytes(range(256)) * 1024  # 256 KiB: more than one send() takes at first
@@ -1332,11 +1323,9 @@ def test_real_socket_large_chunks_arrive_whole():
                 responder.write(chunk)
             responder.finish()
 
-    port = reactor.listenTCP(0, HTTPServerFactory(Chunks(), reactor), interface="127.0.0.1")
-    number = port.getHost().port
     result: list[bytes] = []
 
-    def client() -> None:
+    def client(number: int) -> None:
         with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             data = b""
@@ -1344,15 +1333,7 @@ def test_real_socket_large_chunks_arrive_whole():
                 data += part
             result.append(data)
 
-    thread = threading.Thread(target=client)
-    thread.start()
-    for _ in range(1000):
-        if not thread.is_alive():
-            break
-        reactor.iterate(0.01)
-    thread.join(5)
-    port.stopListening()
-    reactor.iterate(0)
+    _serve_one_client(HTTPServerFactory(Chunks(), reactor), client)
     (response,) = responses(result[0])
     assert response.body == chunk * 4
 
@@ -1504,25 +1485,6 @@ def test_simple_head_skips_llhttp():
     assert fed == []
     assert t.value().startswith(b"HTTP/1.1 200 OK\r\n")
     assert spy.offers[0][5] == b"connection: keep-alive\r\n"
-
-
-def _serve_one_client(factory, client) -> None:
-    """Run ``client(port)`` in a thread against ``factory`` on a real loopback port."""
-    import threading
-
-    from twisted.internet import reactor
-
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    thread = threading.Thread(target=client, args=(port.getHost().port,))
-    thread.start()
-    for _ in range(1000):
-        if not thread.is_alive():
-            break
-        reactor.iterate(0.01)
-    thread.join(5)
-    port.stopListening()
-    for _ in range(3):
-        reactor.iterate(0)
 
 
 def test_error_answer_survives_unread_content():

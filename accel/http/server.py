@@ -49,7 +49,6 @@ from typing import BinaryIO
 import httptools
 from attrs import field, frozen
 from attrs.validators import ge, gt, optional
-from twisted.internet import tcp, unix
 from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -57,6 +56,7 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from accel import directwrite
 from accel.http.dates import format_http_date
 from accel.http.headers import Headers, split_list
 from accel.http.model import EMPTY_BODY, BodySink, Handler, PushProducer, Request
@@ -673,9 +673,9 @@ class _Exchange:
         """
         if self._state != _STARTED or self._mode != _FIXED or self._remaining != length:
             return None
+        if self._proto._socket is None:
+            return None  # TLS, or a transport that is not a plain socket
         transport = self._proto.transport
-        if not isinstance(transport, (tcp.Server, unix.Server)):
-            return None
         self._remaining = 0
         self._sent += length
         return transport
@@ -764,7 +764,8 @@ class HTTPServerProtocol(Protocol):
         self._fast_path = factory.fast_path
         self._parser: httptools.HttpRequestParser | None = None
         #: The connection's socket while writes may bypass Twisted's buffer
-        #: (plain TCP and UNIX connections; ``None`` over TLS): see _write.
+        #: (plain TCP and UNIX connections; ``None`` over TLS): see _write
+        #: and :mod:`accel.directwrite`.
         self._socket: socket.socket | None = None
         self._client = ""
         self._client_port = 0
@@ -808,8 +809,7 @@ class HTTPServerProtocol(Protocol):
         parser.set_dangerous_leniencies(lenient_version=True)
         self._parser = parser
         transport = self.transport
-        if isinstance(transport, (tcp.Server, unix.Server)) and hasattr(transport, "_tempDataLen"):
-            self._socket = transport.socket
+        self._socket = directwrite.plain_socket(transport)
         peer = transport.getPeer()
         if isinstance(peer, UNIXAddress):
             self._client = "unix"
@@ -851,48 +851,15 @@ class HTTPServerProtocol(Protocol):
     def _write(self, data: bytes) -> None:
         """Send ``data`` to the client, in order after everything written before.
 
-        On a plain connection whose Twisted write buffer is empty (the usual
-        case: one response per request, read promptly), ``data`` goes
-        straight to the socket. ``transport.write`` would instead buffer it,
-        register the socket for writability, and send it on the reactor's
-        next turn, then unregister it: two ``epoll_ctl`` calls and a reactor
-        turn per response, a third of a small cache hit's cost. Whatever the
-        socket does not take at once (it is full, or broken) goes to the
-        transport, which sends it when it can, pausing producers as usual,
-        or finds the error and closes. Over TLS the bytes must go through
-        the TLS layer: always the transport.
+        Straight to the socket when nothing is queued (see
+        :mod:`accel.directwrite`: no write buffering and no ``epoll_ctl``
+        pair per response); over TLS through the transport.
         """
-        sock = self._socket
-        if sock is not None:
-            transport = self.transport
-            # Twisted's FileDescriptor: dataBuffer[offset:] and the
-            # _tempDataBuffer list hold what it has not sent yet.
-            if not transport._tempDataLen and not transport.dataBuffer and not transport.disconnecting:
-                try:
-                    sent = sock.send(data)
-                except OSError:
-                    sent = 0  # EAGAIN, or an error the transport reports
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        self.transport.write(data)
+        directwrite.write(self.transport, self._socket, data)
 
     def _write_parts(self, parts: tuple[bytes, ...]) -> None:
         """:meth:`_write` of the concatenation of ``parts``, without copying them."""
-        sock = self._socket
-        if sock is not None:
-            transport = self.transport
-            if not transport._tempDataLen and not transport.dataBuffer and not transport.disconnecting:
-                try:
-                    sent = sock.sendmsg(parts)
-                except OSError:
-                    sent = 0
-                total = sum(len(part) for part in parts)
-                if sent == total:
-                    return
-                self.transport.write(b"".join(parts)[sent:])
-                return
-        self.transport.writeSequence(parts)
+        directwrite.write_parts(self.transport, self._socket, parts)
 
     def dataReceived(self, data: bytes) -> None:
         if self._read_closed:

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from attrs import frozen
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
-from twisted.internet import tcp, unix
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -48,6 +47,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from accel import directwrite
 from accel.http.headers import Headers
 from accel.http.model import BodySink, BodySource
 from accel.upstream.errors import (
@@ -252,8 +252,7 @@ class OriginConnection(TwistedProtocol):
             no_delay = getattr(transport, "setTcpNoDelay", None)
             if no_delay is not None:
                 no_delay(True)
-        if isinstance(transport, (tcp.Client, unix.Client)) and hasattr(transport, "_tempDataLen"):
-            self._socket = transport.socket
+        self._socket = directwrite.plain_socket(transport)
         if not self._tls:
             self.ready.callback(self)
 
@@ -272,32 +271,11 @@ class OriginConnection(TwistedProtocol):
     def write(self, data: bytes) -> None:
         """Send ``data`` to the origin, in order after everything written before.
 
-        As the server does for its responses (``HTTPServerProtocol._write``):
-        on a plain connection whose Twisted write buffer is empty, the usual
-        case for a request head, ``data`` goes straight to the socket, sparing
-        ``transport.write``'s two ``epoll_ctl`` calls and the reactor turn it
-        waits for before sending. What the socket does not take at once (it
-        is full, or broken) goes to the transport, which sends it when it can
-        or finds the error and closes. Over TLS: always the transport.
+        Straight to the socket when nothing is queued, the usual case for a
+        request head (see :mod:`accel.directwrite`); over TLS through the
+        transport.
         """
-        sock = self._socket
-        if sock is not None:
-            transport = self.transport
-            # Twisted's FileDescriptor: dataBuffer[offset:] and the
-            # _tempDataBuffer list hold what it has not sent yet.
-            if (
-                not transport._tempDataLen  # type: ignore[attr-defined]
-                and not transport.dataBuffer  # type: ignore[attr-defined]
-                and not transport.disconnecting  # type: ignore[attr-defined]
-            ):
-                try:
-                    sent = sock.send(data)
-                except OSError:
-                    sent = 0  # EAGAIN, or an error the transport reports
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        self.transport.write(data)
+        directwrite.write(self.transport, self._socket, data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True

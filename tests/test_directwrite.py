@@ -1,0 +1,108 @@
+"""accel.directwrite: past Twisted's write buffer while it is empty, in order always."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from twisted.internet.testing import StringTransport
+
+from accel import directwrite
+
+
+class Plain(StringTransport):
+    """A transport with the buffer attributes of Twisted's FileDescriptor."""
+
+    dataBuffer = b""
+    _tempDataLen = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._tempDataLen += len(data)
+        super().write(data)
+
+    def writeSequence(self, data) -> None:
+        self.write(b"".join(data))
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def received(sock: socket.socket) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_plain_socket_is_none_for_other_transports():
+    """A transport that is not a plain Twisted TCP/UNIX connection is never bypassed."""
+    assert directwrite.plain_socket(StringTransport()) is None
+
+
+def test_an_empty_buffer_sends_at_once(pair):
+    """Nothing queued: the bytes go to the socket, the transport sees nothing."""
+    a, b = pair
+    t = Plain()
+    directwrite.write(t, a, b"hello")
+    directwrite.write_parts(t, a, (b", ", b"world"))
+    assert received(b) == b"hello, world"
+    assert t.writes == []
+
+
+def test_queued_bytes_keep_the_order(pair):
+    """With bytes queued in the transport, new ones queue behind them."""
+    a, b = pair
+    t = Plain()
+    t._tempDataLen = 5  # something is waiting in Twisted's buffer
+    directwrite.write(t, a, b"later")
+    directwrite.write_parts(t, a, (b"and ", b"later"))
+    assert received(b) == b""
+    assert t.writes == [b"later", b"and later"]
+
+
+def test_what_the_socket_does_not_take_goes_to_the_transport(pair):
+    """A full socket takes a prefix; the rest follows through the transport, in order."""
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes
+    t = Plain()
+    directwrite.write(t, a, data)
+    direct = received(b)
+    assert 0 < len(direct) < len(data)
+    assert direct + b"".join(t.writes) == data
+
+
+def test_parts_not_taken_go_to_the_transport(pair):
+    """write_parts: the same, across the parts' boundaries."""
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    parts = (b"head\r\n\r\n", bytes(range(256)) * 4096)
+    t = Plain()
+    directwrite.write_parts(t, a, parts)
+    assert received(b) + b"".join(t.writes) == b"".join(parts)
+
+
+def test_a_broken_socket_leaves_the_bytes_to_the_transport(pair):
+    """An error on send: the transport gets the bytes and reports the error its own way."""
+    a, b = pair
+    b.close()
+    t = Plain()
+    directwrite.write(t, a, b"lost?")
+    assert t.writes == [b"lost?"]
