@@ -1,8 +1,10 @@
 """The access log (accel.accesslog)."""
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from accel.accesslog import AccessLog, format_line
+from accel.accesslog import AccessLog, _quote, format_line
 from accel.http.headers import Headers
 from accel.http.model import Request
 
@@ -49,3 +51,35 @@ def test_lines_reach_the_file_on_flush(tmp_path):
     clock.advance(1.0)
     assert path.read_bytes().endswith(b" MISS 0.000\n")
     log.close()
+
+
+def _unescape(field: bytes) -> bytes:
+    """Undo the log's quoting of one field."""
+    assert field[:1] == b'"' and field[-1:] == b'"'
+    inner, out, i = field[1:-1], bytearray(), 0
+    while i < len(inner):
+        if inner[i : i + 2] == b"\\x":
+            out.append(int(inner[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            out.append(inner[i])
+            i += 1
+    return bytes(out)
+
+
+@given(st.binary(min_size=1, max_size=64))
+def test_any_field_is_one_printable_token_that_decodes_back(value):
+    """Whatever a client sends, the quoted field is printable ASCII, has no bare quote or
+    backslash inside, and decodes back to the bytes sent."""
+    quoted = _quote(value)
+    inner = quoted[1:-1]
+    assert all(0x20 <= c < 0x7F for c in quoted)
+    assert b'"' not in inner and inner.replace(b"\\x", b"").count(b"\\") == 0
+    assert _unescape(quoted) == value
+
+
+def test_first_referer_and_user_agent_are_logged():
+    """Repeated fields: the first value of each, as nginx logs them; absent ones are "-"."""
+    r = req(headers=Headers.of((b"User-Agent", b"one"), (b"User-Agent", b"two"), (b"Accept", b"*/*")))
+    line = format_line(r, 200, 0, 0.0, 0.0, {})
+    assert b' "-" "one" ' in line
