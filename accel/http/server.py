@@ -1567,7 +1567,7 @@ class HTTPServerProtocol(Protocol):
         deadline = min(self._lingering + limits.linger_time, self._last_rx + limits.linger_timeout)
         if now >= deadline:
             transport = self.transport
-            if transport.dataBuffer or transport._tempDataLen:
+            if not directwrite.buffer_empty(transport):
                 transport.abortConnection()  # the client does not read its answer either
             else:
                 transport.loseConnection()  # the write side is shut: this closes the socket
