@@ -266,6 +266,20 @@ def _no_delay(transport: object) -> None:
             pass  # not a TCP socket after all
 
 
+def _persistent(version: bytes, connection: list[bytes] | None) -> bool:
+    """Whether the connection stays open after this request (RFC 9112 section 9.3).
+
+    ``connection``: the request's ``Connection`` field lines, or ``None``.
+    """
+    if version == b"1.1":
+        return connection is None or not _has_token(connection, b"close")
+    return (
+        connection is not None
+        and _has_token(connection, b"keep-alive")
+        and not _has_token(connection, b"close")
+    )
+
+
 def _has_token(values: list[bytes], token: bytes) -> bool:
     """Whether the comma-separated list fields contain ``token`` (any case)."""
     for element in split_list(values):
@@ -1059,16 +1073,7 @@ class HTTPServerProtocol(Protocol):
                 raise self._reject(417, "only 100-continue is supported")
             expect = length != 0
 
-        # Persistence: RFC 9112 section 9.3.
-        connection = fields.get(b"connection")
-        if version == b"1.1":
-            keep_alive = connection is None or not _has_token(connection, b"close")
-        else:
-            keep_alive = (
-                connection is not None
-                and _has_token(connection, b"keep-alive")
-                and not _has_token(connection, b"close")
-            )
+        keep_alive = _persistent(version, fields.get(b"connection"))
 
         if (
             length == 0
@@ -1177,14 +1182,7 @@ class HTTPServerProtocol(Protocol):
         if host is None or not valid_host(host):
             return False
         version = _SIMPLE_VERSIONS[minor]
-        if version == b"1.1":
-            keep_alive = connection is None or not _has_token(connection, b"close")
-        else:
-            keep_alive = (
-                connection is not None
-                and _has_token(connection, b"keep-alive")
-                and not _has_token(connection, b"close")
-            )
+        keep_alive = _persistent(version, connection)
         self._pairs = pairs
         if not self._answer_fast(method, target, path, query, version, host.lower(), keep_alive):
             self._pairs = []
