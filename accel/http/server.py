@@ -791,8 +791,6 @@ class HTTPServerProtocol(Protocol):
         self._fields: dict[bytes, list[bytes]] | None = None
         self._parsing: _Exchange | None = None
         self._resync: bytes | None = None
-        #: The fast path declined this head already, read as a simple head.
-        self._declined = False
         self._error: tuple[int, str] | None = None
         self._progress = False
         self._stalled = 0
@@ -1081,7 +1079,6 @@ class HTTPServerProtocol(Protocol):
             and self._fast_path is not None
             and self._active is None
             and not self._queue
-            and not self._declined
         ):
             if self._answer_fast(method, target, path, query, version, authority, keep_alive):
                 return
@@ -1114,7 +1111,6 @@ class HTTPServerProtocol(Protocol):
                 else b"Content-Length: %d\r\n" % length
             )
         # The head is consumed: reset per-message state for the next one.
-        self._declined = False
         self._url = b""
         self._pairs = []
         self._header_bytes = 0
@@ -1137,18 +1133,19 @@ class HTTPServerProtocol(Protocol):
             self._update_reading()
 
     def _answer_simple(self, data: bytes) -> bool:
-        """Offer ``data``, if it is exactly one simple head, to the fast path; whether it answered.
+        """Take ``data`` if it is exactly one simple head; whether it did.
 
-        A cache hit's head, as clients send it, is ``GET``, a plain path,
-        ``Host`` and a few ordinary fields, arriving in one piece between
-        requests. Such a head (:data:`_SIMPLE_HEAD`: a strict subset of what
-        llhttp accepts, with none of the fields that need the server's
-        checks besides ``Host`` and ``Connection``, within every limit) is
-        read here with one regular expression instead of llhttp's callbacks
-        and offered to the fast path exactly as :meth:`on_headers_complete`
-        would offer it. Anything else, and any head the fast path declines,
-        is parsed by llhttp from its first byte as usual: nothing has been
-        consumed. tests/test_server.py checks that both readings agree.
+        Most requests, as clients send them, are a ``GET`` with a plain
+        path, ``Host`` and a few ordinary fields, arriving in one piece
+        between requests. Such a head (:data:`_SIMPLE_HEAD`: a strict subset
+        of what llhttp accepts, with none of the fields that need the
+        server's checks besides ``Host`` and ``Connection``, within every
+        limit) is read here with one regular expression instead of llhttp's
+        callbacks, offered to the fast path, and if declined handed to the
+        handler, exactly as :meth:`on_headers_complete` and
+        :meth:`on_message_complete` would. Anything else is parsed by llhttp
+        from its first byte as usual: nothing has been consumed then.
+        tests/test_server.py checks that both readings agree.
         """
         m = _SIMPLE_HEAD.fullmatch(data)
         if m is None:
@@ -1183,12 +1180,21 @@ class HTTPServerProtocol(Protocol):
             return False
         version = _SIMPLE_VERSIONS[minor]
         keep_alive = _persistent(version, connection)
-        self._pairs = pairs
-        if not self._answer_fast(method, target, path, query, version, host.lower(), keep_alive):
-            self._pairs = []
-            self._declined = True  # llhttp's reading need not ask again
-            return False
+        authority = host.lower()
         self._stalled = 0
+        self._pairs = pairs
+        if not self._answer_fast(method, target, path, query, version, authority, keep_alive):
+            # The general path takes it, as on_headers_complete would hand
+            # over a request without content (the queue is empty).
+            self._pairs = []
+            request = Request(
+                method, target, path, query, version, Headers(pairs), authority,
+                self._scheme, self._client, self._client_port,
+            )  # fmt: skip
+            exchange = _Exchange(self, request, None, keep_alive, self._last_rx)
+            self._parsing = self._active = exchange
+            self._phase = _BODY
+            self._dispatch(exchange)
         self.on_message_complete()  # as llhttp would, at the end of the head
         return True
 
