@@ -1600,7 +1600,7 @@ def lingering(**limits):
 def test_lingering_close_half_closes_and_drops_what_arrives():
     """After the error answer the write side is shut, reading goes on, and nothing read
     is acted on."""
-    proto, t, clock = lingering()
+    proto, t, _ = lingering()
     assert only_response(t).status == 413
     assert t.write_closed and not t.disconnecting
     before = t.value()
@@ -1633,7 +1633,7 @@ def test_lingering_close_is_bounded_in_all():
 
 def test_lingering_close_aborts_when_the_answer_is_not_read():
     """If the answer itself is still unsent at the end, the connection is aborted."""
-    proto, t, clock = lingering(linger_timeout=5)
+    _, t, clock = lingering(linger_timeout=5)
     t.dataBuffer = b"unsent"
     clock.advance(5)
     assert t.aborted
