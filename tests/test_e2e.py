@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.test_tap import SOURCE_ROOT, twistd
 
 HERE = Path(__file__).resolve().parent
@@ -150,8 +152,11 @@ def test_bad_origin_is_one_line_at_start_up() -> None:
     assert len(lines) == 1 and "--origin" in lines[0] and "Traceback" not in result.stderr
 
 
-def test_tls_listener_terminates_https(tmp_path: Path) -> None:
-    """--listen ssl:PORT:privateKey=...: accel terminates TLS and serves through it."""
+@pytest.mark.parametrize("workers", ["1", "auto"])
+def test_tls_listener_terminates_https(tmp_path: Path, workers: str) -> None:
+    """--listen ssl:PORT:privateKey=...: accel terminates TLS and serves through it, to a
+    client that offers ALPN as browsers and curl do (h2 and http/1.1: it gets http/1.1),
+    in one process and with the default workers."""
     import ssl
 
     from tests.test_upstream import _self_signed
@@ -161,12 +166,15 @@ def test_tls_listener_terminates_https(tmp_path: Path) -> None:
     key_file.write_bytes(pem)
     port = free_port()
     context = ssl.create_default_context(cafile=ca)
-    with accel(tmp_path, "--listen", f"ssl:{port}:privateKey={key_file}:interface=127.0.0.1") as proc:
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    listen = f"ssl:{port}:privateKey={key_file}:interface=127.0.0.1"
+    with accel(tmp_path, "--listen", listen, "--workers", workers) as proc:
 
         _wait_for(lambda: accepting(port), "accel", proc)
         conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
         response, body = get(conn, "/")
         assert response.status == 200 and b"accel" in body
+        assert conn.sock.selected_alpn_protocol() == "http/1.1"
         assert get(conn, "/")[0].getheader("cache-status").startswith("accel; hit")
 
 

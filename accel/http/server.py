@@ -51,10 +51,11 @@ from attrs import field, frozen
 from attrs.validators import ge, gt, optional
 from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from accel import directwrite
 from accel.http.dates import format_http_date
@@ -1641,6 +1642,7 @@ class HTTPServerProtocol(Protocol):
             timer.cancel()
 
 
+@implementer(IProtocolNegotiationFactory)
 class HTTPServerFactory(ServerFactory):
     """Builds :class:`HTTPServerProtocol` for each client connection.
 
@@ -1687,6 +1689,15 @@ class HTTPServerFactory(ServerFactory):
 
     def buildProtocol(self, addr: object) -> HTTPServerProtocol:
         return HTTPServerProtocol(self)
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """What a TLS listener offers in ALPN (RFC 7301): HTTP/1.1 only, for now.
+
+        Without an answer here, Twisted's TLS set no ALPN callback, and the
+        handshake failed ("internal error" alert) for every client that
+        offers ALPN, which browsers and curl do.
+        """
+        return [b"http/1.1"]
 
     def _admit(self, client: str) -> bool:
         """Count a new connection from ``client``; whether it is within the limit."""
