@@ -1643,3 +1643,12 @@ def test_no_lingering_when_disabled():
     """linger_time 0 closes at once, as before."""
     _, t, _ = lingering(linger_time=0)
     assert t.disconnecting and not t.write_closed
+
+
+def test_http2_preface_gets_505():
+    """The HTTP/2 connection preface (prior knowledge, RFC 9113 section 3.4) is answered
+    505 and the connection closed: this server speaks HTTP/1.1."""
+    proto, t, _, h = connect()
+    proto.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    assert only_response(t).status == 505
+    assert t.disconnecting and h.requests == []

@@ -951,6 +951,10 @@ class HTTPServerProtocol(Protocol):
                 status, detail = 501, "method not implemented"
             else:
                 status, detail = 400, "invalid request line"
+        elif data.lstrip(b"\r\n").startswith(b"PRI * HTTP/2.0\r\n"):
+            # The HTTP/2 connection preface (RFC 9113 section 3.4) sent with
+            # prior knowledge: this listener speaks HTTP/1.1 only.
+            status, detail = 505, "HTTP/2 is not supported on this listener"
         else:
             status, detail = 400, str(exc) or "malformed request"
         if self._phase == _BODY and self._parsing is not None:
