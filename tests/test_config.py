@@ -819,3 +819,26 @@ def test_store_limits_are_not_route_keys(tmp_path: Path, key: str) -> None:
     """The cache lock, hit-for-miss and variant bounds are server-wide: a route's cache table refuses them."""
     path = write(tmp_path, ROUTE + f"cache = {{ {key} = 1 }}\n")
     assert error_of(Config.from_toml, path) == f"{path}: sites[0].routes[0].cache.{key}: unknown key"
+
+
+@pytest.mark.skipif(not DOCS.exists(), reason="not running from a source checkout")
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    """The complete example in docs/configuration.rst is a valid configuration (its
+    file-system paths moved under a temporary directory)."""
+    import textwrap
+
+    text = DOCS.read_text()
+    block = text.split("A complete example::", 1)[1].split("\nTop-level keys", 1)[0]
+    example = textwrap.dedent(block).strip("\n")
+    for old, new in (
+        ("/var/log/accel/access.log", str(tmp_path / "access.log")),
+        ("/var/cache/accel", str(tmp_path / "cache")),
+        ("/run/accel.sock", str(tmp_path / "accel.sock")),
+    ):
+        assert old in example
+        example = example.replace(old, new)
+    path = tmp_path / "accel.toml"
+    path.write_text(example)
+    config = Config.from_toml(str(path))
+    assert config.cache_dir == str(tmp_path / "cache") and len(config.sites) == 2
+    assert [route.prefix for route in config.sites[0].routes] == [b"/", b"/api/"]
