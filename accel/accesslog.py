@@ -12,8 +12,10 @@ once a second, so the reactor never waits on the disk per request.
 
 from __future__ import annotations
 
+import select
 import sys
 import time
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from twisted.internet.interfaces import IReactorTime
@@ -101,7 +103,10 @@ class AccessLog:
     Lines are kept until 64 KiB are pending or the flush interval passes,
     then written with one ``write`` of whole lines to a file opened for
     appending: several worker processes can share one log file and no line
-    is ever split or interleaved with another process's.
+    is ever split or interleaved with another process's. Standard output
+    (shared by the workers, and often a pipe, where only writes of at most
+    ``PIPE_BUF`` bytes are atomic) gets whole lines in writes of at most
+    that size.
     """
 
     #: Pending bytes that trigger a write before the interval.
@@ -109,9 +114,14 @@ class AccessLog:
 
     def __init__(self, path: str, clock: IReactorTime, flush_interval: float = 1.0) -> None:
         self._stream: BinaryIO
+        #: Largest write that keeps lines whole (None: no limit).
+        self._atomic: int | None = None
         if path == "-":
-            self._stream = sys.stdout.buffer
-            self._owned = False
+            # Unbuffered on the descriptor itself: a buffered writer would
+            # merge the batches into larger writes again.
+            self._stream = open(sys.stdout.fileno(), "ab", buffering=0, closefd=False)  # noqa: SIM115
+            self._owned = True  # closing it leaves the descriptor open (closefd=False)
+            self._atomic = select.PIPE_BUF
         else:
             self._stream = open(path, "ab", buffering=0)  # noqa: SIM115
             self._owned = True
@@ -139,8 +149,8 @@ class AccessLog:
     def flush(self) -> None:
         lines, self._lines, self._pending = self._lines, [], 0
         try:
-            if lines:
-                self._stream.write(b"".join(lines))
+            for batch in _batches(lines, self._atomic):
+                self._stream.write(batch)
             self._stream.flush()
         except OSError:
             pass
@@ -151,3 +161,22 @@ class AccessLog:
         self.flush()
         if self._owned:
             self._stream.close()
+
+
+def _batches(lines: list[bytes], limit: int | None) -> Iterator[bytes]:
+    """``lines`` joined into writes of at most ``limit`` bytes, never splitting a line
+    (a longer line is a write of its own); one write if ``limit`` is None."""
+    if not lines:
+        return
+    if limit is None:
+        yield b"".join(lines)
+        return
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        if batch and size + len(line) > limit:
+            yield b"".join(batch)
+            batch, size = [], 0
+        batch.append(line)
+        size += len(line)
+    yield b"".join(batch)

@@ -31,7 +31,9 @@ with SIGKILL, stops by itself: its standard input is a pipe from the parent,
 and the end of that pipe ends the child. Children ignore SIGINT (a Ctrl-C at
 the terminal reaches the whole process group; the parent stops them).
 Children log to their standard error, which the parent relays to its own
-log with the worker's number.
+log with the worker's number; their standard output is the parent's, so an
+access log on standard output (``--access-log -``) gets every worker's lines
+as they are.
 
 Run as a module (``python -m accel.workers``) this is the child: it reads
 its configuration and descriptors from standard input (a length-prefixed
@@ -236,9 +238,6 @@ class _Child(ProcessProtocol):
         self._partial = b""
         self.done: Deferred[None] = Deferred()
 
-    def outReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
-        self.errReceived(data)
-
     def errReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
@@ -298,7 +297,9 @@ class WorkerPool(Service):
     def _spawn(self, number: int) -> None:
         socks = self._listeners[number - 1]
         first = 3
-        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        # Standard output is shared (the access log may go there: its lines
+        # must reach it as they are); standard error is relayed to our log.
+        child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: "r"}
         inherited = []
         for offset, sock in enumerate(socks):
             child_fds[first + offset] = sock.fileno()

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from accel.accesslog import AccessLog, _quote, format_line
+from accel.accesslog import AccessLog, _batches, _quote, format_line
 from accel.http.headers import Headers
 from accel.http.model import Request
 
@@ -83,3 +83,25 @@ def test_first_referer_and_user_agent_are_logged():
     r = req(headers=Headers.of((b"User-Agent", b"one"), (b"User-Agent", b"two"), (b"Accept", b"*/*")))
     line = format_line(r, 200, 0, 0.0, 0.0, {})
     assert b' "-" "one" ' in line
+
+
+@given(st.lists(st.binary(min_size=1, max_size=6000).map(lambda b: b.replace(b"\n", b"") + b"\n")))
+def test_batches_keep_lines_whole_within_the_limit(lines):
+    """Writes are whole lines, at most the limit each unless one line alone is longer, in order."""
+    batches = list(_batches(lines, 4096))
+    assert b"".join(batches) == b"".join(lines)
+    assert all(b.endswith(b"\n") for b in batches)
+    assert all(len(b) <= 4096 or b.count(b"\n") == 1 for b in batches)
+
+
+def test_standard_output_is_written_unbuffered(capfd):
+    """``-`` writes to the process's standard output descriptor itself (shared by the
+    workers), in pipe-atomic batches of whole lines."""
+    log = AccessLog("-", Clock())
+    lines = []
+    for n in range(100):
+        r = req(target=b"/%d" % n)
+        log(r, 200, n, 0.0, 0.0, {})
+        lines.append(format_line(r, 200, n, 0.0, 0.0, {}))
+    log.close()
+    assert capfd.readouterr().out.encode() == b"".join(lines)
