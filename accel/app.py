@@ -183,6 +183,17 @@ def _stop_failed(failure: Failure) -> None:
     _log.failure("error while shutting down", failure)
 
 
+class _StoreOpener(Service):
+    """Opens the store's database as the service starts, in the serving process."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def startService(self) -> None:
+        super().startService()
+        self._store.open()
+
+
 class _Closer(Service):
     """Closes what the proxy opened (store, logs, temp dirs) when stopping."""
 
@@ -286,7 +297,12 @@ def make_service(
             directory = tempfile.mkdtemp(prefix="accel-cache-")
             closer.add(lambda: shutil.rmtree(directory, ignore_errors=True))
             config = evolve(config, cache_dir=directory)  # the workers share it
-        store = open_store(directory, config.cache_size, reactor, max_variants=config.cache_max_variants)
+        # Opened when the service starts, not now: twistd forks into a daemon
+        # in between, and SQLite connections must not cross a fork.
+        store = open_store(
+            directory, config.cache_size, reactor, max_variants=config.cache_max_variants, lazy=True
+        )
+        _StoreOpener(store).setServiceParent(top)
         closer.add(store.close)
 
     handler = build_accelerator(config, reactor, store)

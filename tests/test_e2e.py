@@ -189,3 +189,41 @@ def test_port_in_use_is_one_line_and_a_failed_start() -> None:
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "accel:" in line]
     assert len(errors) == 1 and f"--listen tcp:{port}" in errors[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_daemon_mode_caches_across_workers(tmp_path: Path) -> None:
+    """``twistd accel`` without ``-n`` forks into a daemon after building the service: the
+    store still works in every worker (a miss per URL, then hits wherever the request lands)
+    and its database stays sound; the pid file stops it all."""
+    import signal
+    import sqlite3
+
+    port = free_port()
+    pidfile = tmp_path / "twistd.pid"
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=SOURCE_ROOT)
+    command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+               f"--pidfile={pidfile}", f"--logfile={tmp_path / 'twistd.log'}", "accel",
+               "--listen", f"tcp:{port}:interface=127.0.0.1", "--cache-dir", str(cache),
+               "--workers", "2", "--access-log", "off"]  # fmt: skip
+    subprocess.run(command, env=env, check=True, timeout=60, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not (pidfile.exists() and accepting(port)):
+        assert time.monotonic() < deadline, (tmp_path / "twistd.log").read_text()
+        time.sleep(0.05)  # polling another process's start-up: no clock to inject
+    pid = int(pidfile.read_text())
+    try:
+        statuses = []
+        for n in range(12):  # new connections: the kernel spreads them over both workers
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            statuses.append(get(conn, f"/big?size={n % 3 + 1}")[0].getheader("cache-status"))
+            conn.close()
+        assert sum("fwd=uri-miss" in s for s in statuses) == 3, statuses
+        with sqlite3.connect(cache / "cache.db") as db:
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + START_TIMEOUT
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "malformed" not in (tmp_path / "twistd.log").read_text()

@@ -540,3 +540,39 @@ def test_variants_per_url_are_bounded(tmp_path):
         assert b"v4" in {v.secondary for v in variants}
     finally:
         store.close()
+
+
+def test_a_lazy_store_opens_its_database_in_the_process_that_uses_it(tmp_path: Path) -> None:
+    """A lazy store opens nothing at construction, so it can cross a fork (twistd's
+    daemonizing); the child opens its own connections, and so does the parent later:
+    both see the same entries and the database stays sound."""
+    store = make_store(tmp_path / "cache", lazy=True)
+    assert not (tmp_path / "cache" / "cache.db").exists()
+    assert store.generations is not None  # the change stamps are there from the start
+    pid = os.fork()
+    if pid == 0:  # the child: store, and read back, then leave without running anything else
+        ok = put(store, b"from the child") is not None and len(store.lookup(URL)) == 1
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    (entry,) = store.lookup(URL)
+    assert read(store, entry) == b"from the child"
+    with sqlite3.connect(tmp_path / "cache" / "cache.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    store.close()
+
+
+def test_an_eager_store_used_after_a_fork_opens_anew(tmp_path: Path) -> None:
+    """A store opened before a fork does not use the parent's connections in the child."""
+    store = make_store(tmp_path / "cache")
+    put(store, b"before", primary="http://a/before")
+    pid = os.fork()
+    if pid == 0:
+        ok = put(store, b"after") is not None and len(store.lookup("http://a/before")) == 1
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(store.lookup(URL)) == 1
+    with sqlite3.connect(tmp_path / "cache" / "cache.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    store.close()

@@ -478,6 +478,7 @@ class Store:
         max_retry_interval: float = 300.0,
         memory: MemoryTier | None = None,
         max_variants: int = 32,
+        lazy: bool = False,
     ) -> None:
         self._directory = directory
         #: Stored variants per URL at most (Vary); past it, the least
@@ -496,6 +497,9 @@ class Store:
         self._retry_at = 0.0
         self._cache: diskcache.Cache | None = None
         self._con: sqlite3.Connection | None = None
+        #: The process that opened the database connections, 0 before they
+        #: are opened (see _in_this_process).
+        self._pid = 0
         #: Change stamps (see the module docstring); ``None`` if the file
         #: could not be opened (then nothing may skip the database).
         self.generations: Generations | None = None
@@ -506,12 +510,10 @@ class Store:
         self.healthy = True
         #: The most recent storage error, ``""`` if there never was one.
         self.last_error = ""
+        if not lazy:
+            self._in_this_process()
         try:
-            self._open()
-            self._sweep()
-        except _ERRORS as e:
-            self._degrade(e)
-        try:
+            os.makedirs(directory, exist_ok=True)
             self.generations = Generations(os.path.join(directory, _GENERATIONS))
         except (OSError, ValueError) as e:
             self._log.warn(
@@ -769,15 +771,19 @@ class Store:
 
     def close(self) -> None:
         """Close the database connections; idempotent. Open body handles stay valid."""
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-        if self._cache is not None:
-            self._cache.close()
-            self._cache = None
+        self.close_database()
         if self.generations is not None:
             generations, self.generations = self.generations, None
             generations.close()
+
+    def close_database(self) -> None:
+        """Close the SQLite connections only (the change stamps stay)."""
+        con, self._con = self._con, None
+        cache, self._cache = self._cache, None
+        if con is not None:
+            con.close()
+        if cache is not None:
+            cache.close()
 
     # -- internals ----------------------------------------------------------
 
@@ -811,6 +817,32 @@ class Store:
             cache.close()
             raise
         self._cache, self._con = cache, con
+
+    def open(self) -> None:
+        """Open the database now, in this process, if not yet (a ``lazy`` store opens on first use)."""
+        self._usable()
+
+    def _in_this_process(self) -> None:
+        """Open the database connections for this process.
+
+        A ``lazy`` store opens them on first use, so that ``twistd``, which
+        builds the service and then forks to become a daemon, never hands a
+        connection across a fork: SQLite's locks belong to the process that
+        took them, and a connection used (or merely kept open beside a new
+        one) in the child breaks locking, so that another worker's writes
+        corrupt the database. Connections found open from another process
+        (a store opened eagerly before a fork) are closed first, the lesser
+        evil.
+        """
+        if self._con is not None or self._cache is not None:
+            with contextlib.suppress(*_ERRORS):
+                self.close_database()
+        self._pid = os.getpid()
+        try:
+            self._open()
+            self._sweep()
+        except _ERRORS as e:
+            self._degrade(e)
 
     def _sweep(self) -> None:
         """Remove what a killed writer left: unlocked spool files, unreferenced bodies."""
@@ -852,6 +884,8 @@ class Store:
 
     def _usable(self) -> bool:
         """Whether to use the disk now; probes for recovery once the back-off is over."""
+        if self._pid != os.getpid():
+            self._in_this_process()
         if self.healthy:
             return True
         if self._clock.seconds() < self._retry_at:
@@ -1052,7 +1086,7 @@ class Store:
 
     def touch(self, entry: Entry) -> None:
         """Stamp ``entry`` as used now: its LRU time (for hits served without reading the store)."""
-        if self._con is None:
+        if not self._usable() or self._con is None:
             return
         try:
             self._con.execute(
