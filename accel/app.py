@@ -140,7 +140,10 @@ def build_accelerator(config: cfg.Config, reactor: Any, store: Store | None) -> 
     for site in config.sites:
         routes = []
         for route in site.routes:
-            origins = [Origin.parse(str(o)) for o in route.origins]
+            origins = [
+                Origin.parse(str(o), ca_file=route.ca_file if o.scheme == "https" else None)
+                for o in route.origins
+            ]
             pool = OriginPool(origins, reactor, upstream_settings(route.timeouts, config.upstream))
             runtime = Route(
                 upstream=pool,

@@ -170,3 +170,29 @@ def test_max_variants_reaches_the_store(service: Any) -> None:
     built, _ = service
     (options,) = built.stores
     assert options["max_variants"] == 4
+
+
+def test_a_routes_ca_file_reaches_its_https_origins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sites.routes.ca_file: the route's https origins trust that bundle; its http ones need none."""
+    from tests.test_upstream import _self_signed
+
+    _, ca = _self_signed(str(tmp_path))
+    path = tmp_path / "accel.toml"
+    path.write_text(textwrap.dedent(f"""\
+        listen = "tcp:0:interface=127.0.0.1"
+        workers = 1
+        [cache]
+        dir = "{tmp_path / 'cache'}"
+        [[sites]]
+          [[sites.routes]]
+          prefix = "/"
+          origin = ["https://a.internal", "http://b.internal"]
+          ca_file = "{ca}"
+        """))
+    built = Built(monkeypatch)
+    top = app.make_service(Config.from_toml(str(path)), MemoryReactorClock())
+    try:
+        (pool,) = built.pools
+        assert [(o.scheme, o.ca_file) for o in pool.origins] == [("https", ca), ("http", None)]
+    finally:
+        top.stopService()

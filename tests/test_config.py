@@ -842,3 +842,17 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     config = Config.from_toml(str(path))
     assert config.cache_dir == str(tmp_path / "cache") and len(config.sites) == 2
     assert [route.prefix for route in config.sites[0].routes] == [b"/", b"/api/"]
+
+
+def test_ca_file_needs_an_https_origin_and_a_readable_file(tmp_path: Path) -> None:
+    """sites.routes.ca_file: accepted for a route with an https origin; otherwise, or if
+    the file cannot be read or holds no PEM certificate, one line naming the key."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMII...\n-----END CERTIFICATE-----\n")
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    good = write(tmp_path, f'[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "https://a"\nca_file = "{ca}"\n')
+    assert Config.from_toml(good).sites[0].routes[0].ca_file == str(ca)
+    for origin, path in (("http://a", ca), ("https://a", tmp_path / "missing.pem"), ("https://a", not_pem)):
+        bad = write(tmp_path, f'[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "{origin}"\nca_file = "{path}"\n')
+        assert "sites[0].routes[0].ca_file" in error_of(Config.from_toml, bad)
