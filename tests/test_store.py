@@ -399,6 +399,26 @@ def test_orphans_are_swept_at_open(tmp_path: Path) -> None:
     assert files(tmp_path) == ["spool/live.part"]
 
 
+def test_a_lazy_store_sweeps_the_spool_when_made_and_bodies_when_opened(tmp_path: Path) -> None:
+    """A lazy store clears torn spool files at once (before its process listens), and
+    orphaned bodies once it opens the database; a live writer's file stays."""
+    make_store(tmp_path).close()
+    (tmp_path / "spool" / "dead.part").write_bytes(b"torn")
+    live = tmp_path / "spool" / "live.part"
+    live.write_bytes(b"in progress")
+    orphan = tmp_path / "ab" / "cd" / "0123.val"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"renamed, never committed")
+    os.utime(orphan, (time.time() - 3600,) * 2)
+    with live.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        store = make_store(tmp_path, lazy=True)
+        assert sorted(files(tmp_path)) == ["ab/cd/0123.val", "spool/live.part"]
+        store.open()
+    assert files(tmp_path) == ["spool/live.part"]
+    store.close()
+
+
 def _break_spool(directory: Path) -> None:
     """Make body spooling fail with a real OSError, even as root: the spool dir becomes a file."""
     (directory / "spool").rename(directory / "spool.away")

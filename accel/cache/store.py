@@ -512,6 +512,12 @@ class Store:
         self.last_error = ""
         if not lazy:
             self._in_this_process()
+        else:
+            try:
+                os.makedirs(self._spool, exist_ok=True)
+                self._sweep_spool()
+            except OSError as e:
+                self._degrade(e)
         try:
             os.makedirs(directory, exist_ok=True)
             self.generations = Generations(os.path.join(directory, _GENERATIONS))
@@ -846,23 +852,8 @@ class Store:
 
     def _sweep(self) -> None:
         """Remove what a killed writer left: unlocked spool files, unreferenced bodies."""
+        removed = self._sweep_spool()
         assert self._con is not None
-        removed = 0
-        for name in os.listdir(self._spool):
-            path = os.path.join(self._spool, name)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer in another process holds it
-            else:
-                os.unlink(path)
-                removed += 1
-            finally:
-                os.close(fd)
         rows = self._con.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")
         known = {name for (name,) in rows}
         cutoff = time.time() - _ORPHAN_GRACE  # file times are wall-clock
@@ -881,6 +872,30 @@ class Store:
         if removed:
             self._log.info("cache store {directory}: removed {count} files left by interrupted writes",
                            directory=self._directory, count=removed)
+
+    def _sweep_spool(self) -> int:
+        """Remove spool files no live writer holds (a killed writer's); how many.
+
+        Files only, no database: a lazy store does this when it is made, so a
+        restart is clean before anything listens, and the rest when it opens.
+        """
+        removed = 0
+        for name in os.listdir(self._spool):
+            path = os.path.join(self._spool, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer in another process holds it
+            else:
+                os.unlink(path)
+                removed += 1
+            finally:
+                os.close(fd)
+        return removed
 
     def _usable(self) -> bool:
         """Whether to use the disk now; probes for recovery once the back-off is over."""
