@@ -383,16 +383,23 @@ def test_prefix_range_holds_exactly_the_prefixed_keys(primary: str, secondary: b
     assert (low <= _make_key(primary, secondary) < high) == primary.startswith(prefix)
 
 
-def test_orphans_are_swept_at_open(tmp_path: Path) -> None:
-    """Opening removes unlocked spool files and old unreferenced bodies, not a live writer's."""
-    make_store(tmp_path).close()
-    (tmp_path / "spool" / "dead.part").write_bytes(b"torn")
-    live = tmp_path / "spool" / "live.part"
+def _leave_torn_files(directory: Path) -> Path:
+    """What a killed writer leaves in a store's directory: a torn spool file, an old body
+    no entry names; and a spool file a live writer may hold (returned)."""
+    make_store(directory).close()
+    (directory / "spool" / "dead.part").write_bytes(b"torn")
+    live = directory / "spool" / "live.part"
     live.write_bytes(b"in progress")
-    orphan = tmp_path / "ab" / "cd" / "0123.val"
+    orphan = directory / "ab" / "cd" / "0123.val"
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"renamed, never committed")
     os.utime(orphan, (time.time() - 3600,) * 2)
+    return live
+
+
+def test_orphans_are_swept_at_open(tmp_path: Path) -> None:
+    """Opening removes unlocked spool files and old unreferenced bodies, not a live writer's."""
+    live = _leave_torn_files(tmp_path)
     with live.open("rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         make_store(tmp_path)
@@ -402,14 +409,7 @@ def test_orphans_are_swept_at_open(tmp_path: Path) -> None:
 def test_a_lazy_store_sweeps_the_spool_when_made_and_bodies_when_opened(tmp_path: Path) -> None:
     """A lazy store clears torn spool files at once (before its process listens), and
     orphaned bodies once it opens the database; a live writer's file stays."""
-    make_store(tmp_path).close()
-    (tmp_path / "spool" / "dead.part").write_bytes(b"torn")
-    live = tmp_path / "spool" / "live.part"
-    live.write_bytes(b"in progress")
-    orphan = tmp_path / "ab" / "cd" / "0123.val"
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"renamed, never committed")
-    os.utime(orphan, (time.time() - 3600,) * 2)
+    live = _leave_torn_files(tmp_path)
     with live.open("rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         store = make_store(tmp_path, lazy=True)

@@ -1192,16 +1192,29 @@ class HTTPServerProtocol(Protocol):
             # The general path takes it, as on_headers_complete would hand
             # over a request without content (the queue is empty).
             self._pairs = []
-            request = Request(
-                method, target, path, query, version, Headers(pairs), authority,
-                self._scheme, self._client, self._client_port,
-            )  # fmt: skip
+            request = self._request(method, target, path, query, version, pairs, authority)
             exchange = _Exchange(self, request, None, keep_alive, self._last_rx)
             self._parsing = self._active = exchange
             self._phase = _BODY
             self._dispatch(exchange)
         self.on_message_complete()  # as llhttp would, at the end of the head
         return True
+
+    def _request(
+        self,
+        method: bytes,
+        target: bytes,
+        path: bytes,
+        query: bytes | None,
+        version: bytes,
+        pairs: list[tuple[bytes, bytes]],
+        authority: bytes,
+    ) -> Request:
+        """The :class:`Request` for a head without content read on this connection."""
+        return Request(
+            method, target, path, query, version, Headers(pairs), authority,
+            self._scheme, self._client, self._client_port,
+        )  # fmt: skip
 
     def _answer_fast(
         self,
@@ -1254,10 +1267,7 @@ class HTTPServerProtocol(Protocol):
         now = self._clock.seconds()
         access_log = self._access_log
         if access_log is not None:
-            request = Request(
-                method, target, path, query, version, Headers(pairs), authority,
-                self._scheme, self._client, self._client_port,
-            )  # fmt: skip
+            request = self._request(method, target, path, query, version, pairs, authority)
             try:
                 access_log(request, status, sent, self._last_rx, now, notes)
             except Exception:
@@ -1292,10 +1302,7 @@ class HTTPServerProtocol(Protocol):
         :class:`~accel.streams.FileSender` (``sendfile`` on a plain
         connection), and its end is logged and handled as any other.
         """
-        request = Request(
-            method, target, path, query, version, Headers(pairs), authority,
-            self._scheme, self._client, self._client_port,
-        )  # fmt: skip
+        request = self._request(method, target, path, query, version, pairs, authority)
         exchange = _Exchange(self, request, None, keep_alive, self._last_rx)
         exchange.log.update(notes)
         exchange._state = _STARTED
