@@ -81,7 +81,11 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     """The accel service for twistd: the configured proxy on the global reactor."""
     # Imported here: only the service maker touches the global reactor, and
-    # parsing options must not install one.
+    # parsing options must not install one. accel's own (accel.reactor)
+    # unless one was chosen already (twistd --reactor).
+    from accel.reactor import install_default
+
+    install_default()
     from twisted.internet import reactor
 
     from accel.app import make_service

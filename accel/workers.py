@@ -66,6 +66,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from accel.config import MAX_WORKERS, Config, unshareable_listener
+from accel.reactor import install, installed
 
 __all__ = [
     "Listener",
@@ -313,7 +314,7 @@ class WorkerPool(Service):
             env=dict(os.environ),
             childFDs=child_fds,
         )
-        message = pickle.dumps((number, self._config, inherited))
+        message = pickle.dumps((number, self._config, inherited, installed(self._reactor)))
         # The pipe stays open: its end tells the child that this process is gone.
         process.writeToChild(0, _HEADER.pack(len(message)) + message)
         self._children[number] = child
@@ -388,7 +389,9 @@ def _child_main() -> None:
     # Python's default handler): a Ctrl-C is the parent's to act on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     (size,) = _HEADER.unpack(_read_exactly(0, _HEADER.size))
-    number, config, listeners = pickle.loads(_read_exactly(0, size))
+    number, config, listeners, own_reactor = pickle.loads(_read_exactly(0, size))
+    if own_reactor:  # as the parent: accel's unless twistd was told otherwise
+        install()
     from twisted.internet import reactor as _reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 

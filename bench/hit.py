@@ -61,11 +61,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--access-log", default=None, help="default: a temporary file")
+    parser.add_argument("--reactor", choices=("accel", "epoll"), default="accel", help="as twistd accel (default) or Twisted's")
     args = parser.parse_args(argv)
 
-    from twisted.internet import epollreactor
-
-    epollreactor.install()
+    if args.reactor == "accel":
+        from accel.reactor import install
+    else:
+        from twisted.internet.epollreactor import install
+    install()
     from twisted.internet import reactor
 
     from accel.app import make_service

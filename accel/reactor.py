@@ -1,0 +1,105 @@
+"""accel's reactor: Twisted's epoll reactor, minus a logging context per event.
+
+For every ready descriptor, Twisted's :class:`EPollReactor` calls
+``log.callWithLogger(selectable, ...)``: it asks the selectable for its
+``logPrefix()``, pushes a context for the legacy ``twisted.python.log``
+system (so that a ``log.msg`` made while handling the event is labelled
+with it), runs the handler, and pops the context. For a server answering
+small cached objects that is about a sixth of its CPU: more than parsing the
+request, looking it up and writing the answer together (docs/performance.rst).
+
+:class:`Reactor` differs from its parent in :meth:`Reactor.doPoll` only: it
+calls the same handler (``_doReadOrWrite``, which already logs and
+disconnects a selectable whose ``doRead`` or ``doWrite`` raised) directly,
+and logs, as ``callWithLogger`` does, anything that escapes it. accel logs
+with :class:`twisted.logger.Logger`, which never reads that context; only a
+legacy ``log.msg`` made inside an event (some of Twisted's own) loses its
+prefix and is labelled ``-``.
+
+``twistd accel`` installs it unless the reactor is already chosen (twistd's
+``--reactor`` option, or an import of :mod:`twisted.internet.reactor`
+before the service is made); workers use it when their parent does. Where
+there is no epoll (not Linux), Twisted's default reactor is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from typing import Any
+
+from twisted.python import log
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover - no epoll on this platform
+    EPollReactor = None  # type: ignore[assignment,misc]
+
+__all__ = ["Reactor", "install", "install_default", "installed"]
+
+
+if EPollReactor is not None:
+
+    class Reactor(EPollReactor):  # type: ignore[misc,valid-type]
+        """:class:`EPollReactor` dispatching events without ``callWithLogger``."""
+
+        def doPoll(self, timeout: float | None) -> None:
+            """Poll for events and handle each one (``EPollReactor.doPoll``, leaner)."""
+            if timeout is None:
+                timeout = -1  # wait indefinitely
+            selectables = self._selectables
+            try:
+                events = self._poller.poll(timeout, len(selectables))
+            except OSError as err:
+                if err.errno == errno.EINTR:
+                    return
+                raise
+            handle = self._doReadOrWrite
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue  # removed while handling an earlier event
+                try:
+                    handle(selectable, fd, event)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    # Only _disconnectSelectable (connectionLost) can raise
+                    # here: log it as callWithLogger would, and go on.
+                    log.err(system=_prefix(selectable))
+
+        doIteration = doPoll
+
+else:  # pragma: no cover
+    Reactor = None  # type: ignore[assignment,misc]
+
+
+def _prefix(selectable: Any) -> str:
+    try:
+        return str(selectable.logPrefix())
+    except Exception:
+        return "(buggy logPrefix method)"
+
+
+def install() -> Any:
+    """Install a :class:`Reactor` as the global reactor and return it."""
+    from twisted.internet.main import installReactor
+
+    if Reactor is None:  # pragma: no cover
+        raise RuntimeError("accel's reactor needs epoll (Linux)")
+    reactor = Reactor()
+    installReactor(reactor)
+    return reactor
+
+
+def install_default() -> bool:
+    """Install :class:`Reactor` if no reactor is installed yet and epoll exists; whether it did."""
+    if "twisted.internet.reactor" in sys.modules or Reactor is None:
+        return False
+    install()
+    return True
+
+
+def installed(reactor: Any) -> bool:
+    """Whether ``reactor`` is accel's."""
+    return Reactor is not None and isinstance(reactor, Reactor)
