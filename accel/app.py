@@ -101,6 +101,7 @@ def server_limits(config: cfg.Config) -> ServerLimits:
         max_connections_per_client=limits.max_connections_per_client,
         linger_time=limits.linger_time,
         linger_timeout=limits.linger_timeout,
+        notsent_lowat=limits.notsent_lowat,
     )
 
 

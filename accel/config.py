@@ -316,7 +316,9 @@ class Limits:
     content drained after a response to keep the connection;
     ``max_connections_per_client``: open connections per client address, or
     None for no limit; ``linger_time``/``linger_timeout``: the lingering
-    close (in all, and of silence). The meaning of each is that of the field
+    close (in all, and of silence); ``notsent_lowat``: response bytes the
+    kernel may hold unsent per TCP connection, or None for the kernel's
+    default. The meaning of each is that of the field
     of the same name in :class:`accel.http.server.ServerLimits`, whose
     defaults these are (``max_header_bytes`` excepted: 64 KiB here).
     """
@@ -333,6 +335,7 @@ class Limits:
     max_connections_per_client: int | None = 1024
     linger_time: float = 30.0
     linger_timeout: float = 5.0
+    notsent_lowat: int | None = 64 * 1024
 
 
 @frozen
@@ -714,6 +717,15 @@ def _parse_connection_limit(raw: object, name: str) -> int | None:
     return raw
 
 
+def _parse_optional_size(raw: object, name: str) -> int | None:
+    """A size of at least one byte, or ``off`` (None)."""
+    if raw == "off":
+        return None
+    if isinstance(raw, str) and _SIZE.fullmatch(raw.strip()) is None:
+        _fail(name, f"expected a size such as 64k, or off, got {raw!r}")
+    return _parse_positive_size(raw, name)
+
+
 def _parse_fraction(raw: object, name: str) -> float:
     if isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 <= raw <= 1:
         return float(raw)
@@ -823,6 +835,7 @@ def _read_limits(server: _Table) -> Limits:
         ),
         linger_time=server.get("linger_time", parse_duration, base.linger_time),
         linger_timeout=server.get("linger_timeout", parse_duration, base.linger_timeout),
+        notsent_lowat=server.get("notsent_lowat", _parse_optional_size, base.notsent_lowat),
     )
 
 

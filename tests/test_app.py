@@ -31,6 +31,7 @@ max_discard = 0
 max_connections_per_client = "off"
 linger_time = "10s"
 linger_timeout = 2
+notsent_lowat = "16k"
 
 [upstream]
 max_idle_per_origin = 8
@@ -123,6 +124,7 @@ def test_server_limits_reach_the_server(service: Any) -> None:
         max_connections_per_client=None,
         linger_time=10.0,
         linger_timeout=2.0,
+        notsent_lowat=16 * 1024,
     )
 
 

@@ -1310,6 +1310,37 @@ def test_real_socket_sends_without_delay():
     assert options and options[0] != 0
 
 
+@pytest.mark.parametrize("limit", [16 * 1024, None])
+def test_real_socket_notsent_lowat(limit: int | None) -> None:
+    """ServerLimits.notsent_lowat is the client socket's TCP_NOTSENT_LOWAT; None leaves the kernel's."""
+    from twisted.internet import reactor
+
+    options: list[int] = []
+
+    class Probe:
+        def handle(self, request, responder):
+            handle = responder._proto.transport.getHandle()
+            options.append(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
+            answer(responder, b"ok")
+
+    def client(number: int) -> None:
+        with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            while s.recv(65536):
+                pass
+
+    with socket.socket() as fresh:
+        kernel_default = fresh.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+    limits = ServerLimits(notsent_lowat=limit)
+    _serve_one_client(HTTPServerFactory(Probe(), reactor, limits=limits), client)
+    assert options == [kernel_default if limit is None else limit]
+
+
+def test_notsent_lowat_default() -> None:
+    """By default the kernel holds at most 64 KiB unsent per client connection."""
+    assert ServerLimits().notsent_lowat == 64 * 1024
+
+
 def test_real_socket_large_chunks_arrive_whole():
     """Over loopback, chunks large enough to go out as separate buffers arrive framed and whole."""
     from twisted.internet import reactor

@@ -142,6 +142,15 @@ class ServerLimits:
     #: client reads it.
     linger_time: float = field(default=30.0, validator=ge(0))
     linger_timeout: float = field(default=5.0, validator=ge(0))
+    #: ``TCP_NOTSENT_LOWAT`` of a plain TCP connection, in bytes, or ``None``
+    #: for the kernel's default: the most response bytes the kernel holds
+    #: *unsent* for the client (bytes in flight are not counted, so a
+    #: connection's throughput is not capped). Beyond it the socket reads as
+    #: full, and the rest of a large body waits in its file (``sendfile``)
+    #: or behind back-pressure instead of in kernel memory; sending it is
+    #: then done by this process when the client's window opens, not by the
+    #: CPU that receives the client's ACK (docs/performance.rst).
+    notsent_lowat: int | None = field(default=64 * 1024, validator=optional(gt(0)))
 
 
 class RequestBodyError(Exception):
@@ -162,6 +171,10 @@ class _Rejected(Exception):
 
 
 # --- Request-target and Host grammar (RFC 3986, RFC 9112 section 3.2) ---
+
+#: Linux's option number where the socket module lacks the name (see
+#: ServerLimits.notsent_lowat).
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
 _ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _UNRESERVED = _ALNUM + b"-._~"
@@ -265,6 +278,16 @@ def _no_delay(transport: object) -> None:
             set_no_delay(True)
         except OSError:
             pass  # not a TCP socket after all
+
+
+def _set_notsent_lowat(sock: socket.socket | None, limit: int | None) -> None:
+    """Bound the unsent bytes the kernel queues on a plain TCP ``sock`` (see ServerLimits)."""
+    if sock is None or limit is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, limit)
+    except OSError:
+        pass  # not TCP, or a kernel without it: its default then
 
 
 def _persistent(version: bytes, connection: list[bytes] | None) -> bool:
@@ -830,6 +853,7 @@ class HTTPServerProtocol(Protocol):
             # A response written in pieces (a head, then relayed content)
             # must not wait for the client's delayed ACK (Nagle's algorithm).
             _no_delay(transport)
+            _set_notsent_lowat(self._socket, self._limits.notsent_lowat)
             self._client = str(getattr(peer, "host", ""))
             self._client_port = int(getattr(peer, "port", 0))
             self._over_limit = not self.factory._admit(self._client)
