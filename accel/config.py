@@ -317,8 +317,8 @@ class Limits:
     ``max_connections_per_client``: open connections per client address, or
     None for no limit; ``linger_time``/``linger_timeout``: the lingering
     close (in all, and of silence); ``notsent_lowat``: response bytes the
-    kernel may hold unsent per TCP connection, or None for the kernel's
-    default. The meaning of each is that of the field
+    kernel may hold unsent per TCP connection sending a body from its file,
+    or None for the kernel's default. The meaning of each is that of the field
     of the same name in :class:`accel.http.server.ServerLimits`, whose
     defaults these are (``max_header_bytes`` excepted: 64 KiB here).
     """

@@ -40,19 +40,29 @@ def buffer_empty(transport: Any) -> bool:
     return not transport._tempDataLen and not transport.dataBuffer and not transport.disconnecting
 
 
+#: Sends tried in a row while the socket keeps taking part of the data. A
+#: socket with ``TCP_NOTSENT_LOWAT`` (the server's client connections) takes
+#: a large write in pieces: each send stops at the limit having pushed what
+#: it queued, and the next usually takes more at once, which is much cheaper
+#: than leaving the rest to the transport (a reactor turn and two
+#: ``epoll_ctl`` calls). Bounded, so a slow socket goes to the transport.
+_TRIES = 8
+
+
 def write(transport: Any, sock: socket.socket | None, data: bytes) -> None:
     """Send ``data`` on ``transport``, straight to ``sock`` when nothing is queued before it.
 
     ``sock`` is :func:`plain_socket` of ``transport`` (``None``: the transport).
     """
     if sock is not None and buffer_empty(transport):
-        try:
-            sent = sock.send(data)
-        except OSError:
-            sent = 0  # EAGAIN, or an error the transport will report
-        if sent == len(data):
-            return
-        data = data[sent:]
+        for _ in range(_TRIES):
+            try:
+                sent = sock.send(data)
+            except OSError:
+                break  # EAGAIN, or an error the transport will report
+            if sent == len(data):
+                return
+            data = data[sent:]
     transport.write(data)
 
 
@@ -65,6 +75,10 @@ def write_parts(transport: Any, sock: socket.socket | None, parts: tuple[bytes, 
             sent = 0
         if sent == sum(len(part) for part in parts):
             return
-        transport.write(b"".join(parts)[sent:])
+        rest = b"".join(parts)[sent:]
+        if sent:
+            write(transport, sock, rest)  # it took some: it may take more now
+        else:
+            transport.write(rest)
         return
     transport.writeSequence(parts)

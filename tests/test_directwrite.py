@@ -106,3 +106,53 @@ def test_a_broken_socket_leaves_the_bytes_to_the_transport(pair):
     t = Plain()
     directwrite.write(t, a, b"lost?")
     assert t.writes == [b"lost?"]
+
+
+class Piecemeal:
+    """A socket that takes at most ``piece`` bytes per call, then is full."""
+
+    def __init__(self, piece: int, calls: int) -> None:
+        self.piece = piece
+        self.left = calls
+        self.taken = b""
+
+    def _take(self, data: bytes) -> int:
+        if self.left == 0:
+            raise BlockingIOError
+        self.left -= 1
+        self.taken += bytes(data[: self.piece])
+        return min(self.piece, len(data))
+
+    def send(self, data: bytes) -> int:
+        return self._take(data)
+
+    def sendmsg(self, parts) -> int:
+        return self._take(b"".join(parts))
+
+
+def test_a_socket_taking_pieces_is_sent_to_again():
+    """A socket that takes part and then more (TCP_NOTSENT_LOWAT) gets the rest directly."""
+    sock = Piecemeal(piece=4, calls=3)
+    t = Plain()
+    directwrite.write(t, sock, b"0123456789")
+    assert sock.taken == b"0123456789"
+    assert t.writes == []
+
+
+def test_parts_taken_in_pieces():
+    """write_parts: the rest after a partial sendmsg is sent again, in order."""
+    sock = Piecemeal(piece=3, calls=10)
+    t = Plain()
+    directwrite.write_parts(t, sock, (b"head:", b"body"))
+    assert sock.taken == b"head:body"
+    assert t.writes == []
+
+
+def test_sends_in_a_row_are_bounded():
+    """A socket that keeps taking a little is left to the transport after a few sends."""
+    sock = Piecemeal(piece=1, calls=1000)
+    t = Plain()
+    data = bytes(100)
+    directwrite.write(t, sock, data)
+    assert 0 < len(sock.taken) < len(data)
+    assert sock.taken + b"".join(t.writes) == data

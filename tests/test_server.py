@@ -1311,29 +1311,47 @@ def test_real_socket_sends_without_delay():
 
 
 @pytest.mark.parametrize("limit", [16 * 1024, None])
-def test_real_socket_notsent_lowat(limit: int | None) -> None:
-    """ServerLimits.notsent_lowat is the client socket's TCP_NOTSENT_LOWAT; None leaves the kernel's."""
+def test_real_socket_notsent_lowat(limit: int | None, tmp_path) -> None:
+    """A body sent from a file sets the client socket's TCP_NOTSENT_LOWAT to
+    ServerLimits.notsent_lowat (None: the kernel's); a body from memory leaves it."""
     from twisted.internet import reactor
 
+    from accel.streams import FileSender
+
+    stored = tmp_path / "body"
+    stored.write_bytes(bytes(range(256)) * 1024)  # 256 KiB: sent with sendfile
     options: list[int] = []
+    bodies: list[bytes] = []
+
+    def lowat(responder) -> int:
+        handle = responder._proto.transport.getHandle()
+        return handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
 
     class Probe:
         def handle(self, request, responder):
-            handle = responder._proto.transport.getHandle()
-            options.append(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
-            answer(responder, b"ok")
+            options.append(lowat(responder))
+            if request.path == b"/memory":
+                answer(responder, b"ok")
+            else:
+                length = stored.stat().st_size
+                responder.start(200, b"OK", Headers([(b"content-length", b"%d" % length)]))
+                FileSender(stored.open("rb"), responder, length).start()
+                options.append(lowat(responder))
 
     def client(number: int) -> None:
         with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            while s.recv(65536):
-                pass
+            s.sendall(b"GET /memory HTTP/1.1\r\nHost: a\r\n\r\nGET /file HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            bodies.extend(r.body for r in responses(data))
 
     with socket.socket() as fresh:
-        kernel_default = fresh.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+        kernel = fresh.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
     limits = ServerLimits(notsent_lowat=limit)
     _serve_one_client(HTTPServerFactory(Probe(), reactor, limits=limits), client)
-    assert options == [kernel_default if limit is None else limit]
+    assert options == [kernel, kernel, kernel if limit is None else limit]
+    assert bodies == [b"ok", stored.read_bytes()]
 
 
 def test_notsent_lowat_default() -> None:

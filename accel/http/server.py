@@ -142,14 +142,15 @@ class ServerLimits:
     #: client reads it.
     linger_time: float = field(default=30.0, validator=ge(0))
     linger_timeout: float = field(default=5.0, validator=ge(0))
-    #: ``TCP_NOTSENT_LOWAT`` of a plain TCP connection, in bytes, or ``None``
-    #: for the kernel's default: the most response bytes the kernel holds
-    #: *unsent* for the client (bytes in flight are not counted, so a
-    #: connection's throughput is not capped). Beyond it the socket reads as
-    #: full, and the rest of a large body waits in its file (``sendfile``)
-    #: or behind back-pressure instead of in kernel memory; sending it is
-    #: then done by this process when the client's window opens, not by the
-    #: CPU that receives the client's ACK (docs/performance.rst).
+    #: ``TCP_NOTSENT_LOWAT`` of a plain TCP connection once it sends a body
+    #: from a file (``sendfile``), in bytes, or ``None`` for the kernel's
+    #: default: the most response bytes the kernel holds *unsent* for the
+    #: client (bytes in flight are not counted, so a connection's throughput
+    #: is not capped). Beyond it the socket reads as full and the rest of the
+    #: body waits in its file; it is then sent by this process when the
+    #: client's window opens, not by the CPU that receives the client's ACK
+    #: (docs/performance.rst). Set only then: a body sent from memory in one
+    #: write would be split at the limit.
     notsent_lowat: int | None = field(default=64 * 1024, validator=optional(gt(0)))
 
 
@@ -711,9 +712,13 @@ class _Exchange:
         """
         if self._state != _STARTED or self._mode != _FIXED or self._remaining != length:
             return None
-        if self._proto._socket is None:
+        proto = self._proto
+        if proto._socket is None:
             return None  # TLS, or a transport that is not a plain socket
-        transport = self._proto.transport
+        if not proto._lowat_set:
+            proto._lowat_set = True
+            _set_notsent_lowat(proto._socket, proto._limits.notsent_lowat)
+        transport = proto.transport
         self._remaining = 0
         self._sent += length
         return transport
@@ -805,6 +810,8 @@ class HTTPServerProtocol(Protocol):
         #: (plain TCP and UNIX connections; ``None`` over TLS): see _write
         #: and :mod:`accel.directwrite`.
         self._socket: socket.socket | None = None
+        #: TCP_NOTSENT_LOWAT is set (at the first body sent from a file).
+        self._lowat_set = False
         self._client = ""
         self._client_port = 0
         # Parse state of the message being read.
@@ -853,7 +860,6 @@ class HTTPServerProtocol(Protocol):
             # A response written in pieces (a head, then relayed content)
             # must not wait for the client's delayed ACK (Nagle's algorithm).
             _no_delay(transport)
-            _set_notsent_lowat(self._socket, self._limits.notsent_lowat)
             self._client = str(getattr(peer, "host", ""))
             self._client_port = int(getattr(peer, "port", 0))
             self._over_limit = not self.factory._admit(self._client)
