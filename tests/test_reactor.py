@@ -9,6 +9,7 @@ Two of their tests are expected to differ, each for a stated reason.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from typing import Any
@@ -25,6 +26,13 @@ from accel.reactor import Reactor
 pytest.importorskip("hamcrest")  # Twisted's test modules need it
 
 from twisted.internet.test import test_core, test_fdset, test_tcp, test_threads, test_time, test_unix  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _in_a_temporary_directory(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twisted's tests make their files relative to the working directory
+    (trial runs them in _trial_temp): here, in a temporary one."""
+    monkeypatch.chdir(tmp_path)
+
 
 _DIFFERENT = {
     "test_logPrefix": (
@@ -182,5 +190,8 @@ class InstallTests(SynchronousTestCase):
             "from twisted.internet import reactor\n"
             "print(type(reactor).__module__, accel.reactor.installed(reactor))\n"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        here = os.path.dirname(os.path.dirname(accel.__file__))  # wherever accel is imported from
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        out = run.stdout
         self.assertEqual(out.split(), ["accel.reactor", "True"])
