@@ -379,9 +379,10 @@ class Filler:
         It cannot when nothing is published, when the fill is another
         variant (RFC 9111 section 4.1: its ``Vary`` fields do not match this
         request), when the response, once stored, would not answer this
-        request as a fresh hit (RFC 9111 section 4: ``no-cache`` on either
-        side, the request's ``max-age`` or ``min-fresh``, a response already
-        stale), or when the fill is already over: then it waits for the end
+        request as a fresh hit or as validated since the request arrived
+        (RFC 9111 section 4: the request's ``max-age`` or ``min-fresh``, a
+        response already stale, ``no-cache`` on either side, unless the
+        fill's response arrived after the request), or when the fill is already over: then it waits for the end
         and looks again, as it always did. The answer is the leader's status
         and fields, with this request's own ``Age`` and ``Cache-Status``
         (RFC 9211 section 2.6: ``collapsed``, the response of another
@@ -400,8 +401,10 @@ class Filler:
             handle.status, handle.stored, handle.request_time, handle.response_time
         )
         now = self._clock.seconds()
-        decision = policy.decide(request.method, request.headers, stored, now, lk.rules.policy)
-        if not isinstance(decision, policy.Fresh):
+        decision = policy.decide(
+            request.method, request.headers, stored, now, lk.rules.policy, lk.received_at
+        )
+        if not isinstance(decision, (policy.Fresh, policy.Validated)):
             return False
         follower = None
         if request.method != _HEAD:

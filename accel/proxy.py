@@ -155,7 +155,7 @@ class Accelerator:
             if "\0" in key:
                 self.forward(route, request, responder, b"bypass")
                 return
-            self._lookup(Lookup(route, rules, request, responder, key))
+            self._lookup(Lookup(route, rules, request, responder, key, received_at=self._clock.seconds()))
             return
         self.forward(route, request, responder, b"method", invalidate=rules)
 
@@ -305,8 +305,10 @@ class Accelerator:
         stored = policy.StoredResponse(
             entry.status, headers, entry.request_time, entry.response_time
         )
-        decision = policy.decide(request.method, request.headers, stored, now, settings)
-        if isinstance(decision, policy.Fresh):
+        decision = policy.decide(request.method, request.headers, stored, now, settings, lk.received_at)
+        if isinstance(decision, (policy.Fresh, policy.Validated)):
+            # Validated: a fetch this request waited for (or another
+            # worker's) got or confirmed it after the request arrived.
             self._serve(lk, entry, headers, decision.age, decision.ttl, "HIT")
         elif isinstance(decision, policy.ServeStale):
             self._serve(lk, entry, headers, decision.age, decision.ttl, "STALE")

@@ -93,3 +93,7 @@ class Lookup:
     #: Times this request already waited for another's fetch.
     waited: int = 0
     collapsed: bool = False
+    #: When the request reached the accelerator (``None``: a background
+    #: fetch): a stored response received or validated since needs no
+    #: validation for it (:class:`accel.cache.policy.Validated`).
+    received_at: float | None = None

@@ -4,6 +4,7 @@
     taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/1k
     taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/1m
     taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/private/1k
+    taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/revalidate/1k
 
 Starts a trivial origin (``/1k``, ``/64k``, ``/100k`` and ``/1m``, ``Cache-Control: max-age=86400``)
 and accel in front of it, in this process, exactly as ``twistd accel`` wires
@@ -36,6 +37,9 @@ class _Origin(Protocol):
 
     Under ``/private`` (``/private/1k``, say) the same bodies come with
     ``Cache-Control: no-store``: every request goes through to the origin.
+    Under ``/revalidate`` they come with ``Cache-Control: no-cache`` and an
+    ``ETag``: every request is a revalidation, answered ``304`` (the stored
+    response is served).
     """
 
     def __init__(self) -> None:
@@ -46,6 +50,9 @@ class _Origin(Protocol):
         while (end := buffer.find(b"\r\n\r\n")) >= 0:
             head, buffer = buffer[:end], buffer[end + 4 :]
             path = head.split(b" ", 2)[1]
+            if path.startswith(b"/revalidate/"):
+                self._revalidate(head, path[11:])
+                continue
             private = path.startswith(b"/private/")
             body = BODIES.get(path[8:] if private else path, b"")
             self.transport.write(
@@ -54,6 +61,17 @@ class _Origin(Protocol):
                 % (b"no-store" if private else b"max-age=86400", len(body), body)
             )
         self._buffer = buffer
+
+    def _revalidate(self, head: bytes, path: bytes) -> None:
+        fields = b"cache-control: no-cache\r\netag: \"v1\"\r\n"
+        if b'\r\nif-none-match: "v1"' in head.lower():
+            self.transport.write(b"HTTP/1.1 304 Not Modified\r\n%s\r\n" % fields)
+            return
+        body = BODIES.get(path, b"")
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n%scontent-length: %d\r\n\r\n%s"
+            % (fields, len(body), body)
+        )
 
 
 def main(argv: list[str]) -> None:

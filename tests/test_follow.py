@@ -312,12 +312,28 @@ class TestClients:
         body.finish()
         assert len(upstream.calls) == 2
 
-    def test_response_no_cache_is_not_followed(self, proxy, upstream):
-        """RFC 9111 5.2.2.4: a stored no-cache response is never reused unvalidated."""
+    def test_response_no_cache_is_followed_only_by_requests_that_waited_for_it(
+        self, clock, proxy, upstream
+    ):
+        """RFC 9111 5.2.2.4: a no-cache response is reused only once validated.
+        The fill is that validation for a request that arrived before its
+        response did, not for one arriving after (nor at the same instant)."""
         get(proxy)
+        clock.advance(0.1)
         waiter = get(proxy)
-        answer(upstream, headers=[*CACHEABLE[:1], (b"Cache-Control", b"no-cache")])
-        assert waiter.status is None
+        clock.advance(0.1)
+        no_cache = [*CACHEABLE[:1], (b"Cache-Control", b"no-cache"), (b"ETag", b'"v1"')]
+        body = answer(upstream, headers=no_cache)
+        assert waiter.status == 200
+        assert waiter.header(b"cache-status") == b"accel; fwd=uri-miss; fwd-status=200; stored; collapsed"
+        same_instant = get(proxy)
+        clock.advance(0.1)
+        late = get(proxy)
+        assert same_instant.status is None and late.status is None
+        body.feed(b"0123456789ab")
+        body.finish()
+        assert waiter.body == b"0123456789ab" and waiter.finished
+        assert len(upstream.calls) == 2  # the other two validate, together
 
 
 class TestFeed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from accel.cache.policy import (
     StaleWhileRevalidate,
     Storable,
     StoredResponse,
+    Validated,
     age_header_value,
     cache_status,
     conditional_headers,
@@ -810,6 +812,114 @@ class TestResponseDirectives:
         """CDN-Cache-Control: no-cache revalidates despite Cache-Control: max-age."""
         stored = store((b"cdn-cache-control", b"no-cache"), (b"cache-control", b"max-age=10000"))
         assert isinstance(decide(b"GET", H(), stored, NOW), Revalidate)
+
+
+class TestValidatedSinceArrival:
+    """decide(received_at=...): a validation that already happened for this request.
+
+    A response the cache would revalidate is served as it is once a fetch
+    completed after the request arrived (for the response's own reasons),
+    or was sent after it arrived (for the request's reasons).
+    """
+
+    ARRIVED = NOW + 100
+
+    def stored_at(self, request_time: float, response_time: float, *pairs: tuple[bytes, bytes]) -> StoredResponse:
+        headers = H(*pairs, (b"etag", b'"v1"'))
+        headers.add(b"date", format_http_date(response_time))
+        return StoredResponse(200, headers, request_time, response_time)
+
+    @pytest.mark.parametrize(
+        ("fields", "asked", "now_offset", "reason"),
+        [
+            ([(b"cache-control", b"no-cache")], [], 0.5, "response no-cache"),
+            ([(b"cache-control", b"max-age=0, must-revalidate")], [], 0.5, "stale, must revalidate"),
+            ([(b"cache-control", b"max-age=0")], [], 0.5, "stale"),
+        ],
+    )
+    def test_response_reasons_need_a_validation_completed_since(self, fields, asked, now_offset, reason) -> None:
+        """Sent before the request arrived, completed after: one validation shared (collapsing)."""
+        stored = self.stored_at(self.ARRIVED - 0.2, self.ARRIVED + 0.1, *fields)
+        decision = decide(b"GET", H(*asked), stored, self.ARRIVED + now_offset, received_at=self.ARRIVED)
+        assert isinstance(decision, Validated) and decision.reason == reason
+        now = self.ARRIVED + now_offset
+        age = current_age(stored.headers, stored.request_time, stored.response_time, now)
+        assert decision.age == age and decision.ttl == -age  # a freshness lifetime of 0
+
+    def test_a_validation_completed_before_arrival_does_not_count(self) -> None:
+        """Received before the request arrived: the request is validated as usual."""
+        stored = self.stored_at(self.ARRIVED - 0.2, self.ARRIVED - 0.1, (b"cache-control", b"no-cache"))
+        decision = decide(b"GET", H(), stored, self.ARRIVED + 0.5, received_at=self.ARRIVED)
+        assert isinstance(decision, Revalidate) and decision.reason == "response no-cache"
+
+    def test_at_the_same_instant_does_not_count(self) -> None:
+        """Only strictly after: the same clock reading is not known to be later."""
+        stored = self.stored_at(self.ARRIVED, self.ARRIVED, (b"cache-control", b"no-cache"))
+        assert isinstance(decide(b"GET", H(), stored, self.ARRIVED, received_at=self.ARRIVED), Revalidate)
+
+    @pytest.mark.parametrize(
+        ("asked", "reason"),
+        [
+            ([(b"cache-control", b"no-cache")], "request no-cache"),
+            ([(b"pragma", b"no-cache")], "request no-cache"),
+            ([(b"cache-control", b"max-age=0")], "request max-age"),
+            ([(b"cache-control", b"min-fresh=1000")], "request min-fresh"),
+        ],
+    )
+    def test_request_reasons_need_the_origin_asked_since(self, asked, reason) -> None:
+        """RFC 9111 5.2.1: what the client asks is met only by a fetch sent after it asked."""
+        fresh = [(b"cache-control", b"max-age=600")]
+        in_flight = self.stored_at(self.ARRIVED - 0.2, self.ARRIVED + 0.1, *fresh)
+        decision = decide(b"GET", H(*asked), in_flight, self.ARRIVED + 0.5, received_at=self.ARRIVED)
+        assert isinstance(decision, Revalidate) and decision.reason == reason
+        asked_since = self.stored_at(self.ARRIVED + 0.05, self.ARRIVED + 0.1, *fresh)
+        decision = decide(b"GET", H(*asked), asked_since, self.ARRIVED + 0.5, received_at=self.ARRIVED)
+        assert isinstance(decision, Validated) and decision.reason == reason
+
+    def test_request_no_cache_also_binds_a_no_cache_response(self) -> None:
+        """Both sides say no-cache: the client's demand decides (the origin asked since)."""
+        fields = (b"cache-control", b"no-cache")
+        request = H((b"cache-control", b"no-cache"))
+        in_flight = self.stored_at(self.ARRIVED - 0.2, self.ARRIVED + 0.1, fields)
+        assert isinstance(decide(b"GET", request, in_flight, self.ARRIVED + 0.5, received_at=self.ARRIVED), Revalidate)
+        asked_since = self.stored_at(self.ARRIVED + 0.05, self.ARRIVED + 0.1, fields)
+        assert isinstance(decide(b"GET", request, asked_since, self.ARRIVED + 0.5, received_at=self.ARRIVED), Validated)
+
+    def test_only_if_cached_is_served(self) -> None:
+        """A validated response needs no origin: only-if-cached gets it."""
+        stored = self.stored_at(self.ARRIVED - 0.2, self.ARRIVED + 0.1, (b"cache-control", b"no-cache"))
+        request = H((b"cache-control", b"only-if-cached"))
+        assert isinstance(decide(b"GET", request, stored, self.ARRIVED + 0.5, received_at=self.ARRIVED), Validated)
+
+    @given(
+        directives=st.lists(
+            st.sampled_from([b"no-cache", b"max-age=0", b"max-age=5", b"must-revalidate", b"max-age=600", b"s-maxage=0"]),
+            max_size=3,
+        ),
+        requested=st.lists(st.sampled_from([b"no-cache", b"max-age=0", b"max-age=3", b"min-fresh=100", b"max-stale=2"]), max_size=2),
+        sent=st.floats(-5, 5),
+        took=st.floats(0, 5),
+        later=st.floats(0, 20),
+        arrived=st.floats(-5, 5),
+    )
+    def test_only_revalidations_change(self, directives, requested, sent, took, later, arrived) -> None:
+        """received_at turns some Revalidate decisions into Validated (same reason, age
+        and ttl of the stored response) and never changes any other decision."""
+        fields = [(b"cache-control", b", ".join(directives))] if directives else []
+        stored = self.stored_at(NOW + sent, NOW + sent + took, *fields)
+        request = H((b"cache-control", b", ".join(requested))) if requested else H()
+        now = NOW + sent + took + later
+        plain = decide(b"GET", request, stored, now)
+        seen = decide(b"GET", request, stored, now, received_at=NOW + arrived)
+        if isinstance(seen, Validated):
+            assert isinstance(plain, (Revalidate, OnlyIfCachedMiss))
+            assert stored.response_time > NOW + arrived
+            if b"no-cache" in requested:
+                assert stored.request_time > NOW + arrived
+            if isinstance(plain, Revalidate):
+                assert seen.reason == plain.reason
+        else:
+            assert seen == plain
 
 
 class TestStaleExtensions:

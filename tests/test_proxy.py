@@ -294,6 +294,54 @@ class TestCollapsing:
         assert all(b"collapsed" in c.header(b"cache-status") for c in clients[1:])
         assert len(upstream.calls) == 1
 
+    def _stored_no_cache(self, clock, store):
+        """A proxy holding a no-cache response with an ETag (every use is validated)."""
+        upstream = FakeUpstream()
+        proxy = make_proxy(clock, store, upstream)
+        first = get(proxy)
+        fields = dated((b"Cache-Control", b"no-cache"), (b"ETag", b'"v1"'), clock=clock)
+        upstream.calls[0].deferred.callback(response(200, fields, b"stored")[0])
+        assert first.body == b"stored" and first.finished
+        clock.advance(1)
+        return proxy, upstream
+
+    def test_concurrent_revalidations_make_one_origin_request(self, clock, store):
+        """RFC 9111 4.3: requests that arrive while a stored response is being
+        validated share that validation: one conditional request, every client
+        served the stored response once the 304 is back."""
+        proxy, upstream = self._stored_no_cache(clock, store)
+        clients = [get(proxy)]
+        clock.advance(0.1)
+        clients += [get(proxy) for _ in range(4)]
+        assert len(upstream.calls) == 2
+        assert upstream.calls[1].headers.get(b"if-none-match") == b'"v1"'
+        clock.advance(0.1)
+        fields = dated((b"Cache-Control", b"no-cache"), (b"ETag", b'"v1"'), clock=clock)
+        upstream.calls[1].deferred.callback(response(304, fields)[0])
+        for c in clients:
+            assert c.status == 200 and c.body == b"stored" and c.finished
+        assert len(upstream.calls) == 2
+        assert all(b"collapsed" in c.header(b"cache-status") for c in clients[1:])
+        # Later requests are validated again: the 304 made nothing fresh.
+        clock.advance(0.1)
+        get(proxy)
+        assert len(upstream.calls) == 3
+
+    def test_a_validation_sent_before_a_request_no_cache_does_not_answer_it(self, clock, store):
+        """RFC 9111 5.2.1.4: a client's no-cache is met only by asking the origin
+        after it asked; it waits, then validates on its own."""
+        proxy, upstream = self._stored_no_cache(clock, store)
+        leader = get(proxy)
+        clock.advance(0.1)
+        picky = get(proxy, headers=[(b"Cache-Control", b"no-cache")])
+        clock.advance(0.1)
+        fields = dated((b"Cache-Control", b"no-cache"), (b"ETag", b'"v1"'), clock=clock)
+        upstream.calls[1].deferred.callback(response(304, fields)[0])
+        assert leader.body == b"stored" and picky.status is None
+        assert len(upstream.calls) == 3
+        upstream.calls[2].deferred.callback(response(304, fields)[0])
+        assert picky.status == 200 and picky.body == b"stored"
+
     def test_uncacheable_answer_releases_waiters_to_the_origin(self, clock, store):
         """When the shared fetch is not storable, waiters fetch on their own, and later
         requests skip the wait (hit-for-miss)."""

@@ -27,6 +27,10 @@ pytest.importorskip("hamcrest")  # Twisted's test modules need it
 
 from twisted.internet.test import test_core, test_fdset, test_tcp, test_threads, test_time, test_unix  # noqa: E402
 
+# Twisted's test_badContext hands TLS a deliberately old-style context factory.
+pytestmark = pytest.mark.filterwarnings("ignore:.*does not explicitly provide any OpenSSL")
+
+
 @pytest.fixture(autouse=True)
 def _in_a_temporary_directory(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Twisted's tests make their files relative to the working directory

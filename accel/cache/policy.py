@@ -49,6 +49,7 @@ __all__ = [
     "STAR",
     "UNDERSTOOD_STATUSES",
     "UNSATISFIABLE",
+    "Validated",
     "Decision",
     "Forward",
     "Fresh",
@@ -664,7 +665,26 @@ class OnlyIfCachedMiss:
 
 
 #: What :func:`decide` returns; dispatch on it exhaustively.
-Decision = Fresh | ServeStale | StaleWhileRevalidate | Revalidate | Forward | OnlyIfCachedMiss
+@frozen
+class Validated:
+    """Serve the stored response: it was validated after the request arrived.
+
+    The request would otherwise be validated (RFC 9111 section 4.3), but
+    the stored response is already as current as that validation would
+    make it: it was received, or freshened by a 304, after the request
+    arrived, by a fetch that this request waited for (request collapsing)
+    or that another worker made meanwhile (see :func:`decide` for the
+    request's own directives). Validating again would send the same
+    conditional request and serve the same stored response. ``reason`` is
+    why it would have been validated.
+    """
+
+    age: float
+    ttl: float
+    reason: str
+
+
+Decision = Fresh | ServeStale | StaleWhileRevalidate | Revalidate | Validated | Forward | OnlyIfCachedMiss
 
 
 def decide_without_stored(
@@ -682,6 +702,7 @@ def decide(
     stored: StoredResponse,
     now: float,
     settings: PolicySettings = DEFAULT_SETTINGS,
+    received_at: float | None = None,
 ) -> Decision:
     """How to answer a request given a stored response that it selects (RFC 9111 section 4).
 
@@ -703,9 +724,18 @@ def decide(
 
     With request ``only-if-cached`` (5.2.1.7), any decision that would
     contact the origin becomes :class:`OnlyIfCachedMiss`.
+
+    ``received_at`` is when the request arrived. A response that would be
+    revalidated is :class:`Validated` instead when that validation already
+    happened for this request: for the response's own reasons (``no-cache``,
+    stale), when it was received or freshened after the request arrived
+    (``stored.response_time > received_at``: collapsed requests share the
+    validation they waited for); for the request's (``no-cache``,
+    ``max-age``, ``min-fresh``), only when the origin was asked after the
+    request arrived (``stored.request_time > received_at``).
     """
     req = request_cache_control(request_headers, settings)
-    decision = _decide(method, req, request_headers, stored, now, settings)
+    decision = _decide(method, req, request_headers, stored, now, settings, received_at)
     if req.only_if_cached and isinstance(decision, (Revalidate, Forward)):
         return OnlyIfCachedMiss(f"only-if-cached: {decision.reason}")
     return decision
@@ -718,6 +748,7 @@ def _decide(
     stored: StoredResponse,
     now: float,
     settings: PolicySettings,
+    received_at: float | None,
 ) -> Decision:
     if method not in (b"GET", b"HEAD"):
         return Forward("method")
@@ -728,7 +759,18 @@ def _decide(
     age = current_age(stored.headers, stored.request_time, stored.response_time, now)
     ttl = lifetime - age
 
-    def revalidate(reason: str) -> Revalidate:
+    def revalidate(reason: str) -> Revalidate | Validated:
+        if received_at is not None:
+            # What the client asks for needs the origin asked after the
+            # request arrived; what the response asks for, a validation
+            # completed after it (one shared by concurrent requests).
+            client = (
+                req.no_cache
+                or (req.max_age is not None and age > req.max_age)
+                or (req.min_fresh is not None and ttl < req.min_fresh)
+            )
+            if (stored.request_time if client else stored.response_time) > received_at:
+                return Validated(age, ttl, reason)
         on_error = _stale_on_error(cc, req, lifetime, age, settings)
         return Revalidate(conditional_headers(stored.headers), on_error, reason)
 
