@@ -316,3 +316,42 @@ class TestEntityTags:
         """Serialising then parsing gives back the tag."""
         tag = EntityTag(weak, opaque.replace('"', "").encode() or b"x")
         assert parse_entity_tag(tag.to_bytes()) == tag
+
+
+class TestParsedValuesAreRemembered:
+    """parse_cache_control and parse_http_date remember short values: same answers, bounded."""
+
+    @given(st.binary(max_size=80))
+    def test_cache_control_remembered_equals_parsed(self, value: bytes) -> None:
+        """A remembered Cache-Control value reads as a fresh parse of it, every time."""
+        from accel.http import fields
+
+        assert parse_cache_control([value]) == fields._parse_cache_control([value])
+        assert parse_cache_control([value]) == fields._parse_cache_control([value])
+
+    def test_cache_control_memo_is_bounded(self) -> None:
+        """Never more than MEMO_MAX values, and none longer than MEMO_VALUE_MAX."""
+        from accel.http import fields
+
+        for n in range(fields.MEMO_MAX * 2 + 10):
+            parse_cache_control([b"max-age=%d" % n])
+            assert len(fields._CC_MEMO) <= fields.MEMO_MAX
+        long = b"max-age=1, " + b"x" * fields.MEMO_VALUE_MAX
+        assert parse_cache_control([long]).max_age == 1
+        assert long not in fields._CC_MEMO
+
+    @given(st.floats(0, 2**33).map(int), st.sampled_from([b"", b" ", b"\t "]))
+    def test_dates_remembered_equal_parsed(self, seconds: int, pad: bytes) -> None:
+        """A remembered IMF-fixdate reads the same the second time, padded or not."""
+        from accel.http.dates import format_http_date, parse_http_date
+
+        raw = pad + format_http_date(seconds) + pad
+        assert parse_http_date(raw) == float(seconds)
+        assert parse_http_date(raw) == float(seconds)
+
+    def test_date_memo_is_bounded(self) -> None:
+        from accel.http import dates
+
+        for n in range(dates._MEMO_MAX * 2 + 10):
+            assert dates.parse_http_date(dates.format_http_date(n * 86400.0)) == n * 86400.0
+            assert len(dates._MEMO) <= dates._MEMO_MAX

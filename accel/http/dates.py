@@ -60,6 +60,13 @@ def _build(
         return None
 
 
+#: IMF-fixdates already read (the same ``Date`` and ``Expires`` recur on
+#: every use of a stored response); at most 1,024, emptied when full.
+_MEMO: dict[bytes, float] = {}
+_MEMO_MAX = 1024
+_MEMO_VALUE_MAX = 64
+
+
 def parse_http_date(raw: bytes) -> float | None:
     """Parse an HTTP-date; ``None`` if it is not one.
 
@@ -71,12 +78,20 @@ def parse_http_date(raw: bytes) -> float | None:
     has ``SP``; only the case of the names is forgiven. Surrounding
     whitespace is ignored.
     """
-    raw = raw.strip(b" \t")
-    if (match := _IMF_FIXDATE.fullmatch(raw)) is not None:
+    if (seconds := _MEMO.get(raw)) is not None:
+        return seconds
+    stripped = raw.strip(b" \t")
+    if (match := _IMF_FIXDATE.fullmatch(stripped)) is not None:
         name, day, month, year, hour, minute, second = match.groups()
         if name.lower() not in _DAY_NAMES:
             return None
-        return _build(int(year), month, day, hour, minute, second)
+        seconds = _build(int(year), month, day, hour, minute, second)
+        if seconds is not None and len(raw) <= _MEMO_VALUE_MAX:
+            if len(_MEMO) >= _MEMO_MAX:
+                _MEMO.clear()
+            _MEMO[raw] = seconds
+        return seconds
+    raw = stripped
     if (match := _RFC850_DATE.fullmatch(raw)) is not None:
         name, day, month, yy, hour, minute, second = match.groups()
         if name.lower() not in _LONG_DAY_NAMES:

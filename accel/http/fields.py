@@ -220,6 +220,16 @@ _INVALID = b"\x00"
 _ABSENT = CacheControl()
 
 
+#: Parsed one-line ``Cache-Control`` values: the same few recur on nearly
+#: every request and stored response, and a stored response's is read
+#: several times per use. Only short values are kept, at most
+#: :data:`MEMO_MAX` of them (emptied when full): a client sending a new
+#: value each time costs a parse, never memory.
+_CC_MEMO: dict[bytes, CacheControl] = {}
+MEMO_MAX = 1024
+MEMO_VALUE_MAX = 256
+
+
 def parse_cache_control(values: list[bytes]) -> CacheControl:
     """Parse ``Cache-Control`` field lines (RFC 9111 section 5.2).
 
@@ -232,6 +242,18 @@ def parse_cache_control(values: list[bytes]) -> CacheControl:
     """
     if not values:
         return _ABSENT
+    if len(values) == 1 and len(value := values[0]) <= MEMO_VALUE_MAX:
+        parsed = _CC_MEMO.get(value)
+        if parsed is None:
+            parsed = _parse_cache_control(values)
+            if len(_CC_MEMO) >= MEMO_MAX:
+                _CC_MEMO.clear()
+            _CC_MEMO[value] = parsed
+        return parsed
+    return _parse_cache_control(values)
+
+
+def _parse_cache_control(values: list[bytes]) -> CacheControl:
     pairs: list[tuple[bytes, bytes | None]] = []
     for element in split_list(values):
         name, eq, raw = element.partition(b"=")
