@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -107,6 +108,11 @@ def test_default_run_proxies_and_caches_the_demo_origin(tmp_path: Path) -> None:
         assert second.getheader("cache-status").startswith("accel; hit")
         assert body2 == body1
         assert second.getheader("via") == "1.1 accel"
+    # twistd -n logs to standard output, so the access log goes there too,
+    # as plain combined-format lines (flushed when accel stops).
+    output = (tmp_path / "accel.log").read_text("latin-1")
+    logged = re.findall(r'^unix - - \[[^]]+\] "GET / HTTP/1.1" 200 \d+ "-" "[^"]*" (\w+) ', output, re.M)
+    assert logged == ["MISS", "HIT"], output[-2000:]
 
 
 def test_unix_socket_origin_is_fetched_once_for_many_hits(tmp_path: Path) -> None:

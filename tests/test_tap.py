@@ -134,3 +134,25 @@ def test_bad_config_file_process(tmp_path: Path) -> None:
         f"accel: {path}: sites[0].routes[0].origin: expected http://host[:port], https://host[:port] or unix:/path, got 'ftp://x'\n"
     )
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("twistd_args", "accel_args", "expected"),
+    [
+        (["-n"], [], "-"),  # twistd logs to stdout: the access log goes there, directly
+        (["--nodaemon", "--logfile", "-"], [], "-"),
+        (["-n", "--logfile", "/tmp/twistd.log"], [], None),  # through the twistd log
+        (["-n", "--syslog"], [], None),
+        ([], [], None),  # a daemon logs to twistd.log
+        (["-n"], ["--access-log", "off"], "off"),  # what is asked for wins
+        (["-n"], ["--access-log", "/tmp/a.log"], "/tmp/a.log"),
+    ],
+)
+def test_default_access_log_follows_the_twistd_log(twistd_args, accel_args, expected) -> None:
+    """With no access log asked for, twistd -n writes it to standard output
+    itself; elsewhere it goes through the twistd log (None)."""
+    from twisted.scripts._twistd_unix import ServerOptions
+
+    options = ServerOptions()
+    options.parseOptions([*twistd_args, "accel", "--origin", "http://127.0.0.1:9", *accel_args])
+    assert options.subOptions.config.access_log == expected
