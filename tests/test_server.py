@@ -6,6 +6,7 @@ a real listening socket on 127.0.0.1. Sections follow RFC 9112.
 
 from __future__ import annotations
 
+import re
 import socket
 
 import httptools
@@ -1513,6 +1514,104 @@ def test_simple_heads_respect_the_limits(head, max_headers, max_header_bytes):
     """Over a count or size limit, a head is answered as llhttp's reading answers it."""
     limits = {"max_headers": max_headers, "max_header_bytes": max_header_bytes, "max_target": 8}
     assert run_head(head, simple=True, **limits) == run_head(head, simple=False, **limits)
+
+
+_UNKNOWN_METHOD = re.compile(
+    rb"HTTP/1.1 (400 Bad Request|501 Not Implemented)\r\n(.*?\r\n\r\n)"
+    rb"(400 Bad Request: invalid request line|501 Not Implemented: method not implemented)\n$",
+    re.S,
+)
+
+
+def run_pipelined(data: bytes, pipelined: bool, auto: bool):
+    """Feed pipelined heads in one read, with or without taking them in turn
+    (without, llhttp reads them all); what the server did, for comparison.
+
+    One difference is allowed: a later head whose method llhttp refuses is a
+    501 (a token) or a 400 (garbage) by the bytes it starts with, and llhttp
+    reading the whole read can only look at the first head's. Both close
+    with an error; the answer is normalised to ``4xx/5xx method``.
+    """
+    proto, t, spy, h = fast_connect(Recorder(auto=auto))
+    if not pipelined:
+        proto._answer_pipelined = lambda data: data
+    proto.dataReceived(data)
+    seen = [(r.method, r.target, r.headers.pairs, r.authority) for r in h.requests]
+    written = _UNKNOWN_METHOD.sub(b"<refused method>", t.value())
+    return written, t.disconnecting, spy.offers, seen
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.lists(simple_heads(), min_size=2, max_size=5),
+        st.lists(st.one_of(simple_heads(), heads()), min_size=2, max_size=5),
+    ),
+    st.booleans(),
+)
+def test_pipelined_heads_are_read_as_llhttp_reads_them(heads_, auto):
+    """Several heads in one read, taken in turn or all by llhttp: the same offers,
+    requests, bytes (in order) and close, whether the handler answers at once or not."""
+    data = b"".join(heads_)
+    assert run_pipelined(data, True, auto) == run_pipelined(data, False, auto)
+
+
+class _CountingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, seq) -> None:
+        self.writes += 1
+        super().write(b"".join(seq))
+
+
+def test_pipelined_fast_answers_leave_in_one_write():
+    """Pipelined simple heads the fast path answers are sent together, in order."""
+    spy = FastSpy()
+    factory = HTTPServerFactory(Recorder(), MemoryReactorClock(), fast_path=spy)
+    proto = factory.buildProtocol(None)
+    t = _CountingTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(b"".join(b"GET /hit%d HTTP/1.1\r\nHost: a\r\n\r\n" % n for n in range(5)))
+    assert [o[2] for o in spy.offers] == [b"/hit%d" % n for n in range(5)]
+    assert [r.body for r in responses(t.value())] == [b"hit"] * 5
+    assert t.writes == 1 and not t.disconnecting
+
+
+def test_pipelined_heads_after_a_declined_one_queue_behind_it():
+    """A head the fast path declines goes to the handler; the heads after it wait
+    their turn (not offered to the fast path), and answers keep the request order."""
+    proto, t, spy, h = fast_connect(Recorder(auto=False))
+    proto.dataReceived(
+        b"GET /hit1 HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /miss HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /hit2 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert [o[2] for o in spy.offers] == [b"/hit1", b"/miss"]
+    assert [r.path for r in h.requests] == [b"/miss"]
+    assert [r.body for r in responses(t.value())] == [b"hit"]
+    answer(h.calls[0][1], b"ok")
+    assert [r.path for r in h.requests] == [b"/miss", b"/hit2"]
+    answer(h.calls[1][1], b"two")
+    assert [r.body for r in responses(t.value())] == [b"hit", b"ok", b"two"]
+
+
+def test_pipelined_close_ends_the_answers():
+    """Connection: close in the middle: the answers up to it go out, then the connection closes."""
+    proto, t, spy, h = fast_connect()
+    proto.dataReceived(
+        b"GET /hit1 HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /hit2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        b"GET /hit3 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert [r.body for r in responses(t.value())] == [b"hit", b"hit"]
+    assert [o[2] for o in spy.offers] == [b"/hit1", b"/hit2"]
+    assert t.disconnecting
 
 
 def test_simple_head_answered_by_the_fast_path():

@@ -812,6 +812,9 @@ class HTTPServerProtocol(Protocol):
         self._socket: socket.socket | None = None
         #: TCP_NOTSENT_LOWAT is set (at the first body sent from a file).
         self._lowat_set = False
+        #: Fast answers to pipelined heads held for one write (see
+        #: _answer_pipelined); ``None`` when writes go out at once.
+        self._corked: list[bytes] | None = None
         self._client = ""
         self._client_port = 0
         # Parse state of the message being read.
@@ -898,11 +901,25 @@ class HTTPServerProtocol(Protocol):
         :mod:`accel.directwrite`: no write buffering and no ``epoll_ctl``
         pair per response); over TLS through the transport.
         """
+        if self._corked is not None:
+            self._corked.append(data)
+            return
         directwrite.write(self.transport, self._socket, data)
 
     def _write_parts(self, parts: tuple[bytes, ...]) -> None:
         """:meth:`_write` of the concatenation of ``parts``, without copying them."""
+        if self._corked is not None:
+            self._corked.extend(parts)
+            return
         directwrite.write_parts(self.transport, self._socket, parts)
+
+    def _uncork(self) -> None:
+        """Send the fast answers held back so far, before anything else goes out."""
+        corked = self._corked
+        if corked is not None:
+            self._corked = None
+            if corked:
+                self._write_parts(tuple(corked))
 
     def dataReceived(self, data: bytes) -> None:
         if self._read_closed:
@@ -916,9 +933,13 @@ class HTTPServerProtocol(Protocol):
                 and self._active is None
                 and not self._queue
                 and data[-4:] == b"\r\n\r\n"
-                and self._answer_simple(data)
             ):
-                return
+                if self._answer_simple(data):
+                    return
+                if data.find(b"\r\n\r\n", 0, -4) >= 0:
+                    data = self._answer_pipelined(data)
+                    if not data or self._read_closed:
+                        return
             # Bytes of a new head (even before llhttp reaches the target).
             self._phase = _HEAD
             self._head_since = now
@@ -1221,6 +1242,7 @@ class HTTPServerProtocol(Protocol):
         if not self._answer_fast(method, target, path, query, version, authority, keep_alive):
             # The general path takes it, as on_headers_complete would hand
             # over a request without content (the queue is empty).
+            self._uncork()
             self._pairs = []
             request = self._request(method, target, path, query, version, pairs, authority)
             exchange = _Exchange(self, request, None, keep_alive, self._last_rx)
@@ -1229,6 +1251,30 @@ class HTTPServerProtocol(Protocol):
             self._dispatch(exchange)
         self.on_message_complete()  # as llhttp would, at the end of the head
         return True
+
+    def _answer_pipelined(self, data: bytes) -> bytes:
+        """Take the leading simple heads of pipelined ``data``; the bytes left for llhttp.
+
+        A client that pipelines sends several heads in one read. Each in turn
+        is taken as :meth:`_answer_simple` takes a lone head, and the fast
+        path's answers are sent together in one write, in order. The first
+        head that is not simple, and every head after one the fast path
+        declines (handed to the handler, it is answered in its own time: the
+        rest queue behind it), are left for llhttp as usual. Anything that
+        writes other than a fast answer held here (the handler, a body sent
+        from its file, a close) sends what is held first (:meth:`_uncork`).
+        """
+        self._corked = []
+        start = 0
+        try:
+            while start < len(data) and self._active is None and not self._closing:
+                end = data.find(b"\r\n\r\n", start) + 4
+                if end < 4 or not self._answer_simple(data[start:end]):
+                    break
+                start = end
+        finally:
+            self._uncork()
+        return data[start:]
 
     def _request(
         self,
@@ -1341,6 +1387,7 @@ class HTTPServerProtocol(Protocol):
         exchange._remaining = length
         self._parsing = exchange
         self._active = exchange
+        self._uncork()  # the file's bytes go straight to the socket
         self._write(head)
         FileSender(body_file, exchange, length).start()
 
@@ -1572,6 +1619,7 @@ class HTTPServerProtocol(Protocol):
     def _close(self) -> None:
         if self._closing:
             return
+        self._uncork()
         self._read_closed = True
         self._update_reading()
         self._closing = True
@@ -1588,6 +1636,7 @@ class HTTPServerProtocol(Protocol):
         """
         if self._closing:
             return
+        self._uncork()
         limits = self._limits
         if self._socket is None or limits.linger_time <= 0:
             self._close()
