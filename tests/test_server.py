@@ -1262,6 +1262,22 @@ def _serve_one_client(factory, client) -> None:
         reactor.iterate(0)
 
 
+def _send_and_read(factory, raw: bytes) -> bytes:
+    """Send ``raw`` to ``factory`` on a real loopback connection; what comes back until the close."""
+    result: list[bytes] = []
+
+    def client(number: int) -> None:
+        with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
+            s.sendall(raw)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            result.append(data)
+
+    _serve_one_client(factory, client)
+    return result[0]
+
+
 def test_real_socket_pipelined():
     """Over loopback, three pipelined requests come back in order on one connection."""
     from twisted.internet import reactor
@@ -1270,22 +1286,13 @@ def test_real_socket_pipelined():
         def handle(self, request, responder):
             answer(responder, request.path)
 
-    result: list[bytes] = []
-
-    def client(number: int) -> None:
-        with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
-            s.sendall(
-                b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
-                b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n"
-                b"GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-            )
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-            result.append(data)
-
-    _serve_one_client(HTTPServerFactory(Echo(), reactor), client)
-    assert [r.body for r in responses(result[0])] == [b"/one", b"/two", b"/three"]
+    raw = _send_and_read(
+        HTTPServerFactory(Echo(), reactor),
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    assert [r.body for r in responses(raw)] == [b"/one", b"/two", b"/three"]
 
 
 def test_real_socket_sends_without_delay():
@@ -1322,7 +1329,6 @@ def test_real_socket_notsent_lowat(limit: int | None, tmp_path) -> None:
     stored = tmp_path / "body"
     stored.write_bytes(bytes(range(256)) * 1024)  # 256 KiB: sent with sendfile
     options: list[int] = []
-    bodies: list[bytes] = []
 
     def lowat(responder) -> int:
         handle = responder._proto.transport.getHandle()
@@ -1339,20 +1345,14 @@ def test_real_socket_notsent_lowat(limit: int | None, tmp_path) -> None:
                 FileSender(stored.open("rb"), responder, length).start()
                 options.append(lowat(responder))
 
-    def client(number: int) -> None:
-        with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
-            s.sendall(b"GET /memory HTTP/1.1\r\nHost: a\r\n\r\nGET /file HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-            bodies.extend(r.body for r in responses(data))
-
     with socket.socket() as fresh:
         kernel = fresh.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
-    limits = ServerLimits(notsent_lowat=limit)
-    _serve_one_client(HTTPServerFactory(Probe(), reactor, limits=limits), client)
+    raw = _send_and_read(
+        HTTPServerFactory(Probe(), reactor, limits=ServerLimits(notsent_lowat=limit)),
+        b"GET /memory HTTP/1.1\r\nHost: a\r\n\r\nGET /file HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
     assert options == [kernel, kernel, kernel if limit is None else limit]
-    assert bodies == [b"ok", stored.read_bytes()]
+    assert [r.body for r in responses(raw)] == [b"ok", stored.read_bytes()]
 
 
 def test_notsent_lowat_default() -> None:
@@ -1373,18 +1373,8 @@ def test_real_socket_large_chunks_arrive_whole():
                 responder.write(chunk)
             responder.finish()
 
-    result: list[bytes] = []
-
-    def client(number: int) -> None:
-        with socket.create_connection(("127.0.0.1", number), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            data = b""
-            while part := s.recv(65536):
-                data += part
-            result.append(data)
-
-    _serve_one_client(HTTPServerFactory(Chunks(), reactor), client)
-    (response,) = responses(result[0])
+    raw = _send_and_read(HTTPServerFactory(Chunks(), reactor), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    (response,) = responses(raw)
     assert response.body == chunk * 4
 
 
