@@ -541,6 +541,26 @@ def test_request_pipelined_after_a_large_fast_hit_is_answered_in_order(live):
     assert live.fast[-1] is True  # the HEAD, once the connection was idle again
 
 
+def test_pipelined_small_fast_hits_over_a_real_socket(tmp_path):
+    """Many pipelined heads in one write: every one answered on the fast path,
+    in order, the last one closing the connection."""
+    from twisted.internet import reactor
+
+    s = Store(str(tmp_path / "small"), 64 * 1024 * 1024, reactor)
+    headers = [(b"date", format_http_date(time.time())), (b"cache-control", b"max-age=600")]
+    rig = Rig(reactor, s, headers=headers)
+    fill = b"GET /a HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n"
+    for _ in range(2):  # a miss, then a hit that remembers
+        assert _serve(rig, lambda port: _get(port, fill)).endswith(BODY)
+    raw = b"GET /a HTTP/1.1\r\nhost: example.com\r\n\r\n" * 15 + fill
+    out = _serve(rig, lambda port: _get(port, raw))
+    assert rig.fast[2:] == [True] * 16
+    answers = out.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert len(answers) == 16 and all(a.endswith(b"\r\n\r\n" + BODY) for a in answers)
+    assert b"connection: close" in answers[-1] and not any(b"connection: close" in a for a in answers[:-1])
+    s.close()
+
+
 def test_fast_hits_keep_the_store_lru_stamp_current(clock, store):
     """Once per touch interval a fast hit stamps the stored entry as used, so a response
     hot in memory is not the first evicted on disk; more often, it does not."""
