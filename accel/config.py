@@ -58,6 +58,7 @@ __all__ = [
     "MAX_WORKERS",
     "NOT_YET_SUPPORTED",
     "SHAREABLE_LISTENERS",
+    "check_log_path",
     "parse_duration",
     "parse_size",
     "unshareable_listener",
@@ -628,7 +629,8 @@ def _check_ca_bundle(raw: object, name: str) -> str:
     return path
 
 
-def _check_log_path(raw: object, name: str) -> str:
+def check_log_path(raw: object, name: str) -> str:
+    """A valid ``access_log`` value: a writable file path, ``-`` or ``off``."""
     if raw == "-" or raw == "off":
         return raw
     if not isinstance(raw, str) or not raw:
@@ -1035,7 +1037,7 @@ def _load_file(path: str, option: str) -> tuple[Config, Route]:
         admin=admin_listen,
         admin_token_file=admin_token_file,
         trusted_proxies=top.get_list("trusted_proxies", _parse_network) or (),
-        access_log=top.get("access_log", _check_log_path, None),
+        access_log=top.get("access_log", check_log_path, None),
         workers=workers,
         limits=limits,
         upstream=upstream,
@@ -1072,7 +1074,7 @@ def _from_options(options: Mapping[str, Any]) -> Config:
     cache_size = None if given("cache-size") is None else parse_size(given("cache-size"), "--cache-size")
     admin = None if given("admin") is None else _parse_endpoint(given("admin"), "--admin")
     token_file = None if given("admin-token-file") is None else _check_readable_file(given("admin-token-file"), "--admin-token-file")
-    access_log = None if given("access-log") is None else _check_log_path(given("access-log"), "--access-log")
+    access_log = None if given("access-log") is None else check_log_path(given("access-log"), "--access-log")
     workers_given = given("workers") is not None
     workers = _parse_workers(given("workers"), "--workers") if workers_given else None
     if host is not None and not origins and not parents:

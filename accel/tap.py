@@ -9,6 +9,7 @@ matters.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from attrs import evolve
@@ -16,7 +17,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from accel import __version__
-from accel.config import Config, ConfigError
+from accel.config import Config, ConfigError, check_log_path
 
 __all__ = ["Options", "makeService"]
 
@@ -40,7 +41,8 @@ class Options(usage.Options):
             "access-log",
             None,
             None,
-            "Access log file, - for stdout, or off [default: stdout if twistd logs there (-n), else the twistd log].",
+            "Access log file, - for stdout, or off "
+            "[default: beside the twistd log: stdout with -n, else access.log in its directory].",
         ],
         ["workers", None, None, "Worker processes, 1 to 1024, or auto for one per CPU [default: auto]."],
         ["admin", None, None, "Endpoint of the admin API, e.g. tcp:9090:interface=127.0.0.1."],
@@ -84,28 +86,36 @@ class Options(usage.Options):
             config = Config.from_options(self)
         except ConfigError as error:
             raise SystemExit(f"accel: {error}") from None
-        if config.access_log is None and twistd_logs_to_stdout(getattr(self, "parent", None)):
-            # The same place as the twistd log, written directly: a line
-            # through twistd's log observers costs several times the hit.
-            config = evolve(config, access_log="-")
+        if config.access_log is None:
+            # Beside the twistd log, written directly: a line through twistd's
+            # log observers costs several times the hit it records.
+            beside = default_access_log(getattr(self, "parent", None))
+            if beside is not None:
+                try:
+                    config = evolve(config, access_log=check_log_path(beside, "--access-log"))
+                except ConfigError as error:
+                    raise SystemExit(f"accel: {error} (the default beside the twistd log)") from None
         self.config = config
 
 
-def twistd_logs_to_stdout(twistd_options: Any) -> bool:
-    """Whether twistd, given ``twistd_options`` (its ``ServerOptions``), logs to standard output.
+def default_access_log(twistd_options: Any) -> str | None:
+    """Where the access log goes when none is given, for twistd's ``ServerOptions``.
 
-    That is ``twistd -n`` (or ``--debug``) without ``--logfile``, or with
-    ``--logfile -``, and without ``--syslog`` or ``--logger``.
+    Beside the twistd log: standard output (``-``) when twistd logs there
+    (``twistd -n`` or ``--debug`` without ``--logfile``, or with
+    ``--logfile -``); else ``access.log`` in the directory of twistd's log
+    file (``twistd.log`` in the working directory by default). ``None``
+    (the twistd log itself) for ``--syslog``, ``--logger``, or outside twistd.
     """
     if twistd_options is None:
-        return False
+        return None
     get = twistd_options.get
-    return (
-        bool(get("nodaemon") or get("debug"))
-        and get("logfile") in (None, "", "-")
-        and not get("syslog")
-        and get("logger") is None
-    )
+    if get("syslog") or get("logger") is not None:
+        return None
+    logfile = get("logfile") or None
+    if logfile == "-" or (logfile is None and (get("nodaemon") or get("debug"))):
+        return "-"
+    return os.path.join(os.path.dirname(os.path.abspath(logfile or "twistd.log")), "access.log")
 
 
 def makeService(options: Options) -> IService:

@@ -200,7 +200,8 @@ def test_port_in_use_is_one_line_and_a_failed_start() -> None:
 def test_daemon_mode_caches_across_workers(tmp_path: Path) -> None:
     """``twistd accel`` without ``-n`` forks into a daemon after building the service: the
     store still works in every worker (a miss per URL, then hits wherever the request lands)
-    and its database stays sound; the pid file stops it all."""
+    and its database stays sound; the pid file stops it all. The access log is access.log
+    beside twistd's log file, a line per request from whichever worker answered."""
     import signal
     import sqlite3
 
@@ -211,7 +212,7 @@ def test_daemon_mode_caches_across_workers(tmp_path: Path) -> None:
     command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                f"--pidfile={pidfile}", f"--logfile={tmp_path / 'twistd.log'}", "accel",
                "--listen", f"tcp:{port}:interface=127.0.0.1", "--cache-dir", str(cache),
-               "--workers", "2", "--access-log", "off"]  # fmt: skip
+               "--workers", "2"]  # fmt: skip
     subprocess.run(command, env=env, check=True, timeout=60, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + START_TIMEOUT
     while not (pidfile.exists() and accepting(port)):
@@ -233,3 +234,7 @@ def test_daemon_mode_caches_across_workers(tmp_path: Path) -> None:
         while pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
     assert "malformed" not in (tmp_path / "twistd.log").read_text()
+    logged = (tmp_path / "access.log").read_text("latin-1").splitlines()
+    assert len(logged) == 12, logged
+    assert all(re.match(r'127\.0\.0\.1 - - \[[^]]+\] "GET /big\?size=\d HTTP/1.1" 200 ', line) for line in logged)
+    assert "GET /big" not in (tmp_path / "twistd.log").read_text()

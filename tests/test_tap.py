@@ -141,18 +141,39 @@ def test_bad_config_file_process(tmp_path: Path) -> None:
     [
         (["-n"], [], "-"),  # twistd logs to stdout: the access log goes there, directly
         (["--nodaemon", "--logfile", "-"], [], "-"),
-        (["-n", "--logfile", "/tmp/twistd.log"], [], None),  # through the twistd log
-        (["-n", "--syslog"], [], None),
-        ([], [], None),  # a daemon logs to twistd.log
+        (["-n", "--logfile", "{tmp}/logs/twistd.log"], [], "{tmp}/logs/access.log"),
+        ([], [], "{cwd}/access.log"),  # a daemon: beside twistd.log
+        (["--logfile", "{tmp}/logs/twistd.log"], [], "{tmp}/logs/access.log"),
+        (["-n", "--syslog"], [], None),  # through the twistd log
         (["-n"], ["--access-log", "off"], "off"),  # what is asked for wins
-        (["-n"], ["--access-log", "/tmp/a.log"], "/tmp/a.log"),
+        (["--logfile", "{tmp}/logs/twistd.log"], ["--access-log", "-"], "-"),
     ],
 )
-def test_default_access_log_follows_the_twistd_log(twistd_args, accel_args, expected) -> None:
-    """With no access log asked for, twistd -n writes it to standard output
-    itself; elsewhere it goes through the twistd log (None)."""
+def test_default_access_log_goes_beside_the_twistd_log(
+    twistd_args, accel_args, expected, tmp_path, monkeypatch
+) -> None:
+    """With no access log asked for, it is written directly where twistd logs:
+    standard output, or access.log beside twistd's log file; with syslog it
+    goes through the twistd log (None)."""
     from twisted.scripts._twistd_unix import ServerOptions
 
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    fill = {"tmp": str(tmp_path), "cwd": str(tmp_path / "cwd")}
     options = ServerOptions()
-    options.parseOptions([*twistd_args, "accel", "--origin", "http://127.0.0.1:9", *accel_args])
-    assert options.subOptions.config.access_log == expected
+    args = [a.format(**fill) for a in [*twistd_args, "accel", "--origin", "http://127.0.0.1:9", *accel_args]]
+    options.parseOptions(args)
+    assert options.subOptions.config.access_log == (expected.format(**fill) if expected else None)
+
+
+def test_default_access_log_that_cannot_be_written_is_one_line(tmp_path, monkeypatch) -> None:
+    """A twistd log directory accel cannot write to ends start-up with one line."""
+    from twisted.scripts._twistd_unix import ServerOptions
+
+    missing = tmp_path / "nowhere" / "twistd.log"
+    with pytest.raises(SystemExit) as info:
+        ServerOptions().parseOptions(["--logfile", str(missing), "accel", "--origin", "http://127.0.0.1:9"])
+    message = str(info.value)
+    assert message.startswith("accel: --access-log: cannot write") and "beside the twistd log" in message
+    assert "\n" not in message
