@@ -102,6 +102,7 @@ def server_limits(config: cfg.Config) -> ServerLimits:
         linger_time=limits.linger_time,
         linger_timeout=limits.linger_timeout,
         notsent_lowat=limits.notsent_lowat,
+        max_unsent=limits.max_unsent,
     )
 
 

@@ -319,7 +319,8 @@ class Limits:
     None for no limit; ``linger_time``/``linger_timeout``: the lingering
     close (in all, and of silence); ``notsent_lowat``: response bytes the
     kernel may hold unsent per TCP connection sending a body from its file,
-    or None for the kernel's default. The meaning of each is that of the field
+    or None for the kernel's default; ``max_unsent``: answered bytes a
+    client may leave unread before its further requests wait. The meaning of each is that of the field
     of the same name in :class:`accel.http.server.ServerLimits`, whose
     defaults these are (``max_header_bytes`` excepted: 64 KiB here).
     """
@@ -337,6 +338,7 @@ class Limits:
     linger_time: float = 30.0
     linger_timeout: float = 5.0
     notsent_lowat: int | None = 64 * 1024
+    max_unsent: int = 1024 * 1024
 
 
 @frozen
@@ -838,6 +840,7 @@ def _read_limits(server: _Table) -> Limits:
         linger_time=server.get("linger_time", parse_duration, base.linger_time),
         linger_timeout=server.get("linger_timeout", parse_duration, base.linger_timeout),
         notsent_lowat=server.get("notsent_lowat", _parse_optional_size, base.notsent_lowat),
+        max_unsent=server.get("max_unsent", _parse_positive_size, base.max_unsent),
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["buffer_empty", "plain_socket", "write", "write_parts"]
+__all__ = ["buffer_empty", "plain_socket", "queued", "write", "write_parts"]
 
 
 def plain_socket(transport: object) -> socket.socket | None:
@@ -33,6 +33,11 @@ def plain_socket(transport: object) -> socket.socket | None:
     if isinstance(transport, tcp.Connection) and hasattr(transport, "_tempDataLen"):
         return transport.socket  # type: ignore[no-any-return]
     return None
+
+
+def queued(transport: Any) -> int:
+    """Bytes a plain transport holds, written but not yet sent."""
+    return transport._tempDataLen + len(transport.dataBuffer) - getattr(transport, "offset", 0)  # type: ignore[no-any-return]
 
 
 def buffer_empty(transport: Any) -> bool:

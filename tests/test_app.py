@@ -32,6 +32,7 @@ max_connections_per_client = "off"
 linger_time = "10s"
 linger_timeout = 2
 notsent_lowat = "16k"
+max_unsent = "2M"
 
 [upstream]
 max_idle_per_origin = 8
@@ -125,6 +126,7 @@ def test_server_limits_reach_the_server(service: Any) -> None:
         linger_time=10.0,
         linger_timeout=2.0,
         notsent_lowat=16 * 1024,
+        max_unsent=2 * 1024 * 1024,
     )
 
 

@@ -667,6 +667,7 @@ max_connections_per_client = 64
 linger_time = "10s"
 linger_timeout = 0
 notsent_lowat = "off"
+max_unsent = "512k"
 
 [upstream]
 max_idle_per_origin = 0
@@ -712,6 +713,7 @@ def test_limit_keys(tmp_path: Path) -> None:
         linger_time=10.0,
         linger_timeout=0.0,
         notsent_lowat=None,
+        max_unsent=512 * 1024,
     )
     assert config.upstream == UpstreamLimits(
         max_idle_per_origin=0, max_fails=5, fail_timeout=30.0, tries=2, max_header_bytes=16 * 1024, max_headers=64
@@ -795,6 +797,7 @@ def test_cache_limit_defaults_are_the_collapsers_and_stores() -> None:
         ('[server]\nlinger_time = "long"\n', "server.linger_time: expected a duration such as 30s, 5m or 1h, got 'long'"),
         ("[server]\nlinger_timeout = -5\n", "server.linger_timeout: expected a duration such as 30s, 5m or 1h, got -5"),
         ("[server]\nnotsent_lowat = 0\n", "server.notsent_lowat: expected a size above zero such as 64k or 1M, got 0"),
+        ('[server]\nmax_unsent = "0"\n', "server.max_unsent: expected a size above zero such as 64k or 1M, got '0'"),
         ('[server]\nnotsent_lowat = "none"\n', "server.notsent_lowat: expected a size such as 64k, or off, got 'none'"),
         ("[server]\nmax_conections_per_client = 5\n", "server.max_conections_per_client: unknown key (did you mean 'max_connections_per_client'?)"),
         ("upstream = 1\n", "upstream: expected a table, got 1"),

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from accel import directwrite
 from accel.http.headers import Headers
 from accel.http.model import Request
 from accel.http.server import (
@@ -1353,6 +1354,74 @@ def test_real_socket_notsent_lowat(limit: int | None, tmp_path) -> None:
     )
     assert options == [kernel, kernel, kernel if limit is None else limit]
     assert [r.body for r in responses(raw)] == [b"ok", stored.read_bytes()]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_client_that_does_not_read_is_not_answered_without_bound(fast: bool) -> None:
+    """A client pipelines many requests for 64 KiB answers and reads nothing:
+    the server holds at most about ServerLimits.max_unsent unsent and stops
+    reading; once the client reads, every answer arrives, in order."""
+    import threading
+
+    from twisted.internet import reactor
+
+    body = bytes(range(256)) * 256  # 64 KiB
+    count = 120  # 7.5 MiB of answers
+
+    class Big:
+        def handle(self, request, responder):
+            answer(responder, body)
+
+    def big_fast(factory, method, authority, path, query, pairs, connection):
+        return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n" % (len(body), connection), 200, len(body), {}, body
+
+    protocols: list[HTTPServerProtocol] = []
+
+    class Factory(HTTPServerFactory):
+        def buildProtocol(self, addr):
+            protocols.append(super().buildProtocol(addr))
+            return protocols[-1]
+
+    limits = ServerLimits(max_unsent=256 * 1024, notsent_lowat=None)
+    factory = Factory(Big(), reactor, limits=limits, fast_path=big_fast if fast else None)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    sent, go_on, received = threading.Event(), threading.Event(), []
+    heads = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n" * (count - 1) + b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+
+    def client() -> None:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.connect(("127.0.0.1", port.getHost().port))
+            s.sendall(heads)
+            sent.set()
+            go_on.wait(10)
+            data = b""
+            while chunk := s.recv(1 << 20):
+                data += chunk
+            received.append(data)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        sent.wait(10)
+        for _ in range(200):  # let the server answer what it will
+            reactor.iterate(0.002)
+        (proto,) = protocols
+        unsent = directwrite.queued(proto.transport)
+        assert unsent <= limits.max_unsent + len(body) + 1024, unsent
+        assert proto._draining and proto._reading_paused
+    finally:
+        go_on.set()
+        for _ in range(3000):
+            if not thread.is_alive():
+                break
+            reactor.iterate(0.002)
+        thread.join(5)
+        port.stopListening()
+        for _ in range(3):
+            reactor.iterate(0)
+    answers = responses(received[0])
+    assert len(answers) == count and all(a.body == body for a in answers)
 
 
 def test_notsent_lowat_default() -> None:

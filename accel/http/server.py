@@ -152,6 +152,11 @@ class ServerLimits:
     #: (docs/performance.rst). Set only then: a body sent from memory in one
     #: write would be split at the limit.
     notsent_lowat: int | None = field(default=64 * 1024, validator=optional(gt(0)))
+    #: Answered bytes a plain connection may hold unsent (the client is not
+    #: reading them) before the server stops answering and reading that
+    #: client's further requests, until they are sent: a client pipelining
+    #: requests it never reads cannot make the server buffer without bound.
+    max_unsent: int = field(default=1024 * 1024, validator=gt(0))
 
 
 class RequestBodyError(Exception):
@@ -757,6 +762,31 @@ class _Exchange:
                 _log.failure("on_disconnect callback failed for {line}", Failure(), line=self._line())
 
 
+class _Drain:
+    """Told by a plain transport when it has sent everything (a pull producer).
+
+    Registered while the server waits for a client to read what it was
+    answered (see ServerLimits.max_unsent). The transport asks a pull
+    producer for data once when it is registered (ignored here) and then
+    each time its buffer is empty: that is the news the server waits for.
+    """
+
+    __slots__ = ("_proto", "_primed")
+
+    def __init__(self, proto: HTTPServerProtocol) -> None:
+        self._proto = proto
+        self._primed = False
+
+    def resumeProducing(self) -> None:
+        if not self._primed:
+            self._primed = True
+            return
+        self._proto._drained()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class _AfterUpgrade:
     """Parser callbacks that skip a synthetic head, then forward to the protocol.
 
@@ -815,6 +845,9 @@ class HTTPServerProtocol(Protocol):
         #: Fast answers to pipelined heads held for one write (see
         #: _answer_pipelined); ``None`` when writes go out at once.
         self._corked: list[bytes] | None = None
+        self._corked_bytes = 0
+        #: Waiting for answered bytes to be sent (see ServerLimits.max_unsent).
+        self._draining = False
         self._client = ""
         self._client_port = 0
         # Parse state of the message being read.
@@ -903,6 +936,7 @@ class HTTPServerProtocol(Protocol):
         """
         if self._corked is not None:
             self._corked.append(data)
+            self._corked_bytes += len(data)
             return
         directwrite.write(self.transport, self._socket, data)
 
@@ -910,6 +944,7 @@ class HTTPServerProtocol(Protocol):
         """:meth:`_write` of the concatenation of ``parts``, without copying them."""
         if self._corked is not None:
             self._corked.extend(parts)
+            self._corked_bytes += sum(len(part) for part in parts)
             return
         directwrite.write_parts(self.transport, self._socket, parts)
 
@@ -918,8 +953,30 @@ class HTTPServerProtocol(Protocol):
         corked = self._corked
         if corked is not None:
             self._corked = None
+            self._corked_bytes = 0
             if corked:
                 self._write_parts(tuple(corked))
+
+    def _backlogged(self) -> bool:
+        """Whether the client left more answered bytes unsent than ServerLimits.max_unsent.
+
+        Plain connections only (over TLS the bytes are the TLS layer's).
+        """
+        return self._socket is not None and directwrite.queued(self.transport) > self._limits.max_unsent
+
+    def _wait_for_drain(self) -> None:
+        """Answer nothing more, and read nothing more, until the unsent bytes are sent."""
+        if self._draining or self._closing:
+            return
+        self._draining = True
+        self.transport.registerProducer(_Drain(self), False)
+        self._update_reading()
+
+    def _drained(self) -> None:
+        self._draining = False
+        self.transport.unregisterProducer()
+        self._advance()
+        self._update_reading()
 
     def dataReceived(self, data: bytes) -> None:
         if self._read_closed:
@@ -933,6 +990,8 @@ class HTTPServerProtocol(Protocol):
                 and self._active is None
                 and not self._queue
                 and data[-4:] == b"\r\n\r\n"
+                and not self._draining
+                and not self._backlogged()
             ):
                 if self._answer_simple(data):
                     return
@@ -1129,12 +1188,14 @@ class HTTPServerProtocol(Protocol):
 
         keep_alive = _persistent(version, fields.get(b"connection"))
 
+        backlogged = self._draining or self._backlogged()
         if (
             length == 0
             and (method == b"GET" or method == b"HEAD")
             and self._fast_path is not None
             and self._active is None
             and not self._queue
+            and not backlogged
         ):
             if self._answer_fast(method, target, path, query, version, authority, keep_alive):
                 return
@@ -1177,7 +1238,7 @@ class HTTPServerProtocol(Protocol):
         self._parsing = exchange
         self._phase = _BODY
         queue = self._queue
-        if self._active is None and not queue:
+        if self._active is None and not queue and not backlogged:
             # Nothing in progress (the usual case): hand it over directly.
             self._active = exchange
             self._dispatch(exchange)
@@ -1267,7 +1328,13 @@ class HTTPServerProtocol(Protocol):
         self._corked = []
         start = 0
         try:
-            while start < len(data) and self._active is None and not self._closing:
+            limit = self._limits.max_unsent
+            while (
+                start < len(data)
+                and self._active is None
+                and not self._closing
+                and self._corked_bytes <= limit
+            ):
                 end = data.find(b"\r\n\r\n", start) + 4
                 if end < 4 or not self._answer_simple(data[start:end]):
                     break
@@ -1435,6 +1502,9 @@ class HTTPServerProtocol(Protocol):
         try:
             queue = self._queue
             while self._active is None and queue and not self._closing:
+                if self._draining or self._backlogged():
+                    self._wait_for_drain()
+                    return
                 exchange = queue.popleft()
                 self._active = exchange
                 if exchange.reject:
@@ -1601,6 +1671,7 @@ class HTTPServerProtocol(Protocol):
         parsing = self._parsing
         pause = (
             self._read_closed
+            or self._draining
             or len(self._queue) >= self._limits.max_pipelined
             or self._buffered > self._limits.max_buffered_body
             or (parsing is not None and parsing.body is not None and parsing.body._paused)
