@@ -23,8 +23,9 @@ import socket
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-__all__ = ["buffer_empty", "plain_socket", "queued", "write", "write_parts"]
+__all__ = ["buffer_empty", "plain_socket", "queued", "send_queue", "write", "write_parts"]
 
 
 def plain_socket(transport: object) -> socket.socket | None:
@@ -32,6 +33,21 @@ def plain_socket(transport: object) -> socket.socket | None:
     # tcp.Connection: the server and client sides of TCP and UNIX connections.
     if isinstance(transport, tcp.Connection) and hasattr(transport, "_tempDataLen"):
         return transport.socket  # type: ignore[no-any-return]
+    return None
+
+
+def send_queue(transport: object) -> Any | None:
+    """The plain transport whose buffer holds what ``transport`` has not sent, or ``None``.
+
+    ``transport`` itself when it is plain TCP or UNIX; for TLS over plain
+    TCP, the TCP transport below, where the TLS layer puts each record as
+    soon as it is written (the layer keeps bytes of its own only before its
+    handshake ends, and then only what was written before that).
+    """
+    if plain_socket(transport) is not None:
+        return transport
+    if isinstance(transport, TLSMemoryBIOProtocol) and plain_socket(transport.transport) is not None:
+        return transport.transport
     return None
 
 

@@ -1356,11 +1356,15 @@ def test_real_socket_notsent_lowat(limit: int | None, tmp_path) -> None:
     assert [r.body for r in responses(raw)] == [b"ok", stored.read_bytes()]
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_a_client_that_does_not_read_is_not_answered_without_bound(fast: bool) -> None:
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_a_client_that_does_not_read_is_not_answered_without_bound(fast: bool, tls: bool, tmp_path) -> None:
     """A client pipelines many requests for 64 KiB answers and reads nothing:
     the server holds at most about ServerLimits.max_unsent unsent and stops
-    reading; once the client reads, every answer arrives, in order."""
+    reading; once the client reads, every answer arrives, in order. Over TLS
+    alike, where the unsent records wait below the TLS layer."""
+    import ssl
     import threading
 
     from twisted.internet import reactor
@@ -1384,14 +1388,26 @@ def test_a_client_that_does_not_read_is_not_answered_without_bound(fast: bool) -
 
     limits = ServerLimits(max_unsent=256 * 1024, notsent_lowat=None)
     factory = Factory(Big(), reactor, limits=limits, fast_path=big_fast if fast else None)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    if tls:
+        from twisted.internet.ssl import PrivateCertificate
+
+        from tests.test_upstream import _self_signed
+
+        pem, _ = _self_signed(str(tmp_path))
+        port = reactor.listenSSL(0, factory, PrivateCertificate.loadPEM(pem).options(), interface="127.0.0.1")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     sent, go_on, received = threading.Event(), threading.Event(), []
     heads = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n" * (count - 1) + b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 
     def client() -> None:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            s.connect(("127.0.0.1", port.getHost().port))
+        with socket.socket() as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            raw.connect(("127.0.0.1", port.getHost().port))
+            s = context.wrap_socket(raw) if tls else raw
             s.sendall(heads)
             sent.set()
             go_on.wait(10)
@@ -1403,11 +1419,15 @@ def test_a_client_that_does_not_read_is_not_answered_without_bound(fast: bool) -
     thread = threading.Thread(target=client)
     thread.start()
     try:
-        sent.wait(10)
+        for _ in range(5000):  # the TLS handshake needs the reactor
+            if sent.is_set():
+                break
+            reactor.iterate(0.002)
+        assert sent.is_set()
         for _ in range(200):  # let the server answer what it will
             reactor.iterate(0.002)
         (proto,) = protocols
-        unsent = directwrite.queued(proto.transport)
+        unsent = directwrite.queued(proto.transport.transport if tls else proto.transport)
         assert unsent <= limits.max_unsent + len(body) + 1024, unsent
         assert proto._draining and proto._reading_paused
     finally:

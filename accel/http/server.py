@@ -44,7 +44,7 @@ import re
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httptools
 from attrs import field, frozen
@@ -765,6 +765,10 @@ class _Exchange:
 class _Drain:
     """Told by a plain transport when it has sent everything (a pull producer).
 
+    Over TLS it is registered on the TCP transport below the TLS layer,
+    where the records wait, never on the layer itself (which would turn a
+    pull producer into one it calls on every turn).
+
     Registered while the server waits for a client to read what it was
     answered (see ServerLimits.max_unsent). The transport asks a pull
     producer for data once when it is registered (ignored here) and then
@@ -840,6 +844,9 @@ class HTTPServerProtocol(Protocol):
         #: (plain TCP and UNIX connections; ``None`` over TLS): see _write
         #: and :mod:`accel.directwrite`.
         self._socket: socket.socket | None = None
+        #: Where this connection's unsent bytes wait (directwrite.send_queue),
+        #: or None: not counted.
+        self._send_queue: Any = None
         #: TCP_NOTSENT_LOWAT is set (at the first body sent from a file).
         self._lowat_set = False
         #: Fast answers to pipelined heads held for one write (see
@@ -889,6 +896,7 @@ class HTTPServerProtocol(Protocol):
         self._parser = parser
         transport = self.transport
         self._socket = directwrite.plain_socket(transport)
+        self._send_queue = directwrite.send_queue(transport)
         peer = transport.getPeer()
         if isinstance(peer, UNIXAddress):
             self._client = "unix"
@@ -925,7 +933,7 @@ class HTTPServerProtocol(Protocol):
         self._queue.clear()
         self._active = self._parsing = None
         self._parser = None  # break the parser <-> protocol cycle
-        self._socket = None
+        self._socket = self._send_queue = None
 
     def _write(self, data: bytes) -> None:
         """Send ``data`` to the client, in order after everything written before.
@@ -960,21 +968,23 @@ class HTTPServerProtocol(Protocol):
     def _backlogged(self) -> bool:
         """Whether the client left more answered bytes unsent than ServerLimits.max_unsent.
 
-        Plain connections only (over TLS the bytes are the TLS layer's).
+        Counted where the bytes wait: the socket's transport, below the TLS
+        layer for TLS (records, a few bytes more than the answers).
         """
-        return self._socket is not None and directwrite.queued(self.transport) > self._limits.max_unsent
+        queue = self._send_queue
+        return queue is not None and directwrite.queued(queue) > self._limits.max_unsent
 
     def _wait_for_drain(self) -> None:
         """Answer nothing more, and read nothing more, until the unsent bytes are sent."""
         if self._draining or self._closing:
             return
         self._draining = True
-        self.transport.registerProducer(_Drain(self), False)
+        self._send_queue.registerProducer(_Drain(self), False)
         self._update_reading()
 
     def _drained(self) -> None:
         self._draining = False
-        self.transport.unregisterProducer()
+        self._send_queue.unregisterProducer()
         self._advance()
         self._update_reading()
 
