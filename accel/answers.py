@@ -2,7 +2,7 @@
 
 Short plain-text answers (:func:`simple_response`), the head of a 304 that
 accel answers from what it has (:func:`not_modified`), and the one place an
-origin error becomes a 502 or 504 (:func:`answer_origin_failure`); an origin
+origin error becomes a 502, 503 or 504 (:func:`answer_origin_failure`); an origin
 body that fails after its head is sent can only be cut short, and
 :class:`Watched` logs it.
 """
@@ -93,12 +93,15 @@ def not_modified(headers: Headers) -> Headers:
 def answer_origin_failure(
     failure: Failure, route: Route, request: Request, responder: Responder | None
 ) -> None:
-    """Log a failed origin request and answer 502 or 504 (nothing if cancelled).
+    """Log a failed origin request and answer 502, 503 or 504 (nothing if cancelled).
 
     The one place origin errors become HTTP: the status is the upstream
-    error's (:class:`~accel.upstream.UpstreamTimeout` is 504), the body is a
-    short plain sentence that names no origin internals, and nothing is sent
-    if the client is gone.
+    error's (:class:`~accel.upstream.UpstreamTimeout` is 504,
+    :class:`~accel.upstream.UpstreamBusy` 503: every origin at its
+    connection cap), the body is a short plain sentence that names no
+    origin internals, and nothing is sent if the client is gone. The 503
+    has no ``Retry-After``: it already waited ``queue_timeout``, or found the
+    queue full, and no time can be promised after which the origin has room.
     """
     if failure.check(CancelledError):
         return
@@ -107,6 +110,8 @@ def answer_origin_failure(
         return
     if status == 504:
         simple_response(responder, 504, b"The origin did not answer in time.")
+    elif status == 503:
+        simple_response(responder, 503, b"The origin is too busy; try again later.")
     else:
         simple_response(responder, 502, b"The origin could not be reached.")
 

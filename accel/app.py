@@ -120,6 +120,9 @@ def upstream_settings(timeouts: cfg.Timeouts, upstream: cfg.UpstreamLimits) -> U
         tries=upstream.tries,
         max_head_bytes=upstream.max_header_bytes,
         max_headers=upstream.max_headers,
+        max_connections_per_origin=upstream.max_connections_per_origin,
+        queue=upstream.queue,
+        queue_timeout=upstream.queue_timeout,
     )
 
 

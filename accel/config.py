@@ -351,7 +351,10 @@ class UpstreamLimits:
     skipped for ``fail_timeout`` seconds (0 disables this); ``tries``: how
     many origins one request may be sent to (0: each origin once);
     ``max_header_bytes``/``max_headers``: the largest response head and its
-    most field lines. The meaning of each is that of the field in
+    most field lines; ``max_connections_per_origin``: connections a worker
+    keeps open to one origin at most (0: no cap), beyond which up to
+    ``queue`` requests per origin wait for one, each at most
+    ``queue_timeout`` seconds. The meaning of each is that of the field in
     :class:`accel.upstream.UpstreamSettings`, whose defaults these are.
     """
 
@@ -361,6 +364,9 @@ class UpstreamLimits:
     tries: int = 0
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
+    max_connections_per_origin: int = 0
+    queue: int = 100
+    queue_timeout: float = 60.0
 
 
 @frozen
@@ -853,6 +859,11 @@ def _read_upstream(table: _Table) -> UpstreamLimits:
         tries=table.get("tries", _parse_count(0), base.tries),
         max_header_bytes=table.get("max_header_bytes", _parse_positive_size, base.max_header_bytes),
         max_headers=table.get("max_headers", _parse_count(1), base.max_headers),
+        max_connections_per_origin=table.get(
+            "max_connections_per_origin", _parse_count(0), base.max_connections_per_origin
+        ),
+        queue=table.get("queue", _parse_count(0), base.queue),
+        queue_timeout=table.get("queue_timeout", _parse_positive_duration, base.queue_timeout),
     )
     table.finish()
     return upstream

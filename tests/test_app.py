@@ -41,6 +41,9 @@ fail_timeout = "30s"
 tries = 2
 max_header_bytes = "16k"
 max_headers = 64
+max_connections_per_origin = 16
+queue = 50
+queue_timeout = "20s"
 
 [cache]
 dir = "{cache_dir}"
@@ -142,6 +145,9 @@ def test_upstream_limits_reach_every_pool(service: Any) -> None:
         tries=2,
         max_head_bytes=16 * 1024,
         max_headers=64,
+        max_connections_per_origin=16,
+        queue=50,
+        queue_timeout=20.0,
     )
     assert root.settings == UpstreamSettings(keepalive_timeout=15.0, **common)
     assert slow.settings == UpstreamSettings(keepalive_timeout=2.0, **common)

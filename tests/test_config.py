@@ -676,6 +676,9 @@ fail_timeout = "30s"
 tries = 2
 max_header_bytes = "16k"
 max_headers = 64
+max_connections_per_origin = 8
+queue = 0
+queue_timeout = "5s"
 
 [cache]
 lock_timeout = "5s"
@@ -716,7 +719,15 @@ def test_limit_keys(tmp_path: Path) -> None:
         max_unsent=512 * 1024,
     )
     assert config.upstream == UpstreamLimits(
-        max_idle_per_origin=0, max_fails=5, fail_timeout=30.0, tries=2, max_header_bytes=16 * 1024, max_headers=64
+        max_idle_per_origin=0,
+        max_fails=5,
+        fail_timeout=30.0,
+        tries=2,
+        max_header_bytes=16 * 1024,
+        max_headers=64,
+        max_connections_per_origin=8,
+        queue=0,
+        queue_timeout=5.0,
     )
     assert (config.cache_lock_timeout, config.cache_hit_for_miss_ttl, config.cache_max_variants) == (5.0, 0.0, 4)
 
@@ -807,6 +818,11 @@ def test_cache_limit_defaults_are_the_collapsers_and_stores() -> None:
         ("[upstream]\ntries = false\n", "upstream.tries: expected a whole number from 0 up, got False"),
         ("[upstream]\nmax_header_bytes = 0\n", "upstream.max_header_bytes: expected a size above zero such as 64k or 1M, got 0"),
         ("[upstream]\nmax_headers = 0\n", "upstream.max_headers: expected a whole number from 1 up, got 0"),
+        ("[upstream]\nmax_connections_per_origin = -2\n", "upstream.max_connections_per_origin: expected a whole number from 0 up, got -2"),
+        ('[upstream]\nmax_connections_per_origin = "10"\n', "upstream.max_connections_per_origin: expected a whole number from 0 up, got '10'"),
+        ("[upstream]\nqueue = 1.5\n", "upstream.queue: expected a whole number from 0 up, got 1.5"),
+        ("[upstream]\nqueue_timeout = 0\n", "upstream.queue_timeout: expected a duration above zero such as 30s, 5m or 1h, got 0"),
+        ("[upstream]\nmax_conns = 2\n", "upstream.max_conns: unknown key"),
         ('[upstream]\nconnect = "1s"\n', "upstream.connect: unknown key"),
         ("[timeouts]\nkeepalive = 0\n", "timeouts.keepalive: expected a duration above zero such as 30s, 5m or 1h, got 0"),
         ('[timeouts]\nconnect = "0ms"\n', "timeouts.connect: expected a duration above zero such as 30s, 5m or 1h, got '0ms'"),

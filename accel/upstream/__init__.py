@@ -7,11 +7,14 @@
 
 The proxy sees :class:`Upstream` (``request(method, target, headers, body,
 interim)`` firing with an :class:`OriginResponse`, and calling ``interim``
-with any 1xx responses before that) and the :class:`UpstreamError` family.
+with any 1xx responses before that) and the :class:`UpstreamError` family
+(:class:`UpstreamBusy` when an origin's connection cap and wait queue are
+full).
 """
 
 from accel.upstream.connection import OriginResponse
 from accel.upstream.errors import (
+    UpstreamBusy,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -28,6 +31,7 @@ __all__ = [
     "OriginPool",
     "OriginResponse",
     "Upstream",
+    "UpstreamBusy",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",

@@ -172,9 +172,11 @@ class ConnectionHome(Protocol):
     clock: IReactorTime
     settings: UpstreamSettings
 
-    def release(self, connection: OriginConnection) -> None: ...
+    def release(self, connection: OriginConnection) -> None:
+        """``connection`` finished an exchange and can carry another."""
 
-    def forget(self, connection: OriginConnection) -> None: ...
+    def forget(self, connection: OriginConnection) -> None:
+        """``connection`` closed, idle or not (after its exchange was told)."""
 
 
 class _Watchdog:
@@ -290,8 +292,9 @@ class OriginConnection(TwistedProtocol):
         exchange = self.exchange
         if exchange is not None:
             exchange.connection_lost(reason)
-        else:
-            self.home.forget(self)
+        # After the exchange heard of it: a retry of the keep-alive race
+        # takes over this connection's place under the pool's cap.
+        self.home.forget(self)
         waiters, self._lost = self._lost, []
         for waiter in waiters:
             waiter.callback(None)

@@ -7,6 +7,7 @@ for the error log, never for clients (the proxy answers with a bare status).
 from __future__ import annotations
 
 __all__ = [
+    "UpstreamBusy",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -36,3 +37,12 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The origin spoke broken HTTP: garbage, invalid framing, a head too large."""
+
+
+class UpstreamBusy(UpstreamError):
+    """Every origin the request could go to had its most connections open and
+    no connection came free in time (or too many requests were already
+    waiting): 503. Not a failure of the origin: passive health ignores it.
+    """
+
+    status = 503

@@ -55,7 +55,11 @@ class OriginHealth:
 
 
 def choose_origin(
-    health: Sequence[OriginHealth], start: int, exclude: Collection[int], now: float
+    health: Sequence[OriginHealth],
+    start: int,
+    exclude: Collection[int],
+    now: float,
+    crowding: Sequence[int] | None = None,
 ) -> int | None:
     """The index of the origin to try next, or ``None`` when all are excluded.
 
@@ -63,13 +67,28 @@ def choose_origin(
     when every remaining origin is down, the one that failed least recently
     is tried anyway (better a likely failure than a certain one, as nginx
     does).
+
+    ``crowding`` ranks each origin by how full it is (by the pool: 0 has a
+    connection to spare, 1 makes the request wait, 2 cannot even queue it;
+    ``None``: all 0). The least crowded origins come first, round-robin
+    among the available ones, as nginx skips a server at its ``max_conns``
+    while another has room.
     """
     count = len(health)
+    best: int | None = None
     for step in range(count):
         index = (start + step) % count
-        if index not in exclude and health[index].available(now):
+        if index in exclude or not health[index].available(now):
+            continue
+        if crowding is None or crowding[index] == 0:
             return index
+        if best is None or crowding[index] < crowding[best]:
+            best = index
+    if best is not None:
+        return best
     remaining = [i for i in range(count) if i not in exclude]
     if not remaining:
         return None
-    return min(remaining, key=lambda i: health[i].last_failure)
+    if crowding is None:
+        return min(remaining, key=lambda i: health[i].last_failure)
+    return min(remaining, key=lambda i: (crowding[i], health[i].last_failure))

@@ -136,6 +136,16 @@ class UpstreamSettings:
     does not count.
 
     ``max_head_bytes`` and ``max_headers`` bound a response head.
+
+    ``max_connections_per_origin`` caps the connections open to one origin,
+    busy, idle in the pool or being opened (0: no cap), as nginx's
+    ``max_conns`` and Varnish's ``.max_connections``; an origin at its cap
+    is passed over for one with room. When every origin is at its cap, up to
+    ``queue`` requests per origin wait, first come first served, for one of
+    its connections to be released or to close, each at most
+    ``queue_timeout`` seconds; beyond either bound a request fails with
+    :class:`~accel.upstream.errors.UpstreamBusy`. The cap belongs to one
+    pool, hence to one worker process.
     """
 
     connect_timeout: float = field(default=10.0, validator=_positive)
@@ -148,3 +158,6 @@ class UpstreamSettings:
     tries: int = field(default=0, validator=_non_negative_int)
     max_head_bytes: int = field(default=64 * 1024, validator=validators.gt(0))
     max_headers: int = field(default=100, validator=validators.gt(0))
+    max_connections_per_origin: int = field(default=0, validator=_non_negative_int)
+    queue: int = field(default=100, validator=_non_negative_int)
+    queue_timeout: float = field(default=60.0, validator=_positive)

@@ -19,6 +19,14 @@ response head arrives it may try again:
 * a protocol error (garbage, bad framing) is final.
 
 After the head nothing is retried: errors reach the body's sink.
+
+With ``max_connections_per_origin``, an origin whose connections (busy,
+idle or being opened) are at the cap is passed over for one with room;
+when none has room the request waits in the chosen origin's queue (first
+come, first served) for a connection released by its exchange, which it
+reuses at once, or for one to close, which lets it open another. A full
+queue or a wait longer than ``queue_timeout`` is :class:`UpstreamBusy`
+(503), which passive health ignores: a busy origin is not a failing one.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import re
 import typing
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -38,7 +47,12 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import (
     Certificate,
@@ -57,6 +71,7 @@ from accel.upstream.connection import (
     request_head,
 )
 from accel.upstream.errors import (
+    UpstreamBusy,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -143,7 +158,9 @@ class _ConnectionFactory(Factory):
 
 
 class _OriginHome:
-    """One origin's share of the pool: idle connections, health, how to connect."""
+    """One origin's share of the pool: its connections and the requests waiting
+    for one, health, how to connect.
+    """
 
     def __init__(
         self, origin: Origin, reactor: IReactorTime, settings: UpstreamSettings
@@ -153,6 +170,12 @@ class _OriginHome:
         self.settings = settings
         self.health = OriginHealth()
         self.idle: list[OriginConnection] = []
+        #: Connections made and not yet lost, busy or idle, and connections
+        #: being made: what ``max_connections_per_origin`` caps.
+        self.open: set[OriginConnection] = set()
+        self.connecting = 0
+        #: Calls waiting for a connection at the cap, first come first served.
+        self.waiting: deque[_Call] = deque()
         self.closing = False
         self._endpoint = _endpoint(origin, reactor, settings.connect_timeout)
         self._factory = _ConnectionFactory(self)
@@ -166,8 +189,28 @@ class _OriginHome:
                 return connection
         return None
 
+    def has_room(self) -> bool:
+        """Whether one more connection may be opened."""
+        cap = self.settings.max_connections_per_origin
+        return not cap or len(self.open) + self.connecting < cap
+
+    def crowding(self) -> int:
+        """How full the origin is, for :func:`choose_origin`.
+
+        0: a connection to spare (idle, or room to open one); 1: a request
+        would wait in the queue; 2: the queue is full too.
+        """
+        if self.idle or self.has_room():
+            return 0
+        return 1 if len(self.waiting) < self.settings.queue else 2
+
     def release(self, connection: OriginConnection) -> None:
-        """Pool an idle connection; beyond ``max_idle_per_origin`` the oldest goes."""
+        """Hand a connection that can carry another request to the first waiting
+        call, or pool it; beyond ``max_idle_per_origin`` the oldest idle one goes.
+        """
+        if self.waiting:  # never while closing: close() failed the waiting calls
+            self.waiting.popleft().admitted(connection)
+            return
         if self.closing or self.settings.max_idle_per_origin == 0:
             connection.transport.loseConnection()
             return
@@ -178,14 +221,23 @@ class _OriginHome:
         connection.watchdog.arm(self.settings.keepalive_timeout)
 
     def forget(self, connection: OriginConnection) -> None:
-        """An idle connection closed."""
+        """A connection closed: its place under the cap goes to a waiting call."""
+        self.open.discard(connection)
         with contextlib.suppress(ValueError):
             self.idle.remove(connection)
+        self._admit()
+
+    def _admit(self) -> None:
+        """Let waiting calls open connections while there is room, in order."""
+        waiting = self.waiting
+        while waiting and self.has_room():
+            waiting.popleft().admitted(None)
 
     def connect(self) -> Deferred[OriginConnection]:
         """A new connection, ready (TLS handshake done) within ``connect_timeout``."""
         name, limit = self.origin.name, self.settings.connect_timeout
         timed_out = False
+        self.connecting += 1
         connecting = self._endpoint.connect(self._factory)
         connecting.addCallback(lambda connection: connection.ready)
 
@@ -199,7 +251,12 @@ class _OriginHome:
         def settle(result: OriginConnection | Failure) -> OriginConnection | Failure:
             if timer.active():
                 timer.cancel()
-            if not isinstance(result, Failure) or result.check(UpstreamError):
+            self.connecting -= 1
+            if not isinstance(result, Failure):
+                self.open.add(result)
+                return result
+            self._admit()  # this attempt's place is free
+            if result.check(UpstreamError):
                 return result
             if timed_out or result.check(ConnectTimeoutError):
                 return Failure(
@@ -225,7 +282,13 @@ class _OriginHome:
         self.health = self.health.succeeded()
 
     def close(self) -> Deferred[None]:
+        """Stop pooling: fail the waiting calls, close the idle connections."""
         self.closing = True
+        waiting, self.waiting = self.waiting, deque()
+        for call in waiting:
+            call.refused(
+                UpstreamConnectError(f"{self.origin.name}: the origin pool closed")
+            )
         idle, self.idle = self.idle, []
         return DeferredList([connection.close() for connection in idle]).addCallback(
             lambda _: None
@@ -255,6 +318,8 @@ class _Call:
         self._tried: set[int] = set()
         self._home: _OriginHome | None = None
         self._connecting: Deferred[OriginConnection] | None = None
+        #: The queue timeout, while waiting in ``_home.waiting``.
+        self._waiting: IDelayedCall | None = None
         self._exchange: Exchange | None = None
         self._raced = False
         self._cancelled = False
@@ -268,16 +333,58 @@ class _Call:
             self._settle().errback(self._error)
             return
         self._tried.add(index)
-        self._try(pool._homes[index], reuse=True)
-
-    def _try(self, home: _OriginHome, reuse: bool) -> None:
-        self._home = home
-        connection = home.checkout() if reuse else None
+        home = self._home = pool._homes[index]
+        connection = home.checkout()
         if connection is not None:
             self._send(connection)
-            return
+        elif home.has_room():
+            self._connect(home)
+        elif len(home.waiting) < home.settings.queue:
+            home.waiting.append(self)
+            self._waiting = home.clock.callLater(
+                home.settings.queue_timeout, self._waited_too_long
+            )
+        else:
+            settings = home.settings
+            self._settle().errback(
+                UpstreamBusy(
+                    f"{home.origin.name}: {settings.max_connections_per_origin}"
+                    f" connections open (the cap) and the queue full"
+                    f" ({settings.queue} waiting)"
+                )
+            )
+
+    def _connect(self, home: _OriginHome) -> None:
         connecting = self._connecting = home.connect()
         connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def admitted(self, connection: OriginConnection | None) -> None:
+        """This waiting call's turn: reuse ``connection``, or open one if None."""
+        self._waiting.cancel()  # type: ignore[union-attr]
+        self._waiting = None
+        if connection is not None:
+            self._send(connection)
+        else:
+            self._connect(self._home)  # type: ignore[arg-type]
+
+    def refused(self, error: Exception) -> None:
+        """This waiting call will get no connection (the pool closed)."""
+        self._waiting.cancel()  # type: ignore[union-attr]
+        self._waiting = None
+        self._settle().errback(error)
+
+    def _waited_too_long(self) -> None:
+        self._waiting = None
+        home: _OriginHome = self._home  # type: ignore[assignment]
+        home.waiting.remove(self)
+        settings = home.settings
+        self._settle().errback(
+            UpstreamBusy(
+                f"{home.origin.name}: no connection came free within"
+                f" {settings.queue_timeout:g}s"
+                f" ({settings.max_connections_per_origin} open, the cap)"
+            )
+        )
 
     def _connected(self, connection: OriginConnection) -> None:
         self._connecting = None
@@ -327,7 +434,9 @@ class _Call:
         if exchange.reused and exchange.lost_early:
             if replayable and not self._raced:
                 self._raced = True
-                self._try(home, reuse=False)  # type: ignore[arg-type]
+                # On a new connection that takes the lost one's place under
+                # the cap (the pool forgets it once this returns).
+                self._connect(home)  # type: ignore[arg-type]
                 return
         elif isinstance(error, UpstreamError):
             home.failed()  # type: ignore[union-attr]
@@ -354,6 +463,10 @@ class _Call:
 
     def _cancel(self, _: Deferred[OriginResponse]) -> None:
         self._cancelled = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+            self._waiting = None
+            self._home.waiting.remove(self)  # type: ignore[union-attr]
         if self._connecting is not None:
             self._connecting.cancel()
         if self._exchange is not None:
@@ -398,6 +511,18 @@ class OriginPool:
         """How many idle connections to ``origin`` are pooled."""
         return sum(len(home.idle) for home in self._homes if home.origin == origin)
 
+    def open_connections(self, origin: Origin) -> int:
+        """How many connections to ``origin`` are open or being opened (busy or idle)."""
+        return sum(
+            len(home.open) + home.connecting
+            for home in self._homes
+            if home.origin == origin
+        )
+
+    def waiting_requests(self, origin: Origin) -> int:
+        """How many requests wait for a connection to ``origin`` (at its cap)."""
+        return sum(len(home.waiting) for home in self._homes if home.origin == origin)
+
     def request(
         self,
         method: bytes,
@@ -420,11 +545,15 @@ class OriginPool:
 
     def _choose(self, exclude: set[int]) -> int | None:
         """The origin to try next: see :func:`choose_origin`."""
+        homes = self._homes
         index = choose_origin(
-            [home.health for home in self._homes],
+            [home.health for home in homes],
             self._cursor,
             exclude,
             self._clock.seconds(),
+            [home.crowding() for home in homes]
+            if self.settings.max_connections_per_origin
+            else None,
         )
         if index is not None:
             self._cursor = index + 1
@@ -434,6 +563,7 @@ class OriginPool:
         """Stop pooling; fire when idle connections are closed.
 
         Requests in flight finish; their connections close afterwards.
+        Requests waiting for a connection fail (:class:`UpstreamConnectError`).
         """
         self._closed = True
         return DeferredList([home.close() for home in self._homes]).addCallback(
