@@ -17,7 +17,7 @@ from accel.http.headers import Headers
 from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
-from accel.upstream import UpstreamTimeout
+from accel.upstream import UpstreamBusy, UpstreamTimeout
 from tests.fakes import FakeResponder, FakeUpstream, always, make_request, response
 
 T0 = 1_700_000_000.0
@@ -252,6 +252,23 @@ class TestStale:
         r = get(proxy)
         assert r.status == 504 and b"origin.test" not in r.body
 
+    def test_stale_if_error_covers_a_busy_origin(self, clock, store):
+        """RFC 5861 4: an origin at its connection cap is an error the stale copy may
+        stand in for, like any other.
+        """
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=10, stale-if-error=60")), body=b"kept"))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        clock.advance(30)
+
+        def busy(call):
+            raise UpstreamBusy("origin.test: 2 connections open (the cap) and the queue full (0 waiting)")
+
+        upstream.auto = busy
+        r = get(proxy)
+        assert r.status == 200 and r.body == b"kept"
+        assert b"fwd=stale" in r.header(b"cache-status")
+
     def test_stale_while_revalidate_serves_at_once_and_refreshes_once(self, clock, store):
         """RFC 5861 3: stale served immediately, one background validation."""
         upstream = FakeUpstream(
@@ -421,6 +438,20 @@ class TestIntegrity:
         proxy = make_proxy(clock, store, FakeUpstream(auto=hang))
         r = get(proxy)
         assert r.status == 504 and b"secret" not in r.body
+
+    def test_busy_origin_is_a_clean_503(self, clock, store):
+        """Every origin at its connection cap gives 503, plain, without origin internals,
+        on cached and uncached routes alike.
+        """
+
+        def busy(call):
+            raise UpstreamBusy("origin.test:80 secret-internal-name: 2 connections open (the cap)")
+
+        for rules in (CacheRules(), None):
+            r = get(make_proxy(clock, store, FakeUpstream(auto=busy), rules))
+            assert r.status == 503 and r.finished
+            assert r.header(b"content-type").startswith(b"text/plain")
+            assert b"secret" not in r.body
 
     def test_client_leaving_mid_body_stores_nothing(self, clock, store):
         """A client that disconnects mid-body aborts the fill: no partial entry."""

@@ -208,7 +208,7 @@ class _OriginHome:
         """Hand a connection that can carry another request to the first waiting
         call, or pool it; beyond ``max_idle_per_origin`` the oldest idle one goes.
         """
-        if self.waiting:  # never while closing: close() failed the waiting calls
+        if self.waiting:
             self.waiting.popleft().admitted(connection)
             return
         if self.closing or self.settings.max_idle_per_origin == 0:
