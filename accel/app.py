@@ -77,6 +77,7 @@ def cache_rules(settings: cfg.CacheSettings) -> CacheRules | None:
         policy=rules,
         recipe=KeyRecipe(query=query, headers=settings.key_headers),
         range_fetch_max=settings.range_fetch_max,
+        max_ranges=settings.max_ranges,
         strip=tuple(strip),
     )
 

@@ -175,6 +175,10 @@ class CacheSettings:
     unless the response says otherwise. ``range_fetch_max``: a Range request
     for an uncached resource fetches (and caches) the whole body when it is
     at most this many bytes; larger ones pass the range through uncached.
+    ``max_ranges``: the most ranges a ``Range`` field answered from the
+    cache may ask for, as nginx's ``max_ranges``; more are answered with the
+    whole body (``0``: ``Range`` is always ignored; ``1``: single ranges
+    only).
     ``strip_cdn_cache_control``: remove ``CDN-Cache-Control`` (RFC 9213)
     from responses to clients, for the last CDN hop; accel's own targeted
     field (``Accel-Cache-Control``) is always removed.
@@ -189,6 +193,7 @@ class CacheSettings:
     store_set_cookie: bool = False
     stale_if_error: float = 0.0
     range_fetch_max: int = 8 * 1024**2
+    max_ranges: int = 100
     strip_cdn_cache_control: bool = False
 
 
@@ -881,6 +886,7 @@ def _read_cache_settings(table: _Table, base: CacheSettings, also: Iterable[str]
         store_set_cookie=table.get("store_set_cookie", _parse_bool, base.store_set_cookie),
         stale_if_error=table.get("stale_if_error", parse_duration, base.stale_if_error),
         range_fetch_max=table.get("range_fetch_max", parse_size, base.range_fetch_max),
+        max_ranges=table.get("max_ranges", _parse_count(0), base.max_ranges),
         strip_cdn_cache_control=table.get(
             "strip_cdn_cache_control", _parse_bool, base.strip_cdn_cache_control
         ),

@@ -33,6 +33,7 @@ Everything here sees only the wire-independent model of
 
 from __future__ import annotations
 
+import secrets
 from functools import partial
 from typing import assert_never
 
@@ -58,11 +59,12 @@ from accel.forwarding import (
     request_headers_for_origin,
     response_headers_for_client,
 )
+from accel.http.byteranges import Multipart
 from accel.http.headers import Headers
 from accel.http.model import Request, Responder
 from accel.routes import CacheRules, Lookup, Route
 from accel.routing import Router
-from accel.streams import FileSender, Relay
+from accel.streams import FileSender, PartsSender, Relay
 from accel.upstream import OriginResponse
 
 __all__ = ["Accelerator"]
@@ -442,32 +444,48 @@ class Accelerator:
         length = entry.length
         first, count = 0, length
         status, reason = entry.status, entry.reason
-        range_value = request.headers.get(b"range")
-        if range_value is not None and entry.status == 200 and request.method == _GET:
-            if_range = request.headers.get(b"if-range")
-            if if_range is None or policy.if_range_allows(if_range, out):
-                ranges = policy.parse_range(range_value, length)
-                if ranges is policy.UNSATISFIABLE:
-                    simple_response(
-                        responder,
-                        416,
-                        b"Range not satisfiable.",
-                        Headers([(b"content-range", b"bytes */%d" % length)]),
-                    )
-                    return
-                if isinstance(ranges, list) and len(ranges) == 1:
-                    # Several ranges are answered with the whole body, which
-                    # RFC 9110 section 14.2 allows.
-                    first, last = ranges[0]
-                    count = last - first + 1
-                    status, reason = 206, b"Partial Content"
-                    out.add(b"content-range", b"bytes %d-%d/%d" % (first, last, length))
+        parts: Multipart | None = None
+        if b"range" in request.headers:
+            answer = policy.range_answer(
+                request.method,
+                entry.status,
+                request.headers,
+                out,
+                length,
+                secrets.token_hex(10).encode("ascii"),
+                lk.rules.max_ranges,
+            )
+            if answer is policy.UNSATISFIABLE:
+                simple_response(
+                    responder,
+                    416,
+                    b"Range not satisfiable.",
+                    Headers([(b"content-range", b"bytes */%d" % length)]),
+                )
+                return
+            if isinstance(answer, policy.SingleRange):
+                first, count = answer.first, answer.last - answer.first + 1
+                status, reason = 206, b"Partial Content"
+                out.add(b"content-range", b"bytes %d-%d/%d" % (answer.first, answer.last, length))
+            elif isinstance(answer, Multipart):
+                # RFC 9110 section 15.3.7.2: the representation's Content-Type
+                # goes in each part; the message's is the multipart type.
+                parts = answer
+                count = parts.length
+                status, reason = 206, b"Partial Content"
+                out.remove(b"content-type", b"content-range")
+                out.add(b"content-type", parts.content_type)
+            elif answer is not None:
+                assert_never(answer)
 
         if status not in (204, 304) and not 100 <= status < 200:
             out.add(b"content-length", b"%d" % count)
         if request.method == _HEAD or status in (204, 304) or count == 0:
             responder.start(status, reason, out)
             responder.finish()
+            return
+        if parts is not None:
+            self._serve_parts(lk, entry, out, parts)
             return
         if first == 0 and count == length:
             small = self._store.read_small(entry)
@@ -496,6 +514,26 @@ class Accelerator:
             self._hits.remember(lk, entry, headers, age, ttl, path=body.name)
         responder.start(status, reason, out)
         FileSender(body, responder, count).start()
+
+    def _serve_parts(self, lk: Lookup, entry: Entry, out: Headers, parts: Multipart) -> None:
+        """Send the ``multipart/byteranges`` 206 of ``parts`` from ``entry``'s body:
+        sliced when the body is held in memory, else streamed part by part
+        from its file."""
+        assert self._store is not None and lk.responder is not None
+        responder = lk.responder
+        small = self._store.read_small(entry)
+        if small is not None:
+            responder.start(206, b"Partial Content", out)
+            responder.write(parts.render(small))
+            responder.finish()
+            return
+        body = self._store.open_body(entry)
+        if body is None:
+            # Vanished behind our back, as in _serve: a miss.
+            self._lookup(lk)
+            return
+        responder.start(206, b"Partial Content", out)
+        PartsSender(body, responder, parts.pieces()).start()
 
     def _status(self, **kw: object) -> bytes:
         return policy.cache_status(name=self._name, **kw)  # type: ignore[arg-type]

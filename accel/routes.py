@@ -44,12 +44,17 @@ class CacheRules:
 
     ``range_fetch_max``: a range request that misses fetches the whole object
     into the cache only if it is at most this many bytes; larger ones are
-    passed through with their ``Range``.
+    passed through with their ``Range``. ``max_ranges``: the most ranges one
+    ``Range`` field may ask for from the cache (nginx's ``max_ranges``):
+    more, and the field is ignored (200 with the whole); ``0`` ignores every
+    ``Range``, ``1`` allows single ranges only (see
+    :func:`accel.cache.policy.range_answer`).
     """
 
     policy: policy.PolicySettings = policy.DEFAULT_SETTINGS
     recipe: KeyRecipe = DEFAULT_RECIPE
     range_fetch_max: int = 64 * 1024 * 1024
+    max_ranges: int = 100
     #: Fields for this cache alone (RFC 9213), removed before responses
     #: go downstream: accel's targeted field, and CDN-Cache-Control when the
     #: operator says this is the last CDN hop.

@@ -23,7 +23,7 @@ it and accel never holds more than a chunk or two of any body:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, Protocol
 
 from twisted.logger import Logger
@@ -31,7 +31,16 @@ from twisted.logger import Logger
 from accel import directwrite
 from accel.http.model import BodySource, Responder
 
-__all__ = ["BodyWriter", "Feed", "FileSender", "Follower", "Relay", "SpoolWriter", "CHUNK"]
+__all__ = [
+    "BodyWriter",
+    "Feed",
+    "FileSender",
+    "Follower",
+    "PartsSender",
+    "Relay",
+    "SpoolWriter",
+    "CHUNK",
+]
 
 #: Read size for stored bodies: large enough that a transport write is
 #: worth its overhead, small enough to keep memory flat.
@@ -464,6 +473,82 @@ class FileSender(_StoredBody):
             self._responder.write(data)
             if self._remaining <= 0:
                 self._finish(complete=True)
+
+    def _unregister(self) -> None:
+        self._responder.unregister_producer()
+
+
+class PartsSender(_StoredBody):
+    """Stream a body made of literal bytes and spans of an open stored file.
+
+    For ``multipart/byteranges`` answers (:class:`accel.http.byteranges.Multipart`):
+    ``pieces`` are, in order, ``bytes`` (a part's delimiter and head, the
+    close delimiter) and ``(offset, count)`` spans of the file (a part's
+    range). Pieces are gathered into writes of about :data:`CHUNK` bytes, so
+    many small parts do not cost a write each, and a large span is read a
+    chunk at a time while the client keeps up; the file is closed when done.
+    """
+
+    __slots__ = ("_pieces", "_next", "_paused")
+
+    def __init__(
+        self, file: BinaryIO, responder: Responder, pieces: Sequence[bytes | tuple[int, int]]
+    ) -> None:
+        # ``_remaining`` counts what is left of the span being read.
+        super().__init__(file, responder, 0)
+        self._pieces = pieces
+        self._next = 0
+        self._paused = False
+
+    def start(self) -> None:
+        self._responder.register_producer(self)
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        pending: list[bytes] = []
+        size = 0
+        while not self._paused and not self._done:
+            if size >= CHUNK:
+                # The write may pause this producer (a slow client).
+                self._responder.write(b"".join(pending))
+                pending.clear()
+                size = 0
+                continue
+            if self._remaining == 0:
+                if self._next == len(self._pieces):
+                    if pending:
+                        self._responder.write(b"".join(pending))
+                    self._finish(complete=True)
+                    return
+                piece = self._pieces[self._next]
+                self._next += 1
+                if isinstance(piece, bytes):
+                    pending.append(piece)
+                    size += len(piece)
+                    continue
+                offset, self._remaining = piece
+                try:
+                    self._file.seek(offset)
+                except OSError:
+                    self._finish(complete=False)
+                    return
+            try:
+                data = self._file.read(min(CHUNK - size, self._remaining))
+            except OSError:
+                data = b""
+            if not data:
+                # The stored file is shorter than its entry said.
+                self._finish(complete=False)
+                return
+            self._remaining -= len(data)
+            pending.append(data)
+            size += len(data)
+        if pending:
+            self._responder.write(b"".join(pending))
 
     def _unregister(self) -> None:
         self._responder.unregister_producer()

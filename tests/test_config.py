@@ -841,7 +841,10 @@ def test_limit_key_errors(tmp_path: Path, text: str, message: str) -> None:
 def test_store_limits_are_not_route_keys(tmp_path: Path, key: str) -> None:
     """The cache lock, hit-for-miss and variant bounds are server-wide: a route's cache table refuses them."""
     path = write(tmp_path, ROUTE + f"cache = {{ {key} = 1 }}\n")
-    assert error_of(Config.from_toml, path) == f"{path}: sites[0].routes[0].cache.{key}: unknown key"
+    # (A hint may follow: max_variants is close to the route key max_ranges.)
+    assert error_of(Config.from_toml, path).startswith(
+        f"{path}: sites[0].routes[0].cache.{key}: unknown key"
+    )
 
 
 @pytest.mark.skipif(not DOCS.exists(), reason="not running from a source checkout")

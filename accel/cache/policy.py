@@ -18,6 +18,7 @@ on; see :data:`Decision`.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 import re
@@ -27,6 +28,7 @@ from urllib.parse import urljoin, urlsplit
 from attrs import field, frozen
 from attrs.validators import ge, gt
 
+from accel.http.byteranges import Multipart, multipart_byteranges
 from accel.http.dates import format_http_date, parse_http_date
 from accel.http.fields import (
     DELTA_SECONDS_MAX,
@@ -48,6 +50,7 @@ __all__ = [
     "SAFE_METHODS",
     "STAR",
     "UNDERSTOOD_STATUSES",
+    "MULTIPART_SLACK",
     "UNSATISFIABLE",
     "Validated",
     "Decision",
@@ -56,8 +59,10 @@ __all__ = [
     "NotStorable",
     "OnlyIfCachedMiss",
     "PolicySettings",
+    "RangeAnswer",
     "Revalidate",
     "ServeStale",
+    "SingleRange",
     "StaleWhileRevalidate",
     "Star",
     "Storable",
@@ -77,9 +82,11 @@ __all__ = [
     "may_serve_stale_on_error",
     "not_modified_headers",
     "parse_range",
+    "range_answer",
     "request_cache_control",
     "response_cache_control",
     "secondary_key",
+    "select_ranges",
     "selects_stored",
     "storable",
     "stored_headers",
@@ -1081,24 +1088,12 @@ def _position(raw: bytes) -> int | None:
     return int(raw) if len(raw) <= 18 else 10**18
 
 
-def parse_range(
-    value: bytes, length: int, max_ranges: int = 100
+def _requested_ranges(
+    value: bytes, length: int, max_ranges: int
 ) -> list[tuple[int, int]] | Literal[Unsatisfiable.UNSATISFIABLE] | None:
-    """The byte ranges a ``Range`` field selects from ``length`` bytes (RFC 9110 section 14).
-
-    Each range is ``(first, last)``, inclusive as in ``Content-Range``, with
-    ``0 <= first <= last < length``. The ranges are sorted, and overlapping
-    or adjacent ones coalesced (section 14.2 allows it, whatever the order
-    requested): one range means a plain 206, several a
-    ``multipart/byteranges`` 206.
-
-    ``None`` means ignore the field and send the whole representation: a
-    unit other than ``bytes`` (case-insensitive, section 14.1), a syntax
-    error, ``last < first`` (section 14.1.1), more than ``max_ranges``
-    ranges (section 14.2 lets a server ignore such abuse), or a suffix
-    range of an empty representation. :data:`UNSATISFIABLE` means no range
-    overlaps the representation (section 14.1.1): 416.
-    """
+    """The satisfiable ranges of a ``Range`` field as requested: in the
+    field's order, clamped to ``length``, neither sorted nor coalesced.
+    ``None`` and :data:`UNSATISFIABLE` as for :func:`parse_range`."""
     unit, eq, spec = value.partition(b"=")
     if not eq or unit.lower() != b"bytes":
         return None
@@ -1135,15 +1130,147 @@ def parse_range(
             ranges.append((first, last))
     if not ranges:
         return None if suffix_of_empty else UNSATISFIABLE
-    ranges.sort()
-    merged = [ranges[0]]
-    for first, last in ranges[1:]:
+    return ranges
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` sorted, with overlapping and adjacent ones merged."""
+    ordered = sorted(ranges)
+    merged = [ordered[0]]
+    for first, last in ordered[1:]:
         prev_first, prev_last = merged[-1]
         if first <= prev_last + 1:
             merged[-1] = (prev_first, max(prev_last, last))
         else:
             merged.append((first, last))
     return merged
+
+
+def parse_range(
+    value: bytes, length: int, max_ranges: int = 100
+) -> list[tuple[int, int]] | Literal[Unsatisfiable.UNSATISFIABLE] | None:
+    """The byte ranges a ``Range`` field selects from ``length`` bytes (RFC 9110 section 14).
+
+    Each range is ``(first, last)``, inclusive as in ``Content-Range``, with
+    ``0 <= first <= last < length``. The ranges are sorted, and overlapping
+    or adjacent ones coalesced (section 14.2 allows it, whatever the order
+    requested). :func:`select_ranges` says which of them to send, in what
+    order, or whether to send the whole instead.
+
+    ``None`` means ignore the field and send the whole representation: a
+    unit other than ``bytes`` (case-insensitive, section 14.1), a syntax
+    error, ``last < first`` (section 14.1.1), more than ``max_ranges``
+    ranges (section 14.2 lets a server ignore such abuse; ``0`` ignores
+    every ``Range``), or a suffix range of an empty representation.
+    :data:`UNSATISFIABLE` means no range overlaps the representation
+    (section 14.1.1): 416.
+    """
+    ranges = _requested_ranges(value, length, max_ranges)
+    if not isinstance(ranges, list):
+        return ranges
+    return _coalesce(ranges)
+
+
+def select_ranges(
+    value: bytes, length: int, max_ranges: int = 100
+) -> list[tuple[int, int]] | Literal[Unsatisfiable.UNSATISFIABLE] | None:
+    """The ranges to send for a ``Range`` field, in the order to send them.
+
+    :func:`parse_range`'s ranges (coalesced, as RFC 9110 section 14.2 allows
+    "regardless of the order in which the corresponding range-spec
+    appeared"), but sent in the order in which they were first asked for:
+    a multipart response "SHOULD send the parts in the same order that the
+    corresponding range-spec appeared" (section 14.2), and a client may
+    want the end of a file (its index) before the rest.
+
+    Also ``None`` (send the whole) when the requested ranges add up to more
+    than the representation before they are coalesced: heavily overlapping
+    ranges are a sign of abuse (sections 14.2 and 17.15). This is nginx's
+    rule; a single range never trips it.
+    """
+    requested = _requested_ranges(value, length, max_ranges)
+    if not isinstance(requested, list):
+        return requested
+    if sum(last - first + 1 for first, last in requested) > length:
+        return None
+    merged = _coalesce(requested)
+    if len(merged) == 1:
+        return merged
+    starts = [first for first, _ in merged]
+    order: dict[int, None] = {}
+    for first, _ in requested:
+        order.setdefault(bisect.bisect_right(starts, first) - 1)
+    return [merged[i] for i in order]
+
+
+@frozen
+class SingleRange:
+    """Answer 206 with bytes ``first`` to ``last`` (inclusive) and a
+    ``Content-Range`` field (RFC 9110 section 15.3.7.1)."""
+
+    first: int
+    last: int
+
+
+#: How much larger than the whole representation a ``multipart/byteranges``
+#: body may be. Beyond it, the whole is sent (200) instead: many small ranges
+#: cost more in part headers than they save (RFC 9110 section 17.15), and
+#: sending the whole is then cheaper for both sides. The slack keeps a few
+#: ranges of a small object answered as asked.
+MULTIPART_SLACK = 1024
+
+#: How a stored response answers a request's ``Range``: ``None`` is the
+#: whole representation (200), :data:`UNSATISFIABLE` is 416.
+RangeAnswer = SingleRange | Multipart | Literal[Unsatisfiable.UNSATISFIABLE] | None
+
+
+def range_answer(
+    method: bytes,
+    status: int,
+    request_headers: Headers,
+    response_headers: Headers,
+    length: int,
+    boundary: bytes,
+    max_ranges: int = 100,
+) -> RangeAnswer:
+    """How to answer a request's ``Range`` from a complete response of ``length`` bytes.
+
+    RFC 9110 section 14: only a GET's ``Range`` applies (section 14.2), only
+    to a 200, and only when its ``If-Range`` holds (section 13.1.5,
+    :func:`if_range_allows`); the ranges are :func:`select_ranges`'s. One
+    range is a :class:`SingleRange`; several are a ``multipart/byteranges``
+    body (section 14.6) delimited by ``boundary``, which the caller picks at
+    random for each response. ``None``, the whole representation, also when:
+
+    * the response has a ``Content-Encoding``: its parts would be fragments
+      of encoded data under a multipart type that is not encoded, which
+      clients that decode content codings cannot take apart;
+    * the multipart body would be more than :data:`MULTIPART_SLACK` bytes
+      larger than the whole representation.
+    """
+    value = request_headers.get(b"range")
+    if value is None or method != b"GET" or status != 200:
+        return None
+    if_range = request_headers.get(b"if-range")
+    if if_range is not None and not if_range_allows(if_range, response_headers):
+        return None
+    ranges = select_ranges(value, length, max_ranges)
+    if ranges is None or ranges is UNSATISFIABLE:
+        return ranges
+    if len(ranges) == 1:
+        return SingleRange(*ranges[0])
+    coding = response_headers.get(b"content-encoding")
+    if coding is not None and coding.strip(b" \t").lower() != b"identity":
+        return None
+    content_types = response_headers.get_all(b"content-type")
+    # A singleton field (section 5.3): if it is repeated, the last one wins,
+    # as most recipients read it.
+    body = multipart_byteranges(
+        ranges, length, content_types[-1] if content_types else None, boundary
+    )
+    if body.length > length + MULTIPART_SLACK:
+        return None
+    return body
 
 
 def if_range_allows(if_range: bytes, response_headers: Headers) -> bool:
