@@ -489,7 +489,7 @@ class PartsSender(_StoredBody):
     chunk at a time while the client keeps up; the file is closed when done.
     """
 
-    __slots__ = ("_pieces", "_next", "_paused")
+    __slots__ = ("_next", "_paused", "_pieces")
 
     def __init__(
         self, file: BinaryIO, responder: Responder, pieces: Sequence[bytes | tuple[int, int]]

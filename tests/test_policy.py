@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from accel.cache.policy import (
     DEFAULT_SETTINGS,
+    MULTIPART_SLACK,
     STAR,
     UNSATISFIABLE,
     Forward,
@@ -17,6 +18,7 @@ from accel.cache.policy import (
     PolicySettings,
     Revalidate,
     ServeStale,
+    SingleRange,
     StaleWhileRevalidate,
     Storable,
     StoredResponse,
@@ -35,15 +37,18 @@ from accel.cache.policy import (
     may_serve_stale_on_error,
     not_modified_headers,
     parse_range,
+    range_answer,
     request_cache_control,
     response_cache_control,
     secondary_key,
+    select_ranges,
     selects_stored,
     storable,
     stored_headers,
     vary_matches,
     vary_names,
 )
+from accel.http.byteranges import Multipart
 from accel.http.dates import format_http_date, parse_http_date
 from accel.http.headers import Headers
 
@@ -1302,6 +1307,125 @@ class TestRanges:
         weak = H((b"last-modified", date(-10)), (b"date", date()))
         assert not if_range_allows(date(-10), weak)
         assert not if_range_allows(b"garbage", headers)
+
+
+class TestRangeSelection:
+    """RFC 9110 sections 14.2 and 17.15: which ranges are sent, in what order, or the whole."""
+
+    def test_parts_keep_the_requested_order(self) -> None:
+        """14.2: parts SHOULD come in the order their range-specs appeared."""
+        assert select_ranges(b"bytes=8-9,0-1", 10) == [(8, 9), (0, 1)]
+        assert select_ranges(b"bytes=-2,0-1", 10) == [(8, 9), (0, 1)]
+
+    def test_coalesced_ranges_come_where_first_asked_for(self) -> None:
+        """Coalesced groups are ordered by the first range-spec each contains."""
+        assert select_ranges(b"bytes=5-6,0-1,2-3,6-8", 10) == [(5, 8), (0, 3)]
+
+    def test_overlap_beyond_the_length_is_ignored(self) -> None:
+        """17.15: ranges adding up to more than the representation: the whole (nginx's rule)."""
+        assert select_ranges(b"bytes=0-,0-", 10) is None
+        assert select_ranges(b"bytes=0-5,4-9", 10) is None
+        assert parse_range(b"bytes=0-,0-", 10) == [(0, 9)]
+
+    def test_overlap_within_the_length_is_coalesced(self) -> None:
+        """Ranges that overlap but add up to no more than the length merge into one."""
+        assert select_ranges(b"bytes=0-2,1-3", 10) == [(0, 3)]
+
+    def test_unsatisfiable_and_ignored_as_parse_range(self) -> None:
+        """416 and ignored fields are parse_range's."""
+        assert select_ranges(b"bytes=20-30", 10) is UNSATISFIABLE
+        assert select_ranges(b"items=0-1", 10) is None
+
+    @given(st.lists(TestRanges.specs, min_size=1, max_size=8), st.integers(1, 200))
+    def test_the_same_bytes_as_parse_range(self, specs: list[bytes], length: int) -> None:
+        """When it answers ranges, they are parse_range's ranges, reordered."""
+        value = b"bytes=" + b",".join(specs)
+        selected = select_ranges(value, length)
+        if isinstance(selected, list):
+            assert sorted(selected) == parse_range(value, length)
+
+
+class TestRangeAnswer:
+    """RFC 9110 section 14: how a stored 200 answers a request's Range."""
+
+    STORED = H((b"etag", b'"a"'), (b"content-type", b"text/plain"))
+
+    def answer(self, value: bytes, *extra: tuple[bytes, bytes], method: bytes = b"GET",
+               status: int = 200, stored: Headers | None = None, length: int = 10000,
+               max_ranges: int = 100):  # fmt: skip
+        request = H((b"range", value), *extra)
+        return range_answer(method, status, request, stored or self.STORED, length, b"b", max_ranges)
+
+    def test_one_range_is_a_single_part(self) -> None:
+        """One range (after coalescing): a plain 206."""
+        assert self.answer(b"bytes=0-99") == SingleRange(0, 99)
+        assert self.answer(b"bytes=0-99,50-149") == SingleRange(0, 149)
+
+    def test_several_ranges_are_multipart(self) -> None:
+        """14.6: several ranges, a multipart/byteranges body of them, typed as stored."""
+        body = self.answer(b"bytes=0-99,200-299")
+        assert isinstance(body, Multipart)
+        assert [(p.first, p.last) for p in body.parts] == [(0, 99), (200, 299)]
+        assert body.content_type == b"multipart/byteranges; boundary=b"
+        assert b"Content-Type: text/plain\r\n" in body.parts[0].head
+
+    def test_head_and_other_statuses_ignore_range(self) -> None:
+        """14.2: Range applies to GET only, and here to a stored 200 only."""
+        assert self.answer(b"bytes=0-1", method=b"HEAD") is None
+        assert self.answer(b"bytes=0-1", status=404) is None
+
+    def test_failing_if_range_is_the_whole(self) -> None:
+        """13.1.5: If-Range that does not match: the whole, for several ranges too."""
+        assert self.answer(b"bytes=0-1,5-6", (b"if-range", b'"other"')) is None
+        assert isinstance(self.answer(b"bytes=0-1,5-6", (b"if-range", b'"a"')), Multipart)
+
+    def test_unsatisfiable(self) -> None:
+        """15.5.17: no satisfiable range."""
+        assert self.answer(b"bytes=20000-,30000-") is UNSATISFIABLE
+
+    def test_max_ranges_zero_ignores_every_range(self) -> None:
+        """max_ranges = 0: Range support is off."""
+        assert self.answer(b"bytes=0-1", max_ranges=0) is None
+
+    def test_max_ranges_one_allows_single_ranges_only(self) -> None:
+        """max_ranges = 1: one range is answered, two get the whole."""
+        assert self.answer(b"bytes=0-1", max_ranges=1) == SingleRange(0, 1)
+        assert self.answer(b"bytes=0-1,5-6", max_ranges=1) is None
+
+    def test_multipart_much_larger_than_the_whole_is_the_whole(self) -> None:
+        """17.15: many small ranges whose part heads outweigh the body: the whole."""
+        many = b"bytes=" + b",".join(b"%d-%d" % (i, i) for i in range(0, 100, 4))
+        assert self.answer(many, length=100) is None
+        assert isinstance(self.answer(many, length=100 + 25 * 80), Multipart)
+
+    def test_a_few_ranges_of_a_small_object_are_multipart(self) -> None:
+        """Within MULTIPART_SLACK of the whole, a multipart body is still sent."""
+        body = self.answer(b"bytes=0-1,5-6", length=10)
+        assert isinstance(body, Multipart) and 10 < body.length <= 10 + MULTIPART_SLACK
+
+    def test_content_coded_responses_answer_several_ranges_whole(self) -> None:
+        """Parts of an encoded representation under an unencoded multipart type: the whole."""
+        gzip = H((b"content-encoding", b"gzip"), (b"content-type", b"text/plain"))
+        assert self.answer(b"bytes=0-1,5-6", stored=gzip) is None
+        assert self.answer(b"bytes=0-1", stored=gzip) == SingleRange(0, 1)
+        identity = H((b"content-encoding", b"identity"))
+        assert isinstance(self.answer(b"bytes=0-1,5-6", stored=identity), Multipart)
+
+    def test_no_content_type_no_part_content_type(self) -> None:
+        """A representation without Content-Type: parts without one."""
+        body = self.answer(b"bytes=0-1,5-6", stored=H((b"etag", b'"a"')))
+        assert isinstance(body, Multipart)
+        assert all(b"Content-Type" not in p.head for p in body.parts)
+
+    @given(st.lists(TestRanges.specs, min_size=1, max_size=12), st.integers(1, 400))
+    def test_multipart_bounded_and_disjoint(self, specs: list[bytes], length: int) -> None:
+        """A multipart answer has several disjoint parts and is never more than
+        MULTIPART_SLACK larger than the whole."""
+        body = self.answer(b"bytes=" + b",".join(specs), length=length)
+        if isinstance(body, Multipart):
+            assert len(body.parts) >= 2 and body.length <= length + MULTIPART_SLACK
+            spans = sorted((p.first, p.last) for p in body.parts)
+            assert all(a_last + 1 < b_first for (_, a_last), (b_first, _) in zip(spans, spans[1:]))
 
 
 class TestCacheStatus:

@@ -11,6 +11,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from accel.cache.collapse import Collapser
+from accel.cache.memory import MemoryTier
 from accel.cache.store import Store
 from accel.http.dates import format_http_date
 from accel.http.headers import Headers
@@ -19,6 +20,7 @@ from accel.routes import CacheRules, Route
 from accel.routing import Router
 from accel.upstream import UpstreamBusy, UpstreamTimeout
 from tests.fakes import FakeResponder, FakeUpstream, always, make_request, response
+from tests.test_byteranges import parse_multipart
 
 T0 = 1_700_000_000.0
 
@@ -565,6 +567,122 @@ class TestRanges:
         proxy = make_proxy(clock, store, upstream, rules=CacheRules(range_fetch_max=50))
         r = get(proxy, headers=[(b"Range", b"bytes=0-1")])
         assert r.status == 206 and r.body == b"ab"
+
+
+class TestMultipleRanges:
+    """RFC 9110 14.6: several ranges of a stored response, as one multipart/byteranges 206."""
+
+    BODY = bytes(range(256)) * 40  # 10 KiB, larger than what fits one part
+
+    def stored(self, clock, store, rules=CacheRules(), body=BODY, *extra):
+        headers = dated((b"Cache-Control", b"max-age=60"), (b"ETag", b'"r"'), (b"Content-Type", b"application/pdf"), *extra)
+        upstream = FakeUpstream(auto=always(headers=headers, body=body))
+        proxy = make_proxy(clock, store, upstream, rules=rules)
+        get(proxy)
+        return proxy, upstream
+
+    def test_two_ranges_are_a_multipart_206(self, clock, store):
+        """Two ranges: 206 multipart/byteranges with the exact length, no top-level
+        Content-Range, the stored fields, and each part the bytes of its range."""
+        proxy, upstream = self.stored(clock, store)
+        clock.advance(3)
+        r = get(proxy, headers=[(b"Range", b"bytes=100-199,5000-")])
+        assert r.status == 206 and r.finished
+        media, _, boundary = r.header(b"content-type").partition(b"; boundary=")
+        assert media == b"multipart/byteranges" and len(boundary) == 20
+        assert r.header(b"content-length") == b"%d" % len(r.body)
+        assert b"content-range" not in r.headers
+        assert r.header(b"etag") == b'"r"' and r.header(b"age") == b"3"
+        assert r.header(b"cache-status").startswith(b"accel; hit") and r.header(b"via")
+        parts = parse_multipart(r.body, boundary)
+        assert parts == [
+            ({b"content-type": b"application/pdf", b"content-range": b"bytes 100-199/10240"}, self.BODY[100:200]),
+            ({b"content-type": b"application/pdf", b"content-range": b"bytes 5000-10239/10240"}, self.BODY[5000:]),
+        ]
+        assert len(upstream.calls) == 1
+
+    def test_from_the_memory_tier(self, tmp_path, clock):
+        """A body held in memory is sliced into the same multipart body."""
+        store = Store(str(tmp_path / "mem"), 64 * 1024 * 1024, clock, memory=MemoryTier(1 << 20))
+        try:
+            proxy, _ = self.stored(clock, store)
+            r = get(proxy, headers=[(b"Range", b"bytes=0-9,-10")])
+            boundary = r.header(b"content-type").partition(b"; boundary=")[2]
+            assert [p[1] for p in parse_multipart(r.body, boundary)] == [self.BODY[:10], self.BODY[-10:]]
+            assert r.header(b"content-length") == b"%d" % len(r.body)
+        finally:
+            store.close()
+
+    def test_boundary_is_new_for_each_response(self, clock, store):
+        """The boundary is random per response, never reused."""
+        proxy, _ = self.stored(clock, store)
+        types = {get(proxy, headers=[(b"Range", b"bytes=0-1,9-10")]).header(b"content-type") for _ in range(3)}
+        assert len(types) == 3
+
+    def test_overlapping_ranges_coalesce_into_a_single_part(self, clock, store):
+        """Ranges that merge into one: a plain 206 with Content-Range."""
+        proxy, _ = self.stored(clock, store)
+        r = get(proxy, headers=[(b"Range", b"bytes=0-99,50-149")])
+        assert r.status == 206 and r.body == self.BODY[:150]
+        assert r.header(b"content-range") == b"bytes 0-149/10240"
+        assert r.header(b"content-type") == b"application/pdf"
+
+    def test_max_ranges_zero_ignores_range(self, clock, store):
+        """cache.max_ranges = 0: every Range is ignored, the answer is the whole 200."""
+        proxy, _ = self.stored(clock, store, CacheRules(max_ranges=0))
+        r = get(proxy, headers=[(b"Range", b"bytes=0-1")])
+        assert r.status == 200 and r.body == self.BODY
+
+    def test_max_ranges_one_answers_several_whole(self, clock, store):
+        """cache.max_ranges = 1: a single range is a 206, two ranges the whole 200."""
+        proxy, _ = self.stored(clock, store, CacheRules(max_ranges=1))
+        assert get(proxy, headers=[(b"Range", b"bytes=0-1")]).status == 206
+        r = get(proxy, headers=[(b"Range", b"bytes=0-1,9-10")])
+        assert r.status == 200 and r.body == self.BODY
+
+    def test_if_range_mismatch_sends_the_whole(self, clock, store):
+        """13.1.5: a failing If-Range: 200 whole, for several ranges too."""
+        proxy, _ = self.stored(clock, store)
+        r = get(proxy, headers=[(b"Range", b"bytes=0-1,9-10"), (b"If-Range", b'"other"')])
+        assert r.status == 200 and r.body == self.BODY
+
+    def test_unsatisfiable_ranges_are_416(self, clock, store):
+        """15.5.17: none of several ranges satisfiable: 416 as before."""
+        proxy, _ = self.stored(clock, store)
+        r = get(proxy, headers=[(b"Range", b"bytes=20000-20001,30000-")])
+        assert r.status == 416 and r.header(b"content-range") == b"bytes */10240"
+
+    def test_head_ignores_range(self, clock, store):
+        """14.2: HEAD ignores Range: 200, the whole length, no body."""
+        proxy, _ = self.stored(clock, store)
+        r = get(proxy, method=b"HEAD", headers=[(b"Range", b"bytes=0-1,9-10")])
+        assert r.status == 200 and r.body == b"" and r.finished
+        assert r.header(b"content-length") == b"10240" and r.header(b"content-type") == b"application/pdf"
+
+    def test_badly_overlapping_ranges_get_the_whole(self, clock, store):
+        """17.15: ranges adding up to more than the body: 200 whole, as nginx."""
+        proxy, _ = self.stored(clock, store)
+        r = get(proxy, headers=[(b"Range", b"bytes=0-,0-,0-")])
+        assert r.status == 200 and r.body == self.BODY
+
+    def test_multipart_is_not_remembered_for_the_fast_path(self, clock, store):
+        """A 206 is never what a later plain GET is answered with."""
+        proxy, _ = self.stored(clock, store)
+        get(proxy, headers=[(b"Range", b"bytes=0-1,9-10")])
+        r = get(proxy)
+        assert r.status == 200 and r.body == self.BODY
+
+    def test_range_miss_fills_then_answers_multipart(self, clock, store):
+        """A multi-range miss fetches the whole object for the cache without the
+        Range, then answers the ranges from the cache as a hit would."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=self.BODY))
+        proxy = make_proxy(clock, store, upstream)
+        r = get(proxy, headers=[(b"Range", b"bytes=0-9,20-29")])
+        assert b"range" not in upstream.calls[0].headers
+        assert r.status == 206
+        boundary = r.header(b"content-type").partition(b"; boundary=")[2]
+        assert [p[1] for p in parse_multipart(r.body, boundary)] == [self.BODY[:10], self.BODY[20:30]]
+        assert get(proxy).body == self.BODY and len(upstream.calls) == 1
 
 
 class TestAnsweredHere:

@@ -16,6 +16,7 @@ PURE = [
     "accel/http/model.py",
     "accel/http/dates.py",
     "accel/http/fields.py",
+    "accel/http/byteranges.py",
     "accel/cache/policy.py",
     "accel/cache/keys.py",
     "accel/forwarding.py",
