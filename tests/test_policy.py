@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -1425,7 +1427,7 @@ class TestRangeAnswer:
         if isinstance(body, Multipart):
             assert len(body.parts) >= 2 and body.length <= length + MULTIPART_SLACK
             spans = sorted((p.first, p.last) for p in body.parts)
-            assert all(a_last + 1 < b_first for (_, a_last), (b_first, _) in zip(spans, spans[1:]))
+            assert all(a_last + 1 < b_first for (_, a_last), (b_first, _) in itertools.pairwise(spans))
 
 
 class TestCacheStatus:

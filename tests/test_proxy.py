@@ -574,10 +574,10 @@ class TestMultipleRanges:
 
     BODY = bytes(range(256)) * 40  # 10 KiB, larger than what fits one part
 
-    def stored(self, clock, store, rules=CacheRules(), body=BODY, *extra):
-        headers = dated((b"Cache-Control", b"max-age=60"), (b"ETag", b'"r"'), (b"Content-Type", b"application/pdf"), *extra)
-        upstream = FakeUpstream(auto=always(headers=headers, body=body))
-        proxy = make_proxy(clock, store, upstream, rules=rules)
+    def stored(self, clock, store, rules: CacheRules | None = None):
+        headers = dated((b"Cache-Control", b"max-age=60"), (b"ETag", b'"r"'), (b"Content-Type", b"application/pdf"))
+        upstream = FakeUpstream(auto=always(headers=headers, body=self.BODY))
+        proxy = make_proxy(clock, store, upstream, rules=rules or CacheRules())
         get(proxy)
         return proxy, upstream
 
