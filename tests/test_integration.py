@@ -22,6 +22,11 @@ from accel.app import build_accelerator
 from accel.cache.store import Store
 from accel.config import Config, OriginURL, Route, Site as SiteConfig
 from accel.http.server import HTTPServerFactory
+from tests.test_byteranges import parse_multipart
+
+
+#: An object of a few hundred KiB, larger than one read of a stored body.
+BIG = bytes(range(256)) * 1200 + b"end"
 
 
 class Origin(Resource):
@@ -46,6 +51,10 @@ class Origin(Resource):
                 request.setResponseCode(304)
                 return b""
             return b"etag body"
+        if path == b"/big":
+            request.setHeader(b"cache-control", b"max-age=60")
+            request.setHeader(b"content-type", b"application/octet-stream")
+            return BIG
         if path == b"/stale":
             # Already stale on arrival (Age > max-age), but may stand in for
             # a failing origin for another minute.
@@ -107,10 +116,10 @@ class IntegrationTests(TestCase):
         return port.stopListening() if port is not None else defer.succeed(None)
 
     @defer.inlineCallbacks
-    def get(self, path):
+    def get(self, path, **fields):
         # One Host for every request: the proxy's port changes across a
         # restart, and Host is part of the cache key.
-        headers = {"Host": "www.example.test"}
+        headers = {"Host": "www.example.test", **fields}
         response = yield treq.get(self.base + path, headers=headers, persistent=False)
         body = yield response.content()
         return response, body
@@ -181,6 +190,27 @@ class IntegrationTests(TestCase):
         self.assertEqual(body, b"/c 1")
         self.assertTrue(response.headers.getRawHeaders(b"cache-status")[0].startswith(b"accel; hit"))
         self.assertEqual(self.origin.hits[b"/c"], 1)
+
+    @defer.inlineCallbacks
+    def test_two_ranges_of_a_cached_object(self):
+        """A two-range GET of a cached object of 300 KiB: a multipart/byteranges 206
+        over the socket whose parts are the origin's bytes."""
+        yield self.get("/big")
+        response, body = yield self.get("/big", Range="bytes=1000-1999,200000-")
+        self.assertEqual(response.code, 206)
+        media, _, boundary = response.headers.getRawHeaders(b"content-type")[0].partition(b"; boundary=")
+        self.assertEqual(media, b"multipart/byteranges")
+        self.assertEqual(response.length, len(body))  # Twisted's client reads Content-Length into it
+        parts = parse_multipart(body, boundary)
+        size = len(BIG)
+        self.assertEqual(
+            parts,
+            [
+                ({b"content-type": b"application/octet-stream", b"content-range": b"bytes 1000-1999/%d" % size}, BIG[1000:2000]),
+                ({b"content-type": b"application/octet-stream", b"content-range": b"bytes 200000-%d/%d" % (size - 1, size)}, BIG[200000:]),
+            ],
+        )  # fmt: skip
+        self.assertEqual(self.origin.hits[b"/big"], 1)
 
 
 def deferLater(seconds: float):
