@@ -206,3 +206,11 @@ def test_a_routes_ca_file_reaches_its_https_origins(tmp_path: Path, monkeypatch:
         assert [(o.scheme, o.ca_file) for o in pool.origins] == [("https", ca), ("http", None)]
     finally:
         top.stopService()
+
+
+def test_max_ranges_reaches_the_route_cache_rules() -> None:
+    """cache.max_ranges becomes the route's CacheRules.max_ranges, where ranges are answered."""
+    from accel.config import CacheSettings
+
+    rules = app.cache_rules(CacheSettings(max_ranges=3))
+    assert rules is not None and rules.max_ranges == 3

@@ -829,12 +829,23 @@ def test_cache_limit_defaults_are_the_collapsers_and_stores() -> None:
         ("[cache]\nlock_timeout = 0\n", "cache.lock_timeout: expected a duration above zero such as 30s, 5m or 1h, got 0"),
         ('[cache]\nhit_for_miss_ttl = "2 min"\n', "cache.hit_for_miss_ttl: expected a duration such as 30s, 5m or 1h, got '2 min'"),
         ("[cache]\nmax_variants = 0\n", "cache.max_variants: expected a whole number from 1 up, got 0"),
+        ("[cache]\nmax_ranges = -1\n", "cache.max_ranges: expected a whole number from 0 up, got -1"),
+        ('[cache]\nmax_ranges = "off"\n', "cache.max_ranges: expected a whole number from 0 up, got 'off'"),
     ],
 )
 def test_limit_key_errors(tmp_path: Path, text: str, message: str) -> None:
     """A bad limit ends start-up with one line naming the key."""
     path = write(tmp_path, text + ROUTE)
     assert error_of(Config.from_toml, path) == f"{path}: {message}"
+
+
+def test_max_ranges_is_a_route_default_and_a_route_setting(tmp_path: Path) -> None:
+    """cache.max_ranges is every route's default; a route's cache table overrides it,
+    and 0 (ranges off) is allowed."""
+    text = "[cache]\nmax_ranges = 1\n" + ROUTE + "cache = { max_ranges = 0 }\n[[sites.routes]]\nprefix = \"/b/\"\norigin = \"http://a\"\n"
+    (site,) = Config.from_toml(write(tmp_path, text)).sites
+    assert [route.cache.max_ranges for route in site.routes] == [0, 1]
+    assert CacheSettings().max_ranges == 100
 
 
 @pytest.mark.parametrize("key", ["lock_timeout", "hit_for_miss_ttl", "max_variants"])

@@ -47,10 +47,10 @@ from accel.http.headers import Headers, split_list
 __all__ = [
     "DEFAULT_SETTINGS",
     "HEURISTIC_STATUSES",
+    "MULTIPART_SLACK",
     "SAFE_METHODS",
     "STAR",
     "UNDERSTOOD_STATUSES",
-    "MULTIPART_SLACK",
     "UNSATISFIABLE",
     "Validated",
     "Decision",
