@@ -10,6 +10,15 @@ hands whatever the socket does not take at once (it is full, or broken) to
 the transport, which sends it in order when it can, pausing producers as
 usual, or finds the error and closes.
 
+:func:`batched` holds writes back for the length of one event: while an
+origin's bytes are delivered, or a request is handled, a client
+connection written to (a response's head, its body, the end of its chunked
+coding) keeps what it is given and sends it all at once when the event is
+handled (:func:`hold`). A small response relayed from an origin, or served
+from the cache on the general path, thus leaves in one ``send`` rather than
+one for its head and one for its body, without waiting for anything that
+has not already arrived.
+
 It relies on two attributes of Twisted's ``FileDescriptor`` that are not
 public: ``dataBuffer`` (with ``offset``) and ``_tempDataLen`` hold what the
 transport has not sent yet. :func:`plain_socket` only returns a socket for
@@ -20,12 +29,22 @@ must go through the TLS layer) always takes the ordinary path.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.internet import tcp
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-__all__ = ["buffer_empty", "plain_socket", "queued", "send_queue", "write", "write_parts"]
+__all__ = [
+    "batched",
+    "buffer_empty",
+    "hold",
+    "plain_socket",
+    "queued",
+    "send_queue",
+    "write",
+    "write_parts",
+]
 
 
 def plain_socket(transport: object) -> socket.socket | None:
@@ -103,3 +122,44 @@ def write_parts(transport: Any, sock: socket.socket | None, parts: tuple[bytes, 
             transport.write(rest)
         return
     transport.writeSequence(parts)
+
+
+_T = TypeVar("_T")
+
+#: While :func:`batched` runs: the flushes of the connections holding writes
+#: back until it returns; ``None`` otherwise.
+_flushes: list[Callable[[], None]] | None = None
+
+
+def hold(flush: Callable[[], None]) -> bool:
+    """Whether writes may be held back now; if so, ``flush`` is called to send them.
+
+    True only inside :func:`batched`: the caller keeps what it is given to
+    write, and ``flush`` sends it, once, when the batch ends (or earlier,
+    should the caller need to: a second call then finds nothing to send).
+    """
+    flushes = _flushes
+    if flushes is None:
+        return False
+    flushes.append(flush)
+    return True
+
+
+def batched(handle: Callable[[_T], object], event: _T) -> None:
+    """``handle(event)``, then the flushes of the writes it held back (:func:`hold`).
+
+    For an event that may write to connections in pieces: an origin
+    connection's bytes, a request handed to the proxy. Inside another
+    batch, it is part of that one.
+    """
+    global _flushes
+    if _flushes is not None:
+        handle(event)
+        return
+    _flushes = flushes = []
+    try:
+        handle(event)
+    finally:
+        _flushes = None
+        for flush in flushes:
+            flush()

@@ -156,3 +156,55 @@ def test_sends_in_a_row_are_bounded():
     directwrite.write(t, sock, data)
     assert 0 < len(sock.taken) < len(data)
     assert sock.taken + b"".join(t.writes) == data
+
+
+# --- Batches: writes held back for the length of one delivery ---
+
+
+def test_nothing_is_held_outside_a_batch():
+    """hold() says no, and keeps nothing, when no batch runs."""
+    flushed = []
+    assert not directwrite.hold(lambda: flushed.append(1))
+    assert flushed == []
+
+
+def test_a_batch_flushes_after_the_delivery():
+    """Inside batched(), hold() says yes; each flush runs once the delivery returns."""
+    events = []
+
+    def receive(data: bytes) -> None:
+        assert directwrite.hold(lambda: events.append(("flush", data)))
+        events.append(("received", data))
+
+    directwrite.batched(receive, b"x")
+    assert events == [("received", b"x"), ("flush", b"x")]
+    assert not directwrite.hold(lambda: None)
+
+
+def test_a_nested_batch_is_part_of_the_outer_one():
+    """A delivery inside another flushes with the outer one, not before."""
+    events = []
+
+    def inner(data: bytes) -> None:
+        directwrite.hold(lambda: events.append("flush"))
+
+    def outer(data: bytes) -> None:
+        directwrite.batched(inner, data)
+        events.append("inner returned")
+
+    directwrite.batched(outer, b"x")
+    assert events == ["inner returned", "flush"]
+
+
+def test_a_failing_delivery_still_flushes():
+    """What was held is sent even when the delivery raises; the error propagates."""
+    events = []
+
+    def receive(data: bytes) -> None:
+        directwrite.hold(lambda: events.append("flush"))
+        raise ValueError("broken")
+
+    with pytest.raises(ValueError, match="broken"):
+        directwrite.batched(receive, b"x")
+    assert events == ["flush"]
+    assert not directwrite.hold(lambda: None)

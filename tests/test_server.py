@@ -1879,3 +1879,121 @@ def test_http2_preface_gets_505():
     proto.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
     assert only_response(t).status == 505
     assert t.disconnecting and h.requests == []
+
+
+# --- Writes held back during an origin's delivery (directwrite.batched) ---
+
+
+class CountingTransport(StringTransport):
+    """Records each write and close as an event, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[object] = []
+
+    def write(self, data: bytes) -> None:
+        self.events.append(("write", bytes(data)))
+        super().write(data)
+
+    def writeSequence(self, seq) -> None:
+        self.events.append(("write", b"".join(seq)))
+        super().write(b"".join(seq))
+
+    def loseConnection(self) -> None:
+        self.events.append("close")
+        super().loseConnection()
+
+
+def held_connect():
+    handler = Recorder(auto=False)
+    factory = HTTPServerFactory(handler, MemoryReactorClock())
+    proto = factory.buildProtocol(None)
+    transport = CountingTransport()
+    proto.makeConnection(transport)
+    return proto, transport, handler
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_response_written_during_a_delivery_leaves_in_one_write(chunked: bool):
+    """Head, body and end written while an origin's bytes are delivered go out
+    together when the delivery returns, in one write."""
+    proto, t, h = held_connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    ((_, responder),) = h.calls
+    headers = Headers() if chunked else Headers([(b"content-length", b"5")])
+
+    def deliver(data: bytes) -> None:
+        responder.start(200, b"OK", headers)
+        responder.write(data)
+        responder.finish()
+        assert t.events == []  # held until the delivery returns
+
+    directwrite.batched(deliver, b"hello")
+    assert len(t.events) == 1
+    (response,) = responses(t.value())
+    assert response.body == b"hello"
+
+
+def test_outside_a_delivery_the_head_leaves_at_once():
+    """Without a batch nothing is held: the head is written when started."""
+    proto, t, h = held_connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    ((_, responder),) = h.calls
+    responder.start(200, b"OK", Headers([(b"content-length", b"5")]))
+    assert len(t.events) == 1
+    responder.write(b"hello")
+    assert len(t.events) == 2
+
+
+def test_a_close_during_a_delivery_sends_what_is_held_first():
+    """A response that ends the connection inside a batch: its bytes are
+    written before the close, not after it."""
+    proto, t, h = held_connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    ((_, responder),) = h.calls
+
+    def deliver(data: bytes) -> None:
+        responder.start(200, b"OK", Headers([(b"content-length", b"5")]))
+        responder.write(data)
+        responder.finish()
+
+    directwrite.batched(deliver, b"hello")
+    assert [e if e == "close" else e[0] for e in t.events] == ["write", "close"]
+    (response,) = responses(t.value())
+    assert response.body == b"hello"
+
+
+def test_a_pipelined_answer_during_a_delivery_keeps_its_order():
+    """When a held response ends and the next pipelined request is answered in
+    the same delivery, both leave in order."""
+    proto, t, h = held_connect()
+    proto.dataReceived(
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    ((_, first),) = h.calls
+
+    def deliver(data: bytes) -> None:
+        first.start(200, b"OK", Headers([(b"content-length", b"1")]))
+        first.write(b"1")
+        first.finish()
+        (_, second) = h.calls[1]
+        second.start(200, b"OK", Headers([(b"content-length", b"1")]))
+        second.write(b"2")
+        second.finish()
+
+    directwrite.batched(deliver, b"")
+    assert [r.body for r in responses(t.value())] == [b"1", b"2"]
+    assert len(t.events) == 1
+
+
+def test_a_response_the_handler_writes_at_once_leaves_in_one_write():
+    """A handler that answers before it returns (head, then body from memory)
+    has its response sent in one write when it returns."""
+    factory = HTTPServerFactory(Recorder(), MemoryReactorClock())
+    proto = factory.buildProtocol(None)
+    t = CountingTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert len(t.events) == 1
+    (response,) = responses(t.value())
+    assert response.body == b"ok"

@@ -35,6 +35,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from accel import directwrite
 from accel.http.headers import Headers
 from accel.http.model import EMPTY_BODY, BodySink
 from accel.upstream import (
@@ -377,6 +378,23 @@ class MemoryTests(SynchronousTestCase):
             self.assertEqual([ref() for ref in refs], [None] * len(refs))
         finally:
             gc.enable()
+
+    def test_a_response_is_delivered_in_a_write_batch(self):
+        """The head and the body that arrive in one read are delivered inside
+        one directwrite batch: what the proxy writes to its client for them
+        is held until the read is handled, then flushed."""
+        pool = self.make_pool()
+        events: list[str] = []
+        d = self.get(pool)
+
+        def relay(response: OriginResponse) -> None:
+            self.assertTrue(directwrite.hold(lambda: events.append("flushed")))
+            response.body.deliver(Sink(on_data=lambda chunk: events.append("body")))
+
+        d.addCallback(relay)
+        protocol, _ = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+        self.assertEqual(events, ["body", "flushed"])
 
     def test_what_the_socket_does_not_take_goes_to_the_transport_in_order(self):
         """A request head goes straight to a plain socket; the part it does not take,

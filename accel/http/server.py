@@ -723,6 +723,7 @@ class _Exchange:
         if not proto._lowat_set:
             proto._lowat_set = True
             _set_notsent_lowat(proto._socket, proto._limits.notsent_lowat)
+        proto._uncork()  # what was written before goes first
         transport = proto.transport
         self._remaining = 0
         self._sent += length
@@ -946,6 +947,11 @@ class HTTPServerProtocol(Protocol):
             self._corked.append(data)
             self._corked_bytes += len(data)
             return
+        if directwrite.hold(self._uncork):
+            # Inside an origin's delivery: what else it writes goes with this.
+            self._corked = [data]
+            self._corked_bytes = len(data)
+            return
         directwrite.write(self.transport, self._socket, data)
 
     def _write_parts(self, parts: tuple[bytes, ...]) -> None:
@@ -954,16 +960,21 @@ class HTTPServerProtocol(Protocol):
             self._corked.extend(parts)
             self._corked_bytes += sum(len(part) for part in parts)
             return
+        if directwrite.hold(self._uncork):
+            self._corked = list(parts)
+            self._corked_bytes = sum(len(part) for part in parts)
+            return
         directwrite.write_parts(self.transport, self._socket, parts)
 
     def _uncork(self) -> None:
-        """Send the fast answers held back so far, before anything else goes out."""
+        """Send what is held back (pipelined fast answers, or writes during an
+        origin's delivery: see ``_write``), before anything else goes out."""
         corked = self._corked
         if corked is not None:
             self._corked = None
             self._corked_bytes = 0
             if corked:
-                self._write_parts(tuple(corked))
+                directwrite.write_parts(self.transport, self._socket, tuple(corked))
 
     def _backlogged(self) -> bool:
         """Whether the client left more answered bytes unsent than ServerLimits.max_unsent.
@@ -1539,6 +1550,11 @@ class HTTPServerProtocol(Protocol):
             self._update_reading()
 
     def _dispatch(self, exchange: _Exchange) -> None:
+        # What the handler writes at once (a head and a body from memory)
+        # leaves in one send when it returns (directwrite.batched).
+        directwrite.batched(self._handle, exchange)
+
+    def _handle(self, exchange: _Exchange) -> None:
         assert exchange.request is not None
         try:
             self._handler.handle(exchange.request, exchange)

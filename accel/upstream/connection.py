@@ -265,7 +265,9 @@ class OriginConnection(TwistedProtocol):
     def dataReceived(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is not None:
-            exchange.data_received(data)
+            # What this delivers to clients leaves when it returns, a relayed
+            # head with the body that came with it (directwrite.batched).
+            directwrite.batched(exchange.data_received, data)
         else:
             # Bytes nobody asked for (no pipelining here): retire the connection.
             self.transport.abortConnection()  # type: ignore[attr-defined]
