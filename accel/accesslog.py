@@ -23,7 +23,7 @@ from twisted.internet.task import LoopingCall
 
 from accel.http.model import Request
 
-__all__ = ["AccessLog", "format_line"]
+__all__ = ["AccessLog", "format_fields", "format_line"]
 
 _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
            b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")  # fmt: skip
@@ -33,10 +33,38 @@ _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
 _PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
 
 
+#: Quoted fields already formatted (user agents, referers and request
+#: lines repeat): at most _MEMO_MAX of at most _MEMO_LEN bytes, dropped all
+#: at once when full, so hostile values cost memory only within that bound.
+_MEMO: dict[bytes, bytes] = {}
+_MEMO_MAX = 1024
+_MEMO_LEN = 256
+
+
 def _quote(value: bytes | None) -> bytes:
     """A log field in double quotes, with quotes, backslashes and controls escaped."""
     if not value:
         return b'"-"'
+    quoted = _MEMO.get(value)
+    if quoted is None:
+        quoted = _escape(value)
+        if len(value) <= _MEMO_LEN:
+            if len(_MEMO) >= _MEMO_MAX:
+                _MEMO.clear()
+            _MEMO[value] = quoted
+    return quoted
+
+
+def _plain(value: bytes) -> bool:
+    """Whether ``value`` goes into a quoted field as it is (see :func:`_quote`)."""
+    quoted = _MEMO.get(value)
+    if quoted is not None:
+        return len(quoted) == len(value) + 2
+    return len(_quote(value)) == len(value) + 2
+
+
+def _escape(value: bytes) -> bytes:
+    """:func:`_quote` of a non-empty value, computed."""
     if not value.translate(None, _PLAIN):
         return b'"' + value + b'"'  # the usual case, without a loop per byte
     out = bytearray(b'"')
@@ -48,6 +76,11 @@ def _quote(value: bytes | None) -> bytes:
     out += b'"'
     return bytes(out)
 
+
+#: Status codes and request times below a second (rounded to milliseconds)
+#: as the log writes them, formatted once.
+_STATUS = {code: b"%d" % code for code in range(100, 600)}
+_MILLIS = tuple(b"0.%03d" % ms for ms in range(1000))
 
 _last_clf: tuple[int, bytes] = (-1, b"")
 
@@ -75,26 +108,61 @@ def format_line(
     notes: dict[str, str],
 ) -> bytes:
     """One access-log line (with trailing newline) for a finished request."""
-    request_line = b"%s %s HTTP/%s" % (request.method, request.target, request.version)
+    return format_fields(
+        (request.client or "-").encode("ascii", "replace"),
+        request.method,
+        request.target,
+        request.version,
+        request.headers.pairs,
+        status,
+        sent,
+        started,
+        finished,
+        notes.get("cache", "-").encode("ascii", "replace"),
+    )
+
+
+def format_fields(
+    client: bytes,
+    method: bytes,
+    target: bytes,
+    version: bytes,
+    pairs: list[tuple[bytes, bytes]],
+    status: int,
+    sent: int,
+    started: float,
+    finished: float,
+    cache: bytes,
+) -> bytes:
+    """:func:`format_line` from the parts of a request as the server read them.
+
+    ``method`` is a token and ``version`` digits, as the server checked
+    them: of the request line only the target may need escaping. Joined
+    from pieces, most of them formatted once (this runs for every request).
+    """
     # One pass for both fields (the first of each, as nginx logs them).
     referer = user_agent = None
-    for name, value in request.headers.pairs:
+    for name, value in pairs:
         if name == b"referer":
             if referer is None:
                 referer = value
         elif name == b"user-agent" and user_agent is None:
             user_agent = value
-    return b"%s - - %s %s %d %d %s %s %s %.3f\n" % (
-        (request.client or "-").encode("ascii", "replace"),
-        _clf_time(started),
-        _quote(request_line),
-        status,
-        sent,
-        _quote(referer),
-        _quote(user_agent),
-        notes.get("cache", "-").encode("ascii", "replace"),
-        max(0.0, finished - started),
-    )
+    clf = _last_clf[1] if _last_clf[0] == int(started) else _clf_time(started)
+    elapsed = finished - started
+    millis = _MILLIS[int(elapsed * 1000 + 0.5)] if 0.0 <= elapsed < 0.9995 else b"%.3f" % max(0.0, elapsed)
+    status_text = _STATUS.get(status) or b"%d" % status
+    if _plain(target):
+        return b"".join((
+            client, b" - - ", clf, b' "', method, b" ", target, b" HTTP/", version, b'" ',
+            status_text, b" ", b"%d" % sent, b" ", _quote(referer), b" ", _quote(user_agent),
+            b" ", cache, b" ", millis, b"\n",
+        ))  # fmt: skip
+    return b"".join((
+        client, b" - - ", clf, b" ", _quote(b"%s %s HTTP/%s" % (method, target, version)), b" ",
+        status_text, b" ", b"%d" % sent, b" ", _quote(referer), b" ", _quote(user_agent),
+        b" ", cache, b" ", millis, b"\n",
+    ))  # fmt: skip
 
 
 class AccessLog:
@@ -141,6 +209,29 @@ class AccessLog:
         notes: dict[str, str],
     ) -> None:
         line = format_line(request, status, sent, started, finished, notes)
+        self._lines.append(line)
+        self._pending += len(line)
+        if self._pending >= self.FLUSH_BYTES:
+            self.flush()
+
+    def fields(
+        self,
+        client: bytes,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        pairs: list[tuple[bytes, bytes]],
+        status: int,
+        sent: int,
+        started: float,
+        finished: float,
+        cache: bytes,
+    ) -> None:
+        """Log a request from its parts (:func:`format_fields`), for the
+        server's fast path, which builds no :class:`Request`."""
+        line = format_fields(
+            client, method, target, version, pairs, status, sent, started, finished, cache
+        )
         self._lines.append(line)
         self._pending += len(line)
         if self._pending >= self.FLUSH_BYTES:

@@ -1,10 +1,12 @@
 """The access log (accel.accesslog)."""
 
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from accel.accesslog import AccessLog, _batches, _quote, format_line
+from accel.accesslog import AccessLog, _batches, _clf_time, _escape, _quote, format_fields, format_line
 from accel.http.headers import Headers
 from accel.http.model import Request
 
@@ -105,3 +107,47 @@ def test_standard_output_is_written_unbuffered(capfd):
         lines.append(format_line(r, 200, n, 0.0, 0.0, {}))
     log.close()
     assert capfd.readouterr().out.encode() == b"".join(lines)
+
+
+_TOKEN = st.binary(min_size=1, max_size=8).map(lambda b: bytes(0x41 + c % 26 for c in b))
+
+
+@given(
+    client=st.sampled_from([b"192.0.2.1", b"unix", b"-", b"::1"]),
+    method=_TOKEN,
+    target=st.binary(min_size=1, max_size=300),
+    version=st.sampled_from([b"1.0", b"1.1"]),
+    pairs=st.lists(
+        st.tuples(st.sampled_from([b"referer", b"user-agent", b"accept"]), st.binary(max_size=300)),
+        max_size=4,
+    ),
+    status=st.integers(100, 999),
+    sent=st.integers(0, 2**40),
+    started=st.floats(0, 4e9),
+    elapsed=st.floats(-1, 5000),
+    cache=st.sampled_from([b"HIT", b"MISS", b"-"]),
+)
+def test_fields_are_written_as_the_combined_format_says(
+    client, method, target, version, pairs, status, sent, started, elapsed, cache
+):
+    """format_fields (pieces and memos) writes exactly what one formatting of the
+    combined format writes, the request time rounded to the millisecond."""
+    line = format_fields(
+        client, method, target, version, pairs, status, sent, started, started + elapsed, cache
+    )
+    referer = next((v for n, v in pairs if n == b"referer"), None)
+    user_agent = next((v for n, v in pairs if n == b"user-agent"), None)
+    head = b"%s - - %s %s %d %d %s %s %s " % (
+        client,
+        _clf_time(started),
+        _escape(b"%s %s HTTP/%s" % (method, target, version)),
+        status,
+        sent,
+        _escape(referer) if referer else b'"-"',
+        _escape(user_agent) if user_agent else b'"-"',
+        cache,
+    )
+    assert line.startswith(head) and line.endswith(b"\n")
+    seconds = line[len(head) : -1]
+    assert re.fullmatch(rb"[0-9]+\.[0-9]{3}", seconds)
+    assert abs(float(seconds) - max(0.0, started + elapsed - started)) <= 0.0005 + 1e-9

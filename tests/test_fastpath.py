@@ -22,6 +22,8 @@ from accel.cache.collapse import Collapser
 from accel.cache.memory import HotEntry, HotTier, MemoryTier
 from accel.cache.store import Generations, Store
 from accel.http.dates import format_http_date
+from accel.http.headers import Headers
+from accel.http.model import Request
 from accel.http.server import HTTPServerFactory
 from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
@@ -261,6 +263,36 @@ def test_fast_hits_are_logged(clock, store):
     rig.get()
     request, status, sent, _, _, notes = lines[-1]
     assert (request.target, status, sent, notes["cache"]) == (b"/a", 200, len(BODY), "HIT")
+
+
+def test_fast_hits_write_the_line_of_the_general_path(clock, store, tmp_path):
+    """With an AccessLog, a fast hit's line (written from the request's parts,
+    no Request built) is the line format_line gives for the same request."""
+    from accel.accesslog import AccessLog, format_line
+
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), clock)
+    seen = []
+    log_fields = log.fields
+
+    def spy(*args):
+        seen.append(args)
+        log_fields(*args)
+
+    log.fields = spy
+    rig = Rig(clock, store, access_log=log)
+    for _ in range(3):
+        rig.get()
+    log.close()
+    assert rig.fast[-1] and seen  # the last one took the fast path and its log entry
+    line = path.read_bytes().splitlines(keepends=True)[-1]
+    client, method, target, version, pairs, status, sent, started, finished, cache = seen[-1]
+    request = Request(
+        method, target, target, None, version, Headers(pairs), b"example.com",
+        client=client.decode(),
+    )  # fmt: skip
+    assert line == format_line(request, status, sent, started, finished, {"cache": cache.decode()})
+    assert b'"GET /a HTTP/1.1" 200 %d' % len(BODY) in line and line.endswith(b" HIT 0.000\n")
 
 
 def test_percent_in_stored_fields_survives(clock, store):

@@ -838,6 +838,11 @@ class HTTPServerProtocol(Protocol):
         self._idle_timeout = factory.limits.idle_timeout
         self._scheme = factory.scheme
         self._access_log = factory.access_log
+        #: The access log's entry for a request that has no Request object
+        #: (the fast path), when it has one: AccessLog.fields.
+        self._log_fields = getattr(factory.access_log, "fields", None)
+        #: The client's address as the access log writes it.
+        self._client_log = b"-"
         self._body_limit = factory.body_limit
         self._fast_path = factory.fast_path
         self._parser: httptools.HttpRequestParser | None = None
@@ -901,11 +906,13 @@ class HTTPServerProtocol(Protocol):
         peer = transport.getPeer()
         if isinstance(peer, UNIXAddress):
             self._client = "unix"
+            self._client_log = b"unix"
         else:
             # A response written in pieces (a head, then relayed content)
             # must not wait for the client's delayed ACK (Nagle's algorithm).
             _no_delay(transport)
             self._client = str(getattr(peer, "host", ""))
+            self._client_log = self._client.encode("ascii", "replace") or b"-"
             self._client_port = int(getattr(peer, "port", 0))
             self._over_limit = not self.factory._admit(self._client)
             self._counted = True
@@ -1431,9 +1438,16 @@ class HTTPServerProtocol(Protocol):
         now = self._clock.seconds()
         access_log = self._access_log
         if access_log is not None:
-            request = self._request(method, target, path, query, version, pairs, authority)
             try:
-                access_log(request, status, sent, self._last_rx, now, notes)
+                fields = self._log_fields
+                if fields is not None:  # no Request to build (AccessLog.fields)
+                    fields(
+                        self._client_log, method, target, version, pairs, status, sent,
+                        self._last_rx, now, notes.get("cache", "-").encode("ascii", "replace"),
+                    )  # fmt: skip
+                else:
+                    request = self._request(method, target, path, query, version, pairs, authority)
+                    access_log(request, status, sent, self._last_rx, now, notes)
             except Exception:
                 _log.failure("access log hook failed", Failure())
         if keep_alive:
