@@ -28,6 +28,7 @@ must go through the TLS layer) always takes the ordinary path.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ __all__ = [
     "queued",
     "send_queue",
     "write",
+    "write_file",
     "write_parts",
 ]
 
@@ -125,6 +127,40 @@ def write_parts(transport: Any, sock: socket.socket | None, parts: tuple[bytes, 
 
 
 _T = TypeVar("_T")
+
+def write_file(transport: Any, sock: socket.socket, head: bytes, fd: int, data: bytes) -> None:
+    """``head`` then ``data``, sending ``data`` from ``fd`` (which reads it from
+    offset 0) with ``sendfile`` when nothing is queued before it.
+
+    The head goes with ``MSG_MORE``, so the kernel sends it in the same
+    segments as the start of the file. Whatever the socket does not take
+    (full), or the file does not give (gone short), is sent from ``data`` by
+    the transport, in order.
+    """
+    if not buffer_empty(transport):
+        transport.writeSequence((head, data))
+        return
+    try:
+        sent = sock.send(head, socket.MSG_MORE)
+    except OSError:
+        sent = 0
+    if sent < len(head):
+        transport.writeSequence((head[sent:], data))
+        return
+    offset, length = 0, len(data)
+    out = sock.fileno()
+    for _ in range(_TRIES):
+        try:
+            sent = os.sendfile(out, fd, offset, length - offset)
+        except OSError:
+            break  # EAGAIN, or an error the transport will report
+        if not sent:
+            break  # the file is shorter than it was
+        offset += sent
+        if offset == length:
+            return
+    transport.write(data[offset:])
+
 
 #: While :func:`batched` runs: the flushes of the connections holding writes
 #: back until it returns; ``None`` otherwise.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -208,3 +209,63 @@ def test_a_failing_delivery_still_flushes():
         directwrite.batched(receive, b"x")
     assert events == ["flush"]
     assert not directwrite.hold(lambda: None)
+
+
+# --- write_file: a body from its file (sendfile), the same bytes in memory ---
+
+
+@pytest.fixture
+def body_file(tmp_path):
+    data = bytes(range(256)) * 512  # 128 KiB
+    path = tmp_path / "body"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    yield fd, data, path
+    os.close(fd)
+
+
+def test_a_file_body_follows_its_head(pair, body_file):
+    """Nothing queued: head and body reach the peer, in order, none through the transport."""
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    fd, data, _ = body_file
+    t = Plain()
+    directwrite.write_file(t, a, b"head\r\n\r\n", fd, data)
+    assert t.writes == []
+    assert received(b) == b"head\r\n\r\n" + data
+
+
+def test_a_file_body_behind_queued_bytes_queues(pair, body_file):
+    """With bytes waiting in the transport, head and body queue behind them."""
+    a, b = pair
+    fd, data, _ = body_file
+    t = Plain()
+    t._tempDataLen = 5
+    directwrite.write_file(t, a, b"head", fd, data)
+    assert received(b) == b""
+    assert b"".join(t.writes) == b"head" + data
+
+
+def test_what_the_socket_does_not_take_of_a_file_follows_from_memory(pair, body_file):
+    """A full socket: the rest of the body goes through the transport, from memory, in order."""
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    fd, data, _ = body_file
+    t = Plain()
+    directwrite.write_file(t, a, b"head", fd, data)
+    direct = received(b)
+    assert 0 < len(direct) < len(data)
+    assert direct + b"".join(t.writes) == b"head" + data
+
+
+def test_a_file_shorter_than_its_body_is_completed_from_memory(pair, body_file):
+    """If the file gives less than the body (cut short behind our back), the
+    rest is sent from memory: the client still gets the whole body."""
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    fd, data, path = body_file
+    os.truncate(path, 1000)
+    t = Plain()
+    directwrite.write_file(t, a, b"head", fd, data)
+    assert received(b) + b"".join(t.writes) == b"head" + data
+    assert b"".join(t.writes) == data[1000:]

@@ -610,3 +610,108 @@ def test_fast_hits_keep_the_store_lru_stamp_current(clock, store):
     assert rig.fast[-1] is True
     (stamp,) = [t for (t,) in store._con.execute("SELECT access_time FROM Cache WHERE raw = 1")]
     assert stamp >= before
+
+
+# Bodies in memory with their stored file open: sendfile, the descriptor's lifetime
+
+MID = bytes(range(256)) * 192 + b"mid"  # 48 KiB and a bit: held in memory, sent from its file
+
+
+def _mapped_rig(clock, store, hot=None):
+    rig = Rig(clock, store, body=MID, hot=hot)
+    rig.get()
+    rig.get()  # a miss, then a hit that remembers
+    ((entry,),) = rig.hot._entries.values()
+    return rig, entry
+
+
+def test_a_mid_sized_body_is_remembered_with_its_file_open(clock, store):
+    """A body of 32 KiB or more held in memory is remembered with a descriptor
+    of its stored file, which reads exactly the body."""
+    rig, entry = _mapped_rig(clock, store)
+    assert entry.body == MID and entry.mapped is not None
+    assert entry.mapped.data is entry.body
+    assert os.pread(entry.mapped.fd, len(MID) + 1, 0) == MID
+    assert rig.hot._files == 1  # counted against max_files
+
+
+def test_a_small_body_has_no_descriptor(clock, store):
+    """Below 32 KiB the body is sent from memory: no file is held open."""
+    rig = Rig(clock, store, body=b"s" * 1000)
+    rig.get()
+    rig.get()
+    ((entry,),) = rig.hot._entries.values()
+    assert entry.mapped is None and rig.hot._files == 0
+
+
+def test_the_descriptor_closes_when_the_entry_goes(clock, store):
+    """An entry dropped from the hot tier (stale here) closes its descriptor."""
+    rig, entry = _mapped_rig(clock, store)
+    fd = entry.mapped.fd
+    clock.advance(61)  # past max-age: the fast path drops it
+    rig.get()
+    assert not rig.hot._entries.get((b"http", b"example.com", b"/a", None)) or all(
+        e is not entry for e in rig.hot._entries[(b"http", b"example.com", b"/a", None)]
+    )
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+@pytest.mark.parametrize(
+    "drop",
+    ["replace", "evict", "discard", "clear", "refuse"],
+)
+def test_hot_tier_tells_on_drop_of_every_entry_it_lets_go(drop):
+    """on_drop hears of each entry put and then dropped, whichever way, and of refused ones."""
+    dropped = []
+    tier = HotTier(3 * _entry(b"x" * 100).size, max_item=100, on_drop=dropped.append)
+    first = _entry(b"x" * 100)
+    tier.put("a", first)
+    if drop == "replace":
+        tier.put("a", _entry(b"y" * 100))
+    elif drop == "evict":
+        for key in "bcd":
+            tier.put(key, _entry(b"x" * 100))
+    elif drop == "discard":
+        tier.discard("a", first)
+    elif drop == "clear":
+        tier.clear()
+    else:
+        first = _entry(b"x" * 101)  # larger than max_item: never held
+        tier.put("z", first)
+    assert first in dropped and len(dropped) == 1
+
+
+def test_a_mid_sized_fast_hit_goes_by_sendfile(tmp_path, monkeypatch):
+    """Over a real socket, a fast hit of a body held in memory with its file open
+    is sent with sendfile, every byte of it, after its head."""
+    from twisted.internet import reactor
+
+    s = Store(str(tmp_path / "mid"), 64 * 1024 * 1024, reactor, memory=MemoryTier(1 << 20))
+    headers = [(b"date", format_http_date(time.time())), (b"cache-control", b"max-age=600")]
+    rig = Rig(reactor, s, headers=headers, body=MID)
+    raw = b"GET /a HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n"
+    for _ in range(2):
+        assert _serve(rig, lambda port: _get(port, raw)).endswith(MID)
+    calls = []
+    real = os.sendfile
+
+    def spy(*args):
+        calls.append(real(*args))
+        return calls[-1]
+
+    monkeypatch.setattr(os, "sendfile", spy)
+    out = _serve(rig, lambda port: _get(port, raw))
+    s.close()
+    assert rig.fast == [False, False, True]
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\n" + MID)
+    assert b"content-length: %d\r\n" % len(MID) in out
+    assert sum(calls) == len(MID)
+
+
+def test_a_mid_sized_fast_hit_without_a_socket_is_sent_from_memory(clock, store):
+    """Where there is no plain socket (TLS; here a StringTransport) the body goes
+    from memory: same bytes."""
+    rig, _ = _mapped_rig(clock, store)
+    out = rig.get()
+    assert rig.fast[-1] is True and out.endswith(b"\r\n\r\n" + MID)

@@ -9,7 +9,10 @@ the store deletes it only gives the memory back sooner.
 so the proxy can answer one with a dictionary lookup and a float comparison
 (see :meth:`accel.fasthit.HotHits.fast_hit`). A large hit is held as its
 head and the path of its stored body file, which the wire layer sends from
-the page cache.
+the page cache; a body held in memory may come with an open descriptor of
+its stored file too (:class:`~accel.http.model.FileBackedBody`), for the
+wire layer to send it with ``sendfile``. Whoever made the descriptor is told
+when an entry is dropped (``on_drop``), to close it.
 
 Pure: no I/O, no Twisted.
 """
@@ -17,13 +20,14 @@ Pure: no I/O, no Twisted.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from attrs import define
 
 if TYPE_CHECKING:
     from accel.cache.store import Entry
+    from accel.http.model import FileBackedBody
 
 __all__ = ["HotEntry", "HotTier", "MemoryTier"]
 
@@ -93,6 +97,8 @@ class HotEntry:
     adds its own, as it would for a response through the general path.
     ``path``, if not empty, names the stored body file of ``length`` bytes,
     sent from there instead of ``body`` (then empty): a large body.
+    ``mapped``, if set, is ``body`` with an open descriptor of its stored
+    file, for ``sendfile``.
     ``stored`` is the store's entry, stamped as used (its LRU time) when a
     fast hit finds the proxy's clock past ``touch_due``, the one field that
     changes: so a response hot in memory is not the first evicted on disk.
@@ -112,11 +118,17 @@ class HotEntry:
     length: int = 0
     stored: Entry | None = None
     touch_due: float = float("inf")
+    mapped: FileBackedBody | None = None
 
     @property
     def size(self) -> int:
         """Bytes charged against the tier: head, body and an allowance for the objects."""
         return len(self.head) + len(self.body) + _ENTRY_OVERHEAD
+
+    @property
+    def uses_file(self) -> bool:
+        """Whether the entry names its body file or holds it open (counted by ``max_files``)."""
+        return bool(self.path) or self.mapped is not None
 
 
 #: Approximate bytes of Python objects per hot entry besides head and body.
@@ -133,12 +145,20 @@ class HotTier:
     holds up to four variants. Bodies of at most ``max_item`` bytes; at most
     ``max_bytes`` in all, heads and overhead included; of those, at most
     ``max_files`` entries that name a body file instead (their bodies stay
-    on disk, so they are bounded by count). Correctness does not
+    on disk, so they are bounded by count) or hold one open (bounded by
+    count too: descriptors). Correctness does not
     depend on dropping entries here: the proxy checks freshness and the
     store's change stamp on every use; :meth:`discard` only frees memory.
+    ``on_drop`` is called with each entry put and then dropped, or refused.
     """
 
-    def __init__(self, max_bytes: int, max_item: int = 64 * 1024, max_files: int = 256) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        max_item: int = 64 * 1024,
+        max_files: int = 256,
+        on_drop: Callable[[HotEntry], object] | None = None,
+    ) -> None:
         if not 0 <= max_item <= max_bytes:
             raise ValueError(f"expected 0 <= max_item <= max_bytes, got {max_item} and {max_bytes}")
         if max_files < 0:
@@ -149,6 +169,7 @@ class HotTier:
         self._entries: OrderedDict[object, tuple[HotEntry, ...]] = OrderedDict()
         self._bytes = 0
         self._files = 0
+        self.on_drop = on_drop
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -167,16 +188,19 @@ class HotTier:
 
     def put(self, key: object, entry: HotEntry) -> None:
         """Hold ``entry`` (replacing the variant it selects), evicting the least recently used."""
-        if len(entry.body) > self.max_item or entry.size > self.max_bytes:
-            return
-        if entry.path and not self.max_files:
+        if (
+            len(entry.body) > self.max_item
+            or entry.size > self.max_bytes
+            or (entry.uses_file and not self.max_files)
+        ):
+            self._forget((), (entry,))
             return
         old = self._entries.pop(key, ())
         kept = tuple(e for e in old if e.secondary != entry.secondary)[: _MAX_VARIANTS - 1]
         self._forget(e for e in old if not any(e is k for k in kept))
         self._entries[key] = (entry, *kept)
         self._bytes += entry.size
-        self._files += bool(entry.path)
+        self._files += entry.uses_file
         while self._bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self._forget(evicted)
@@ -196,20 +220,29 @@ class HotTier:
             del self._entries[key]
 
     def clear(self) -> None:
+        entries = [e for variants in self._entries.values() for e in variants]
         self._entries.clear()
         self._bytes = 0
         self._files = 0
+        self._forget((), entries)
 
-    def _forget(self, entries: Iterable[HotEntry]) -> None:
-        """Uncharge ``entries``, which are no longer held."""
+    def _forget(self, entries: Iterable[HotEntry], refused: Iterable[HotEntry] = ()) -> None:
+        """Uncharge ``entries``, which are no longer held; tell ``on_drop`` of
+        them and of the ``refused`` ones, which were never charged."""
+        on_drop = self.on_drop
         for e in entries:
             self._bytes -= e.size
-            self._files -= bool(e.path)
+            self._files -= e.uses_file
+            if on_drop is not None:
+                on_drop(e)
+        if on_drop is not None:
+            for e in refused:
+                on_drop(e)
 
     def _evict_file(self) -> None:
-        """Drop the least recently used entry that names a body file."""
+        """Drop the least recently used entry that names or holds a body file."""
         for key, variants in self._entries.items():
             for e in variants:
-                if e.path:
+                if e.uses_file:
                     self.discard(key, e)
                     return

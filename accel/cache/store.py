@@ -554,6 +554,10 @@ class Store:
         self._counters["hits" if entries else "misses"] += 1
         return entries
 
+    def body_path(self, entry: Entry) -> str:
+        """Where ``entry``'s body file is (it may be gone: see :meth:`open_body`)."""
+        return os.path.join(self._directory, entry.body_id)
+
     def open_body(self, entry: Entry) -> BinaryIO | None:
         """The body of ``entry``, open for reading; the caller closes it.
 
@@ -563,7 +567,7 @@ class Store:
         if not self._usable():
             return None
         try:
-            f = open(os.path.join(self._directory, entry.body_id), "rb")  # noqa: SIM115 - caller closes
+            f = open(self.body_path(entry), "rb")  # noqa: SIM115 - caller closes
         except FileNotFoundError:
             self._drop_row(entry.key, entry.body_id)
             return None

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from attrs import define, field
+from attrs import define, field, frozen
 
 from accel.http.headers import Headers
 
 __all__ = [
     "BodySink",
     "BodySource",
+    "FileBackedBody",
     "Handler",
     "PushProducer",
     "Request",
@@ -98,6 +99,20 @@ class _EmptyBody:
 
 
 EMPTY_BODY: BodySource = _EmptyBody()
+
+
+@frozen
+class FileBackedBody:
+    """A body held in memory whose bytes are also those of an open file.
+
+    ``fd`` reads ``data`` from offset 0 (a stored body file, which is never
+    rewritten). The wire layer may send it from the file with ``sendfile``,
+    no copy through the process, and send from ``data`` whatever the file
+    does not give. Whoever opened ``fd`` closes it; it is only borrowed.
+    """
+
+    data: bytes
+    fd: int
 
 
 @define(slots=True, eq=False)

@@ -60,7 +60,7 @@ from zope.interface import implementer
 from accel import directwrite
 from accel.http.dates import format_http_date
 from accel.http.headers import Headers, split_list
-from accel.http.model import EMPTY_BODY, BodySink, Handler, PushProducer, Request
+from accel.http.model import EMPTY_BODY, BodySink, FileBackedBody, Handler, PushProducer, Request
 from accel.streams import FileSender
 
 __all__ = [
@@ -85,13 +85,16 @@ AccessLog = Callable[[Request | None, int, int, float, float, dict[str, str]], N
 #: ``response`` being the whole response, its head already carrying
 #: ``connection`` (the connection field line the server needs, maybe empty),
 #: if ``body`` is ``None``; or else the head only, to be followed by
-#: ``body``: bytes in memory, or an open file of which ``body_bytes`` bytes
+#: ``body``: bytes in memory, the same with an open file that holds them
+#: (:class:`~accel.http.model.FileBackedBody`: sent with ``sendfile`` on a
+#: plain connection; the server neither keeps nor closes the descriptor),
+#: or an open file of which ``body_bytes`` bytes
 #: are sent (the server closes it). Or it returns ``None``, and the request
 #: takes the general path. It is asked only when nothing is in progress or
 #: queued on the connection, so responses stay in order.
 FastPath = Callable[
     ["HTTPServerFactory", bytes, bytes, bytes, bytes | None, list[tuple[bytes, bytes]], bytes],
-    tuple[bytes, int, int, dict[str, str], bytes | BinaryIO | None] | None,
+    tuple[bytes, int, int, dict[str, str], bytes | FileBackedBody | BinaryIO | None] | None,
 ]
 
 
@@ -1429,6 +1432,11 @@ class HTTPServerProtocol(Protocol):
             self._write(response)
         elif isinstance(body, bytes):
             self._write_parts((response, body))
+        elif isinstance(body, FileBackedBody):
+            if self._socket is None or self._corked is not None:
+                self._write_parts((response, body.data))
+            else:
+                directwrite.write_file(self.transport, self._socket, response, body.fd, body.data)
         else:
             self._send_fast_file(
                 method, target, path, query, version, authority, keep_alive,
