@@ -177,3 +177,25 @@ def test_default_access_log_that_cannot_be_written_is_one_line(tmp_path, monkeyp
     message = str(info.value)
     assert message.startswith("accel: --access-log: cannot write") and "beside the twistd log" in message
     assert "\n" not in message
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit():
+    """twistd accel takes the open-files limit the hard limit allows (as nginx's
+    worker_rlimit_nofile): checked in a child process with a low soft limit."""
+    code = (
+        "import resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+        "from accel.tap import MAX_OPEN_FILES, raise_open_files_limit\n"
+        "before, after = raise_open_files_limit()\n"
+        "now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]\n"
+        "want = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)\n"
+        "assert (before, after, now) == (64, want, want), (before, after, now, hard)\n"
+        "assert raise_open_files_limit() == (want, want)\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=SOURCE_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout == "ok\n", result.stderr
