@@ -769,14 +769,13 @@ class _Exchange:
 class _Drain:
     """Told by a plain transport when it has sent everything (a pull producer).
 
-    Over TLS it is registered on the TCP transport below the TLS layer,
-    where the records wait, never on the layer itself (which would turn a
-    pull producer into one it calls on every turn).
-
     Registered while the server waits for a client to read what it was
     answered (see ServerLimits.max_unsent). The transport asks a pull
     producer for data once when it is registered (ignored here) and then
     each time its buffer is empty: that is the news the server waits for.
+    Over TLS it is registered on the TCP transport below the TLS layer,
+    where the records wait, never on the layer itself (which would turn a
+    pull producer into one it calls on every turn).
     """
 
     __slots__ = ("_proto", "_primed")
@@ -958,7 +957,8 @@ class HTTPServerProtocol(Protocol):
             self._corked_bytes += len(data)
             return
         if directwrite.hold(self._uncork):
-            # Inside an origin's delivery: what else it writes goes with this.
+            # In a batch (an origin's delivery, a request being handled):
+            # what else it writes goes with this, when it returns.
             self._corked = [data]
             self._corked_bytes = len(data)
             return
