@@ -199,6 +199,8 @@ _ORIGIN_FORM = re.compile(
     b"(/[%s]*)(?:\\?([%s]*))?" % (re.escape(_PATH_OK), re.escape(_QUERY_OK))
 )
 _BAD_PCT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+#: Looked for as an int: see ``accel.forwarding._UNDERSCORE``.
+_PERCENT = ord("%")
 _TOKEN_SP = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
 _ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.S)
 _HOST = re.compile(
@@ -254,7 +256,7 @@ def split_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None, byt
             return b"*", None, None
         return _split_absolute(method, target)
     path, query = m.groups()
-    if b"%" in path and _BAD_PCT.search(path):
+    if _PERCENT in path and _BAD_PCT.search(path):
         raise ValueError("invalid percent-encoding in path")
     return path, query, None
 
@@ -1304,7 +1306,7 @@ class HTTPServerProtocol(Protocol):
             self._over_limit
             or len(data) > limits.max_header_bytes
             or len(target) > limits.max_target
-            or (b"%" in path and _BAD_PCT.search(path) is not None)
+            or (_PERCENT in path and _BAD_PCT.search(path) is not None)
         ):
             return False
         pairs = []
