@@ -775,6 +775,30 @@ class TestRequestDirectives:
         assert isinstance(decide_without_stored(H((b"cache-control", b"only-if-cached"))), OnlyIfCachedMiss)
         assert decide_without_stored(H()) == Forward("miss")
 
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from([b"cache-control", b"pragma", b"accept"]),
+                st.sampled_from(
+                    [b"only-if-cached", b"no-cache", b"max-age=0, only-if-cached", b"no-store", b""]
+                ),
+            ),
+            max_size=4,
+        ),
+        st.booleans(),
+    )
+    def test_without_stored_reads_request_directives(
+        self, pairs: list[tuple[bytes, bytes]], honour: bool
+    ) -> None:
+        """Nothing stored: 504 exactly when the request's directives say
+        only-if-cached, whatever Pragma says and whether or not request
+        directives are honoured (the decision skips parsing without
+        Cache-Control)."""
+        settings = PolicySettings(honour_request_cache_control=honour)
+        headers = H(*pairs)
+        expected = request_cache_control(headers, settings).only_if_cached
+        assert isinstance(decide_without_stored(headers, settings), OnlyIfCachedMiss) is expected
+
 
 class TestResponseDirectives:
     """RFC 9111 section 5.2.2: response directives at reuse time."""

@@ -694,13 +694,24 @@ class Validated:
 Decision = Fresh | ServeStale | StaleWhileRevalidate | Revalidate | Validated | Forward | OnlyIfCachedMiss
 
 
+_MISS = Forward("miss")
+
+
 def decide_without_stored(
     request_headers: Headers, settings: PolicySettings = DEFAULT_SETTINGS
 ) -> Forward | OnlyIfCachedMiss:
-    """The decision when no stored response matches (RFC 9111 sections 4 and 5.2.1.7)."""
-    if request_cache_control(request_headers, settings).only_if_cached:
+    """The decision when no stored response matches (RFC 9111 sections 4 and 5.2.1.7).
+
+    Only ``Cache-Control`` can say ``only-if-cached`` (``Pragma`` means
+    ``no-cache`` at most): without it, nothing needs parsing, which is every
+    pass-through request of a typical client.
+    """
+    if (
+        b"cache-control" in request_headers
+        and request_cache_control(request_headers, settings).only_if_cached
+    ):
         return OnlyIfCachedMiss("only-if-cached and nothing stored")
-    return Forward("miss")
+    return _MISS
 
 
 def decide(
