@@ -97,6 +97,9 @@ class Accelerator:
         self._store = store
         self._collapser = collapser if collapser is not None else Collapser(clock)
         self._name = name
+        #: ``Cache-Status`` of forwarded responses by (reason, status): a
+        #: handful of pairs recur (the reasons are few, statuses three digits).
+        self._forwarded: dict[tuple[bytes, int], bytes] = {}
         self._hot = hot if store is not None else None
         self._hits = HotHits(self._hot, store, clock, name)
         self._filler = Filler(
@@ -233,10 +236,7 @@ class Accelerator:
                 return
             responder.log["upstream"] = response.origin.name
             out = response_headers_for_client(response.headers, response.version, route.forwarding)
-            out.add(
-                b"cache-status",
-                self._status(fwd=fwd.decode("ascii"), fwd_status=response.status),
-            )
+            out.add(b"cache-status", self._forwarded_status(fwd, response.status))
             responder.start(response.status, response.reason, out)
             Relay(Watched(response, route, request), responder).start()
 
@@ -534,6 +534,15 @@ class Accelerator:
             return
         responder.start(206, b"Partial Content", out)
         PartsSender(body, responder, parts.pieces()).start()
+
+    def _forwarded_status(self, fwd: bytes, status: int) -> bytes:
+        """The ``Cache-Status`` of a forwarded response, formatted once per
+        (reason, status) and then remembered."""
+        key = (fwd, status)
+        value = self._forwarded.get(key)
+        if value is None:
+            value = self._forwarded[key] = self._status(fwd=fwd.decode("ascii"), fwd_status=status)
+        return value
 
     def _status(self, **kw: object) -> bytes:
         return policy.cache_status(name=self._name, **kw)  # type: ignore[arg-type]
