@@ -350,6 +350,31 @@ class Exchange:
     ``feed_data`` so no caller code ever runs inside the parser.
     """
 
+    # No __slots__: class-level defaults leave __init__ a third of the
+    # stores (one is made per request that reaches an origin).
+    #: Bytes received from the origin for this exchange.
+    received = 0
+    #: The request body's ``deliver`` was called: it cannot be replayed.
+    body_started = False
+    #: The connection was lost before any response byte.
+    lost_early = False
+    _reason = b""
+    _error: UpstreamProtocolError | None = None
+    _interim = False
+    _head_done = False
+    _reported = False
+    _complete = False
+    _finished = False
+    _trailing = False
+    _reading = True
+    _sent = False
+    _upload: _Upload | None = None
+    _framing = _Framing.NONE
+    _persistent = False
+    _response_body: _ResponseBody | None = None
+    _response: OriginResponse | None = None
+    _body_received = 0
+
     def __init__(
         self,
         connection: OriginConnection,
@@ -362,37 +387,15 @@ class Exchange:
         self.listener = listener
         self.method = method
         self.reused = connection.requests > 0
-        #: Bytes received from the origin for this exchange.
-        self.received = 0
-        #: The request body's ``deliver`` was called: it cannot be replayed.
-        self.body_started = False
-        #: The connection was lost before any response byte.
-        self.lost_early = False
         home = connection.home
         self._origin = home.origin
         self._settings = home.settings
         self._head = head
         self._body = body
         self._parser: HttpResponseParser | None = HttpResponseParser(self)
-        self._reason = b""
         self._pairs: list[tuple[bytes, bytes]] = []
-        self._error: UpstreamProtocolError | None = None
-        self._interim = False
         #: Interim heads parsed but not yet handed to the listener.
         self._interims: deque[tuple[int, bytes, Headers]] = deque()
-        self._head_done = False
-        self._reported = False
-        self._complete = False
-        self._finished = False
-        self._trailing = False
-        self._reading = True
-        self._sent = False
-        self._upload: _Upload | None = None
-        self._framing = _Framing.NONE
-        self._persistent = False
-        self._response_body: _ResponseBody | None = None
-        self._response: OriginResponse | None = None
-        self._body_received = 0
 
     # -- driven by the pool and the connection ------------------------------
 

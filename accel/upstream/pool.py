@@ -298,6 +298,18 @@ class _OriginHome:
 class _Call:
     """One request through the pool, across retries, until the head or a final error."""
 
+    # Class-level defaults: one store fewer per request for each (this is
+    # built for every request that reaches an origin).
+    _home: _OriginHome | None = None
+    _connecting: Deferred[OriginConnection] | None = None
+    #: The queue timeout, while waiting in ``_home.waiting``.
+    _waiting: IDelayedCall | None = None
+    _exchange: Exchange | None = None
+    _raced = False
+    _cancelled = False
+    #: Why the last attempt failed (``None``: no origin was tried).
+    _error: Exception | None = None
+
     def __init__(
         self,
         pool: OriginPool,
@@ -316,21 +328,13 @@ class _Call:
         self._body = body
         self._idempotent = method in _IDEMPOTENT
         self._tried: set[int] = set()
-        self._home: _OriginHome | None = None
-        self._connecting: Deferred[OriginConnection] | None = None
-        #: The queue timeout, while waiting in ``_home.waiting``.
-        self._waiting: IDelayedCall | None = None
-        self._exchange: Exchange | None = None
-        self._raced = False
-        self._cancelled = False
-        self._error: Exception = UpstreamConnectError("no origin to try")
 
     def next_origin(self) -> None:
         pool = self._pool
         limit = pool.settings.tries or len(pool._homes)
         index = pool._choose(self._tried) if len(self._tried) < limit else None
         if index is None:
-            self._settle().errback(self._error)
+            self._settle().errback(self._error or UpstreamConnectError("no origin to try"))
             return
         self._tried.add(index)
         home = self._home = pool._homes[index]
