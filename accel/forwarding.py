@@ -114,8 +114,9 @@ def request_headers_for_origin(request: Request, policy: ForwardingPolicy) -> He
     fields as the module docstring says. ``Host`` is the route's, or the
     request's authority, in place of the client's first ``Host`` line.
 
-    One pass over the client's fields: this runs for every request that
-    reaches an origin.
+    One pass over the client's fields, and the fields added for a client
+    with nothing to extend remembered (:data:`_ADDED`): this runs for every
+    request that reaches an origin.
     """
     method = request.method
     drop = _NOT_FORWARDED_SAFE if method == b"GET" or method == b"HEAD" else _NOT_FORWARDED
@@ -145,28 +146,59 @@ def request_headers_for_origin(request: Request, policy: ForwardingPolicy) -> He
                 host_placed = True
         else:
             pairs.append(pair)
-    client = request.client or "unknown"
-    node = client.encode("ascii", "replace")
-    prior_xff = b", ".join(prior[b"x-forwarded-for"]) if b"x-forwarded-for" in prior else None
-    prior_fwd = b", ".join(prior[b"forwarded"]) if b"forwarded" in prior else None
-    proto = b", ".join(prior.get(b"x-forwarded-proto", ())) or request.scheme
-    forwarded_host = b", ".join(prior.get(b"x-forwarded-host", ())) or request.authority
-    pairs.append((b"x-forwarded-for", prior_xff + b", " + node if prior_xff else node))
-    pairs.append((b"x-forwarded-proto", proto))
-    pairs.append((b"x-forwarded-host", forwarded_host))
-    element = b"for=%s;host=%s;proto=%s" % (
-        _forwarded_node(client),
-        _quote_if_needed(request.authority),
-        request.scheme,
-    )
-    pairs.append((b"forwarded", prior_fwd + b", " + element if prior_fwd else element))
-    pairs.append((b"via", _via(request.version, policy.via)))
+    key = (request.client, request.authority, request.scheme, request.version, policy.via)
+    if prior:
+        pairs += _added_fields(*key, prior)
+    else:
+        added = _ADDED.get(key)
+        if added is None:
+            if len(_ADDED) >= _ADDED_MAX:
+                _ADDED.clear()
+            added = _ADDED[key] = _added_fields(*key, prior)
+        pairs += added
     if not host_placed:
         pairs.append((b"host", host))
     headers = Headers(pairs)
     if method == b"OPTIONS" or method == b"TRACE":
         _decrement_max_forwards(headers)
     return headers
+
+
+#: What :func:`_added_fields` gave for a client with nothing to extend, by
+#: its arguments: one client's requests to one site all get the same
+#: fields. Bounded (cleared when full), as a proxy sees many clients.
+_ADDED: dict[tuple[str, bytes, bytes, bytes, bytes], tuple[tuple[bytes, bytes], ...]] = {}
+_ADDED_MAX = 1024
+
+
+def _added_fields(
+    client: str,
+    authority: bytes,
+    scheme: bytes,
+    version: bytes,
+    via: bytes,
+    prior: dict[bytes, list[bytes]],
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The forwarding fields and ``Via`` accel adds to a request upstream,
+    extending the values a trusted client sent (``prior``)."""
+    client = client or "unknown"
+    node = client.encode("ascii", "replace")
+    prior_xff = b", ".join(prior[b"x-forwarded-for"]) if b"x-forwarded-for" in prior else None
+    prior_fwd = b", ".join(prior[b"forwarded"]) if b"forwarded" in prior else None
+    proto = b", ".join(prior.get(b"x-forwarded-proto", ())) or scheme
+    forwarded_host = b", ".join(prior.get(b"x-forwarded-host", ())) or authority
+    element = b"for=%s;host=%s;proto=%s" % (
+        _forwarded_node(client),
+        _quote_if_needed(authority),
+        scheme,
+    )
+    return (
+        (b"x-forwarded-for", prior_xff + b", " + node if prior_xff else node),
+        (b"x-forwarded-proto", proto),
+        (b"x-forwarded-host", forwarded_host),
+        (b"forwarded", prior_fwd + b", " + element if prior_fwd else element),
+        (b"via", _via(version, via)),
+    )
 
 
 def response_headers_for_client(

@@ -87,6 +87,31 @@ def test_trusted_proxy_fields_are_extended():
     assert out.get(b"forwarded") == b"for=203.0.113.1, for=10.0.0.2;host=www.example.com;proto=http"
 
 
+def test_remembered_fields_are_each_clients_own():
+    """The fields added for one client and site (remembered between its
+    requests) never reach another client's, another site's or a trusted
+    peer's request."""
+    policy = ForwardingPolicy.from_strings(["10.0.0.0/8"])
+    first = request_headers_for_origin(req([(b"Host", b"www.example.com")]), policy)
+    again = request_headers_for_origin(req([(b"Host", b"www.example.com")]), policy)
+    other = request_headers_for_origin(req([(b"Host", b"www.example.com")], client="192.0.2.8"), policy)
+    extended = request_headers_for_origin(
+        req([(b"Host", b"www.example.com"), (b"X-Forwarded-For", b"203.0.113.1")], client="10.0.0.2"),
+        policy,
+    )
+    site = req([(b"Host", b"www.example.com")])
+    site = Request(
+        site.method, site.target, site.path, site.query, site.version, site.headers,
+        b"other.example", site.scheme, site.client,
+    )  # fmt: skip
+    elsewhere = request_headers_for_origin(site, policy)
+    assert again == first
+    assert other.get(b"x-forwarded-for") == b"192.0.2.8"
+    assert extended.get(b"x-forwarded-for") == b"203.0.113.1, 10.0.0.2"
+    assert elsewhere.get(b"x-forwarded-host") == b"other.example"
+    assert first.get(b"x-forwarded-host") == b"www.example.com"
+
+
 def test_ipv6_client_is_quoted_in_forwarded():
     """RFC 7239 section 6: an IPv6 node is bracketed and quoted."""
     out = request_headers_for_origin(
