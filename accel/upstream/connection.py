@@ -32,7 +32,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from attrs import frozen
+from attrs import define
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, succeed
@@ -131,9 +131,13 @@ def request_head(
     return b"".join(parts)
 
 
-@frozen(eq=False)
+@define(eq=False)
 class OriginResponse:
     """A response head from an origin, with its body still to be streamed.
+
+    Not frozen, as :class:`~accel.http.model.Request` is not: attrs builds a
+    frozen instance with a method call per field, a sixtieth of a
+    pass-through request's instructions for this one object.
 
     ``headers`` are as received: names lower-case, wire order, hop-by-hop
     and framing fields still present (the proxy strips them). ``body`` is a
