@@ -331,6 +331,79 @@ def test_choice_never_returns_an_excluded_origin(failures, start, exclude):
         assert index is None
 
 
+# -- reading a response head ---------------------------------------------------
+
+
+class _Home:
+    origin = Origin.parse("http://127.0.0.1:8080")
+    clock = MemoryReactorClock()
+    settings = UpstreamSettings()
+
+
+class _Connection:
+    requests = 0
+    home = _Home()
+
+
+def _framing_by_the_rules(
+    pairs: list[tuple[bytes, bytes]], version: bytes
+) -> tuple[str, int | None, bool] | None:
+    """RFC 9112 sections 6.3 and 9.3 read with Headers lookups, one at a
+    time (the exchange reads them in one pass); ``None``: invalid length."""
+    headers = Headers(pairs)
+    length: int | None = None
+    if b"transfer-encoding" in headers:
+        codings = headers.get_list(b"transfer-encoding")
+        framing = "chunked" if codings and codings[-1].lower() == b"chunked" else "close"
+    elif (raw := headers.get(b"content-length")) is not None:
+        if not raw.isdigit():
+            return None
+        framing, length = "content-length", int(raw)
+    else:
+        framing = "close"
+    tokens = {token.lower() for token in headers.get_list(b"connection")}
+    persistent = b"close" not in tokens and (version != b"1.0" or b"keep-alive" in tokens)
+    return framing, length, persistent
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just(b"content-length"), st.sampled_from([b"0", b"12", b"1x", b"", b"3, 3"])),
+            st.tuples(
+                st.just(b"transfer-encoding"),
+                st.sampled_from([b"chunked", b"gzip, chunked", b"chunked, gzip", b"CHUNKED", b""]),
+            ),
+            st.tuples(
+                st.just(b"connection"),
+                st.sampled_from([b"close", b"keep-alive", b"Keep-Alive, foo", b"x, Close", b""]),
+            ),
+            st.tuples(st.just(b"content-type"), st.just(b"text/plain")),
+        ),
+        max_size=5,
+    ),
+    st.sampled_from([b"1.0", b"1.1"]),
+)
+def test_response_head_fields_are_read_as_the_rules_say(pairs, version):
+    """Body framing, length and persistence come out of the response's
+    fields as RFC 9112 says, whatever their mix, repeats and order."""
+    from accel.upstream.connection import Exchange
+
+    exchange = Exchange(_Connection(), None, b"GET", b"", EMPTY_BODY)  # type: ignore[arg-type]
+    exchange._parser.feed_data(b"HTTP/%s 200 OK\r\n" % version)  # status and version only
+    exchange._pairs = list(pairs)
+    expected = _framing_by_the_rules(pairs, version)
+    if expected is None:
+        with pytest.raises(UpstreamProtocolError):
+            exchange.on_headers_complete()
+        return
+    exchange.on_headers_complete()
+    framing, length, persistent = expected
+    assert (exchange._framing.value, exchange._persistent) == (framing, persistent)
+    assert exchange._response.body.length == length
+    assert exchange._response.headers.pairs == pairs
+
+
 # -- clock-driven wire logic ---------------------------------------------------
 
 ORIGIN = Origin.parse("http://127.0.0.1:8080")

@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from accel import directwrite
-from accel.http.headers import Headers
+from accel.http.headers import Headers, split_list
 from accel.http.model import BodySink, BodySource
 from accel.upstream.errors import (
     UpstreamConnectError,
@@ -75,6 +75,8 @@ _NO_CONTENT_METHODS = frozenset(
     {b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"}
 )
 _FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
+#: The response fields that frame its body or say whether the connection persists.
+_HEAD_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -527,17 +529,23 @@ class Exchange:
             if status != 100:
                 self._interims.append((status, self._reason, Headers(self._pairs)))
             return
-        headers = Headers(self._pairs)
+        pairs = self._pairs
+        # The fields read here, in one pass (Headers lookups make one each).
+        fields: dict[bytes, list[bytes]] = {}
+        for pair in pairs:
+            if pair[0] in _HEAD_FIELDS:
+                fields.setdefault(pair[0], []).append(pair[1])
         # RFC 9112 section 6.3.
         length: int | None
         if self.method == b"HEAD" or status in (204, 304):
             framing, length = _Framing.NONE, 0
-        elif b"transfer-encoding" in headers:
-            codings = headers.get_list(b"transfer-encoding")
+        elif b"transfer-encoding" in fields:
+            codings = split_list(fields[b"transfer-encoding"])
             chunked = codings and codings[-1].lower() == b"chunked"
             framing = _Framing.CHUNKED if chunked else _Framing.CLOSE
             length = None
-        elif (raw := headers.get(b"content-length")) is not None:
+        elif b"content-length" in fields:
+            raw = b", ".join(fields[b"content-length"])  # repeated lines: as Headers.get
             if not raw.isdigit():
                 self._error = UpstreamProtocolError(
                     f"{name}: invalid Content-Length {raw!r}"
@@ -548,14 +556,15 @@ class Exchange:
             framing, length = _Framing.CLOSE, None
         self._framing = framing
         version = self._parser.get_http_version().encode("ascii")  # type: ignore[union-attr]
-        tokens = {token.lower() for token in headers.get_list(b"connection")}
+        connection = fields.get(b"connection")
+        tokens = {token.lower() for token in split_list(connection)} if connection else set()
         # RFC 9112 section 9.3.
         self._persistent = b"close" not in tokens and (
             version != b"1.0" or b"keep-alive" in tokens
         )
         body = self._response_body = _ResponseBody(self, length)
         self._response = OriginResponse(
-            status, self._reason, version, headers, body, self._origin
+            status, self._reason, version, Headers(pairs), body, self._origin
         )
         self._head_done = True
         if self.method == b"HEAD":
