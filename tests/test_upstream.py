@@ -331,6 +331,22 @@ def test_choice_never_returns_an_excluded_origin(failures, start, exclude):
         assert index is None
 
 
+@given(
+    st.floats(min_value=-1, max_value=20),
+    st.integers(min_value=0, max_value=3),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(min_value=0, max_value=2)),
+)
+def test_a_single_origin_is_chosen_unless_tried(failure, start, tried, crowding):
+    """With one origin, the choice is that origin unless it was tried, whatever
+    its health and crowding (the pool skips the weighing for one origin)."""
+    health = OriginHealth() if failure < 0 else OriginHealth().failed(failure, 1, 10.0)
+    index = choose_origin(
+        [health], start, {0} if tried else set(), 10.0, None if crowding is None else [crowding]
+    )
+    assert index == (None if tried else 0)
+
+
 # -- reading a response head ---------------------------------------------------
 
 

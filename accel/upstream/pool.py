@@ -548,8 +548,15 @@ class OriginPool:
         return deferred
 
     def _choose(self, exclude: set[int]) -> int | None:
-        """The origin to try next: see :func:`choose_origin`."""
+        """The origin to try next: see :func:`choose_origin`.
+
+        One origin is tried unless it already was, whatever its health or
+        crowding (with nowhere else to go, :func:`choose_origin` tries even
+        an origin that is down): nothing to weigh, the usual case.
+        """
         homes = self._homes
+        if len(homes) == 1:
+            return None if 0 in exclude else 0
         index = choose_origin(
             [home.health for home in homes],
             self._cursor,
