@@ -131,6 +131,22 @@ class TestHits:
         assert len(upstream.calls) == 2
         assert b"fwd=bypass" in r.header(b"cache-status")
 
+    def test_forwarded_cache_status_names_each_responses_status(self, clock, store):
+        """RFC 9211 2.3: each forwarded response's Cache-Status carries its own
+        fwd-status, however many before it had another."""
+        statuses = iter([200, 404, 200])
+
+        def answer(call):
+            return response(next(statuses), dated(), b"x")[0]
+
+        proxy = make_proxy(clock, store, FakeUpstream(auto=answer), rules=None)
+        seen = [get(proxy).header(b"cache-status") for _ in range(3)]
+        assert seen == [
+            b"accel; fwd=bypass; fwd-status=200",
+            b"accel; fwd=bypass; fwd-status=404",
+            b"accel; fwd=bypass; fwd-status=200",
+        ]
+
 
 class TestVary:
     def test_variants_are_stored_side_by_side(self, clock, store):
