@@ -151,18 +151,45 @@ def format_fields(
     clf = _last_clf[1] if _last_clf[0] == int(started) else _clf_time(started)
     elapsed = finished - started
     millis = _MILLIS[int(elapsed * 1000 + 0.5)] if 0.0 <= elapsed < 0.9995 else b"%.3f" % max(0.0, elapsed)
-    status_text = _STATUS.get(status) or b"%d" % status
+    key = (method, target, version, status, sent, referer, user_agent, cache)
+    middle = _MIDDLES.get(key)
+    if middle is None:
+        middle = _middle(method, target, version, status, sent, referer, user_agent, cache)
+        if len(target) + len(referer or b"") + len(user_agent or b"") <= _MEMO_LEN:
+            if len(_MIDDLES) >= _MEMO_MAX:
+                _MIDDLES.clear()
+            _MIDDLES[key] = middle
+    return b"".join((client, b" - - ", clf, middle, millis, b"\n"))
+
+
+#: The middle of lines already written (request line to cache status), by
+#: what they were made of: requests repeat. Bounded as :data:`_MEMO` is.
+_MIDDLES: dict[tuple[object, ...], bytes] = {}
+
+
+def _middle(
+    method: bytes,
+    target: bytes,
+    version: bytes,
+    status: int,
+    sent: int,
+    referer: bytes | None,
+    user_agent: bytes | None,
+    cache: bytes,
+) -> bytes:
+    """`` "GET / HTTP/1.1" 200 5 "-" "curl/8" HIT `` (spaces around it included)."""
     if _plain(target):
-        return b"".join((
-            client, b" - - ", clf, b' "', method, b" ", target, b" HTTP/", version, b'" ',
-            status_text, b" ", b"%d" % sent, b" ", _quote(referer), b" ", _quote(user_agent),
-            b" ", cache, b" ", millis, b"\n",
-        ))  # fmt: skip
-    return b"".join((
-        client, b" - - ", clf, b" ", _quote(b"%s %s HTTP/%s" % (method, target, version)), b" ",
-        status_text, b" ", b"%d" % sent, b" ", _quote(referer), b" ", _quote(user_agent),
-        b" ", cache, b" ", millis, b"\n",
-    ))  # fmt: skip
+        request_line = b'"%s %s HTTP/%s"' % (method, target, version)
+    else:
+        request_line = _quote(b"%s %s HTTP/%s" % (method, target, version))
+    return b" %s %s %d %s %s %s " % (
+        request_line,
+        _STATUS.get(status) or b"%d" % status,
+        sent,
+        _quote(referer),
+        _quote(user_agent),
+        cache,
+    )
 
 
 class AccessLog:

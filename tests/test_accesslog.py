@@ -151,3 +151,32 @@ def test_fields_are_written_as_the_combined_format_says(
     seconds = line[len(head) : -1]
     assert re.fullmatch(rb"[0-9]+\.[0-9]{3}", seconds)
     assert abs(float(seconds) - max(0.0, started + elapsed - started)) <= 0.0005 + 1e-9
+
+
+def test_remembered_lines_differ_where_their_requests_do():
+    """A line made again from the same parts is the same; each part that
+    differs shows in the line (the remembered middle is keyed by all of them)."""
+    pairs = [(b"user-agent", b"ua/1"), (b"referer", b"http://r/")]
+    base = (b"192.0.2.1", b"GET", b"/a", b"1.1", pairs, 200, 10, 0.0, 0.0, b"HIT")
+    first = format_fields(*base)
+    assert format_fields(*base) == first
+    variants = {
+        1: b"HEAD", 2: b"/b", 3: b"1.0", 4: [(b"user-agent", b"ua/2")], 5: 404, 6: 11, 9: b"MISS",
+    }  # fmt: skip
+    for index, value in variants.items():
+        args = list(base)
+        args[index] = value
+        assert format_fields(*args) != first, index
+
+
+def test_long_requests_are_not_remembered():
+    """Lines of long targets or fields are made each time, not kept: the
+    memory a hostile client can fill is bounded."""
+    from accel import accesslog
+
+    accesslog._MIDDLES.clear()
+    format_fields(b"-", b"GET", b"/" + b"x" * 4000, b"1.1", [], 200, 0, 0.0, 0.0, b"-")
+    format_fields(b"-", b"GET", b"/", b"1.1", [(b"user-agent", b"u" * 4000)], 200, 0, 0.0, 0.0, b"-")
+    assert accesslog._MIDDLES == {}
+    format_fields(b"-", b"GET", b"/", b"1.1", [], 200, 0, 0.0, 0.0, b"-")
+    assert len(accesslog._MIDDLES) == 1
