@@ -46,6 +46,24 @@ def good_body(path: bytes) -> bytes:
     return b"good body for " + path + b"\n"
 
 
+#: Responses whose framing or status line a proxy cannot relay (RFC 9112
+#: sections 2.3, 6.1 and 6.3, RFC 9110 section 15): each must give the client
+#: a 502 and store nothing. The origin closes after each.
+INVALID_RESPONSES = {
+    "cl-and-te": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n"
+    b"cache-control: max-age=60\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "two-lengths": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n"
+    b"cache-control: max-age=60\r\n\r\nhello!",
+    "te-gzip": b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ncache-control: max-age=60\r\n\r\nhello",
+    "te-gzip-chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n"
+    b"cache-control: max-age=60\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "te-in-http-1.0": b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n"
+    b"cache-control: max-age=60\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "http-2.0-status-line": b"HTTP/2.0 200 OK\r\ncontent-length: 5\r\ncache-control: max-age=60\r\n\r\nhello",
+    "status-600": b"HTTP/1.1 600 Odd\r\ncontent-length: 5\r\ncache-control: max-age=60\r\n\r\nhello",
+}
+
+
 class OriginConnection(Protocol):
     """Answers each request head as its path's behaviour says (see :meth:`behave`)."""
 
@@ -92,6 +110,9 @@ class OriginConnection(Protocol):
             transport.loseConnection()
         elif behaviour == "overlong-body":
             write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncache-control: max-age=60\r\n\r\n0123456789")
+            transport.loseConnection()
+        elif behaviour in INVALID_RESPONSES:
+            write(INVALID_RESPONSES[behaviour])
             transport.loseConnection()
         elif behaviour == "garbage":
             write(b"\x00\x01\x02 this is not HTTP\r\n\r\n")
@@ -323,6 +344,40 @@ class FaultTests(TestCase):
         """Bytes that are not HTTP: 502."""
         self.assert_clean_error(await self.fault("garbage"), 502)
         self.assertIn("invalid response", self.logged(self.origin_url)[0])
+
+    async def invalid_response(self, behaviour: str) -> None:
+        """One of :data:`INVALID_RESPONSES`: a clean 502, logged once, nothing stored."""
+        self.assert_clean_error(await self.fault(behaviour), 502)
+
+    async def test_content_length_with_transfer_encoding_is_502(self) -> None:
+        """RFC 9112 section 6.3: a proxy does not relay a response with both framings."""
+        await self.invalid_response("cl-and-te")
+
+    async def test_two_content_lengths_are_502(self) -> None:
+        """RFC 9112 section 6.3: differing Content-Length lines are unrecoverable."""
+        await self.invalid_response("two-lengths")
+
+    async def test_transfer_coding_other_than_chunked_is_502(self) -> None:
+        """RFC 9112 section 6.1: ``gzip`` without chunked (close-delimited) would reach
+        the client and the cache still coded, as if it were the content: 502."""
+        await self.invalid_response("te-gzip")
+
+    async def test_gzip_before_chunked_is_502(self) -> None:
+        """RFC 9112 section 7: after de-chunking, the gzip transfer coding remains, and
+        accel decodes none: 502 rather than coded bytes as the content."""
+        await self.invalid_response("te-gzip-chunked")
+
+    async def test_transfer_encoding_in_http_1_0_is_502(self) -> None:
+        """RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing."""
+        await self.invalid_response("te-in-http-1.0")
+
+    async def test_status_line_of_another_major_version_is_502(self) -> None:
+        """RFC 9112 section 2.3: ``HTTP/2.0`` in an HTTP/1.1 status line is not relayed."""
+        await self.invalid_response("http-2.0-status-line")
+
+    async def test_status_code_above_599_is_502(self) -> None:
+        """RFC 9110 section 15: status codes run from 100 to 599; 600 is not relayed."""
+        await self.invalid_response("status-600")
 
     async def test_close_inside_head_is_502(self) -> None:
         """The origin closes in the middle of its head: 502."""

@@ -364,13 +364,17 @@ class _Connection:
 def _framing_by_the_rules(
     pairs: list[tuple[bytes, bytes]], version: bytes
 ) -> tuple[str, int | None, bool] | None:
-    """RFC 9112 sections 6.3 and 9.3 read with Headers lookups, one at a
-    time (the exchange reads them in one pass); ``None``: invalid length."""
+    """RFC 9112 sections 6.1, 6.3 and 9.3 read with Headers lookups, one at
+    a time (the exchange reads them in one pass); ``None``: invalid framing
+    (a length that is not one, a transfer coding other than chunked alone,
+    which accel cannot decode, or any Transfer-Encoding in HTTP/1.0)."""
     headers = Headers(pairs)
     length: int | None = None
     if b"transfer-encoding" in headers:
-        codings = headers.get_list(b"transfer-encoding")
-        framing = "chunked" if codings and codings[-1].lower() == b"chunked" else "close"
+        codings = [c.lower() for c in headers.get_list(b"transfer-encoding")]
+        if codings != [b"chunked"] or version == b"1.0":
+            return None
+        framing = "chunked"
     elif (raw := headers.get(b"content-length")) is not None:
         if not raw.isdigit():
             return None
@@ -866,6 +870,25 @@ class MemoryTests(SynchronousTestCase):
         protocol, _ = self.accept()
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n")
         self.failureResultOf(d, UpstreamProtocolError)
+
+    def test_unsupported_transfer_coding_is_a_protocol_error(self):
+        """RFC 9112 section 6.1: a coding accel cannot decode is refused, and the
+        connection, whose next bytes nobody can frame, is closed."""
+        pool = self.make_pool()
+        d = self.get(pool)
+        protocol, transport = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello")
+        self.assertIn("Transfer-Encoding", str(self.failureResultOf(d, UpstreamProtocolError).value))
+        self.assertTrue(transport.disconnecting)
+
+    def test_invalid_status_line_is_a_protocol_error(self):
+        """RFC 9112 section 2.3, RFC 9110 section 15: only HTTP/1.x, status 100 to 599."""
+        for line in (b"HTTP/2.0 200 OK", b"HTTP/1.1 600 Odd"):
+            pool = self.make_pool()
+            d = self.get(pool)
+            protocol, _ = self.accept()
+            protocol.dataReceived(line + b"\r\nContent-Length: 0\r\n\r\n")
+            self.assertIn("invalid status line", str(self.failureResultOf(d, UpstreamProtocolError).value))
 
     def test_response_headers_keep_order_and_repeats(self):
         """Names are lower-cased; order and repeated fields survive; hop-by-hop fields

@@ -517,8 +517,17 @@ class Exchange:
     def on_headers_complete(self) -> None:
         if self._complete:
             return
-        status = self._parser.get_status_code()  # type: ignore[union-attr]
+        parser = self._parser
+        status = parser.get_status_code()  # type: ignore[union-attr]
         name = self._origin.name
+        version = parser.get_http_version()  # type: ignore[union-attr]
+        if version[:2] != "1." or status > 599:
+            # RFC 9112 section 2.3 (this is HTTP/1.x) and RFC 9110 section
+            # 15 (100 to 599): not an answer a proxy can relay.
+            self._error = UpstreamProtocolError(
+                f"{name}: invalid status line: HTTP/{version} {status}"
+            )
+            raise self._error
         if status < 200:
             if status == 101:
                 self._error = UpstreamProtocolError(
@@ -540,10 +549,20 @@ class Exchange:
         if self.method == b"HEAD" or status in (204, 304):
             framing, length = _Framing.NONE, 0
         elif b"transfer-encoding" in fields:
+            # RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message
+            # means faulty framing. Any coding but chunked would have to be
+            # decoded (section 7), and accel decodes none: relayed as it
+            # is, the coded bytes would reach the client, and the cache, as
+            # the content. Both are refused, as nginx refuses an "unknown
+            # Transfer-Encoding".
             codings = split_list(fields[b"transfer-encoding"])
-            chunked = codings and codings[-1].lower() == b"chunked"
-            framing = _Framing.CHUNKED if chunked else _Framing.CLOSE
-            length = None
+            if version == "1.0" or len(codings) != 1 or codings[0].lower() != b"chunked":
+                self._error = UpstreamProtocolError(
+                    f"{name}: unsupported Transfer-Encoding"
+                    f" {b', '.join(fields[b'transfer-encoding'])!r} in HTTP/{version}"
+                )
+                raise self._error
+            framing, length = _Framing.CHUNKED, None
         elif b"content-length" in fields:
             raw = b", ".join(fields[b"content-length"])  # repeated lines: as Headers.get
             if not raw.isdigit():
@@ -555,16 +574,15 @@ class Exchange:
         else:
             framing, length = _Framing.CLOSE, None
         self._framing = framing
-        version = self._parser.get_http_version().encode("ascii")  # type: ignore[union-attr]
         connection = fields.get(b"connection")
         tokens = {token.lower() for token in split_list(connection)} if connection else set()
         # RFC 9112 section 9.3.
         self._persistent = b"close" not in tokens and (
-            version != b"1.0" or b"keep-alive" in tokens
+            version != "1.0" or b"keep-alive" in tokens
         )
         body = self._response_body = _ResponseBody(self, length)
         self._response = OriginResponse(
-            status, self._reason, version, Headers(pairs), body, self._origin
+            status, self._reason, version.encode("ascii"), Headers(pairs), body, self._origin
         )
         self._head_done = True
         if self.method == b"HEAD":
