@@ -123,6 +123,10 @@ class OriginConnection(Protocol):
         elif behaviour == "close-in-chunks":
             write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncache-control: max-age=60\r\n\r\n5\r\nhello\r\n")
             transport.loseConnection()
+        elif behaviour == "reset-in-eof-body":
+            # A body delimited by the close, cut by a reset instead of a FIN.
+            write(b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\n\r\nhello")
+            self.origin.later(0.05, transport.abortConnection)
         elif behaviour == "garbage-chunk":
             # The garbage comes later, so the head has gone to the client by then.
             write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncache-control: max-age=60\r\n\r\n5\r\nhello\r\n")
@@ -400,6 +404,13 @@ class FaultTests(TestCase):
     async def test_close_inside_chunked_body_truncates(self) -> None:
         """The origin closes before the last chunk: no terminating chunk reaches the client."""
         reply = await self.fault("close-in-chunks")
+        self.assertEqual((reply.status, reply.body, reply.complete), (200, b"hello", False))
+
+    async def test_reset_inside_close_delimited_body_truncates(self) -> None:
+        """RFC 9112 section 8: a body delimited by the close is complete only if the
+        connection closed cleanly; after a reset the client sees no terminating
+        chunk, and nothing is stored."""
+        reply = await self.fault("reset-in-eof-body")
         self.assertEqual((reply.status, reply.body, reply.complete), (200, b"hello", False))
 
     async def test_garbage_inside_chunked_body_truncates(self) -> None:

@@ -36,6 +36,7 @@ from attrs import define
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -447,7 +448,14 @@ class Exchange:
     def connection_lost(self, reason: Failure) -> None:
         if self._finished:
             return
-        if self._head_done and self._framing is _Framing.CLOSE:
+        if (
+            self._head_done
+            and self._framing is _Framing.CLOSE
+            and reason.check(ConnectionDone) is not None
+        ):
+            # RFC 9112 section 8: the close ends such a body unless the
+            # connection indicated an error; a reset, or TLS closed without
+            # its close_notify (section 9.8), leaves it incomplete.
             self._complete = True
             self._dispatch()
             return
