@@ -553,6 +553,9 @@ FRAMING = [
     case("6.3-te-chunked-x", post(b"Transfer-Encoding: chunked, x\r\n", b"0\r\n\r\n"), BAD, keep=False),
     case("6.3-te-x", post(b"Transfer-Encoding: x\r\n", b"0\r\n\r\n"), BAD, keep=False),
     case("6.3-te-identity", post(b"Transfer-Encoding: identity\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("6.3-te-xchunked", post(b"Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n" + SMUGGLED), BAD, keep=False),
+    case("6.3-te-chunked-parameter", post(b"Transfer-Encoding: chunked;q=1\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("6.3-te-quoted-chunked", post(b'Transfer-Encoding: "chunked"\r\n', b"0\r\n\r\n"), BAD, keep=False),
     case("6.1-te-x-chunked", post(b"Transfer-Encoding: x, chunked\r\n", b"0\r\n\r\n"), [{400, 501}], keep=False),
     case("6.1-te-gzip-chunked", post(b"Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n"), [501], keep=False),
     case("7-te-chunked-twice", post(b"Transfer-Encoding: chunked, chunked\r\n", b"0\r\n\r\n"), [{400, 501}], keep=False),
@@ -561,12 +564,16 @@ FRAMING = [
     case("6.1-te-in-http-1.0", post(b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n" + SMUGGLED, version=b"1.0"), BAD, keep=False),
     case("6.1-te-and-cl-in-http-1.0", post(b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", b"0\r\n\r\n", version=b"1.0"), BAD, keep=False),
     case("6.1-te-empty", post(b"Transfer-Encoding:\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    # RFC 9110 section 5.6.1: empty list elements are ignored; the origin gets plain chunked.
+    case("5.6.1-te-empty-element", post(b"Transfer-Encoding: , chunked\r\n", b"3\r\nabc\r\n0\r\n\r\n" + SMUGGLED), [200, 200], [b"POST /p", b"GET /smuggled"]),
     case("7-te-upper-case-is-chunked", post(b"Transfer-Encoding: CHUNKED\r\n", b"3\r\nabc\r\n0\r\n\r\n"), [200], [b"POST /p"]),
     case("5.5-te-padded-is-chunked", post(b"Transfer-Encoding: \t chunked  \r\n", b"3\r\nabc\r\n0\r\n\r\n"), [200], [b"POST /p"]),
     # Valid OWS, but llhttp would not read it as chunked: refused, never split.
     case("5.5-te-trailing-htab", post(b"Transfer-Encoding: chunked\t\r\n", b"0\r\n\r\n" + SMUGGLED), BAD, keep=False),
     case("5.5-te-vertical-tab", post(b"Transfer-Encoding: \x0bchunked\r\n", b"0\r\n\r\n"), BAD, keep=False),
     case("5.5-te-form-feed", post(b"Transfer-Encoding: chunked\x0c\r\n", b"0\r\n\r\n"), BAD, keep=False),
+    case("5.5-te-leading-vertical-tab", post(b"Transfer-Encoding: \x0bchunked\r\n", b"0\r\n\r\n" + SMUGGLED), BAD, keep=False),
+    case("5.5-te-leading-htab-is-ows", post(b"Transfer-Encoding:\tchunked\r\n", b"0\r\n\r\n" + SMUGGLED), [200, 200], [b"POST /p", b"GET /smuggled"]),
     case("5.1-te-space-before-colon", post(b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"), BAD, keep=False),
     case("5.2-te-obs-fold", post(b"Transfer-Encoding:\r\n chunked\r\n", b"0\r\n\r\n"), BAD, keep=False),
     case("8.6-cl-duplicated-same", post(b"Content-Length: 3\r\nContent-Length: 3\r\n", b"abc"), [{200, 400}], keep=False),
@@ -582,7 +589,10 @@ FRAMING = [
     case("6.3-cl-decimal", post(b"Content-Length: 3.0\r\n", b"abc"), BAD, keep=False),
     case("6.3-cl-unicode-digit", post(b"Content-Length: \xd9\xa3\r\n", b"abc"), BAD, keep=False),
     case("6.3-cl-huge", post(b"Content-Length: 99999999999999999999999999\r\n", b"abc"), [{400, 413}], keep=False),
+    case("6.3-cl-2-to-the-64", post(b"Content-Length: 18446744073709551616\r\n", b"abc"), [{400, 413}], keep=False),
+    case("6.3-cl-exponent", post(b"Content-Length: 1e1\r\n", b"abcdefghij"), BAD, keep=False),
     case("8.6-cl-leading-zeros", post(b"Content-Length: 003\r\n", b"abc"), [200], [b"POST /p"]),
+    case("8.6-cl-leading-zeros-then-get", post(b"Content-Length: 0003\r\n", b"abc" + SMUGGLED), [200, 200], [b"POST /p", b"GET /smuggled"]),
     case("5.5-cl-padded", post(b"Content-Length: \t3 \r\n", b"abc"), [200], [b"POST /p"]),
     case("6.3-cl-zero-then-smuggled", post(b"Content-Length: 0\r\n", SMUGGLED), [200, 200], [b"POST /p", b"GET /smuggled"]),
 ]
@@ -622,15 +632,29 @@ CHUNKED = [
     case("7.1-size-trailing-space", chunked(b"5 \r\nhello\r\n0\r\n\r\n"), [{200, 400}], keep=False),
     case("7.1-size-leading-space", chunked(b" 5\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
     case("7.1-size-not-hex", chunked(b"5g\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-size-underscore", chunked(b"1_0\r\n0123456789abcdef\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-size-trailing-htab", chunked(b"5\t\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1-size-max-digits-zeros", chunked(b"0" * 40 + b"5\r\nhello\r\n0\r\n\r\n"), [200], [b"POST /p"]),
     case("7.1-data-longer-than-size", chunked(b"3\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
     case("7.1-no-crlf-after-data", chunked(b"5\r\nhello0\r\n\r\n" + SMUGGLED), BAD, keep=False),
     case("7.1-lf-after-data", chunked(b"5\r\nhello\n0\r\n\r\n"), BAD, keep=False),
     case("7.1-cr-after-data", chunked(b"5\r\nhello\r0\r\n\r\n"), BAD, keep=False),
     case("2.2-bare-lf-chunk-lines", chunked(b"5\nhello\n0\n\n"), BAD, keep=False),
     case("2.2-bare-cr-in-size-line", chunked(b"5\rX\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    # "Funky chunks" (2025): a bare LF ending a chunk line or its extension
+    # read as a line end by one parser and not by the next hides a request.
+    case("7.1.1-ext-bare-lf-term-ext", chunked(b"2;\nxx\r\n4c\r\n0\r\n\r\n" + SMUGGLED + b"0\r\n\r\n"), BAD, keep=False),
+    case("7.1.1-last-chunk-ext-bare-lf-ext-term", chunked(b"5\r\nhello\r\n0;\n\r\n\r\n" + SMUGGLED), BAD, keep=False),
+    case("7.1.1-ext-name-bare-lf", chunked(b"5;a\nxx\r\nhello\r\n0\r\n\r\n"), BAD, keep=False),
+    case("7.1.1-ext-quoted-crlf", chunked(b'5;a="x\r\n0\r\n\r\n' + SMUGGLED + b'"\r\nhello\r\n0\r\n\r\n'), BAD, keep=False),
+    case("2.2-bare-lf-last-chunk-line", chunked(b"5\r\nhello\r\n0\n\r\n" + SMUGGLED), BAD, keep=False),
+    case("2.2-bare-lf-after-trailer-section", chunked(b"5\r\nhello\r\n0\r\n\n" + SMUGGLED), BAD, keep=False),
     case("7.1.2-trailer-fields-dropped", chunked(b"5\r\nhello\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n"), [200], [b"POST /p"]),
     # RFC 9110 section 6.5.1: framing fields are never trailers; llhttp refuses.
     case("7.1.2-trailer-content-length", chunked(b"5\r\nhello\r\n0\r\nContent-Length: 99\r\n\r\n"), BAD, keep=False),
+    case("7.1.2-trailer-transfer-encoding", chunked(b"5\r\nhello\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n" + SMUGGLED), BAD, keep=False),
+    case("7.1.2-trailer-host-dropped", chunked(b"5\r\nhello\r\n0\r\nHost: evil\r\nX-T: 1\r\n\r\n" + SMUGGLED), [200, 200], [b"POST /p", b"GET /smuggled"]),
+    case("7.1.2-trailer-bare-lf", chunked(b"5\r\nhello\r\n0\r\nX-T: 1\n\r\n"), BAD, keep=False),
     case("7.1.2-trailer-invalid", chunked(b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n"), BAD, keep=False),
     case("7.1.2-trailer-obs-fold", chunked(b"5\r\nhello\r\n0\r\nX-T: 1\r\n 2\r\n\r\n"), BAD, keep=False),
     case("7.1-then-pipelined-get", chunked(b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED), [200, 200], [b"POST /p", b"GET /smuggled"]),
@@ -686,6 +710,9 @@ FIELDS = [
     case("5.5-esc-in-value", get(b"X-A: a\x1bb\r\n"), BAD, keep=False),
     case("5.5-del-in-value", get(b"X-A: a\x7fb\r\n"), BAD, keep=False),
     case("5.5-vt-in-value", get(b"X-A: a\x0bb\r\n"), BAD, keep=False),
+    case("5.5-ff-in-value", get(b"X-A: a\x0cb\r\n"), BAD, keep=False),
+    case("2.2-bare-cr-before-crlf", get(b"X-A: a\r\r\n"), BAD, keep=False),
+    case("2.2-bare-cr-ending-head", b"GET /f HTTP/1.1\r\n" + H + b"\r\r\n", BAD, keep=False),
     case("5.5-obs-text-in-value", get(b"X-A: caf\xc3\xa9 \xff\r\n"), [200], [b"GET /f"]),
     case("5.5-htab-in-value", get(b"X-A: a\tb\r\n"), [200], [b"GET /f"]),
     case("5.5-empty-value", get(b"X-A:\r\nX-B: \r\n"), [200], [b"GET /f"]),
@@ -721,6 +748,8 @@ LINE = [
     case("3-unknown-method", b"FOO /r HTTP/1.1\r\n" + H + b"\r\n", [501], keep=False),
     case("3-invalid-method", b"G(T /r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     case("3-method-only", b"GET\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3-nul-in-method", b"GE\x00T /r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3-pri-method-without-preface", b"PRI /r HTTP/1.1\r\n" + H + b"\r\n", [{400, 501, 505}], keep=False),
     # Section 3 lets a recipient split on whitespace; the origin gets one SP.
     case("3-double-space", b"GET  /r  HTTP/1.1\r\n" + H + b"\r\n", [200], [b"GET /r"]),
     case("3-tab-separator", b"GET\t/r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
@@ -755,6 +784,10 @@ LINE = [
     case("3.2.4-asterisk-options", b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", [200]),
     case("3.2-no-leading-slash", b"GET r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     case("3.2-fragment", b"GET /r#frag HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2-backslash-in-path", b"GET /a\\b HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2-ctl-in-target", b"GET /a\x01b HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2.2-absolute-form-bad-port", b"GET http://probe:99999/r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
+    case("3.2.2-absolute-form-backslash-authority", b"GET http://probe\\@other/r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     case("3.2-bad-percent", b"GET /%zz HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     case("3.2-non-ascii-target", b"GET /caf\xc3\xa9 HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     case("3.2-nul-in-target", b"GET /a\x00b HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
@@ -822,8 +855,12 @@ PIPELINE = [
     case("6.3-get-with-body", b"GET /g HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED, [200], [b"GET /g"]),
     case("7.8-upgrade-with-body", post(b"Connection: upgrade\r\nUpgrade: websocket\r\nContent-Length: %d\r\n" % len(SMUGGLED), SMUGGLED), [200], [b"POST /p"]),
     case("7.8-upgrade-with-chunked-body", post(b"Connection: upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)), [200], [b"POST /p"]),
+    case("7.8-h2c-upgrade-ignored", get(b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n") + SMUGGLED, [200, 200], [b"GET /f", b"GET /smuggled"]),
+    case("7.8-upgrade-in-http-1.0-with-body", post(b"Connection: Upgrade, keep-alive\r\nUpgrade: websocket\r\nContent-Length: %d\r\n" % len(SMUGGLED), SMUGGLED, version=b"1.0") + SMUGGLED, [200, 200], [b"POST /p", b"GET /smuggled"]),
+    case("6.3-get-with-chunked-body", b"GET /g HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + SMUGGLED, [200, 200], [b"GET /g", b"GET /smuggled"]),
     case("9.3-valid-then-invalid", b"GET /p1 HTTP/1.1\r\n" + H + b"\r\nGET /a b HTTP/1.1\r\n" + H + b"\r\n", [200, 400], [b"GET /p1"], keep=False),
     case("9.6-nothing-after-close", b"GET /p1 HTTP/1.1\r\nConnection: close\r\n" + H + b"\r\n" + SMUGGLED, [200], [b"GET /p1"], keep=False),
+    case("9.6-close-token-any-case", b"GET /p1 HTTP/1.1\r\nConnection: keep-alive, CLOSE\r\n" + H + b"\r\n" + SMUGGLED, [200], [b"GET /p1"], keep=False),
     case("9.6-nothing-after-http-1.0", b"GET /p1 HTTP/1.0\r\n" + H + b"\r\n" + SMUGGLED, [200], [b"GET /p1"], keep=False),
     case("6.1-nothing-after-cl-and-te", post(b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n" + SMUGGLED), BAD, keep=False),
 ]
@@ -960,6 +997,16 @@ def test_hop_by_hop_fields_from_client_are_dropped(stack: Stack) -> None:
     names = {n for n, _ in outcome.reached[0].fields}
     assert names.isdisjoint({b"x-secret", b"keep-alive", b"te", b"proxy-authorization", b"proxy-connection"})
     assert b"x-kept" in names
+
+
+def test_h2c_upgrade_fields_are_not_forwarded(stack: Stack) -> None:
+    """RFC 9110 section 7.8 and RFC 7540 section 3.2.1: an ignored h2c upgrade
+    does not reach the origin, HTTP2-Settings included, even when the
+    client's Connection does not name it."""
+    raw = get(b"Connection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n")
+    outcome = probe(stack, raw, [200], [b"GET /f"], True)
+    names = {n for n, _ in outcome.reached[0].fields}
+    assert names.isdisjoint({b"upgrade", b"http2-settings", b"connection"}), names
 
 
 def test_unknown_length_is_chunked_for_http_1_1(stack: Stack) -> None:

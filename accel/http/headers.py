@@ -19,10 +19,13 @@ __all__ = [
 ]
 
 #: RFC 9110 section 7.6.1 connection-specific fields, plus the proxy
-#: authentication pair, which belong to one hop as well.
+#: authentication pair, which belong to one hop as well, and
+#: ``HTTP2-Settings``, which only means something with an ``Upgrade: h2c``
+#: of this hop (RFC 7540 section 3.2.1).
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
         b"connection",
+        b"http2-settings",
         b"keep-alive",
         b"proxy-connection",
         b"te",
