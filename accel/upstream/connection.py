@@ -19,8 +19,12 @@ protocol violation and retires the connection.
 
 httptools exposes no end-of-input call either, so close-delimited bodies
 (RFC 9112 section 6.3, rule 8) are completed here when the connection
-closes; a body framed by Content-Length or chunked coding that is cut short
-fails its sink instead.
+closes cleanly (a reset, or TLS without ``close_notify``, fails them: RFC
+9112 section 8); a body framed by Content-Length or chunked coding that is
+cut short fails its sink instead. Framing llhttp accepts but a proxy cannot
+relay is refused here: a transfer coding other than chunked alone (none is
+decoded), Transfer-Encoding in HTTP/1.0, a version other than 1.x, a status
+above 599.
 """
 
 from __future__ import annotations
