@@ -20,10 +20,13 @@ from typing import BinaryIO
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from accel.http.model import Request
 
 __all__ = ["AccessLog", "format_fields", "format_line"]
+
+_log = Logger()
 
 _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
            b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")  # fmt: skip
@@ -202,6 +205,9 @@ class AccessLog:
     (shared by the workers, and often a pipe, where only writes of at most
     ``PIPE_BUF`` bytes are atomic) gets whole lines in writes of at most
     that size.
+
+    :meth:`reopen` (on SIGUSR1, see :mod:`accel.app`) starts writing to a
+    new file at ``path`` after the old one was moved, as logrotate does.
     """
 
     #: Pending bytes that trigger a write before the interval.
@@ -211,6 +217,9 @@ class AccessLog:
         self._stream: BinaryIO
         #: Largest write that keeps lines whole (None: no limit).
         self._atomic: int | None = None
+        #: The file written to, or None for standard output.
+        self._path: str | None = None if path == "-" else path
+        self._closed = False
         if path == "-":
             # Unbuffered on the descriptor itself: a buffered writer would
             # merge the batches into larger writes again.
@@ -273,10 +282,39 @@ class AccessLog:
         except OSError:
             pass
 
+    def reopen(self) -> None:
+        """Write the pending lines, then go on in a file opened anew at the path.
+
+        After logrotate (or an operator) has moved the file away, this
+        creates a new one at the path; if the file is still there, it is
+        opened again for appending. Lines logged before the call are in the
+        old file, lines after it in the new one: none is lost. If the path
+        cannot be opened, that is logged and lines keep going to the old
+        file. Standard output is left as it is.
+        """
+        if self._path is None or self._closed:
+            return
+        self.flush()
+        try:
+            stream = open(self._path, "ab", buffering=0)  # noqa: SIM115 (closed by close)
+        except OSError as error:
+            _log.error(
+                "cannot reopen the access log {path}: {error}; still writing to the old file",
+                path=self._path,
+                error=error.strerror or error,
+            )
+            return
+        old, self._stream = self._stream, stream
+        try:
+            old.close()
+        except OSError:
+            pass  # its lines were written already: nothing left to lose
+
     def close(self) -> None:
         if self._flusher.running:
             self._flusher.stop()
         self.flush()
+        self._closed = True
         if self._owned:
             self._stream.close()
 

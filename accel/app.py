@@ -9,13 +9,14 @@ Everything it builds takes the reactor as an argument.
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import evolve
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
@@ -263,6 +264,95 @@ class _Listener(Service):
         return None
 
 
+class _Drain(Service):
+    """Lets the requests in progress finish when the service stops.
+
+    Stopped once every listener has stopped accepting; each server factory
+    closes its idle connections, lets the others answer what they have read
+    (the last answer with ``Connection: close``) and aborts what is left
+    after ``timeout`` seconds (:meth:`HTTPServerFactory.drain`). Stopping
+    fires once every client connection is gone, so twistd waits for it
+    before the store and the logs close.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._factories: list[HTTPServerFactory] = []
+
+    def add(self, factory: HTTPServerFactory) -> None:
+        self._factories.append(factory)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        open_connections = sum(factory.open_connections for factory in self._factories)
+        if open_connections:
+            _log.info(
+                "stopping: {count} client connection(s) open; waiting up to {timeout:g}s for them",
+                count=open_connections,
+                timeout=self._timeout,
+            )
+        drained = [factory.drain(self._timeout) for factory in self._factories]
+        return gatherResults(drained).addCallback(lambda _: None)
+
+
+#: ``install(signum, handler)``: sets a signal's handler, returns the one it
+#: replaces (``signal.signal``).
+InstallHandler = Callable[[int, Any], Any]
+
+
+class _OnSignal(Service):
+    """Runs ``actions`` on the reactor each time the process gets ``signum``.
+
+    The handler is installed when the service starts (under twistd, after
+    twistd's own SIGUSR1 handler, which rotates ``twistd.log`` when it logs
+    to a file) and calls the handler it replaced first, so both happen. It
+    only hands the work to the reactor (``callFromThread``, safe in a
+    signal handler); the actions run there. It is restored when the service
+    has stopped: this service is stopped last, so a signal while the
+    connections drain is still handled, not left to a default that would
+    end the process.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        signum: int,
+        actions: Sequence[Callable[[], object]],
+        install: InstallHandler = signal.signal,
+    ) -> None:
+        self._reactor = reactor
+        self._signum = signum
+        self._actions = list(actions)
+        self._install = install
+        self._previous: Any = None
+        self._installed = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = self._install(self._signum, self._handle)
+        self._installed = True
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._installed:
+            self._installed = False
+            previous = self._previous
+            self._install(self._signum, signal.SIG_DFL if previous is None else previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        previous = self._previous
+        if callable(previous):
+            previous(signum, frame)
+        self._reactor.callFromThread(self._run)
+
+    def _run(self) -> None:
+        for action in self._actions:
+            try:
+                action()
+            except Exception:
+                _log.failure("error while handling signal {signum}", signum=self._signum)
+
+
 def _access_log(config: cfg.Config, reactor: Any, closer: _Closer) -> Any:
     if config.access_log == "off":
         return None
@@ -278,7 +368,10 @@ def _access_log(config: cfg.Config, reactor: Any, closer: _Closer) -> Any:
 
 
 def make_service(
-    config: cfg.Config, reactor: Any, listeners: Sequence[Listener] | None = None
+    config: cfg.Config,
+    reactor: Any,
+    listeners: Sequence[Listener] | None = None,
+    install_handler: InstallHandler = signal.signal,
 ) -> IService:
     """Everything ``twistd accel`` runs, as one service.
 
@@ -287,8 +380,17 @@ def make_service(
     listener, serves as worker 0 and runs the others (:mod:`accel.workers`);
     a worker is given its already listening sockets as ``listeners``, one
     per ``config.listen`` entry, and runs no workers itself.
+
+    Stopping it stops accepting, then lets the requests in progress finish
+    for ``config.shutdown_timeout`` seconds (the workers too, at the same
+    time), then closes the store and the logs. SIGUSR1 reopens the access
+    log, and is passed on to the workers; ``install_handler`` installs its
+    handler when the service starts.
     """
     top = _InOrder()
+    on_usr1: list[Callable[[], object]] = []
+    # First in, so stopped last: the handler stays while connections drain.
+    _OnSignal(reactor, signal.SIGUSR1, on_usr1, install_handler).setServiceParent(top)
     closer = _Closer()
     closer.setServiceParent(top)
 
@@ -318,12 +420,20 @@ def make_service(
     closer.add(handler.close)
     limits = server_limits(config)
     access_log = _access_log(config, reactor, closer)
+    if isinstance(access_log, AccessLog):
+        on_usr1.append(access_log.reopen)
     workers = 1
     if listeners is None:
         plan = plan_workers(config, available_cpus())
         if plan.reason is not None:
             _log.info("{reason}", reason=plan.reason)
         workers = plan.count
+    # The workers and this process's own connections wind down side by side,
+    # after the listeners (added later, so stopped first) stop accepting.
+    stopping = MultiService()
+    stopping.setServiceParent(top)
+    drain = _Drain(config.shutdown_timeout)
+    drain.setServiceParent(stopping)
     if workers > 1:
         try:
             sockets = bind_listeners(config.listen, workers, reactor)
@@ -335,7 +445,8 @@ def make_service(
                 closer.add(sock.close)
         listeners = [Listener(group[0].fileno(), group[0].family) for group in sockets]
         pool = WorkerPool(reactor, evolve(config, workers=1), [list(w) for w in zip(*sockets)][1:])
-        pool.setServiceParent(top)
+        pool.setServiceParent(stopping)
+        on_usr1.append(lambda: pool.signal_children("USR1"))
     for number, description in enumerate(config.listen):
         tls = description.split(":", 1)[0] in ("ssl", "tls")
         factory = HTTPServerFactory(
@@ -347,6 +458,7 @@ def make_service(
             body_limit=handler.body_limit,
             fast_path=handler.fast_hit,
         )
+        drain.add(factory)
         if listeners is not None:
             served = serving_factory(description, factory, reactor)
             ListenerService(reactor, listeners[number], served).setServiceParent(top)

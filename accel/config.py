@@ -395,7 +395,10 @@ class Config:
     ``proxy_cache_lock_timeout``); ``cache_hit_for_miss_ttl``: seconds a key
     whose response could not be stored is fetched without waiting on
     others (0: never); ``cache_max_variants``: stored variants per URL (Vary)
-    at most. ``demo``: no origin was configured,
+    at most. ``shutdown_timeout``: seconds a stopping process lets the
+    requests in progress finish before it closes their connections (0:
+    at once; see :meth:`accel.http.server.HTTPServerFactory.drain`).
+    ``demo``: no origin was configured,
     so the built-in demo origin is to be started; see
     :meth:`with_demo_origin`.
     """
@@ -414,6 +417,7 @@ class Config:
     cache_lock_timeout: float = 10.0
     cache_hit_for_miss_ttl: float = 120.0
     cache_max_variants: int = 32
+    shutdown_timeout: float = 10.0
     demo: bool = False
 
     def with_demo_origin(self, origin: str) -> Config:
@@ -1022,6 +1026,7 @@ def _load_file(path: str, option: str) -> tuple[Config, Route]:
     server = top.table("server")
     limits = _read_limits(server)
     max_body = server.get("max_body", parse_size, Route(prefix=b"/").max_body)
+    shutdown_timeout = server.get("shutdown_timeout", parse_duration, Config().shutdown_timeout)
     server.finish()
     upstream = _read_upstream(top.table("upstream"))
 
@@ -1064,6 +1069,7 @@ def _load_file(path: str, option: str) -> tuple[Config, Route]:
         cache_lock_timeout=lock_timeout,
         cache_hit_for_miss_ttl=hit_for_miss_ttl,
         cache_max_variants=max_variants,
+        shutdown_timeout=shutdown_timeout,
     )
     top.finish()
     if unsupported:

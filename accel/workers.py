@@ -26,7 +26,10 @@ refused for that, by the configuration).
 
 A child that exits is started again after a delay (doubling up to a minute
 while it keeps failing); stopping the service stops the children (TERM,
-then KILL after a grace period). A child whose parent is gone, even killed
+on which each lets its requests in progress finish for the configured
+``shutdown_timeout``, then KILL if it is still running
+:data:`_STOP_MARGIN` seconds after that). SIGUSR1 to the parent is passed on
+to every child (each reopens its access log). A child whose parent is gone, even killed
 with SIGKILL, stops by itself: its standard input is a pipe from the parent,
 and the end of that pipe ends the child. Children ignore SIGINT (a Ctrl-C at
 the terminal reaches the whole process group; the parent stops them).
@@ -57,7 +60,7 @@ from twisted.application.service import Service
 from twisted.internet import abstract
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ProcessExitedAlready
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -85,8 +88,10 @@ _log = Logger()
 #: failing within a minute of its start, up to :data:`_MAX_RESTART_DELAY`.
 _RESTART_DELAY = 1.0
 _MAX_RESTART_DELAY = 60.0
-#: Seconds a child has to exit after TERM before it is killed.
-_STOP_GRACE = 10.0
+#: Seconds a child has to exit after TERM, beyond its ``shutdown_timeout``,
+#: before it is killed: for closing its store and logs once its connections
+#: are gone.
+_STOP_MARGIN = 5.0
 
 
 #: The length prefix of the parent's message to a child.
@@ -279,10 +284,22 @@ class WorkerPool(Service):
             process = self._processes.get(number)
             if process is not None and process.pid is not None:
                 process.signalProcess("TERM")
-                killer = self._reactor.callLater(_STOP_GRACE, self._kill, number)
+                grace = self._config.shutdown_timeout + _STOP_MARGIN
+                killer = self._reactor.callLater(grace, self._kill, number)
                 child.done.addBoth(lambda _, k=killer: k.cancel() if k.active() else None)
             waits.append(child.done)
         return DeferredList(waits)
+
+    def signal_children(self, name: str) -> None:
+        """Send the signal ``name`` (e.g. ``"USR1"``) to every running child."""
+        for number, process in list(self._processes.items()):
+            if process.pid is not None:
+                try:
+                    process.signalProcess(name)
+                except ProcessExitedAlready:
+                    pass  # it ended meanwhile: _ended restarts it
+                except OSError as error:
+                    _log.warn("cannot signal worker {number}: {error}", number=number, error=error)
 
     @property
     def pids(self) -> list[int]:
@@ -386,8 +403,11 @@ class _ParentWatch:
 def _child_main() -> None:
     """A worker: serve the parent's configuration on the inherited sockets until told to stop."""
     # Before anything else, and kept by the reactor (which only replaces
-    # Python's default handler): a Ctrl-C is the parent's to act on.
+    # Python's default handler): a Ctrl-C is the parent's to act on. SIGUSR1
+    # (passed on by the parent to reopen the logs) would end a child that
+    # is still starting: ignored until the service installs its handler.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     (size,) = _HEADER.unpack(_read_exactly(0, _HEADER.size))
     number, config, listeners, own_reactor = pickle.loads(_read_exactly(0, size))
     if own_reactor:  # as the parent: accel's unless twistd was told otherwise

@@ -50,6 +50,7 @@ import httptools
 from attrs import field, frozen
 from attrs.validators import ge, gt, optional
 from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
@@ -896,6 +897,9 @@ class HTTPServerProtocol(Protocol):
         # Counted in the factory's connections per client; over the limit.
         self._counted = False
         self._over_limit = False
+        #: The server is stopping (see HTTPServerFactory.drain): the last
+        #: request read is answered with close, and nothing more is read.
+        self._stopping = False
 
     # --- Connection ---
 
@@ -925,10 +929,15 @@ class HTTPServerProtocol(Protocol):
         self._timer = self._clock.callLater(
             min(self._limits.header_timeout, self._idle_timeout), self._on_timer
         )
+        factory = self.factory
+        factory._open.add(self)
+        if factory.stopping:
+            self._wind_down()  # accepted as the listener stopped: closed at once
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = self._read_closed = True
         self._cancel_timer()
+        self.factory._gone(self)
         if self._counted:
             self._counted = False
             self.factory._release(self._client)
@@ -1219,7 +1228,8 @@ class HTTPServerProtocol(Protocol):
                 raise self._reject(417, "only 100-continue is supported")
             expect = length != 0
 
-        keep_alive = _persistent(version, fields.get(b"connection"))
+        # A head that was arriving when the server began to stop is the last.
+        keep_alive = _persistent(version, fields.get(b"connection")) and not self._stopping
 
         backlogged = self._draining or self._backlogged()
         if (
@@ -1566,7 +1576,11 @@ class HTTPServerProtocol(Protocol):
             self._update_reading()
 
     def _idle(self) -> None:
-        """Nothing queued or in progress: the keep-alive idle time starts."""
+        """Nothing queued or in progress: the keep-alive idle time starts
+        (or, once the server is stopping, the connection closes)."""
+        if self._stopping:
+            self._close()
+            return
         # The watchdog never sleeps longer than idle_timeout (see _on_timer),
         # so it is due no later than this deadline: no timer call needed.
         self._idle_deadline = self._clock.seconds() + self._idle_timeout
@@ -1713,6 +1727,37 @@ class HTTPServerProtocol(Protocol):
             )
         except Exception:
             _log.failure("access log hook failed", Failure())
+
+    def _wind_down(self) -> None:
+        """The server is stopping: answer what was read, read nothing more, close.
+
+        An idle connection (no request read or being read) closes at once.
+        Otherwise the last request read, or the one whose head or content
+        is arriving, is the connection's last: its response says
+        ``Connection: close`` if it has not started yet, and the connection
+        closes once it is sent (RFC 9112 section 9.6). Requests read before
+        it (pipelined) are answered in order first. A pipelined head only
+        partly read behind a request in progress is dropped, as a client
+        that pipelines must expect (RFC 9112 section 9.3.2). The factory
+        aborts what is left when its grace period ends.
+        """
+        if self._stopping or self._closing:
+            return  # closing or lingering already: it ends by itself
+        self._stopping = True
+        last = self._queue[-1] if self._queue else self._active
+        if last is None:
+            if self._phase == _IDLE:
+                self._close()
+            # Else a head is arriving with nothing in progress: it is read
+            # and answered with close (see on_headers_complete).
+            return
+        if not (self._phase == _BODY and self._parsing is last):
+            # Its content is in: nothing after it is read.
+            self._phase = _IDLE
+            self._stop_reading()
+        # Else its content still arrives; reading stops at its end
+        # (on_message_complete), and a response already sent closes then.
+        last.keep_alive = last._keep = False
 
     # --- Flow control and timers ---
 
@@ -1893,6 +1938,12 @@ class HTTPServerFactory(ServerFactory):
         self.access_log = access_log
         self.body_limit = body_limit
         self._connections: dict[str, int] = {}
+        #: Every open connection, for :meth:`drain`.
+        self._open: set[HTTPServerProtocol] = set()
+        #: Whether :meth:`drain` has begun.
+        self.stopping = False
+        self._drain_waiters: list[Deferred[None]] = []
+        self._drain_deadline: IDelayedCall | None = None
         self.fast_path = fast_path
         self.server_line = b"server: %s\r\n" % server_name if server_name else b""
         self._date_second = -1
@@ -1924,6 +1975,65 @@ class HTTPServerFactory(ServerFactory):
             self._connections[client] = count
         else:
             del self._connections[client]
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now."""
+        return len(self._open)
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Stop serving gracefully; the result fires once every connection is closed.
+
+        Call it once the listener has stopped accepting. Idle connections
+        close at once; a connection with a request in progress answers the
+        requests it has read, the last with ``Connection: close``, reads
+        nothing more and closes (see :meth:`HTTPServerProtocol._wind_down`).
+        After ``timeout`` seconds (at once for 0) the connections still open
+        are aborted, which cuts their responses short: a client can tell, as
+        their framing never completes. A connection made meanwhile is closed
+        at once. Calling it again waits for the same end.
+        """
+        done: Deferred[None] = Deferred()
+        self._drain_waiters.append(done)
+        if not self.stopping:
+            self.stopping = True
+            for proto in list(self._open):
+                proto._wind_down()
+            if self._open:
+                if timeout > 0:
+                    self._drain_deadline = self.clock.callLater(timeout, self._abort_open)
+                else:
+                    self._abort_open()
+        self._check_drained()
+        return done
+
+    def _abort_open(self) -> None:
+        """The grace period is over: abort every connection still open."""
+        self._drain_deadline = None
+        if self._open:
+            _log.warn(
+                "{count} client connection(s) still open at the end of the shutdown "
+                "timeout; closing them",
+                count=len(self._open),
+            )
+        for proto in list(self._open):
+            proto.transport.abortConnection()
+
+    def _gone(self, proto: HTTPServerProtocol) -> None:
+        """A connection has closed."""
+        self._open.discard(proto)
+        if self.stopping:
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._open or not self.stopping:
+            return
+        deadline, self._drain_deadline = self._drain_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def connections_from(self, client: str) -> int:
         """Open connections from ``client`` (an address as in ``Request.client``)."""
