@@ -301,7 +301,7 @@ InstallHandler = Callable[[int, Any], Any]
 
 
 class _OnSignal(Service):
-    """Runs ``actions`` on the reactor each time the process gets ``signum``.
+    """Runs its actions (see :meth:`add`) on the reactor each time the process gets ``signum``.
 
     The handler is installed when the service starts (under twistd, after
     twistd's own SIGUSR1 handler, which rotates ``twistd.log`` when it logs
@@ -317,15 +317,18 @@ class _OnSignal(Service):
         self,
         reactor: Any,
         signum: int,
-        actions: Sequence[Callable[[], object]],
         install: InstallHandler = signal.signal,
     ) -> None:
         self._reactor = reactor
         self._signum = signum
-        self._actions = list(actions)
+        self._actions: list[Callable[[], object]] = []
         self._install = install
         self._previous: Any = None
         self._installed = False
+
+    def add(self, action: Callable[[], object]) -> None:
+        """Run ``action`` at each signal, after those added before it."""
+        self._actions.append(action)
 
     def startService(self) -> None:
         super().startService()
@@ -388,9 +391,9 @@ def make_service(
     handler when the service starts.
     """
     top = _InOrder()
-    on_usr1: list[Callable[[], object]] = []
     # First in, so stopped last: the handler stays while connections drain.
-    _OnSignal(reactor, signal.SIGUSR1, on_usr1, install_handler).setServiceParent(top)
+    on_usr1 = _OnSignal(reactor, signal.SIGUSR1, install_handler)
+    on_usr1.setServiceParent(top)
     closer = _Closer()
     closer.setServiceParent(top)
 
@@ -421,7 +424,7 @@ def make_service(
     limits = server_limits(config)
     access_log = _access_log(config, reactor, closer)
     if isinstance(access_log, AccessLog):
-        on_usr1.append(access_log.reopen)
+        on_usr1.add(access_log.reopen)
     workers = 1
     if listeners is None:
         plan = plan_workers(config, available_cpus())
@@ -446,7 +449,7 @@ def make_service(
         listeners = [Listener(group[0].fileno(), group[0].family) for group in sockets]
         pool = WorkerPool(reactor, evolve(config, workers=1), [list(w) for w in zip(*sockets)][1:])
         pool.setServiceParent(stopping)
-        on_usr1.append(lambda: pool.signal_children("USR1"))
+        on_usr1.add(lambda: pool.signal_children("USR1"))
     for number, description in enumerate(config.listen):
         tls = description.split(":", 1)[0] in ("ssl", "tls")
         factory = HTTPServerFactory(

@@ -180,3 +180,69 @@ def test_long_requests_are_not_remembered():
     assert accesslog._MIDDLES == {}
     format_fields(b"-", b"GET", b"/", b"1.1", [], 200, 0, 0.0, 0.0, b"-")
     assert len(accesslog._MIDDLES) == 1
+
+
+# --- Reopening (SIGUSR1, after logrotate) ---
+
+
+def test_reopen_after_a_move_writes_a_new_file_and_loses_nothing(tmp_path):
+    """Lines logged before the reopen end in the moved file (pending ones included),
+    lines after it in a new file at the path."""
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), Clock())
+    log(req(target=b"/written", path=b"/written"), 200, 1, 0.0, 0.0, {})
+    log.flush()
+    log(req(target=b"/pending", path=b"/pending"), 200, 1, 0.0, 0.0, {})
+    path.rename(tmp_path / "access.log.1")
+    log.reopen()
+    log(req(target=b"/after", path=b"/after"), 200, 1, 0.0, 0.0, {})
+    log.close()
+    old = (tmp_path / "access.log.1").read_bytes()
+    assert b"/written" in old and b"/pending" in old and b"/after" not in old
+    new = path.read_bytes()
+    assert new.count(b"\n") == 1 and b"/after" in new
+
+
+def test_reopen_without_a_move_appends_to_the_same_file(tmp_path):
+    """Reopening a file still in place (copytruncate, or a stray signal) keeps appending."""
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), Clock())
+    log(req(), 200, 1, 0.0, 0.0, {})
+    log.reopen()
+    log(req(), 200, 1, 0.0, 0.0, {})
+    log.close()
+    assert path.read_bytes().count(b"\n") == 2
+
+
+def test_reopen_failure_keeps_the_old_file(tmp_path):
+    """If the path cannot be opened any more, lines keep going to the file open now."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    path = directory / "access.log"
+    log = AccessLog(str(path), Clock())
+    moved = tmp_path / "access.log.1"
+    path.rename(moved)
+    directory.rmdir()  # nowhere to create the new file
+    log.reopen()
+    log(req(), 200, 1, 0.0, 0.0, {})
+    log.close()
+    assert moved.read_bytes().count(b"\n") == 1
+
+
+def test_reopen_leaves_standard_output_alone(capfd):
+    """``-``: nothing to reopen; lines still reach standard output."""
+    log = AccessLog("-", Clock())
+    log.reopen()
+    log(req(), 200, 1, 0.0, 0.0, {})
+    log.close()
+    assert capfd.readouterr().out.count("\n") == 1
+
+
+def test_reopen_after_close_does_nothing(tmp_path):
+    """A signal arriving after the log was closed (at shutdown) opens nothing."""
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), Clock())
+    log.close()
+    path.unlink()
+    log.reopen()
+    assert not path.exists()

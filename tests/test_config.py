@@ -700,6 +700,15 @@ keepalive = "15s"
 """
 
 
+@pytest.mark.parametrize("raw, seconds", [('"30s"', 30.0), ("0", 0.0), ('"500ms"', 0.5)])
+def test_shutdown_timeout_key(tmp_path: Path, raw: str, seconds: float) -> None:
+    """server.shutdown_timeout is a duration, 0 allowed (cut at once); 10 s when absent."""
+    site = '[[sites]]\n  [[sites.routes]]\n  prefix = "/"\n  origin = "http://a"\n'
+    config = Config.from_toml(write(tmp_path, f"[server]\nshutdown_timeout = {raw}\n" + site))
+    assert config.shutdown_timeout == seconds
+    assert Config.from_toml(write(tmp_path, site)).shutdown_timeout == 10.0
+
+
 def test_limit_keys(tmp_path: Path) -> None:
     """Every limit key reaches its field of the configuration."""
     from accel.config import Limits, UpstreamLimits
@@ -806,6 +815,8 @@ def test_cache_limit_defaults_are_the_collapsers_and_stores() -> None:
         ("[server]\nmax_connections_per_client = 0\n", "server.max_connections_per_client: expected a number of connections from 1 up, or off, got 0"),
         ('[server]\nmax_connections_per_client = "none"\n', "server.max_connections_per_client: expected a number of connections from 1 up, or off, got 'none'"),
         ('[server]\nlinger_time = "long"\n', "server.linger_time: expected a duration such as 30s, 5m or 1h, got 'long'"),
+        ('[server]\nshutdown_timeout = "soon"\n', "server.shutdown_timeout: expected a duration such as 30s, 5m or 1h, got 'soon'"),
+        ("[server]\nshutdown_timeout = -1\n", "server.shutdown_timeout: expected a duration such as 30s, 5m or 1h, got -1"),
         ("[server]\nlinger_timeout = -5\n", "server.linger_timeout: expected a duration such as 30s, 5m or 1h, got -5"),
         ("[server]\nnotsent_lowat = 0\n", "server.notsent_lowat: expected a size above zero such as 64k or 1M, got 0"),
         ('[server]\nmax_unsent = "0"\n', "server.max_unsent: expected a size above zero such as 64k or 1M, got '0'"),
