@@ -309,6 +309,7 @@ class AccessLog:
             old.close()
         except OSError:
             pass  # its lines were written already: nothing left to lose
+        _log.info("access log reopened: {path}", path=self._path)
 
     def close(self) -> None:
         if self._flusher.running:

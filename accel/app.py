@@ -449,7 +449,7 @@ def make_service(
         listeners = [Listener(group[0].fileno(), group[0].family) for group in sockets]
         pool = WorkerPool(reactor, evolve(config, workers=1), [list(w) for w in zip(*sockets)][1:])
         pool.setServiceParent(stopping)
-        on_usr1.add(lambda: pool.signal_children("USR1"))
+        on_usr1.add(lambda: pool.signal_children(signal.SIGUSR1))
     for number, description in enumerate(config.listen):
         tls = description.split(":", 1)[0] in ("ssl", "tls")
         factory = HTTPServerFactory(

@@ -290,12 +290,12 @@ class WorkerPool(Service):
             waits.append(child.done)
         return DeferredList(waits)
 
-    def signal_children(self, name: str) -> None:
-        """Send the signal ``name`` (e.g. ``"USR1"``) to every running child."""
+    def signal_children(self, signum: int) -> None:
+        """Send the signal ``signum`` (e.g. ``signal.SIGUSR1``) to every running child."""
         for number, process in list(self._processes.items()):
             if process.pid is not None:
                 try:
-                    process.signalProcess(name)
+                    process.signalProcess(signum)
                 except ProcessExitedAlready:
                     pass  # it ended meanwhile: _ended restarts it
                 except OSError as error:

@@ -238,3 +238,69 @@ def test_daemon_mode_caches_across_workers(tmp_path: Path) -> None:
     assert len(logged) == 12, logged
     assert all(re.match(r'127\.0\.0\.1 - - \[[^]]+\] "GET /big\?size=\d HTTP/1.1" 200 ', line) for line in logged)
     assert "GET /big" not in (tmp_path / "twistd.log").read_text()
+
+
+def _origin_port(origin: subprocess.Popen, log: Path) -> int:
+    _wait_for(lambda: b"listening" in log.read_bytes(), "origin", origin)
+    return int(log.read_bytes().split(b"listening")[1].split()[0])
+
+
+def test_sigterm_lets_a_response_in_flight_finish(tmp_path: Path) -> None:
+    """SIGTERM while a slow body streams: the client gets all of it, new connections are
+    refused, and twistd ends (by the signal, as twistd does) once the response is done."""
+    import hashlib
+    import signal
+
+    origin_cmd = [sys.executable, str(HERE / "origin_server.py"), "tcp:0:interface=127.0.0.1"]
+    with process(origin_cmd, tmp_path / "origin.log") as origin:
+        origin_port = _origin_port(origin, tmp_path / "origin.log")
+        port = free_port()
+        with accel(tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "1",
+                   "--origin", f"http://127.0.0.1:{origin_port}") as proc:  # fmt: skip
+            _wait_for(lambda: accepting(port), "accel", proc)
+            size = 4 * 1024 * 1024  # streamed by the origin over about a second
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", f"/blob/1?size={size}")
+            response = conn.getresponse()
+            first = response.read(64 * 1024)
+            proc.send_signal(signal.SIGTERM)
+            rest = response.read()
+            body = first + rest
+            assert len(body) == size
+            assert hashlib.sha256(body).hexdigest() == response.getheader("x-checksum")
+            assert proc.wait(timeout=START_TIMEOUT) == -signal.SIGTERM
+            assert not accepting(port)
+    output = (tmp_path / "accel.log").read_text("latin-1")
+    assert "waiting up to 10s" in output and "Traceback" not in output, output[-3000:]
+    assert "still open at the end of the shutdown timeout" not in output
+
+
+def test_sigusr1_reopens_the_access_log_in_every_worker(tmp_path: Path) -> None:
+    """--workers 2: after logrotate's move and SIGUSR1 to twistd, every worker writes
+    to a new access.log; the lines before are all in the moved file."""
+    import signal
+
+    port = free_port()
+    log = tmp_path / "access.log"
+    with accel(tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "2",
+               "--access-log", str(log)) as proc:  # fmt: skip
+        output = tmp_path / "accel.log"
+        _wait_for(lambda: accepting(port) and b"worker 1 serving" in output.read_bytes(), "accel", proc)
+
+        def requests(path: str, count: int) -> None:
+            for _ in range(count):  # new connections: the kernel spreads them over both workers
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                assert get(conn, path)[0].status == 200
+                conn.close()
+
+        requests("/?before", 8)
+        log.rename(tmp_path / "access.log.1")
+        proc.send_signal(signal.SIGUSR1)
+        _wait_for(lambda: output.read_bytes().count(b"access log reopened") == 2, "reopen", proc)
+        requests("/?after", 8)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=START_TIMEOUT)
+    before = (tmp_path / "access.log.1").read_text("latin-1").splitlines()
+    after = log.read_text("latin-1").splitlines()
+    assert len(before) == 8 and all('"GET /?before ' in line for line in before), before
+    assert len(after) == 8 and all('"GET /?after ' in line for line in after), after

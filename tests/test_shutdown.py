@@ -372,10 +372,10 @@ def test_make_service_reopens_a_file_access_log_on_sigusr1(tmp_path):
 class Process:
     def __init__(self, pid: int | None = 1) -> None:
         self.pid = pid
-        self.signals: list[str] = []
+        self.signals: list[str | int] = []
 
-    def signalProcess(self, name: str) -> None:  # noqa: N802 (Twisted API)
-        self.signals.append(name)
+    def signalProcess(self, signum: str | int) -> None:  # noqa: N802 (Twisted API)
+        self.signals.append(signum)
 
 
 def test_parent_passes_sigusr1_on_to_every_child():
@@ -383,8 +383,8 @@ def test_parent_passes_sigusr1_on_to_every_child():
     pool = WorkerPool(MemoryReactorClock(), Config(), [])
     running, ended = Process(), Process(pid=None)
     pool._processes = {1: running, 2: ended}
-    pool.signal_children("USR1")
-    assert running.signals == ["USR1"] and ended.signals == []
+    pool.signal_children(signal.SIGUSR1)
+    assert running.signals == [signal.SIGUSR1] and ended.signals == []
 
 
 def test_children_get_the_shutdown_timeout_before_kill():
