@@ -234,13 +234,30 @@ class ListenerService(Service):
         return port.stopListening() if port is not None else None
 
 
-class _Child(ProcessProtocol):
-    """One child process: relays its log lines, reports its end."""
+#: In the line a child logs once its service has started: from then on its
+#: signal handlers are installed (see :meth:`WorkerPool.signal_children`).
+_SERVING = b" serving (pid "
 
-    def __init__(self, number: int, ended: Callable[[_Child, Failure], None]) -> None:
+
+class _Child(ProcessProtocol):
+    """One child process: relays its log lines, reports its end.
+
+    ``serving`` is set when the child says it serves; ``held`` are the
+    signals to send it then (``on_serving`` sends them).
+    """
+
+    def __init__(
+        self,
+        number: int,
+        ended: Callable[[_Child, Failure], None],
+        on_serving: Callable[[_Child], None] | None = None,
+    ) -> None:
         self.number = number
         self.started_at = 0.0
+        self.serving = False
+        self.held: list[int] = []
         self._ended = ended
+        self._on_serving = on_serving
         self._partial = b""
         self.done: Deferred[None] = Deferred()
 
@@ -251,6 +268,10 @@ class _Child(ProcessProtocol):
             _log.info(
                 "worker {number}: {line}", number=self.number, line=line.decode("utf-8", "replace")
             )
+            if not self.serving and _SERVING in line:
+                self.serving = True
+                if self._on_serving is not None:
+                    self._on_serving(self)
 
     def processEnded(self, reason: Failure) -> None:  # noqa: N802 (Twisted API)
         self.done.callback(None)
@@ -291,15 +312,34 @@ class WorkerPool(Service):
         return DeferredList(waits)
 
     def signal_children(self, signum: int) -> None:
-        """Send the signal ``signum`` (e.g. ``signal.SIGUSR1``) to every running child."""
-        for number, process in list(self._processes.items()):
-            if process.pid is not None:
-                try:
-                    process.signalProcess(signum)
-                except ProcessExitedAlready:
-                    pass  # it ended meanwhile: _ended restarts it
-                except OSError as error:
-                    _log.warn("cannot signal worker {number}: {error}", number=number, error=error)
+        """Send the signal ``signum`` (e.g. ``signal.SIGUSR1``) to every running child.
+
+        A child still starting has not installed its handlers yet (the
+        default action of SIGUSR1 ends a process): it gets the signal once
+        it says it serves.
+        """
+        for number, child in list(self._children.items()):
+            if child.serving:
+                self._send(number, signum)
+            elif signum not in child.held:
+                child.held.append(signum)
+
+    def _send(self, number: int, signum: int) -> None:
+        process = self._processes.get(number)
+        if process is None or process.pid is None:
+            return
+        try:
+            process.signalProcess(signum)
+        except ProcessExitedAlready:
+            pass  # it ended meanwhile: _ended restarts it
+        except OSError as error:
+            _log.warn("cannot signal worker {number}: {error}", number=number, error=error)
+
+    def _serving(self, child: _Child) -> None:
+        held, child.held = child.held, []
+        if self._children.get(child.number) is child:
+            for signum in held:
+                self._send(child.number, signum)
 
     @property
     def pids(self) -> list[int]:
@@ -322,7 +362,7 @@ class WorkerPool(Service):
         for offset, sock in enumerate(socks):
             child_fds[first + offset] = sock.fileno()
             inherited.append(Listener(first + offset, sock.family))
-        child = _Child(number, self._ended)
+        child = _Child(number, self._ended, self._serving)
         child.started_at = self._reactor.seconds()
         process = self._reactor.spawnProcess(
             child,

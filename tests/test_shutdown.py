@@ -378,24 +378,47 @@ class Process:
         self.signals.append(signum)
 
 
-def test_parent_passes_sigusr1_on_to_every_child():
-    """In --workers mode each running child gets the parent's SIGUSR1."""
-    pool = WorkerPool(MemoryReactorClock(), Config(), [])
-    running, ended = Process(), Process(pid=None)
-    pool._processes = {1: running, 2: ended}
+def pool_of(*processes: Process) -> tuple[WorkerPool, list[Any]]:
+    """A WorkerPool supervising ``processes`` (as workers 1, 2, ...) and their protocols."""
+    from accel.workers import _Child
+
+    clock = MemoryReactorClock()
+    pool = WorkerPool(clock, Config(shutdown_timeout=30.0), [])
+    children = [_Child(n, lambda c, r: None, pool._serving) for n in range(1, len(processes) + 1)]
+    pool._children = {c.number: c for c in children}
+    pool._processes = {c.number: p for c, p in zip(children, processes)}
+    return pool, children
+
+
+def test_parent_passes_sigusr1_on_to_every_serving_child():
+    """In --workers mode each serving child gets the parent's SIGUSR1."""
+    first, second = Process(), Process()
+    pool, children = pool_of(first, second)
+    for child in children:
+        child.errReceived(b"2026-11-26T03:57:00+0000 [-] worker %d serving (pid 7)\n" % child.number)
     pool.signal_children(signal.SIGUSR1)
-    assert running.signals == [signal.SIGUSR1] and ended.signals == []
+    assert first.signals == [signal.SIGUSR1] and second.signals == [signal.SIGUSR1]
+
+
+def test_child_still_starting_gets_sigusr1_once_it_serves():
+    """SIGUSR1's default action ends a process: a child that has not installed its
+    handler yet is sent the signal only once it says it serves (and only once)."""
+    process = Process()
+    pool, (child,) = pool_of(process)
+    pool.signal_children(signal.SIGUSR1)
+    pool.signal_children(signal.SIGUSR1)
+    assert process.signals == []
+    child.errReceived(b"[-] worker 1 serving (pid 7)\n")
+    assert process.signals == [signal.SIGUSR1]
 
 
 def test_children_get_the_shutdown_timeout_before_kill():
     """A child told TERM is killed only shutdown_timeout plus a margin later."""
-    from accel.workers import _STOP_MARGIN, _Child
+    from accel.workers import _STOP_MARGIN
 
-    clock = MemoryReactorClock()
-    pool = WorkerPool(clock, Config(shutdown_timeout=30.0), [])
-    child, process = _Child(1, lambda c, r: None), Process()
-    pool._children, pool._processes = {1: child}, {1: process}
-    pool.startService = lambda: None  # type: ignore[method-assign]
+    process = Process()
+    pool, _ = pool_of(process)
+    clock = pool._reactor
     pool.running = True
     pool.stopService()
     assert process.signals == ["TERM"]
