@@ -352,7 +352,7 @@ class _OnSignal(Service):
         for action in self._actions:
             try:
                 action()
-            except Exception:
+            except Exception:  # noqa: BLE001 (one failing must not stop the others)
                 _log.failure("error while handling signal {signum}", signum=self._signum)
 
 

@@ -276,7 +276,7 @@ class Reactor:
     def __init__(self) -> None:
         self.pending: list[Any] = []
 
-    def callFromThread(self, f, *args):  # noqa: N802 (Twisted API)
+    def callFromThread(self, f, *args):
         self.pending.append((f, args))
 
     def run_pending(self) -> None:
@@ -374,7 +374,7 @@ class Process:
         self.pid = pid
         self.signals: list[str | int] = []
 
-    def signalProcess(self, signum: str | int) -> None:  # noqa: N802 (Twisted API)
+    def signalProcess(self, signum: str | int) -> None:
         self.signals.append(signum)
 
 
