@@ -264,6 +264,11 @@ class _Listener(Service):
         return None
 
 
+#: ``install(signum, handler)``: sets a signal's handler, returns the one it
+#: replaces (``signal.signal``).
+InstallHandler = Callable[[int, Any], Any]
+
+
 class _Drain(Service):
     """Lets the requests in progress finish when the service stops.
 
@@ -273,14 +278,29 @@ class _Drain(Service):
     after ``timeout`` seconds (:meth:`HTTPServerFactory.drain`). Stopping
     fires once every client connection is gone, so twistd waits for it
     before the store and the logs close.
+
+    Given a ``reactor``, a second SIGTERM or SIGINT while it waits ends the
+    wait at once, as an operator who sends it again means: what is still
+    open is aborted, and the actions added with :meth:`on_force` run (the
+    worker pool passes the signal on). ``install`` sets a signal's handler
+    (``signal.signal``); the handlers it replaced are put back when the
+    wait ends.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, reactor: Any = None, install: InstallHandler = signal.signal) -> None:
         self._timeout = timeout
         self._factories: list[HTTPServerFactory] = []
+        self._reactor = reactor
+        self._install = install
+        self._forced: list[Callable[[], object]] = []
+        self._replaced: dict[int, Any] = {}
 
     def add(self, factory: HTTPServerFactory) -> None:
         self._factories.append(factory)
+
+    def on_force(self, action: Callable[[], object]) -> None:
+        """Run ``action`` too when a second stop signal ends the wait."""
+        self._forced.append(action)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -292,12 +312,38 @@ class _Drain(Service):
                 timeout=self._timeout,
             )
         drained = [factory.drain(self._timeout) for factory in self._factories]
-        return gatherResults(drained).addCallback(lambda _: None)
+        if self._reactor is not None:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous = self._install(signum, self._again)
+                if previous is signal.SIG_IGN:
+                    self._install(signum, previous)  # a worker ignores SIGINT
+                else:
+                    self._replaced[signum] = previous
+        done = gatherResults(drained).addCallback(lambda _: None)
+        return done.addBoth(self._restore)
 
+    def _again(self, signum: int, frame: Any) -> None:
+        """A stop signal while the connections drain: stop waiting (on the reactor)."""
+        self._reactor.callFromThread(self._force, signum)
 
-#: ``install(signum, handler)``: sets a signal's handler, returns the one it
-#: replaces (``signal.signal``).
-InstallHandler = Callable[[int, Any], Any]
+    def _force(self, signum: int) -> None:
+        _log.warn(
+            "signal {signum} while stopping: closing the remaining connections now",
+            signum=signum,
+        )
+        for action in self._forced:
+            try:
+                action()
+            except Exception:  # noqa: BLE001 (the connections must still be closed)
+                _log.failure("error while forcing the stop")
+        for factory in self._factories:
+            factory.abort_open()
+
+    def _restore(self, result: object) -> object:
+        replaced, self._replaced = self._replaced, {}
+        for signum, previous in replaced.items():
+            self._install(signum, signal.SIG_DFL if previous is None else previous)
+        return result
 
 
 class _OnSignal(Service):
@@ -435,7 +481,7 @@ def make_service(
     # after the listeners (added later, so stopped first) stop accepting.
     stopping = MultiService()
     stopping.setServiceParent(top)
-    drain = _Drain(config.shutdown_timeout)
+    drain = _Drain(config.shutdown_timeout, reactor, install_handler)
     drain.setServiceParent(stopping)
     if workers > 1:
         try:
@@ -450,6 +496,7 @@ def make_service(
         pool = WorkerPool(reactor, evolve(config, workers=1), [list(w) for w in zip(*sockets)][1:])
         pool.setServiceParent(stopping)
         on_usr1.add(lambda: pool.signal_children(signal.SIGUSR1))
+        drain.on_force(pool.stop_now)
     for number, description in enumerate(config.listen):
         tls = description.split(":", 1)[0] in ("ssl", "tls")
         factory = HTTPServerFactory(

@@ -429,6 +429,84 @@ def test_children_get_the_shutdown_timeout_before_kill():
 
 
 
+# --- A second stop signal ---
+
+
+def stop_signals(previous: Any = signal.SIG_DFL) -> Signals:
+    signals = Signals()
+    signals.handlers = {signal.SIGTERM: previous, signal.SIGINT: previous}
+    return signals
+
+
+def test_second_stop_signal_aborts_what_is_still_open():
+    """SIGTERM (or SIGINT) again while the connections drain aborts them at once,
+    through the reactor thread, and the stop completes."""
+    proto, t, _, _ = waiting()
+    reactor, signals = Reactor(), stop_signals()
+    drain = app._Drain(10, reactor, signals)
+    drain.add(proto.factory)
+    drain.startService()
+    stopped = drain.stopService()
+    assert not t.disconnecting and not stopped.called
+    signals.handlers[signal.SIGTERM](signal.SIGTERM, None)
+    assert not t.disconnecting  # the handler only schedules the work
+    reactor.run_pending()
+    assert t.disconnecting  # StringTransport.abortConnection
+    lose(proto)
+    assert stopped.called
+
+
+def test_second_stop_signal_runs_the_force_actions():
+    """What was added with on_force (the worker pool's stop_now) runs as well."""
+    proto, _, _, _ = waiting()
+    reactor, signals = Reactor(), stop_signals()
+    forced: list[str] = []
+    drain = app._Drain(10, reactor, signals)
+    drain.add(proto.factory)
+    drain.on_force(lambda: forced.append("workers"))
+    drain.startService()
+    drain.stopService()
+    signals.handlers[signal.SIGINT](signal.SIGINT, None)
+    reactor.run_pending()
+    assert forced == ["workers"]
+
+
+def test_stop_signal_handlers_are_restored_when_drained():
+    """Once every connection is gone the handlers that were there come back."""
+    proto, _, _, h = waiting()
+    previous = object()
+    signals = stop_signals(previous)
+    drain = app._Drain(10, Reactor(), signals)
+    drain.add(proto.factory)
+    drain.startService()
+    drain.stopService()
+    assert signals.handlers[signal.SIGTERM] is not previous
+    answer(h.calls[0][1], b"a")
+    lose(proto)
+    assert signals.handlers == {signal.SIGTERM: previous, signal.SIGINT: previous}
+
+
+def test_an_ignored_sigint_stays_ignored_while_draining():
+    """A worker ignores SIGINT (the parent stops it): the drain leaves that alone."""
+    proto, _, _, _ = waiting()
+    signals = stop_signals()
+    signals.handlers[signal.SIGINT] = signal.SIG_IGN
+    drain = app._Drain(10, Reactor(), signals)
+    drain.add(proto.factory)
+    drain.startService()
+    drain.stopService()
+    assert signals.handlers[signal.SIGINT] is signal.SIG_IGN
+    assert signals.handlers[signal.SIGTERM] is not signal.SIG_IGN
+
+
+def test_stop_now_passes_sigterm_on_to_every_child():
+    """The pool's part of a forced stop: each child gets SIGTERM again."""
+    first, second = Process(), Process()
+    pool, _ = pool_of(first, second)
+    pool.stop_now()
+    assert first.signals == [signal.SIGTERM] and second.signals == [signal.SIGTERM]
+
+
 # --- Cache fills cut by the stop ---
 
 

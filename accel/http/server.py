@@ -2001,14 +2001,15 @@ class HTTPServerFactory(ServerFactory):
                 proto._wind_down()
             if self._open:
                 if timeout > 0:
-                    self._drain_deadline = self.clock.callLater(timeout, self._abort_open)
+                    self._drain_deadline = self.clock.callLater(timeout, self.abort_open)
                 else:
-                    self._abort_open()
+                    self.abort_open()
         self._check_drained()
         return done
 
-    def _abort_open(self) -> None:
-        """The grace period is over: abort every connection still open."""
+    def abort_open(self) -> None:
+        """The grace period is over (or the operator insists): abort every
+        connection still open."""
         self._drain_deadline = None
         if self._open:
             _log.warn(
