@@ -454,6 +454,7 @@ def test_second_stop_signal_aborts_what_is_still_open():
     assert t.disconnecting  # StringTransport.abortConnection
     lose(proto)
     assert stopped.called
+    assert proto.factory.clock.getDelayedCalls() == []  # the deadline went too
 
 
 def test_second_stop_signal_runs_the_force_actions():

@@ -2010,11 +2010,12 @@ class HTTPServerFactory(ServerFactory):
     def abort_open(self) -> None:
         """The grace period is over (or the operator insists): abort every
         connection still open."""
-        self._drain_deadline = None
+        deadline, self._drain_deadline = self._drain_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()  # the operator insisted before the timeout
         if self._open:
             _log.warn(
-                "{count} client connection(s) still open at the end of the shutdown "
-                "timeout; closing them",
+                "stopping: aborting {count} client connection(s) still open",
                 count=len(self._open),
             )
         for proto in list(self._open):
