@@ -220,15 +220,7 @@ class AccessLog:
         #: The file written to, or None for standard output.
         self._path: str | None = None if path == "-" else path
         self._closed = False
-        if path == "-":
-            # Unbuffered on the descriptor itself: a buffered writer would
-            # merge the batches into larger writes again.
-            self._stream = open(sys.stdout.fileno(), "ab", buffering=0, closefd=False)  # noqa: SIM115
-            self._owned = True  # closing it leaves the descriptor open (closefd=False)
-            self._atomic = select.PIPE_BUF
-        else:
-            self._stream = open(path, "ab", buffering=0)  # noqa: SIM115
-            self._owned = True
+        self._stream, self._atomic = _open(path)
         self._lines: list[bytes] = []
         self._pending = 0
         self._flusher = LoopingCall(self.flush)
@@ -311,13 +303,51 @@ class AccessLog:
             pass  # its lines were written already: nothing left to lose
         _log.info("access log reopened: {path}", path=self._path)
 
+    def move(self, path: str) -> None:
+        """Write the pending lines, then go on at ``path`` (a file, or ``-``).
+
+        For a configuration reload that names another access log. If
+        ``path`` cannot be opened, that is logged and lines keep going
+        where they went.
+        """
+        if self._closed or path == (self._path or "-"):
+            return
+        self.flush()
+        try:
+            stream, atomic = _open(path)
+        except OSError as error:
+            _log.error(
+                "cannot open the access log {path}: {error}; still writing to {old}",
+                path=path,
+                error=error.strerror or error,
+                old=self._path or "-",
+            )
+            return
+        old, self._stream, self._atomic = self._stream, stream, atomic
+        self._path = None if path == "-" else path
+        try:
+            old.close()
+        except OSError:
+            pass  # its lines were written already
+        _log.info("access log now written to {path}", path=path)
+
     def close(self) -> None:
         if self._flusher.running:
             self._flusher.stop()
         self.flush()
         self._closed = True
-        if self._owned:
-            self._stream.close()
+        self._stream.close()
+
+
+def _open(path: str) -> tuple[BinaryIO, int | None]:
+    """The stream of the access log ``path`` and its largest atomic write
+    (None: any), for ``-`` standard output."""
+    if path == "-":
+        # Unbuffered on the descriptor itself: a buffered writer would
+        # merge the batches into larger writes again; closing it leaves the
+        # descriptor open (closefd=False).
+        return open(sys.stdout.fileno(), "ab", buffering=0, closefd=False), select.PIPE_BUF
+    return open(path, "ab", buffering=0), None
 
 
 def _batches(lines: list[bytes], limit: int | None) -> Iterator[bytes]:

@@ -32,6 +32,7 @@ from accel.cache.store import Store
 from accel.forwarding import ForwardingPolicy
 from accel.http.server import HTTPServerFactory, ServerLimits
 from accel.proxy import Accelerator
+from accel.reload import caches, plan_reload
 from accel.routes import CacheRules, Route
 from accel.routing import Router
 from accel.workers import (
@@ -402,6 +403,95 @@ class _OnSignal(Service):
                 _log.failure("error while handling signal {signum}", signum=self._signum)
 
 
+class _Reloader:
+    """Applies the configuration read anew on SIGHUP, as ``nginx -s reload`` does.
+
+    ``reread`` gives the configuration exactly as start-up built it (the
+    same command line, the ``--config`` file read again) or raises
+    :class:`~accel.config.ConfigError`: then one line says why and nothing
+    changes. ``settle`` fills in what start-up decided (the demo origin's
+    address, a temporary cache directory). What only a restart can change
+    is kept, one line each (:func:`accel.reload.plan_reload`); the rest is
+    applied:
+
+    * a new handler (origin pools, routes, cache rules, a fresh hot tier)
+      on the same store is swapped into every server factory: new requests,
+      including the next one on an open connection, take it; those in
+      progress finish with the one they began with, which then keeps
+      nothing (:meth:`Accelerator.retire <accel.proxy.Accelerator.retire>`);
+    * the access log moves to a new path, the drain takes the new
+      ``shutdown_timeout``;
+    * the worker pool replaces each child with one serving the new
+      configuration (:meth:`WorkerPool.reload`).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: cfg.Config,
+        handler: Accelerator,
+        store: Store | None,
+        settle: Callable[[cfg.Config], cfg.Config],
+        serving: Service,
+    ) -> None:
+        self.handler = handler
+        self.factories: list[HTTPServerFactory] = []
+        self.access_log: AccessLog | None = None
+        self.drain: _Drain | None = None
+        self.pool: WorkerPool | None = None
+        self._reactor = reactor
+        self._config = config
+        self._store = store
+        self._settle = settle
+        self._serving = serving
+
+    def reload(self, reread: Callable[[], cfg.Config]) -> None:
+        """Read the configuration again and apply what may change live."""
+        if not self._serving.running:
+            _log.info("SIGHUP while stopping: the configuration is not reloaded")
+            return
+        try:
+            new = self._settle(reread())
+        except cfg.ConfigError as error:
+            _log.error("configuration not reloaded, still serving the previous one: {error}", error=str(error))
+            return
+        plan = plan_reload(self._config, new)
+        config = plan.config
+        try:
+            handler = build_accelerator(config, self._reactor, self._store)
+        except Exception as error:  # noqa: BLE001 (keep serving with what works)
+            _log.failure(
+                "configuration not reloaded, still serving the previous one: {error}", error=str(error)
+            )
+            return
+        for name in plan.restart:
+            _log.warn("{name} changed: takes effect at the next restart", name=name)
+        limits = server_limits(config)
+        for factory in self.factories:
+            factory.reconfigure(handler, limits=limits, body_limit=handler.body_limit, fast_path=handler.fast_hit)
+        old, self.handler = self.handler, handler
+        old.retire().addErrback(_log_failure, "error while retiring the previous handler")
+        if self.access_log is not None and config.access_log is not None and config.access_log != "off":
+            self.access_log.move(config.access_log)
+        if self.drain is not None:
+            self.drain._timeout = config.shutdown_timeout
+        replaced = ""
+        if self.pool is not None:
+            count = self.pool.reload(evolve(config, workers=1))
+            replaced = f"; replacing {count} worker(s)"
+        self._config = config
+        _log.info(
+            "configuration reloaded: {sites} site(s), {routes} route(s){replaced}",
+            sites=len(config.sites),
+            routes=sum(len(site.routes) for site in config.sites),
+            replaced=replaced,
+        )
+
+
+def _log_failure(failure: Failure, what: str) -> None:
+    _log.failure(what, failure)
+
+
 def _access_log(config: cfg.Config, reactor: Any, closer: _Closer) -> Any:
     if config.access_log == "off":
         return None
@@ -421,6 +511,7 @@ def make_service(
     reactor: Any,
     listeners: Sequence[Listener] | None = None,
     install_handler: InstallHandler = signal.signal,
+    reread: Callable[[], cfg.Config] | None = None,
 ) -> IService:
     """Everything ``twistd accel`` runs, as one service.
 
@@ -433,28 +524,38 @@ def make_service(
     Stopping it stops accepting, then lets the requests in progress finish
     for ``config.shutdown_timeout`` seconds (the workers too, at the same
     time), then closes the store and the logs. SIGUSR1 reopens the access
-    log, and is passed on to the workers; ``install_handler`` installs its
-    handler when the service starts.
+    log, and is passed on to the workers. Given ``reread`` (which builds
+    the configuration anew, as start-up did, or raises
+    :class:`~accel.config.ConfigError`), SIGHUP reloads it (see
+    :class:`_Reloader`). ``install_handler`` installs the signal handlers
+    when the service starts.
     """
     top = _InOrder()
-    # First in, so stopped last: the handler stays while connections drain.
+    # First in, so stopped last: the handlers stay while connections drain.
     on_usr1 = _OnSignal(reactor, signal.SIGUSR1, install_handler)
     on_usr1.setServiceParent(top)
+    on_hup = None
+    if reread is not None:
+        on_hup = _OnSignal(reactor, signal.SIGHUP, install_handler)
+        on_hup.setServiceParent(top)
     closer = _Closer()
     closer.setServiceParent(top)
 
+    demo_url: str | None = None
     if config.demo:
         from accel.demo import DemoOrigin
 
         demo = DemoOrigin.create(reactor, reactor, config.listen)
         demo.setServiceParent(top)
+        demo_url = demo.url
         config = evolve(config.with_demo_origin(demo.url), demo=False)
 
     store = None
-    if any(route.cache.enabled for site in config.sites for route in site.routes):
+    temporary: str | None = None
+    if caches(config):
         directory = config.cache_dir
         if directory is None:
-            directory = tempfile.mkdtemp(prefix="accel-cache-")
+            directory = temporary = tempfile.mkdtemp(prefix="accel-cache-")
             closer.add(lambda: shutil.rmtree(directory, ignore_errors=True))
             config = evolve(config, cache_dir=directory)  # the workers share it
         # Opened when the service starts, not now: twistd forks into a daemon
@@ -465,12 +566,24 @@ def make_service(
         _StoreOpener(store).setServiceParent(top)
         closer.add(store.close)
 
+    def settle(new: cfg.Config) -> cfg.Config:
+        """A configuration read anew, as this process runs it: with what start-up filled in."""
+        if new.demo and demo_url is not None:
+            new = evolve(new.with_demo_origin(demo_url), demo=False)
+        if new.cache_dir is None and temporary is not None:
+            new = evolve(new, cache_dir=temporary)
+        return new
+
     handler = build_accelerator(config, reactor, store)
-    closer.add(handler.close)
+    reloader = _Reloader(reactor, config, handler, store, settle, top)
+    closer.add(lambda: reloader.handler.close())
+    if on_hup is not None and reread is not None:
+        on_hup.add(lambda: reloader.reload(reread))
     limits = server_limits(config)
     access_log = _access_log(config, reactor, closer)
     if isinstance(access_log, AccessLog):
         on_usr1.add(access_log.reopen)
+        reloader.access_log = access_log
     workers = 1
     if listeners is None:
         plan = plan_workers(config, available_cpus())
@@ -481,7 +594,7 @@ def make_service(
     # after the listeners (added later, so stopped first) stop accepting.
     stopping = MultiService()
     stopping.setServiceParent(top)
-    drain = _Drain(config.shutdown_timeout, reactor, install_handler)
+    drain = reloader.drain = _Drain(config.shutdown_timeout, reactor, install_handler)
     drain.setServiceParent(stopping)
     if workers > 1:
         try:
@@ -495,6 +608,7 @@ def make_service(
         listeners = [Listener(group[0].fileno(), group[0].family) for group in sockets]
         pool = WorkerPool(reactor, evolve(config, workers=1), [list(w) for w in zip(*sockets)][1:])
         pool.setServiceParent(stopping)
+        reloader.pool = pool
         on_usr1.add(lambda: pool.signal_children(signal.SIGUSR1))
         drain.on_force(pool.stop_now)
     for number, description in enumerate(config.listen):
@@ -509,6 +623,7 @@ def make_service(
             fast_path=handler.fast_hit,
         )
         drain.add(factory)
+        reloader.factories.append(factory)
         if listeners is not None:
             served = serving_factory(description, factory, reactor)
             ListenerService(reactor, listeners[number], served).setServiceParent(top)

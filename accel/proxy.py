@@ -121,6 +121,26 @@ class Accelerator:
         ]
         return gatherResults(closing).addCallback(lambda _: None)
 
+    def retire(self) -> Deferred[None]:
+        """A reload replaced this handler: let what it serves finish, keep nothing.
+
+        The hot tier is emptied (its hits were checked against the rules
+        being replaced) and each route's origin pool retires (see
+        :meth:`OriginPool.retire <accel.upstream.OriginPool.retire>`): idle
+        connections close now, busy ones once their exchange is done. The
+        requests in progress go on with this handler to their end.
+        """
+        from twisted.internet.defer import gatherResults, maybeDeferred
+
+        if self._hot is not None:
+            self._hot.clear()
+        retiring = [
+            maybeDeferred(route.upstream.retire)
+            for route in self._router.routes()
+            if hasattr(route.upstream, "retire")
+        ]
+        return gatherResults(retiring).addCallback(lambda _: None)
+
     # Entry point
 
     def body_limit(self, request: Request) -> int | None:

@@ -90,9 +90,18 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         """Build and validate the configuration; end start-up on any error."""
         try:
-            config = Config.from_options(self)
+            self.config = self.reread()
         except ConfigError as error:
             raise SystemExit(f"accel: {error}") from None
+
+    def reread(self) -> Config:
+        """The configuration these options give now: the ``--config`` file read again.
+
+        Exactly what start-up builds from the same command line (on SIGHUP,
+        see :mod:`accel.app`); raises :class:`ConfigError` with the text
+        start-up prints after ``accel:``.
+        """
+        config = Config.from_options(self)
         if config.access_log is None:
             # Beside the twistd log, written directly: a line through twistd's
             # log observers costs several times the hit it records.
@@ -101,8 +110,8 @@ class Options(usage.Options):
                 try:
                     config = evolve(config, access_log=check_log_path(beside, "--access-log"))
                 except ConfigError as error:
-                    raise SystemExit(f"accel: {error} (the default beside the twistd log)") from None
-        self.config = config
+                    raise ConfigError(f"{error} (the default beside the twistd log)") from None
+        return config
 
 
 def default_access_log(twistd_options: Any) -> str | None:
@@ -161,4 +170,4 @@ def makeService(options: Options) -> IService:
     from accel.app import make_service
 
     assert options.config is not None, "parseOptions() sets config"
-    return make_service(options.config, reactor)
+    return make_service(options.config, reactor, reread=options.reread)

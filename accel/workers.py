@@ -46,6 +46,7 @@ and serves until terminated.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -256,6 +257,10 @@ class _Child(ProcessProtocol):
         self.started_at = 0.0
         self.serving = False
         self.held: list[int] = []
+        #: The children this one replaces (a reload): told to stop once it serves.
+        self.replaces: list[_Child] = []
+        #: This child's process (``IProcessTransport``), once spawned.
+        self.process: Any = None
         self._ended = ended
         self._on_serving = on_serving
         self._partial = b""
@@ -290,8 +295,10 @@ class WorkerPool(Service):
         self._config = config
         self._listeners = listeners
         self._children: dict[int, _Child] = {}
-        self._processes: dict[int, Any] = {}
         self._delays: dict[int, float] = {}
+        #: Children a reload replaced, still running: until their
+        #: replacement serves, then while they drain.
+        self._outgoing: list[_Child] = []
 
     def startService(self) -> None:
         super().startService()
@@ -301,15 +308,54 @@ class WorkerPool(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         waits = []
-        for number, child in list(self._children.items()):
-            process = self._processes.get(number)
-            if process is not None and process.pid is not None:
-                process.signalProcess("TERM")
-                grace = self._config.shutdown_timeout + _STOP_MARGIN
-                killer = self._reactor.callLater(grace, self._kill, number)
-                child.done.addBoth(lambda _, k=killer: k.cancel() if k.active() else None)
+        for child in list(self._children.values()):
+            # Those it replaces are told to stop as well (once is enough).
+            for old in child.replaces:
+                self._terminate(old)
+            child.replaces = []
+            self._terminate(child)
             waits.append(child.done)
+        waits.extend(old.done for old in self._outgoing)
         return DeferredList(waits)
+
+    def _terminate(self, child: _Child) -> None:
+        """Send ``child`` SIGTERM (it drains); kill it if it is still running
+        ``shutdown_timeout`` plus a margin later."""
+        process = child.process
+        if process is None or process.pid is None:
+            return
+        try:
+            process.signalProcess("TERM")
+        except ProcessExitedAlready:
+            return
+        grace = self._config.shutdown_timeout + _STOP_MARGIN
+        killer = self._reactor.callLater(grace, self._kill, child)
+        child.done.addBoth(lambda _, k=killer: k.cancel() if k.active() else None)
+
+    def reload(self, config: Config) -> int:
+        """Replace every child with one serving ``config``, as nginx does on reload.
+
+        For each worker a new child starts on the same inherited sockets;
+        once it says it serves, the one it replaces gets SIGTERM and lets
+        its requests in progress finish (``accel.app._Drain``), so a socket
+        is never without a worker. The old child's exit is expected, not a
+        crash: it is not restarted. A replacement that exits before it
+        serves leaves the old child in place (and the usual restart
+        follows). Returns the number of children being replaced.
+        """
+        self._config = config
+        if not self.running:
+            return 0
+        count = 0
+        for number, old in list(self._children.items()):
+            self._spawn(number)
+            new = self._children[number]
+            # A replacement still starting is replaced in turn, with those it replaces.
+            new.replaces = [old, *old.replaces]
+            old.replaces = []
+            self._outgoing.append(old)
+            count += 1
+        return count
 
     def signal_children(self, signum: int) -> None:
         """Send the signal ``signum`` (e.g. ``signal.SIGUSR1``) to every running child.
@@ -318,14 +364,14 @@ class WorkerPool(Service):
         default action of SIGUSR1 ends a process): it gets the signal once
         it says it serves.
         """
-        for number, child in list(self._children.items()):
+        for child in [*self._children.values(), *self._outgoing]:
             if child.serving:
-                self._send(number, signum)
+                self._send(child, signum)
             elif signum not in child.held:
                 child.held.append(signum)
 
-    def _send(self, number: int, signum: int) -> None:
-        process = self._processes.get(number)
+    def _send(self, child: _Child, signum: int) -> None:
+        process = child.process
         if process is None or process.pid is None:
             return
         try:
@@ -333,31 +379,36 @@ class WorkerPool(Service):
         except ProcessExitedAlready:
             pass  # it ended meanwhile: _ended restarts it
         except OSError as error:
-            _log.warn("cannot signal worker {number}: {error}", number=number, error=error)
+            _log.warn("cannot signal worker {number}: {error}", number=child.number, error=error)
 
     def _serving(self, child: _Child) -> None:
         held, child.held = child.held, []
-        if self._children.get(child.number) is child:
+        if self._children.get(child.number) is child or child in self._outgoing:
             for signum in held:
-                self._send(child.number, signum)
+                self._send(child, signum)
+        replaced, child.replaces = child.replaces, []
+        for old in replaced:
+            self._terminate(old)
 
     @property
     def pids(self) -> list[int]:
-        """The running children's process ids."""
-        return [p.pid for p in self._processes.values() if p.pid is not None]
+        """The running children's process ids (those a reload replaced included)."""
+        children = [*self._children.values(), *self._outgoing]
+        return [c.process.pid for c in children if c.process is not None and c.process.pid is not None]
 
     def stop_now(self) -> None:
         """The operator asked again while the workers drain: pass SIGTERM on
         once more, so each one aborts what it still serves and exits (see
         ``accel.app._Drain``)."""
-        for number in list(self._children):
-            self._send(number, signal.SIGTERM)
+        for child in [*self._children.values(), *self._outgoing]:
+            self._send(child, signal.SIGTERM)
 
-    def _kill(self, number: int) -> None:
-        process = self._processes.get(number)
+    def _kill(self, child: _Child) -> None:
+        process = child.process
         if process is not None and process.pid is not None:
-            _log.warn("worker {number} did not stop in time; killing it", number=number)
-            process.signalProcess("KILL")
+            _log.warn("worker {number} did not stop in time; killing it", number=child.number)
+            with contextlib.suppress(ProcessExitedAlready):
+                process.signalProcess("KILL")
 
     def _spawn(self, number: int) -> None:
         socks = self._listeners[number - 1]
@@ -381,15 +432,31 @@ class WorkerPool(Service):
         message = pickle.dumps((number, self._config, inherited, installed(self._reactor)))
         # The pipe stays open: its end tells the child that this process is gone.
         process.writeToChild(0, _HEADER.pack(len(message)) + message)
+        child.process = process
         self._children[number] = child
-        self._processes[number] = process
 
     def _ended(self, child: _Child, reason: Failure) -> None:
         number = child.number
+        if child in self._outgoing:
+            self._outgoing.remove(child)  # replaced by a reload: expected
+            return
         if self._children.get(number) is not child:
             return
         del self._children[number]
-        self._processes.pop(number, None)
+        if child.replaces:
+            # A reload's replacement that never served: the child it was
+            # to replace goes on (the nearest one still running).
+            kept, *older = child.replaces
+            kept.replaces = older
+            self._outgoing.remove(kept)
+            self._children[number] = kept
+            _log.error(
+                "worker {number}: its replacement exited before serving ({reason});"
+                " the previous one goes on",
+                number=number,
+                reason=reason.getErrorMessage(),
+            )
+            return
         if not self.running:
             return
         quick = self._reactor.seconds() - child.started_at < _MAX_RESTART_DELAY
@@ -455,6 +522,9 @@ def _child_main() -> None:
     # is still starting: ignored until the service installs its handler.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # The parent drives reloads (it replaces its children): SIGHUP, sent to
+    # the whole process group, must not end a worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     (size,) = _HEADER.unpack(_read_exactly(0, _HEADER.size))
     number, config, listeners, own_reactor = pickle.loads(_read_exactly(0, size))
     if own_reactor:  # as the parent: accel's unless twistd was told otherwise

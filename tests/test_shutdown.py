@@ -386,7 +386,8 @@ def pool_of(*processes: Process) -> tuple[WorkerPool, list[Any]]:
     pool = WorkerPool(clock, Config(shutdown_timeout=30.0), [])
     children = [_Child(n, lambda c, r: None, pool._serving) for n in range(1, len(processes) + 1)]
     pool._children = {c.number: c for c in children}
-    pool._processes = {c.number: p for c, p in zip(children, processes)}
+    for child, process in zip(children, processes):
+        child.process = process
     return pool, children
 
 

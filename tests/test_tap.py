@@ -78,17 +78,45 @@ def test_unknown_option_is_a_usage_error() -> None:
 
 
 def test_make_service_passes_config_and_reactor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """makeService hands the built Config and the global reactor to accel.app.make_service."""
+    """makeService hands the built Config, the global reactor and the options'
+    reread (for SIGHUP) to accel.app.make_service."""
     from twisted.internet import reactor
 
     calls = []
     service = Service()
     fake = types.ModuleType("accel.app")
-    fake.make_service = lambda config, given_reactor: calls.append((config, given_reactor)) or service  # type: ignore[attr-defined]
+    fake.make_service = lambda config, given_reactor, reread: calls.append((config, given_reactor, reread)) or service  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "accel.app", fake)
     options = parse("--origin", "http://a")
     assert makeService(options) is service
-    assert calls == [(options.config, reactor)]
+    assert calls == [(options.config, reactor, options.reread)]
+
+
+def test_reread_reads_the_config_file_again(tmp_path: Path) -> None:
+    """Options.reread builds the configuration anew from the same options and file."""
+    path = tmp_path / "accel.toml"
+    route = '[[sites]]\n  [[sites.routes]]\n  prefix = "/"\n  origin = "http://%s:1"\n'
+    path.write_text(route % "a")
+    options = parse("--config", str(path), "--cache-size", "2G")
+    path.write_text(route % "b")
+    config = options.reread()
+    assert config.sites[0].routes[0].origins == (OriginURL("http", "b", 1),)
+    assert config.cache_size == 2 * 1024**3
+
+
+def test_reread_of_a_bad_file_raises_what_start_up_prints(tmp_path: Path) -> None:
+    """A file that no longer parses: ConfigError, with start-up's text."""
+    from accel.config import ConfigError
+
+    path = tmp_path / "accel.toml"
+    path.write_text('[[sites]]\n  [[sites.routes]]\n  prefix = "/"\n  origin = "http://a:1"\n')
+    options = parse("--config", str(path))
+    path.write_text("[[sites]\n")
+    with pytest.raises(ConfigError) as raised:
+        options.reread()
+    with pytest.raises(SystemExit) as exited:
+        parse("--config", str(path))
+    assert str(exited.value) == f"accel: {raised.value}"
 
 
 def test_plugin_is_found() -> None:

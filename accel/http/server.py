@@ -850,6 +850,7 @@ class HTTPServerProtocol(Protocol):
         self._client_log = b"-"
         self._body_limit = factory.body_limit
         self._fast_path = factory.fast_path
+        self._generation = factory.generation
         self._parser: httptools.HttpRequestParser | None = None
         #: The connection's socket while writes may bypass Twisted's buffer
         #: (plain TCP and UNIX connections; ``None`` over TLS): see _write
@@ -1027,6 +1028,8 @@ class HTTPServerProtocol(Protocol):
             return
         now = self._last_rx = self._clock.seconds()
         if self._phase == _IDLE:
+            if self._generation != self.factory.generation:
+                self._reconfigured()
             if (
                 self._fast_path is not None
                 and self._active is None
@@ -1085,6 +1088,15 @@ class HTTPServerProtocol(Protocol):
                 return
         if self._phase != _IDLE:
             self._arm_for_phase()
+
+    def _reconfigured(self) -> None:
+        """The factory was reconfigured (a reload) since this connection last
+        looked: the request that begins now takes the new handler."""
+        factory = self.factory
+        self._generation = factory.generation
+        self._handler = factory.handler
+        self._body_limit = factory.body_limit
+        self._fast_path = factory.fast_path
 
     def _parse_failed(self, exc: httptools.HttpParserError, data: bytes) -> None:
         """Map a parser error (ours or llhttp's) to an answer; never forwards."""
@@ -1945,9 +1957,36 @@ class HTTPServerFactory(ServerFactory):
         self._drain_waiters: list[Deferred[None]] = []
         self._drain_deadline: IDelayedCall | None = None
         self.fast_path = fast_path
+        #: Counts :meth:`reconfigure` calls: a connection whose count is
+        #: older takes the new handler at its next request.
+        self.generation = 0
         self.server_line = b"server: %s\r\n" % server_name if server_name else b""
         self._date_second = -1
         self._date_line = b""
+
+    def reconfigure(
+        self,
+        handler: Handler,
+        *,
+        limits: ServerLimits,
+        body_limit: Callable[[Request], int | None] | None = None,
+        fast_path: FastPath | None = None,
+    ) -> None:
+        """Serve with ``handler`` (a configuration reload) from the next request on.
+
+        The requests a connection has begun to read stay with the handler
+        that took them; the next request on every open connection, and
+        every new connection, gets ``handler``, ``body_limit`` and
+        ``fast_path``. ``limits`` apply to the connections accepted from now
+        on (an open one keeps the timers and bounds it started with).
+        """
+        if not isinstance(limits, ServerLimits):
+            raise TypeError(f"expected ServerLimits for limits, got {limits!r}")
+        self.handler = handler
+        self.limits = limits
+        self.body_limit = body_limit
+        self.fast_path = fast_path
+        self.generation += 1
 
     def buildProtocol(self, addr: object) -> HTTPServerProtocol:
         return HTTPServerProtocol(self)

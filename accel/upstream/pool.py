@@ -283,12 +283,17 @@ class _OriginHome:
 
     def close(self) -> Deferred[None]:
         """Stop pooling: fail the waiting calls, close the idle connections."""
-        self.closing = True
         waiting, self.waiting = self.waiting, deque()
         for call in waiting:
             call.refused(
                 UpstreamConnectError(f"{self.origin.name}: the origin pool closed")
             )
+        return self.retire()
+
+    def retire(self) -> Deferred[None]:
+        """Stop pooling: close the idle connections, and each busy one once
+        its exchange is done (waiting calls still get theirs first)."""
+        self.closing = True
         idle, self.idle = self.idle, []
         return DeferredList([connection.close() for connection in idle]).addCallback(
             lambda _: None
@@ -569,6 +574,20 @@ class OriginPool:
         if index is not None:
             self._cursor = index + 1
         return index
+
+    def retire(self) -> Deferred[None]:
+        """Let the requests in flight finish without this pool keeping anything.
+
+        For a configuration reload, where a new pool takes over: idle
+        connections close now; requests in flight, waiting for a connection
+        or still made through this pool (a retry, a background fill) are
+        served, each connection closing once its exchange is done rather
+        than returning to the pool. Fires when the idle connections are
+        closed.
+        """
+        return DeferredList([home.retire() for home in self._homes]).addCallback(
+            lambda _: None
+        )
 
     def close(self) -> Deferred[None]:
         """Stop pooling; fire when idle connections are closed.
