@@ -35,7 +35,7 @@ from attrs import evolve, frozen
 
 from accel.config import Config
 
-__all__ = ["ReloadPlan", "plan_reload", "caches"]
+__all__ = ["ReloadPlan", "caches", "plan_reload"]
 
 
 @frozen
