@@ -439,6 +439,11 @@ class WorkerPool(Service):
         number = child.number
         if child in self._outgoing:
             self._outgoing.remove(child)  # replaced by a reload: expected
+            _log.info(
+                "worker {number}: the process a reload replaced has ended ({reason})",
+                number=number,
+                reason=reason.getErrorMessage(),
+            )
             return
         if self._children.get(number) is not child:
             return

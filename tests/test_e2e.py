@@ -304,3 +304,51 @@ def test_sigusr1_reopens_the_access_log_in_every_worker(tmp_path: Path) -> None:
     after = log.read_text("latin-1").splitlines()
     assert len(before) == 8 and all('"GET /?before ' in line for line in before), before
     assert len(after) == 8 and all('"GET /?after ' in line for line in after), after
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_reloads_the_config_file(tmp_path: Path, workers: str) -> None:
+    """The route's origin changed in the file, then SIGHUP: the next requests reach the
+    new origin (in one process, even on a connection opened before), and accel serves on.
+    With workers each child is replaced by one serving the new file; the old ones end
+    by the SIGTERM that lets them drain (not by the SIGHUP they were sent too)."""
+    import signal
+
+    config = tmp_path / "accel.toml"
+    route = '[cache]\nenabled = false\n[[sites]]\n  [[sites.routes]]\n  prefix = "/"\n  origin = "http://127.0.0.1:%d"\n'
+    origin_cmd = [sys.executable, str(HERE / "origin_server.py"), "tcp:0:interface=127.0.0.1"]
+    with process(origin_cmd, tmp_path / "a.log") as a, process(origin_cmd, tmp_path / "b.log") as b:
+        config.write_text(route % _origin_port(a, tmp_path / "a.log"))
+        second = _origin_port(b, tmp_path / "b.log")
+        port = free_port()
+        output = tmp_path / "accel.log"
+        with accel(tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", workers,
+                   "--config", str(config)) as proc:  # fmt: skip
+            _wait_for(lambda: accepting(port) and (workers == "1" or b"worker 1 serving" in output.read_bytes()), "accel", proc)
+            kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            assert get(kept, "/count")[1] == b"/count 1\n"  # origin a: its first
+            assert get(kept, "/count")[1] == b"/count 2\n"
+            children = re.findall(rb"worker 1 serving \(pid (\d+)\)", output.read_bytes())
+            for pid in children:
+                os.kill(int(pid), signal.SIGHUP)  # a worker ignores it: the parent drives reloads
+            config.write_text(route % second)
+            proc.send_signal(signal.SIGHUP)
+            _wait_for(lambda: b"configuration reloaded" in output.read_bytes(), "reload", proc)
+            first = 1
+            if workers == "1":
+                assert get(kept, "/count")[1] == b"/count 1\n"  # origin b, same connection
+                first = 2
+            else:
+                _wait_for(lambda: b"process a reload replaced has ended" in output.read_bytes(), "replacement", proc)
+            bodies = []
+            for _ in range(6):  # new connections: every worker serves the new file
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                bodies.append(get(conn, "/count")[1])
+                conn.close()
+            # Origin b's own count, in order: none of them reached origin a.
+            assert bodies == [b"/count %d\n" % n for n in range(first, first + 6)]
+            assert proc.poll() is None
+    text = output.read_text("latin-1")
+    assert "Traceback" not in text and "restarting" not in text, text[-3000:]
+    if workers == "2":
+        assert "by signal" not in text, text[-3000:]
