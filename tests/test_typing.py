@@ -21,6 +21,7 @@ PURE = [
     "accel/cache/keys.py",
     "accel/forwarding.py",
     "accel/routing.py",
+    "accel/reload.py",
 ]
 
 
