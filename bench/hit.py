@@ -5,6 +5,7 @@
     taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/1m
     taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/private/1k
     taskset -c 1 wrk -t1 -c64 -d5s http://127.0.0.1:PORT/revalidate/1k
+    taskset -c 1 wrk -t1 -c64 -d5s -H 'If-None-Match: "v1"' http://127.0.0.1:PORT/validators/1k
 
 Starts a trivial origin (``/1k``, ``/64k``, ``/100k`` and ``/1m``, ``Cache-Control: max-age=86400``)
 and accel in front of it, in this process, exactly as ``twistd accel`` wires
@@ -32,6 +33,9 @@ BODIES = {
 }
 
 
+_VALIDATORS = b'etag: "v1"\r\nlast-modified: Tue, 14 Nov 2023 22:13:20 GMT\r\n'
+
+
 class _Origin(Protocol):
     """A minimal origin: each GET head gets its body, cacheable for a day.
 
@@ -39,7 +43,10 @@ class _Origin(Protocol):
     ``Cache-Control: no-store``: every request goes through to the origin.
     Under ``/revalidate`` they come with ``Cache-Control: no-cache`` and an
     ``ETag``: every request is a revalidation, answered ``304`` (the stored
-    response is served).
+    response is served). Under ``/validators`` they come cacheable for a
+    day with an ``ETag`` and a ``Last-Modified``: the conditional requests
+    of a browser's reload (``If-None-Match: "v1"``) are answered ``304`` by
+    accel from the cache.
     """
 
     def __init__(self) -> None:
@@ -54,11 +61,17 @@ class _Origin(Protocol):
                 self._revalidate(head, path[11:])
                 continue
             private = path.startswith(b"/private/")
-            body = BODIES.get(path[8:] if private else path, b"")
+            validators = path.startswith(b"/validators/")
+            body = BODIES.get(path[8:] if private else path[11:] if validators else path, b"")
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
-                b"cache-control: %s\r\ncontent-length: %d\r\n\r\n%s"
-                % (b"no-store" if private else b"max-age=86400", len(body), body)
+                b"cache-control: %s\r\n%scontent-length: %d\r\n\r\n%s"
+                % (
+                    b"no-store" if private else b"max-age=86400",
+                    _VALIDATORS if validators else b"",
+                    len(body),
+                    body,
+                )
             )
         self._buffer = buffer
 
