@@ -4,7 +4,8 @@ When the general path (:mod:`accel.proxy`) serves a fresh ``HIT`` of a whole
 stored body, :meth:`HotHits.remember` keeps it in the
 :class:`~accel.cache.memory.HotTier`, pre-serialised, with the time it stops
 being fresh: a small body in memory, a large one as the path of its stored
-file. The wire layer offers each simple request to :meth:`HotHits.fast_hit`
+file, and for a 2xx response the ``304`` that answers a client whose copy
+is current (``If-None-Match``, ``If-Modified-Since``). The wire layer offers each simple request to :meth:`HotHits.fast_hit`
 first (before it builds a request object), which answers a remembered
 hit with a dictionary lookup, a clock comparison, a check of the store's change
 stamp for the key and one write (a large body then goes by ``sendfile``),
@@ -19,9 +20,9 @@ from typing import BinaryIO, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
-from accel.answers import CONDITIONAL_FIELDS
+from accel.answers import CONDITIONAL_FIELDS, not_modified
 from accel.cache import policy
-from accel.cache.memory import HotEntry, HotTier
+from accel.cache.memory import HotEntry, HotTier, NotModified
 from accel.cache.store import Entry, Store
 from accel.http.headers import Headers
 from accel.http.model import FileBackedBody
@@ -38,6 +39,9 @@ _HEAD = b"HEAD"
 _NOT_FAST = frozenset(
     {*CONDITIONAL_FIELDS, b"cache-control", b"pragma", b"authorization"}
 )
+#: The fields of :data:`_NOT_FAST` that the fast path evaluates after all:
+#: the validators a browser sends back (RFC 9110 sections 13.1.2, 13.1.3).
+_VALIDATING = frozenset({b"if-none-match", b"if-modified-since"})
 #: Fields the wire layer manages, dropped from a stored head as
 #: :meth:`accel.http.server._Exchange.start` drops them.
 _WIRE_FIELDS = frozenset(
@@ -101,19 +105,23 @@ class HotHits:
         without content (the server checks), whose exact
         ``(scheme, authority, path, query)`` the general path recently
         answered as a fresh ``HIT`` of the whole stored body, with none of
-        the :data:`_NOT_FAST` fields, whose ``Vary`` fields select the same
+        the :data:`_NOT_FAST` fields but ``If-None-Match`` and
+        ``If-Modified-Since``, whose ``Vary`` fields select the same
         variant, while the stored response is still fresh (RFC 9111 section
         4.2: the expiry was computed when it was remembered) and the store
         has changed nothing under its key since. The answer is what the
         general path would send, with the ``Age`` and ``Cache-Status`` ttl
-        of now. A small body is part of the answer; a larger one in memory
-        comes apart from the head (no copy), with its stored file's open
-        descriptor from 32 KiB on (:class:`FileBackedBody`, for
-        ``sendfile``); a large one is its stored body
-        file, opened here, for the server to send after the head (plain
-        connections only: over TLS the fast path declines). Declined:
-        everything else, including requests the general path would answer
-        from the cache in another way, and a body file that is gone.
+        of now: the ``304`` head, pre-serialised too, when the validators
+        say the client's copy of a 2xx response is current (:meth:`_fails`,
+        evaluated as there), else the response. A small body is part of the
+        answer; a larger one in memory comes apart from the head (no copy),
+        with its stored file's open descriptor from 32 KiB on
+        (:class:`FileBackedBody`, for ``sendfile``); a large one is its
+        stored body file, opened here, for the server to send after the
+        head (plain connections only: over TLS the fast path declines).
+        Declined: everything else, including requests the general path
+        would answer from the cache in another way, and a body file that
+        is gone.
         """
         hot = self._hot
         if hot is None:
@@ -122,9 +130,12 @@ class HotHits:
         variants = hot.get(key)
         if variants is None:
             return None
+        conditional = False
         for pair in pairs:
             if pair[0] in _NOT_FAST:
-                return None
+                if pair[0] not in _VALIDATING:
+                    return None
+                conditional = True
         store = self._store
         assert store is not None
         generations = store.generations
@@ -147,6 +158,13 @@ class HotHits:
                 # store would (at most once per interval).
                 entry.touch_due = now + store.touch_interval
                 store.touch(entry.stored)
+            if conditional:
+                current = entry.not_modified
+                if current is not None and self._is_current(current, pairs):
+                    head = current.head % (now + entry.age_at, entry.fresh_until - now)
+                    # As the general path's: a 304 has no Server of the origin.
+                    response = b"".join((head, connection, factory.server_line, b"\r\n"))
+                    return response, 304, 0, _HIT_NOTES, None
             head = entry.head % (now + entry.age_at, entry.fresh_until - now)
             server = factory.server_line if entry.needs_server else b""
             if method == _HEAD:
@@ -169,6 +187,66 @@ class HotHits:
             response = b"".join((head, connection, server, b"\r\n", body))
             return response, entry.status, len(body), _HIT_NOTES, None
         return None
+
+    @staticmethod
+    def _is_current(validators: NotModified, pairs: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the conditional fields in ``pairs`` say the client's copy is current.
+
+        RFC 9110 section 13.2.2, steps 3 and 4, for a GET or HEAD without
+        ``If-Match`` or ``If-Unmodified-Since`` (the fast path declines
+        those), as :func:`accel.cache.policy.evaluate_conditionals`
+        evaluates them: ``If-None-Match`` if present, else
+        ``If-Modified-Since``. A single line already known to match (see
+        :class:`NotModified`) is not parsed again.
+        """
+        lines = [pair[1] for pair in pairs if pair[0] == b"if-none-match"]
+        if lines:
+            if len(lines) == 1 and lines[0] in validators.tags:
+                return True
+            return policy.none_match_fails(lines, validators.etag)
+        lines = [pair[1] for pair in pairs if pair[0] == b"if-modified-since"]
+        if len(lines) == 1 and lines[0] in validators.dates:
+            return True
+        return policy.modified_since_fails(lines, validators.modified)
+
+    @staticmethod
+    def _not_modified(
+        lk: Lookup, entry: Entry, headers: Headers, cache_status: bytes
+    ) -> NotModified | None:
+        """How to answer conditional requests for ``entry`` with stored ``headers``.
+
+        ``None`` unless 2xx (RFC 9110 section 13.2.1: other responses ignore
+        preconditions). The ``304`` head is what the general path's
+        :func:`accel.answers.not_modified` makes of the fields its answer
+        would have, values' ``%`` doubled, with placeholders for the ``Age``
+        and the ``Cache-Status`` ttl. The known-current values are checked
+        with the same functions as any other, so that they answer alike.
+        """
+        if not 200 <= entry.status < 300:
+            return None
+        out = Headers([(name, value.replace(b"%", b"%%")) for name, value in headers.pairs])
+        out.remove(b"age", b"content-length", *lk.rules.strip)
+        out.add(b"age", b"%d")
+        out.add(b"via", (b"1.1 " + lk.route.forwarding.via).replace(b"%", b"%%"))
+        out.add(b"cache-status", cache_status)
+        head = b"".join(
+            [b"HTTP/1.1 304 Not Modified\r\n"]
+            + [b"%s: %s\r\n" % pair for pair in not_modified(out).pairs]
+        )
+        etag = policy.entity_tag(headers)
+        modified = policy.modification_date(headers, entry.response_time)
+        tags = headers.get_all(b"etag")[:1]
+        if etag is not None:
+            quoted = b'"' + etag.opaque + b'"'
+            tags += [quoted, b"W/" + quoted]
+        dates = headers.get_all(b"last-modified")[:1] + headers.get_all(b"date")[:1]
+        return NotModified(
+            head,
+            etag,
+            modified,
+            frozenset(tag for tag in tags if policy.none_match_fails([tag], etag)),
+            frozenset(date for date in dates if policy.modified_since_fails([date], modified)),
+        )
 
     @staticmethod
     def _dropped(entry: HotEntry) -> None:
@@ -287,5 +365,6 @@ class HotHits:
                 stored=entry,
                 touch_due=now + store.touch_interval,
                 mapped=mapped,
+                not_modified=self._not_modified(lk, entry, headers, self._hit_status),
             ),
         )

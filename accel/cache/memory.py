@@ -23,10 +23,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from attrs import define
+from attrs import define, frozen
 
 if TYPE_CHECKING:
     from accel.cache.store import Entry
+    from accel.http.fields import EntityTag
     from accel.http.model import FileBackedBody
 
 __all__ = ["HotEntry", "HotTier", "MemoryTier"]
@@ -79,6 +80,28 @@ class MemoryTier:
         self._bytes = 0
 
 
+@frozen
+class NotModified:
+    """What a hot 2xx entry needs to answer a conditional ``GET`` or ``HEAD``.
+
+    ``head`` is the ``304`` the general path sends when the client's copy
+    is current, as :attr:`HotEntry.head` is its ``200`` (same end, same two
+    placeholders). ``etag`` and ``modified`` are the validators that
+    ``If-None-Match`` and ``If-Modified-Since`` are compared with
+    (:func:`accel.cache.policy.entity_tag`,
+    :func:`accel.cache.policy.modification_date`). ``tags`` and ``dates``
+    are single field values already known to find the copy current (the
+    entity tag and the date as sent, which browsers send back): a set
+    lookup instead of parsing them again.
+    """
+
+    head: bytes
+    etag: EntityTag | None
+    modified: float
+    tags: frozenset[bytes] = frozenset()
+    dates: frozenset[bytes] = frozenset()
+
+
 @define(eq=False)
 class HotEntry:
     """One stored response, ready to send as a fresh hit without consulting the store.
@@ -99,6 +122,9 @@ class HotEntry:
     sent from there instead of ``body`` (then empty): a large body.
     ``mapped``, if set, is ``body`` with an open descriptor of its stored
     file, for ``sendfile``.
+    ``not_modified`` answers conditional requests (:class:`NotModified`);
+    ``None`` for a response that is not 2xx, whose preconditions are
+    ignored (RFC 9110 section 13.2.1).
     ``stored`` is the store's entry, stamped as used (its LRU time) when a
     fast hit finds the proxy's clock past ``touch_due``, the one field that
     changes: so a response hot in memory is not the first evicted on disk.
@@ -119,11 +145,13 @@ class HotEntry:
     stored: Entry | None = None
     touch_due: float = float("inf")
     mapped: FileBackedBody | None = None
+    not_modified: NotModified | None = None
 
     @property
     def size(self) -> int:
-        """Bytes charged against the tier: head, body and an allowance for the objects."""
-        return len(self.head) + len(self.body) + _ENTRY_OVERHEAD
+        """Bytes charged against the tier: heads, body and an allowance for the objects."""
+        extra = 0 if self.not_modified is None else len(self.not_modified.head)
+        return len(self.head) + extra + len(self.body) + _ENTRY_OVERHEAD
 
     @property
     def uses_file(self) -> bool:

@@ -74,12 +74,16 @@ __all__ = [
     "current_age",
     "decide",
     "decide_without_stored",
+    "entity_tag",
     "evaluate_conditionals",
     "freshen",
     "freshness_lifetime",
     "if_range_allows",
     "invalidated_uris",
     "may_serve_stale_on_error",
+    "modification_date",
+    "modified_since_fails",
+    "none_match_fails",
     "not_modified_headers",
     "parse_range",
     "range_answer",
@@ -234,7 +238,11 @@ def request_cache_control(
 
 def _single_date(headers: Headers, name: bytes) -> float | None:
     """A date field's value; ``None`` if absent, invalid, or repeated with different values."""
-    lines = headers.get_all(name)
+    return _one_date(headers.get_all(name))
+
+
+def _one_date(lines: list[bytes]) -> float | None:
+    """The date of a field's ``lines``; ``None`` if none, invalid, or different."""
     if not lines or any(line != lines[0] for line in lines):
         return None
     return parse_http_date(lines[0])
@@ -861,7 +869,8 @@ def may_serve_stale_on_error(
 # -- Validation: RFC 9111 section 4.3 ----------------------------------------------
 
 
-def _etag(headers: Headers) -> EntityTag | None:
+def entity_tag(headers: Headers) -> EntityTag | None:
+    """A response's entity tag (RFC 9110 section 8.8.3): its first ``ETag`` line, if any."""
     lines = headers.get_all(b"etag")
     return parse_entity_tag(lines[0]) if lines else None
 
@@ -894,9 +903,9 @@ def selects_stored(stored_headers: Headers, new_headers: Headers) -> bool:
     taken to confirm the response we validated: only one is validated at a
     time here, and we sent its validators.
     """
-    new_tag = _etag(new_headers)
+    new_tag = entity_tag(new_headers)
     if new_tag is not None:
-        old_tag = _etag(stored_headers)
+        old_tag = entity_tag(stored_headers)
         if old_tag is None:
             return False
         return strong_match(new_tag, old_tag) if not new_tag.weak else weak_match(new_tag, old_tag)
@@ -1029,7 +1038,7 @@ def evaluate_conditionals(
     if not 200 <= status < 300:
         return None
     last_modified = _single_date(response_headers, b"last-modified")
-    etag = _etag(response_headers)
+    etag = entity_tag(response_headers)
     if b"if-match" in request_headers:
         tags = parse_entity_tag_list(request_headers.get_all(b"if-match"))
         if tags is not None and (etag is None or not any(strong_match(t, etag) for t in tags)):
@@ -1039,17 +1048,48 @@ def evaluate_conditionals(
         if since is not None and last_modified is not None and last_modified > since:
             return 412
     if b"if-none-match" in request_headers:
-        tags = parse_entity_tag_list(request_headers.get_all(b"if-none-match"))
-        if tags is None or (etag is not None and any(weak_match(t, etag) for t in tags)):
+        if none_match_fails(request_headers.get_all(b"if-none-match"), etag):
             return 304 if method in (b"GET", b"HEAD") else 412
     elif b"if-modified-since" in request_headers and method in (b"GET", b"HEAD"):
-        since = _single_date(request_headers, b"if-modified-since")
         modified = last_modified
         if modified is None:
             modified = _date_value(response_headers, response_time)
-        if since is not None and modified <= since:
+        if modified_since_fails(request_headers.get_all(b"if-modified-since"), modified):
             return 304
     return None
+
+
+def none_match_fails(lines: list[bytes], etag: EntityTag | None) -> bool:
+    """Whether ``If-None-Match`` field ``lines`` evaluate to false for a
+    representation with entity tag ``etag`` (``None``: it has none).
+
+    RFC 9110 section 13.1.2: false for ``*`` (the cache has a current
+    representation) and when a listed tag matches ``etag`` by the weak
+    comparison (section 8.8.3.2).
+    """
+    tags = parse_entity_tag_list(lines)
+    return tags is None or (etag is not None and any(weak_match(t, etag) for t in tags))
+
+
+def modified_since_fails(lines: list[bytes], modified: float) -> bool:
+    """Whether ``If-Modified-Since`` field ``lines`` evaluate to false for a
+    representation last modified at ``modified`` (:func:`modification_date`).
+
+    RFC 9110 section 13.1.3: false when ``modified`` is no later than the
+    field's date; an invalid date (or lines that differ) is ignored: true.
+    """
+    since = _one_date(lines)
+    return since is not None and modified <= since
+
+
+def modification_date(headers: Headers, response_time: float) -> float:
+    """What ``If-Modified-Since`` is compared with for a stored response.
+
+    Its ``Last-Modified``; without one, its ``Date``, or else when it was
+    received (RFC 9110 section 6.6.1, RFC 9111 section 4.3.2).
+    """
+    last_modified = _single_date(headers, b"last-modified")
+    return _date_value(headers, response_time) if last_modified is None else last_modified
 
 
 #: RFC 9110 section 15.4.5: what a 304 carries from the 200 it stands for.
@@ -1295,7 +1335,7 @@ def if_range_allows(if_range: bytes, response_headers: Headers) -> bool:
     """
     raw = if_range.strip(b" \t")
     if raw[:1] == b'"' or raw[:2] in (b"W/", b"w/"):
-        etag = _etag(response_headers)
+        etag = entity_tag(response_headers)
         return etag is not None and strong_match(parse_entity_tag(raw), etag)
     when = parse_http_date(raw)
     last_modified = _single_date(response_headers, b"last-modified")
