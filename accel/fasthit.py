@@ -292,6 +292,23 @@ class HotHits:
             return None
         return f
 
+    def qualifies(self, lk: Lookup, entry: Entry, headers: Headers) -> bool:
+        """Whether :meth:`remember` would keep ``entry``, stored with
+        ``headers``, served to ``lk`` as a fresh hit (its body's size aside)."""
+        return not (
+            self._hot is None
+            or lk.generation is None
+            or lk.route.access is not None  # the fast path checks no client rules
+            or lk.rules.recipe.headers
+            or not 200 <= entry.status < 600
+            or entry.status in (204, 304)
+            or b"date" not in headers
+            or any(
+                name in _NOT_FAST and name not in _VALIDATING
+                for name, _ in lk.request.headers.pairs
+            )
+        )
+
     def remember(
         self,
         lk: Lookup,
@@ -309,17 +326,7 @@ class HotHits:
         """
         hot = self._hot
         request = lk.request
-        if (
-            hot is None
-            or lk.generation is None
-            or lk.route.access is not None  # the fast path checks no client rules
-            or lk.rules.recipe.headers
-            or len(body) > hot.max_item
-            or not 200 <= entry.status < 600
-            or entry.status in (204, 304)
-            or b"date" not in headers
-            or any(name in _NOT_FAST for name, _ in request.headers.pairs)
-        ):
+        if hot is None or len(body) > hot.max_item or not self.qualifies(lk, entry, headers):
             return
         store = self._store
         assert store is not None and store.generations is not None

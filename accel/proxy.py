@@ -456,6 +456,8 @@ class Accelerator:
         if precondition == 304:
             responder.start(304, b"Not Modified", not_modified(out))
             responder.finish()
+            if word == "HIT" and cache_status is None and self._hits.qualifies(lk, entry, headers):
+                self._remember_unsent(lk, entry, headers, age, ttl)
             return
         if precondition == 412:
             simple_response(responder, 412, b"Precondition failed.")
@@ -534,6 +536,23 @@ class Accelerator:
             self._hits.remember(lk, entry, headers, age, ttl, path=body.name)
         responder.start(status, reason, out)
         FileSender(body, responder, count).start()
+
+    def _remember_unsent(
+        self, lk: Lookup, entry: Entry, headers: Headers, age: float, ttl: float
+    ) -> None:
+        """Remember a fresh hit answered without its body (a ``304``) for the
+        fast path, so that a client that only ever revalidates finds it there.
+        """
+        assert self._store is not None
+        small = self._store.read_small(entry)
+        if small is not None:
+            self._hits.remember(lk, entry, headers, age, ttl, body=small)
+            return
+        body = self._store.open_body(entry)
+        if body is not None:
+            with body:
+                if isinstance(body.name, str):
+                    self._hits.remember(lk, entry, headers, age, ttl, path=body.name)
 
     def _serve_parts(self, lk: Lookup, entry: Entry, out: Headers, parts: Multipart) -> None:
         """Send the ``multipart/byteranges`` 206 of ``parts`` from ``entry``'s body:

@@ -15,6 +15,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -66,9 +68,11 @@ class Rig:
         self.hot = hot if hot is not None else HotTier(1 << 20)
         self.proxy = Accelerator(router, clock, store, Collapser(clock), hot=self.hot)
         self.fast: list[bool] = []
+        #: False: every request takes the general path (to compare answers).
+        self.offer = True
 
         def spy(*args):
-            answer = self.proxy.fast_hit(*args)
+            answer = self.proxy.fast_hit(*args) if self.offer else None
             self.fast.append(answer is not None)
             return answer
 
@@ -85,6 +89,14 @@ class Rig:
 
     def get(self, target=b"/a", extra=b"", method=b"GET", version=b"1.1") -> bytes:
         return self.exchange(b"%s %s HTTP/%s\r\nhost: example.com\r\n%s\r\n" % (method, target, version, extra))
+
+    def general(self, **kwargs) -> bytes:
+        """:meth:`get` through the general path."""
+        self.offer = False
+        try:
+            return self.get(**kwargs)
+        finally:
+            self.offer = True
 
 
 def test_third_request_is_answered_by_the_fast_path(clock, store):
@@ -717,3 +729,279 @@ def test_a_mid_sized_fast_hit_without_a_socket_is_sent_from_memory(clock, store)
     rig, _ = _mapped_rig(clock, store)
     out = rig.get()
     assert rig.fast[-1] is True and out.endswith(b"\r\n\r\n" + MID)
+
+
+# Conditional requests: If-None-Match and If-Modified-Since against hot hits
+# (RFC 9110 section 13.2.2), answered as the general path answers them
+
+LAST_MODIFIED = format_http_date(T0 - 3600)
+VALIDATED = [
+    (b"date", format_http_date(T0)),
+    (b"cache-control", b"max-age=60"),
+    (b"etag", b'"v1"'),
+    (b"last-modified", LAST_MODIFIED),
+]
+
+
+def _warm(rig) -> None:
+    """A miss, then a hit that remembers /a for the fast path."""
+    rig.get()
+    rig.get()
+
+
+def _status(answer: bytes) -> int:
+    return int(answer[9:12])
+
+
+def test_if_none_match_with_the_etag_is_a_fast_304(clock, store):
+    """RFC 9110 section 13.1.2: the client's tag matches: 304 from the fast path."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    out = rig.get(extra=b'if-none-match: "v1"\r\n')
+    assert rig.fast[-1] is True
+    assert _status(out) == 304 and out.endswith(b"\r\n\r\n")
+
+
+def test_fast_304_is_byte_identical_to_the_general_one(clock, store):
+    """At the same instant, the fast 304 is the general path's, field by field:
+    RFC 9110 section 15.4.5's fields as the 200 has them, then Age, Via,
+    Cache-Status and the server's own Server, with no body and no Content-Length."""
+    headers = [
+        (b"date", format_http_date(T0)),
+        (b"server", b"origin/1"),
+        (b"content-type", b"text/plain"),
+        (b"cache-control", b"max-age=60, public"),
+        (b"etag", b'W/"v1"'),
+        (b"content-location", b"/a.txt"),
+        (b"expires", format_http_date(T0 + 60)),
+        (b"via", b"1.1 upstream"),
+        (b"cache-status", b"upstream; hit"),
+        (b"vary", b"accept-encoding"),
+        (b"x-odd", b"100% age: %d"),
+    ]
+    rig = Rig(clock, store, headers=headers)
+    _warm(rig)
+    clock.advance(7)
+    condition = b'if-none-match: W/"v1"\r\n'
+    general = rig.general(extra=condition)
+    fast = rig.get(extra=condition)
+    assert rig.fast[-2:] == [False, True]
+    assert fast.split(b"\r\n") == general.split(b"\r\n")
+    assert fast.split(b"\r\n")[1:] == [
+        b"date: " + format_http_date(T0),
+        b"cache-control: max-age=60, public",
+        b'etag: W/"v1"',
+        b"content-location: /a.txt",
+        b"expires: " + format_http_date(T0 + 60),
+        b"vary: accept-encoding",
+        b"age: 7",
+        b"via: 1.1 upstream",
+        b"via: 1.1 accel",
+        b"cache-status: upstream; hit",
+        b"cache-status: accel; hit; ttl=53",
+        b"server: accel",
+        b"",
+        b"",
+    ]
+
+
+def test_weak_comparison_matches_a_weak_tag(clock, store):
+    """RFC 9110 section 8.8.3.2: If-None-Match compares weakly: W/"v1" matches "v1"."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    out = rig.get(extra=b'if-none-match: W/"v1"\r\n')
+    assert rig.fast[-1] is True and _status(out) == 304
+
+
+def test_a_list_with_the_etag_matches(clock, store):
+    """A list of tags over two lines, one of them the stored tag: 304."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    out = rig.get(extra=b'if-none-match: "v0", W/"x"\r\nif-none-match: "v1"\r\n')
+    assert rig.fast[-1] is True and _status(out) == 304
+
+
+def test_if_none_match_without_the_etag_is_the_fast_200(clock, store):
+    """The client's copy is not the current one: the whole response, as a plain hit."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    plain = rig.get()
+    out = rig.get(extra=b'if-none-match: "v0"\r\n')
+    assert rig.fast[-2:] == [True, True]
+    assert out == plain
+
+
+def test_if_modified_since_not_modified_is_a_fast_304(clock, store):
+    """RFC 9110 section 13.1.3: Last-Modified no later than the date: 304."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    out = rig.get(extra=b"if-modified-since: " + LAST_MODIFIED + b"\r\n")
+    assert rig.fast[-1] is True and _status(out) == 304
+    later = rig.get(extra=b"if-modified-since: " + format_http_date(T0 - 10) + b"\r\n")
+    assert rig.fast[-1] is True and _status(later) == 304
+
+
+def test_if_modified_since_modified_is_the_fast_200(clock, store):
+    """Last-Modified later than the client's date: the whole response."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    out = rig.get(extra=b"if-modified-since: " + format_http_date(T0 - 3601) + b"\r\n")
+    assert rig.fast[-1] is True and _status(out) == 200 and out.endswith(BODY)
+
+
+def test_if_modified_since_without_last_modified_compares_date(clock, store):
+    """RFC 9111 section 4.3.2: with no Last-Modified, the stored Date stands in."""
+    rig = Rig(clock, store)  # Date and Cache-Control only
+    _warm(rig)
+    out = rig.get(extra=b"if-modified-since: " + format_http_date(T0) + b"\r\n")
+    assert rig.fast[-1] is True and _status(out) == 304
+    older = rig.get(extra=b"if-modified-since: " + format_http_date(T0 - 1) + b"\r\n")
+    assert rig.fast[-1] is True and _status(older) == 200
+
+
+def test_if_modified_since_is_ignored_with_if_none_match(clock, store):
+    """RFC 9110 section 13.2.2: If-None-Match present, If-Modified-Since is not evaluated."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    extra = b'if-none-match: "v0"\r\nif-modified-since: ' + LAST_MODIFIED + b"\r\n"
+    out = rig.get(extra=extra)
+    assert rig.fast[-1] is True and _status(out) == 200
+
+
+def test_if_none_match_star_is_a_fast_304(clock, store):
+    """RFC 9110 section 13.1.2: "*" matches any current representation."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    general = rig.general(extra=b"if-none-match: *\r\n")
+    out = rig.get(extra=b"if-none-match: *\r\n")
+    assert rig.fast[-1] is True and _status(out) == 304 and out == general
+
+
+def test_if_match_takes_the_general_path(clock, store):
+    """If-Match, even beside If-None-Match, is left to the general path."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    rig.get(extra=b'if-none-match: "v1"\r\nif-match: "v1"\r\n')
+    assert rig.fast[-1] is False
+
+
+def test_head_conditional_is_the_same_304(clock, store):
+    """A conditional HEAD gets the same 304 as the GET."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    get = rig.get(extra=b'if-none-match: "v1"\r\n')
+    head = rig.get(method=b"HEAD", extra=b'if-none-match: "v1"\r\n')
+    assert rig.fast[-2:] == [True, True] and head == get
+
+
+def test_conditional_vary_selects_the_variant(clock, store):
+    """RFC 9111 section 4.1: a conditional request is evaluated against its own
+    variant; another variant's is not used."""
+    headers = [*VALIDATED, (b"vary", b"accept-language")]
+    rig = Rig(clock, store, headers=headers)
+    de, fr = b"accept-language: de\r\n", b"accept-language: fr\r\n"
+    rig.get(extra=de)
+    rig.get(extra=de)
+    out = rig.get(extra=de + b'if-none-match: "v1"\r\n')
+    assert rig.fast[-1] is True and _status(out) == 304
+    rig.get(extra=fr + b'if-none-match: "v1"\r\n')
+    assert rig.fast[-1] is False
+
+
+def test_a_general_304_remembers_the_hit(clock, store):
+    """A client that only ever revalidates: the general path's 304 remembers the
+    hit, and the next conditional request is answered by the fast path."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    rig.get()
+    condition = b'if-none-match: "v1"\r\n'
+    general = rig.get(extra=condition)
+    fast = rig.get(extra=condition)
+    assert rig.fast == [False, False, True]
+    assert _status(general) == 304 and fast == general
+
+
+def test_stale_entry_conditional_takes_the_general_path(clock, store):
+    """RFC 9111 section 4.2: once stale, a conditional request is not answered from the hot tier."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    clock.advance(60)
+    rig.get(extra=b'if-none-match: "v1"\r\n')
+    assert rig.fast[-1] is False
+    assert len(rig.origin.calls) == 2
+
+
+def test_non_2xx_ignores_the_conditions(clock, store):
+    """RFC 9110 section 13.2.1: a stored 404 is served whole whatever the validators say."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    rig.origin.auto = always(status=404, headers=VALIDATED, body=BODY)
+    _warm(rig)
+    general = rig.general(extra=b'if-none-match: "v1"\r\n')
+    out = rig.get(extra=b'if-none-match: "v1"\r\n')
+    assert rig.fast[-1] is True and _status(out) == 404 and out == general
+
+
+def test_fast_304s_are_logged_as_hits(clock, store):
+    """The access log line of a fast 304: status 304, no body bytes, HIT."""
+    lines = []
+    rig = Rig(clock, store, headers=VALIDATED, access_log=lambda *args: lines.append(args))
+    _warm(rig)
+    rig.get(extra=b'if-none-match: "v1"\r\n')
+    assert rig.fast[-1] is True
+    request, status, sent, _, _, notes = lines[-1]
+    assert (request.target, status, sent, notes["cache"]) == (b"/a", 304, 0, "HIT")
+
+
+#: Stored responses by their validators: both, Date only, a strong tag
+#: only, a weak tag and a Last-Modified.
+STORED = {
+    "validated": VALIDATED,
+    "date only": [(b"date", format_http_date(T0)), (b"cache-control", b"max-age=60")],
+    "etag": [(b"date", format_http_date(T0)), (b"cache-control", b"max-age=60"), (b"etag", b'"v1"')],
+    "weak etag": [*VALIDATED[:2], (b"etag", b'W/"v1"'), VALIDATED[3]],
+}
+_TAG = st.sampled_from(
+    [b'"v1"', b'W/"v1"', b'w/"v1"', b'"v2"', b'W/"v2"', b"*", b"v1", b'"v1', b"", b'"v1,v2"', b' "v1" ']
+)
+_IF_NONE_MATCH = st.lists(st.lists(_TAG, min_size=1, max_size=3).map(b", ".join), max_size=2)
+_DATE = st.sampled_from(
+    [format_http_date(t) for t in (T0 - 3601, T0 - 3600, T0 - 3599, T0 - 1, T0, T0 + 1)]
+    + [b"Tuesday, 14-Nov-23 21:13:20 GMT", b"Tue Nov 14 21:13:20 2023", b"yesterday", b""]
+)
+_IF_MODIFIED_SINCE = st.lists(_DATE, max_size=2)
+
+
+@pytest.fixture(scope="module")
+def rigs(tmp_path_factory):
+    """One warm rig per stored response of :data:`STORED`, on one clock that stays put."""
+    clock = Clock()
+    clock.advance(T0)
+    rigs, stores = {}, []
+    for name, headers in STORED.items():
+        store = Store(str(tmp_path_factory.mktemp("cond")), 64 * 1024 * 1024, clock, memory=MemoryTier(1 << 20))
+        stores.append(store)
+        rigs[name] = rig = Rig(clock, store, headers=headers)
+        _warm(rig)
+    yield rigs
+    for store in stores:
+        store.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stored=st.sampled_from(sorted(STORED)),
+    method=st.sampled_from([b"GET", b"HEAD"]),
+    if_none_match=_IF_NONE_MATCH,
+    if_modified_since=_IF_MODIFIED_SINCE,
+)
+def test_conditional_fast_answers_are_the_general_ones(rigs, stored, method, if_none_match, if_modified_since):
+    """For any If-None-Match lines and If-Modified-Since dates, valid or not, the
+    fast path answers (status, fields, body) exactly as the general path does."""
+    rig = rigs[stored]
+    extra = b"".join(b"if-none-match: %s\r\n" % line for line in if_none_match)
+    extra += b"".join(b"if-modified-since: %s\r\n" % date for date in if_modified_since)
+    general = rig.general(method=method, extra=extra)
+    fast = rig.get(method=method, extra=extra)
+    assert rig.fast[-1] is True
+    assert _status(fast) == _status(general)
+    assert fast == general
+    event(f"status {_status(fast)}")

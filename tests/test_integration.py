@@ -51,6 +51,10 @@ class Origin(Resource):
                 request.setResponseCode(304)
                 return b""
             return b"etag body"
+        if path == b"/tagged":
+            request.setHeader(b"cache-control", b"max-age=60")
+            request.setHeader(b"etag", b'"t1"')
+            return b"tagged body"
         if path == b"/big":
             request.setHeader(b"cache-control", b"max-age=60")
             request.setHeader(b"content-type", b"application/octet-stream")
@@ -160,6 +164,35 @@ class IntegrationTests(TestCase):
         status = second.headers.getRawHeaders(b"cache-status")[0]
         self.assertIn(b"fwd-status=304", status)
         self.assertEqual(self.origin.hits[b"/etag"], 2)
+
+    @defer.inlineCallbacks
+    def test_browser_revalidation_is_a_fast_304(self):
+        """With the fast path on (as ``twistd accel`` has it), a conditional GET
+        of a fresh hit with the ETag received is answered 304 by the fast path;
+        the origin saw one request."""
+        answered = []
+
+        def spy(*args):
+            answer = self.handler.fast_hit(*args)
+            answered.append(None if answer is None else answer[1])
+            return answer
+
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            HTTPServerFactory(self.handler, reactor, fast_path=spy)
+        )
+        self.addCleanup(port.stopListening)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        first, body = yield self.get("/tagged")
+        self.assertEqual((first.code, body), (200, b"tagged body"))
+        (etag,) = first.headers.getRawHeaders(b"etag")
+        results = []
+        for _ in range(2):
+            response, body = yield self.get("/tagged", **{"If-None-Match": etag})
+            results.append((response.code, body))
+        self.assertEqual(results, [(304, b""), (304, b"")])
+        self.assertEqual(answered[-1], 304)  # the second: from the fast path
+        self.assertTrue(response.headers.getRawHeaders(b"cache-status")[0].startswith(b"accel; hit"))
+        self.assertEqual(self.origin.hits[b"/tagged"], 1)
 
     @defer.inlineCallbacks
     def test_stale_if_error_while_the_origin_is_down(self):
