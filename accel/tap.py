@@ -56,6 +56,15 @@ class Options(usage.Options):
         ["admin-token-file", None, None, "File holding the admin API's bearer token."],
     ]
 
+    optFlags = [
+        [
+            "check-config",
+            None,
+            "Check the options and the --config file, print what they configure, and exit: "
+            "status 0 if valid, else 1 with the error (as nginx -t; before a reload, say).",
+        ],
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         for key in ("listen", "origin", "parent", "static", "trusted-proxy"):
@@ -88,11 +97,18 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self) -> None:
-        """Build and validate the configuration; end start-up on any error."""
+        """Build and validate the configuration; end start-up on any error.
+
+        With ``--check-config`` that is all: a summary of the configuration
+        goes to standard output and the process exits with status 0.
+        """
         try:
             self.config = self.reread()
         except ConfigError as error:
             raise SystemExit(f"accel: {error}") from None
+        if self["check-config"]:
+            print(describe(self.config, self["config"]))
+            raise SystemExit(0)
 
     def reread(self) -> Config:
         """The configuration these options give now: the ``--config`` file read again.
@@ -112,6 +128,30 @@ class Options(usage.Options):
                 except ConfigError as error:
                     raise ConfigError(f"{error} (the default beside the twistd log)") from None
         return config
+
+
+def describe(config: Config, path: str | None) -> str:
+    """What ``--check-config`` prints of a valid ``config`` (read from ``path``, if any).
+
+    The checks are those of start-up before anything is bound: the syntax
+    and values of the options and the file. Whether the ports are free,
+    the origins answer or the certificates load is only known when accel
+    starts.
+    """
+    routes = sum(len(site.routes) for site in config.sites)
+    origins = sorted({str(origin) for site in config.sites for route in site.routes for origin in route.origins})
+    source = f"{path}: " if path else ""
+    lines = [
+        f"accel: {source}configuration OK",
+        f"  listen: {', '.join(config.listen)}",
+        "  origin: the built-in demo"
+        if config.demo
+        else f"  {len(config.sites)} site(s), {routes} route(s); origins: {', '.join(origins) or 'none'}",
+        f"  cache: {config.cache_dir or 'a temporary directory'}, at most {config.cache_size:,} bytes",
+        f"  workers: {config.workers if config.workers is not None else 'auto (one per CPU)'}",
+        f"  access log: {config.access_log or 'the twistd log'}",
+    ]
+    return "\n".join(lines)
 
 
 def default_access_log(twistd_options: Any) -> str | None:

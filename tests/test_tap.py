@@ -164,6 +164,46 @@ def test_bad_config_file_process(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_check_config_prints_what_is_configured_and_exits_0(capsys) -> None:
+    """--check-config: the configuration is built as at start-up, summarised on
+    standard output, and the process ends with status 0 (nothing starts)."""
+    with pytest.raises(SystemExit) as exited:
+        parse("--check-config", "--origin", "http://127.0.0.1:8000", "--origin", "unix:/run/app.sock",
+              "--listen", "tcp:8081", "--cache-dir", "/var/cache/accel", "--workers", "2", "--access-log", "off")
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "accel: configuration OK",
+        "  listen: tcp:8081",
+        "  1 site(s), 1 route(s); origins: http://127.0.0.1:8000, unix:/run/app.sock",
+        "  cache: /var/cache/accel, at most 1,073,741,824 bytes",
+        "  workers: 2",
+        "  access log: off",
+    ]
+
+
+def test_check_config_of_a_bad_value_is_the_start_up_error(capsys) -> None:
+    """An invalid configuration ends --check-config exactly as it ends start-up."""
+    with pytest.raises(SystemExit) as exited:
+        parse("--check-config", "--cache-size", "12Q")
+    assert exited.value.code == "accel: --cache-size: expected a size such as 512M or 2G, got '12Q'"
+    assert capsys.readouterr().out == ""
+
+
+def test_check_config_process(tmp_path: Path) -> None:
+    """`twistd accel --check-config --config FILE`: status 0 and the file named when
+    valid; status 1 and start-up's one line, no traceback, when the file is not."""
+    path = tmp_path / "accel.toml"
+    path.write_text('[[sites]]\n  [[sites.routes]]\n  prefix = "/"\n  origin = "http://127.0.0.1:9"\n')
+    result = twistd("--check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"accel: {path}: configuration OK"
+    path.write_text("[[sites]\n")
+    result = twistd("--check-config", "--config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"accel: {path}: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("twistd_args", "accel_args", "expected"),
     [
