@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from load import WrkError, run_wrk, write_script
@@ -54,7 +54,13 @@ class Row:
     unit: str = "req/s"  # what the chart plots: "req/s", or "MiB/s" for large objects
     headers: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    #: The status every answer must have: a conditional row expects 304.
+    status: int = 200
 
+
+#: In a row's header values, replaced by the origin's ETag for the row's path
+#: (see :func:`with_origin_validators`).
+ETAG = "{etag}"
 
 ROWS = (
     Row("hit-1k", "hit 1 KiB", "/cache/1k.bin", "hit"),
@@ -63,6 +69,9 @@ ROWS = (
     Row("br-100k", "hit 100 KiB text, AE: br", "/cache/text-100k.txt", "hit", "MiB/s",
         {"Accept-Encoding": "br"},
         "origin sends identity; nginx and Varnish pass it through uncompressed"),
+    Row("cond-1k", "304 1 KiB If-None-Match", "/cache/1k.bin", "hit",
+        headers={"If-None-Match": ETAG}, status=304,
+        note="a browser revalidating its copy: answered 304 from the cache"),
     Row("pass-1k", "pass 1 KiB no-store", "/private/1k.bin", "pass", note=(
         "every request goes to the origin, which shares the server core")),
     Row("static-1k", "static file 1 KiB", "/1k.bin", "static", note=(
@@ -200,16 +209,38 @@ def check(row: Row, run: dict) -> str:
 
 
 def warm(system: System, row: Row) -> str | None:
-    """Fetch the row's object twice so that it is cached; None when it answered 200."""
+    """Fetch the row's object twice so that it is cached, then once as the row
+    asks for it if that differs; None when each answer had the expected status."""
     port = system.static_port if row.kind == "static" else system.port
-    for _ in range(2):
+    requests = [({}, 200), ({}, 200), (row.headers, row.status)] if row.status != 200 else [
+        (row.headers, 200), (row.headers, 200)]
+    for headers, expected in requests:
         try:
-            status, _, _ = http_get(port, row.path, row.headers)
+            status, _, _ = http_get(port, row.path, headers)
         except OSError as error:
             return f"{type(error).__name__}: {error}"
-        if status != 200:
-            return f"HTTP {status}"
+        if status != expected:
+            return f"HTTP {status}, expected {expected}"
     return None
+
+
+def with_origin_validators(rows: list[Row], port: int) -> list[Row]:
+    """``rows`` with :data:`ETAG` in header values replaced by the origin's ETag for
+    the row's path (asked of the origin at ``port``); a row whose origin gives
+    none is left out, with a note on standard output."""
+    resolved = []
+    for row in rows:
+        if not any(ETAG in value for value in row.headers.values()):
+            resolved.append(row)
+            continue
+        _, headers, _ = http_get(port, row.path)
+        etag = headers.get("etag")
+        if etag is None:
+            print(f"! skipping {row.key}: the origin gives {row.path} no ETag", flush=True)
+            continue
+        resolved.append(replace(row, headers={name: value.replace(ETAG, etag)
+                                              for name, value in row.headers.items()}))
+    return resolved
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -370,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"! origin did not start: {problem}\n{origin.server.log_tail()}",
                   file=sys.stderr)
             return 1
+        rows = with_origin_validators(rows, origin.port)
 
         candidates: list[System] = []
         for name in SYSTEM_ORDER:
