@@ -274,7 +274,8 @@ class _Drain(Service):
     """Lets the requests in progress finish when the service stops.
 
     Stopped once every listener has stopped accepting; each server factory
-    closes its idle connections, lets the others answer what they have read
+    closes its idle connections (after a second's grace for a request on
+    its way), lets the others answer what they have read
     (the last answer with ``Connection: close``) and aborts what is left
     after ``timeout`` seconds (:meth:`HTTPServerFactory.drain`). Stopping
     fires once every client connection is gone, so twistd waits for it

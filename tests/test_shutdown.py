@@ -16,9 +16,9 @@ from twisted.python.failure import Failure
 
 from accel import app
 from accel.config import Config
-from accel.http.server import HTTPServerFactory
+from accel.http.server import _DRAIN_IDLE_GRACE, HTTPServerFactory
 from accel.workers import WorkerPool
-from tests.test_server import FastSpy, Recorder, answer, connect, responses
+from tests.test_server import FastSpy, Recorder, answer, connect, fast_connect, responses
 
 GET = b"GET /%s HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -42,35 +42,67 @@ def waiting() -> tuple[Any, StringTransport, MemoryReactorClock, Recorder]:
 # --- Idle connections ---
 
 
-def test_idle_keepalive_connection_is_closed_at_once():
-    """A keep-alive connection between requests is closed as the drain begins."""
-    proto, t, _, _ = connect()
+def test_idle_keepalive_connection_is_closed_after_the_grace():
+    """A keep-alive connection between requests is closed once it has been silent
+    for the grace a request already sent needs to arrive, not at once."""
+    proto, t, clock, _ = connect()
     proto.dataReceived(get(b"a"))
-    assert not t.disconnecting
     done = proto.factory.drain(10)
+    clock.advance(_DRAIN_IDLE_GRACE - 0.01)
+    assert not t.disconnecting
+    clock.advance(0.01)
     assert t.disconnecting and not t.disconnected  # closed, not aborted
     assert not done.called
     lose(proto)
     assert done.called
 
 
-def test_new_connection_without_a_request_is_closed_at_once():
-    """A connection that has sent nothing yet is idle too."""
-    proto, t, _, _ = connect()
+def test_request_arriving_in_the_grace_is_answered_with_close():
+    """A request an idle keep-alive client sent as the drain began is answered, with
+    Connection: close, and the connection then closes (none is lost to the stop)."""
+    proto, t, clock, h = connect()
+    proto.dataReceived(get(b"a"))
     proto.factory.drain(10)
+    clock.advance(_DRAIN_IDLE_GRACE / 2)
+    proto.dataReceived(get(b"b"))
+    (first, second) = responses(t.value())
+    assert first.get(b"connection") is None  # answered before the drain: kept alive
+    assert second.body == b"ok" and second.get(b"connection") == b"close"
+    assert [r.path for r in h.requests] == [b"/a", b"/b"] and t.disconnecting
+
+
+def test_fast_path_answer_in_the_grace_says_close():
+    """The hit fast path, too, answers a request arriving in the grace with close."""
+    proto, t, spy, _ = fast_connect()
+    proto.factory.drain(10)
+    proto.dataReceived(get(b"hit"))
+    (response,) = responses(t.value())
+    assert response.body == b"hit" and response.get(b"connection") == b"close"
+    assert len(spy.offers) == 1 and t.disconnecting
+
+
+def test_new_connection_without_a_request_is_closed_after_the_grace():
+    """A connection that has sent nothing yet is idle too."""
+    proto, t, clock, _ = connect()
+    proto.factory.drain(10)
+    clock.advance(_DRAIN_IDLE_GRACE)
     assert t.disconnecting and t.value() == b""
 
 
-def test_connection_made_while_draining_is_closed_at_once():
-    """A connection accepted as the listener stopped is closed, not served."""
-    proto, _, _, _ = connect()
+def test_connection_made_while_draining_is_served_then_closed():
+    """A connection accepted as the listener stopped gets the grace as well, then
+    is closed; the drain waits for it."""
+    proto, _, clock, _ = connect()
     factory = proto.factory
     done = factory.drain(10)
+    clock.advance(_DRAIN_IDLE_GRACE)
     lose(proto)
     assert done.called
     late = factory.buildProtocol(None)
     t = StringTransport()
     late.makeConnection(t)
+    assert not t.disconnecting
+    clock.advance(_DRAIN_IDLE_GRACE)
     assert t.disconnecting
 
 
@@ -246,6 +278,8 @@ def test_stopping_the_drain_service_fires_when_the_last_connection_goes():
     drain.add(second.factory)
     drain.startService()
     stopped = drain.stopService()
+    second.factory.clock.advance(_DRAIN_IDLE_GRACE)
+    first.factory.clock.advance(_DRAIN_IDLE_GRACE)
     assert t2.disconnecting and not t1.disconnecting
     lose(second)
     assert not stopped.called

@@ -80,6 +80,12 @@ _log = Logger()
 #: ``status`` is 0 when the client went away before a response started.
 AccessLog = Callable[[Request | None, int, int, float, float, dict[str, str]], None]
 
+#: Seconds a connection idle when the server begins to stop is kept open for
+#: a request already on its way (answered with ``Connection: close``), so
+#: that a stop or a reload does not close a keep-alive connection under a
+#: request the client has just sent (see ``HTTPServerProtocol._wind_down``).
+_DRAIN_IDLE_GRACE = 1.0
+
 #: ``fast_path(factory, method, authority, path, query, pairs, connection)``
 #: may answer a GET or HEAD without content (only those are offered) before any :class:`Request` is
 #: built: it returns ``(response, status, body_bytes, notes, body)``,
@@ -933,7 +939,7 @@ class HTTPServerProtocol(Protocol):
         factory = self.factory
         factory._open.add(self)
         if factory.stopping:
-            self._wind_down()  # accepted as the listener stopped: closed at once
+            self._wind_down()  # accepted as the listener stopped: its last request, if any
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = self._read_closed = True
@@ -1036,6 +1042,7 @@ class HTTPServerProtocol(Protocol):
                 and not self._queue
                 and data[-4:] == b"\r\n\r\n"
                 and not self._draining
+                and not self._stopping
                 and not self._backlogged()
             ):
                 if self._answer_simple(data):
@@ -1743,8 +1750,9 @@ class HTTPServerProtocol(Protocol):
     def _wind_down(self) -> None:
         """The server is stopping: answer what was read, read nothing more, close.
 
-        An idle connection (no request read or being read) closes at once.
-        Otherwise the last request read, or the one whose head or content
+        An idle connection (no request read or being read) closes after
+        :data:`_DRAIN_IDLE_GRACE`, or after answering, with close, a request
+        that arrives before that. Otherwise the last request read, or the one whose head or content
         is arriving, is the connection's last: its response says
         ``Connection: close`` if it has not started yet, and the connection
         closes once it is sent (RFC 9112 section 9.6). Requests read before
@@ -1759,7 +1767,15 @@ class HTTPServerProtocol(Protocol):
         last = self._queue[-1] if self._queue else self._active
         if last is None:
             if self._phase == _IDLE:
-                self._close()
+                # A keep-alive client sends its next request as soon as it
+                # has an answer, so one may be on its way: closing now would
+                # lose it (the client sees the connection close unanswered).
+                # It gets _DRAIN_IDLE_GRACE to arrive, and is answered with
+                # close; a connection still silent then is closed.
+                grace = min(_DRAIN_IDLE_GRACE, self._idle_timeout)
+                self._idle_deadline = min(self._idle_deadline, self._clock.seconds() + grace)
+                self._cancel_timer()
+                self._timer = self._clock.callLater(grace, self._on_timer)
             # Else a head is arriving with nothing in progress: it is read
             # and answered with close (see on_headers_complete).
             return
@@ -2024,13 +2040,15 @@ class HTTPServerFactory(ServerFactory):
         """Stop serving gracefully; the result fires once every connection is closed.
 
         Call it once the listener has stopped accepting. Idle connections
-        close at once; a connection with a request in progress answers the
-        requests it has read, the last with ``Connection: close``, reads
+        (and one made meanwhile) close after :data:`_DRAIN_IDLE_GRACE`, or
+        once they have answered, with ``Connection: close``, a request that
+        arrives before that; a connection with a request in progress answers
+        the requests it has read, the last with ``Connection: close``, reads
         nothing more and closes (see :meth:`HTTPServerProtocol._wind_down`).
         After ``timeout`` seconds (at once for 0) the connections still open
         are aborted, which cuts their responses short: a client can tell, as
-        their framing never completes. A connection made meanwhile is closed
-        at once. Calling it again waits for the same end.
+        their framing never completes. Calling it again waits for the same
+        end.
         """
         done: Deferred[None] = Deferred()
         self._drain_waiters.append(done)
