@@ -531,7 +531,7 @@ class Accelerator:
             and word == "HIT"
             and cache_status is None
             and status == entry.status
-            and isinstance(body.name, str)
+            and isinstance(getattr(body, "name", None), str)  # a file, not a body kept in its row
         ):
             self._hits.remember(lk, entry, headers, age, ttl, path=body.name)
         responder.start(status, reason, out)

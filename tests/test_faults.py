@@ -35,6 +35,7 @@ from twisted.trial.unittest import TestCase
 
 from accel.app import build_accelerator, open_store
 from accel.config import ClientAccess, Config, OriginURL, Route, Site, Timeouts
+from accel.cache.store import INLINE_MAX
 from accel.http.server import HTTPServerFactory
 
 FAST = Timeouts(connect=1.0, first_byte=0.5, idle=0.5)
@@ -43,7 +44,9 @@ FAST = Timeouts(connect=1.0, first_byte=0.5, idle=0.5)
 
 
 def good_body(path: bytes) -> bytes:
-    return b"good body for " + path + b"\n"
+    """The body of ``path``: too large to be kept in its row (a file) under ``/large/``."""
+    line = b"good body for " + path + b"\n"
+    return line * (INLINE_MAX // len(line) + 1) if path.startswith(b"/large/") else line
 
 
 #: Responses whose framing or status line a proxy cannot relay (RFC 9112
@@ -438,17 +441,18 @@ class FaultTests(TestCase):
 
     async def test_broken_disk_degrades_to_proxying_and_recovers(self) -> None:
         """The spool directory becomes a file (a real OSError, even as root):
-        responses still come from the origin, whole; nothing is stored; one
-        log line says so; after the back-off the store recovers by itself."""
+        responses too large to be kept in a row still come from the origin,
+        whole; nothing is stored; one log line says so; after the back-off the
+        store recovers by itself."""
         self.start()
         self.assertEqual((await self.request(b"/kept")).status, 200)
         spool = self.directory / "cache" / "spool"
         spool.rename(spool.with_name("spool.away"))
         spool.write_bytes(b"")
         for _ in range(3):
-            reply = await self.request(b"/new")
-            self.assertEqual((reply.status, reply.body, reply.complete), (200, good_body(b"/new"), True))
-        self.assertEqual(self.origin.requests[b"/new"], 3)
+            reply = await self.request(b"/large/new")
+            self.assertEqual((reply.status, reply.body, reply.complete), (200, good_body(b"/large/new"), True))
+        self.assertEqual(self.origin.requests[b"/large/new"], 3)
         self.assertFalse(self.store.healthy)
         failures = self.logged("cache store")
         self.assertEqual(len(failures), 1)
@@ -458,10 +462,10 @@ class FaultTests(TestCase):
         spool.unlink()
         spool.with_name("spool.away").rename(spool)
         self.store_clock.advance(5)
-        await self.request(b"/new")
-        hit = await self.request(b"/new")
+        await self.request(b"/large/new")
+        hit = await self.request(b"/large/new")
         self.assertTrue(hit.headers[b"cache-status"].startswith(b"accel; hit"))
-        self.assertEqual(hit.body, good_body(b"/new"))
+        self.assertEqual(hit.body, good_body(b"/large/new"))
         self.assertTrue(self.store.healthy)
         self.assertEqual(len(self.logged("recovered")), 1)
 

@@ -120,8 +120,25 @@ _log = Logger()
 #: Errors that mean "the disk or the database is unusable right now".
 _ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 
-#: Version of the metadata record layout in the ``value`` column.
+#: Versions of the metadata record layout in the ``value`` column: the
+#: record of a body in a file, and that of a body kept in the row (the same
+#: fields, then the body). Rows written before bodies were kept in rows hold
+#: the first, which is still what a body in a file gets.
 _RECORD_FORMAT = 1
+_RECORD_INLINE = 2
+
+#: Bodies of at most this many bytes are kept in the database row, in the
+#: metadata record, rather than in a file of their own. Creating a file (and,
+#: on a young store, its two directories) costs far more kernel CPU than the
+#: few pages a small body adds to the row's SQLite transaction
+#: (bench/store_cost.py, docs/performance.rst). Against that, every lookup of
+#: the URL reads the bodies of all its variants, and a body in a row is read
+#: whole into memory, never sent by ``sendfile``. diskcache's own ``Disk``
+#: keeps values under 32 KiB in the row; half that bounds what a lookup
+#: reads, and stays below the sizes that need a file: ``sendfile``
+#: (:data:`accel.streams.SENDFILE_MIN`, 64 KiB) and hot-tier bodies sent
+#: from their file (32 KiB, :mod:`accel.fasthit`).
+INLINE_MAX = 16 * 1024
 
 _VARIANT = "v:"
 _PROBE_KEY = "probe"
@@ -179,10 +196,13 @@ class Entry:
     selecting header values for ``vary`` (RFC 9111 section 4.1). ``headers``
     are the response header fields as stored, in order, names lower-case.
     ``request_time``/``response_time``/``stored_at`` are on the proxy's clock.
-    ``length`` is the body length in bytes. ``body_id`` names the body file
-    (its path relative to the store directory); a replacement gets a new one.
-    ``accessed_at`` is the store's wall-clock LRU stamp as read, not part of
-    the entry's identity.
+    ``length`` is the body length in bytes. ``body_id`` names the stored
+    version: the body file (its path relative to the store directory), or,
+    for a body kept in the row, a name of the same shape that no file has;
+    a replacement gets a new one. ``inline`` is the body itself when it is
+    kept in the row (at most :data:`INLINE_MAX` bytes), else ``None``.
+    ``accessed_at`` is the store's wall-clock LRU stamp as read; neither is
+    part of the entry's identity.
     """
 
     primary: str
@@ -198,6 +218,7 @@ class Entry:
     tags: tuple[str, ...]
     stored_at: float
     accessed_at: float = field(default=0.0, eq=False, repr=False)
+    inline: bytes | None = field(default=None, eq=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -223,10 +244,13 @@ def _key_range(prefix: str) -> tuple[str, str]:
 
 
 def _encode(entry: Entry) -> bytes:
-    """The metadata record: a tuple of builtins (no classes, no globals)."""
+    """The metadata record: a tuple of builtins (no classes, no globals).
+
+    A body kept in the row follows the metadata, in the same record.
+    """
     return pickle.dumps(
         (
-            _RECORD_FORMAT,
+            _RECORD_FORMAT if entry.inline is None else _RECORD_INLINE,
             entry.primary,
             entry.secondary,
             entry.vary,
@@ -238,7 +262,8 @@ def _encode(entry: Entry) -> bytes:
             entry.length,
             entry.tags,
             entry.stored_at,
-        ),
+        )
+        + (() if entry.inline is None else (entry.inline,)),
         protocol=5,
     )
 
@@ -255,16 +280,21 @@ def _decode(key: str, raw: object, filename: object, accessed_at: object) -> Ent
     try:
         record = _PlainUnpickler(io.BytesIO(raw)).load()
         fmt, primary, secondary, vary, status, reason, headers, *rest = record
-        request_time, response_time, length, tags, stored_at = rest
+        if fmt == _RECORD_INLINE:
+            request_time, response_time, length, tags, stored_at, inline = rest
+        else:
+            request_time, response_time, length, tags, stored_at = rest
+            inline = None
     except Exception:  # whatever the column holds, garbage is a corrupt entry, nothing more
         return None
     if (
-        fmt != _RECORD_FORMAT
+        fmt not in (_RECORD_FORMAT, _RECORD_INLINE)
         or not isinstance(primary, str)
         or not isinstance(secondary, bytes)
         or _make_key(primary, secondary) != key
         or not isinstance(length, int)
         or not isinstance(headers, tuple)
+        or (inline is not None and (not isinstance(inline, bytes) or len(inline) != length))
     ):
         return None
     return Entry(
@@ -281,14 +311,16 @@ def _decode(key: str, raw: object, filename: object, accessed_at: object) -> Ent
         tags=tags,
         stored_at=stored_at,
         accessed_at=accessed_at if isinstance(accessed_at, float) else 0.0,
+        inline=inline,
     )
 
 
 @frozen
 class _Spooled:
-    """A complete body in the spool directory, ready to become a row's file."""
+    """A complete body, ready to become a row: in the spool file at ``path``,
+    or (``path`` is ``None``) already in ``record``."""
 
-    path: str
+    path: str | None
     body_id: str
     length: int
     record: bytes
@@ -299,7 +331,11 @@ class _SpoolDisk(diskcache.Disk):
 
     ``Cache.set(key, _Spooled(...))`` renames the spool file to the body file
     name and stores the metadata record in the row's ``value`` column; every
-    other value is handled as diskcache always does.
+    other value is handled as diskcache always does. A body that is in the
+    record creates no file: its row names a file that does not exist (which
+    ``Disk.remove`` ignores when the row goes) and counts 0 bytes in the
+    ``size`` column, as diskcache's own values kept in rows do, since the
+    database's pages, which the size limit counts, hold it.
     """
 
     def filename(self, key: object = UNKNOWN, value: object = UNKNOWN) -> tuple[str, str]:
@@ -310,6 +346,8 @@ class _SpoolDisk(diskcache.Disk):
     def store(self, value: object, read: bool, key: object = UNKNOWN) -> tuple[int, int, str | None, object]:
         if not isinstance(value, _Spooled):
             return super().store(value, read, key=key)
+        if value.path is None:
+            return 0, MODE_BINARY, value.body_id, sqlite3.Binary(value.record)
         filename, full_path = self.filename(key, value)
         for attempt in range(10):
             # Another process's Disk.remove may prune the empty parent between
@@ -328,25 +366,34 @@ class BodyWriter:
     """Streams one response body into the store; commit makes it visible.
 
     Made by :meth:`Store.begin`; exactly one of ``commit``/``abort`` ends it.
-    Every ``write`` goes straight to the spool file (unbuffered), so the writer
-    never holds more than the chunk it is given. Nothing here raises: a disk
-    failure degrades the store and turns the writer into a sink that stores
-    nothing, so the caller can keep streaming to its client regardless.
+    A body of at most :data:`INLINE_MAX` bytes is held in memory and kept in
+    its entry's row at commit, with no file at all. A larger one goes to a
+    spool file: from the start if its declared length is larger, else once it
+    grows past the bound, or as soon as a reader asks for :attr:`spool_path`
+    to follow it. Every ``write`` to the spool file goes straight through
+    (unbuffered), so the writer never holds more than :data:`INLINE_MAX`
+    bytes, or the chunk it is given. Nothing here raises: a disk failure
+    degrades the store and turns the writer into a sink that stores nothing,
+    so the caller can keep streaming to its client regardless.
     """
 
-    def __init__(
-        self, store: Store, template: Entry, expected_length: int | None, spool: tuple[io.FileIO, str] | None
-    ) -> None:
+    def __init__(self, store: Store, template: Entry, expected_length: int | None, token: str | None) -> None:
         self._store = store
         self._template = template
         self._expected = expected_length
         self._written = 0
-        self._spool = spool
+        #: Names the spool file and the body; ``None`` once nothing is stored.
+        self._token = token
+        #: The body so far, while it is held in memory (no spool file yet).
+        self._held: list[bytes] = []
+        self._spool: io.FileIO | None = None
+        if token is not None and expected_length is not None and expected_length > INLINE_MAX:
+            self._to_spool()
 
     @property
     def active(self) -> bool:
         """Whether the body is still being stored (false after a failure or abort)."""
-        return self._spool is not None
+        return self._token is not None
 
     @property
     def written(self) -> int:
@@ -357,22 +404,49 @@ class BodyWriter:
     def spool_path(self) -> str | None:
         """The file the body is being written to, while it is (else ``None``).
 
-        Readers may open it to follow the body as it grows: on POSIX systems
-        a handle opened before :meth:`commit` renames the file, or
-        :meth:`abort` removes it, stays readable.
+        A body held in memory is written out to a spool file first, so that
+        everything :attr:`written` so far is in the file. Readers may open it
+        to follow the body as it grows: on POSIX systems a handle opened
+        before :meth:`commit` renames the file, or :meth:`abort` removes it,
+        stays readable.
         """
-        spool = self._spool
-        return None if spool is None else self._store._spool_path(spool[1])
+        token = self._token
+        if token is None or (self._spool is None and not self._to_spool()):
+            return None
+        return self._store._spool_path(token)
 
     def write(self, data: bytes) -> None:
         """Append ``data`` to the body."""
-        if self._spool is None:
+        if self._token is None:
             return
         self._written += len(data)
         if self._expected is not None and self._written > self._expected:
             self.abort()
             return
-        f = self._spool[0]
+        if self._spool is None:
+            if self._written <= INLINE_MAX:
+                self._held.append(bytes(data))  # a copy only if the caller's buffer is mutable
+                return
+            if not self._to_spool():
+                return
+        self._write_through(data)
+
+    def _to_spool(self) -> bool:
+        """Open the spool file and write the body held so far to it; false if that failed."""
+        assert self._token is not None
+        try:
+            self._spool = self._store._open_spool(self._token)
+        except _ERRORS as e:
+            self._store._degrade(e)
+            self.abort()
+            return False
+        held, self._held = self._held, []
+        return all(self._write_through(chunk) for chunk in held)
+
+    def _write_through(self, data: bytes) -> bool:
+        """Write ``data`` to the spool file; false (and aborted) on failure."""
+        f = self._spool
+        assert f is not None
         view = memoryview(data)
         try:
             while view:
@@ -380,6 +454,8 @@ class BodyWriter:
         except OSError as e:
             self._store._degrade(e)
             self.abort()
+            return False
+        return True
 
     def commit(self) -> Entry | None:
         """Store the body if it is complete; ``None`` means nothing was stored.
@@ -388,22 +464,27 @@ class BodyWriter:
         Replacing a stored variant is atomic: lookups see the old entry or the
         new one, and a handle already open on the old body stays readable.
         """
-        spool = self._spool
-        if spool is None:
+        token = self._token
+        if token is None:
             return None
         if self._expected is not None and self._written != self._expected:
             self.abort()
             return None
-        self._spool = None
-        f, token = spool
+        self._token = None
         entry = evolve(self._template, length=self._written, body_id=_body_id(token))
+        f, self._spool = self._spool, None
+        if f is None:
+            held, self._held = self._held, []
+            entry = evolve(entry, inline=b"".join(held))
         return self._store._commit(entry, f, token)
 
     def abort(self) -> None:
         """Discard the body; idempotent."""
-        spool, self._spool = self._spool, None
-        if spool is not None:
-            self._store._discard_spool(*spool)
+        token, self._token = self._token, None
+        self._held = []
+        f, self._spool = self._spool, None
+        if f is not None and token is not None:
+            self._store._discard_spool(f, token)
 
 
 def _body_id(token: str) -> str:
@@ -555,7 +636,10 @@ class Store:
         return entries
 
     def body_path(self, entry: Entry) -> str:
-        """Where ``entry``'s body file is (it may be gone: see :meth:`open_body`)."""
+        """Where ``entry``'s body file is (it may be gone: see :meth:`open_body`).
+
+        A body kept in the row (``entry.inline``) has no file there.
+        """
         return os.path.join(self._directory, entry.body_id)
 
     def open_body(self, entry: Entry) -> BinaryIO | None:
@@ -563,9 +647,13 @@ class Store:
 
         ``None`` if the body is gone or damaged; the entry is then removed.
         The handle stays readable if the entry is replaced or removed later.
+        A body kept in the row comes as an in-memory file (no ``fileno``).
         """
         if not self._usable():
             return None
+        if entry.inline is not None:
+            self._touch(entry)
+            return io.BytesIO(entry.inline)
         try:
             f = open(self.body_path(entry), "rb")  # noqa: SIM115 - caller closes
         except FileNotFoundError:
@@ -588,13 +676,20 @@ class Store:
         return f
 
     def read_small(self, entry: Entry) -> bytes | None:
-        """The whole body of ``entry`` if it fits the memory tier, else ``None``.
+        """The whole body of ``entry`` if it is small, else ``None``.
 
-        Served from memory when held there, else read from disk (at most
+        A body kept in the row is the entry's own. Another is served from the
+        memory tier when held there, else read from disk (at most
         ``memory.max_item`` bytes) and kept. ``None`` for a larger body (use
         :meth:`open_body`), without a memory tier, or if the body is gone
         (the entry is then removed).
         """
+        inline = entry.inline
+        if inline is not None:
+            if not self._usable():
+                return None
+            self._touch(entry)
+            return inline
         memory = self._memory
         if memory is None or entry.length > memory.max_item or not self._usable():
             return None
@@ -652,14 +747,8 @@ class Store:
             stored_at=0.0,
         )
         _variant_key(primary, secondary)  # validate now, not at commit
-        spool = None
-        if self._usable():
-            token = secrets.token_hex(16)
-            try:
-                spool = (self._open_spool(token), token)
-            except _ERRORS as e:
-                self._degrade(e)
-        return BodyWriter(self, template, expected_length, spool)
+        token = secrets.token_hex(16) if self._usable() else None
+        return BodyWriter(self, template, expected_length, token)
 
     def update(
         self,
@@ -1048,24 +1137,29 @@ class Store:
             f.close()
             os.unlink(self._spool_path(token))
 
-    def _commit(self, entry: Entry, f: io.FileIO, token: str) -> Entry | None:
-        """Move the spooled body in and insert its row (the body first, then the row)."""
+    def _commit(self, entry: Entry, f: io.FileIO | None, token: str) -> Entry | None:
+        """Insert ``entry``'s row: with its body in the record (``entry.inline``),
+        or after moving its spool file ``f`` in (the body first, then the row)."""
         if not self.healthy or self._cache is None:
-            self._discard_spool(f, token)
+            if f is not None:
+                self._discard_spool(f, token)
             return None
         entry = evolve(entry, stored_at=self._clock.seconds(), accessed_at=time.time())
-        spooled = _Spooled(self._spool_path(token), entry.body_id, entry.length, _encode(entry))
+        path = None if f is None else self._spool_path(token)
+        spooled = _Spooled(path, entry.body_id, entry.length, _encode(entry))
         try:
             # The spool file stays open, hence locked, until it has been renamed.
             self._cache.set(entry.key, spooled, tag=json.dumps(entry.tags) if entry.tags else None)
         except _ERRORS as e:
             self._degrade(e)
-            self._discard_spool(f, token)
-            self._cache.disk.remove(entry.body_id)
+            if f is not None:
+                self._discard_spool(f, token)
+                self._cache.disk.remove(entry.body_id)
             return None
         finally:
-            with contextlib.suppress(OSError):
-                f.close()
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
         self._changed(entry.primary)
         self._counters["stores"] += 1
         if entry.vary:
