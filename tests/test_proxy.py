@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 
 from accel.cache.collapse import Collapser
 from accel.cache.memory import MemoryTier
-from accel.cache.store import Store
+from accel.cache.store import INLINE_MAX, Store
 from accel.http.dates import format_http_date
 from accel.http.headers import Headers
 from accel.proxy import Accelerator
@@ -583,6 +583,75 @@ class TestRanges:
         proxy = make_proxy(clock, store, upstream, rules=CacheRules(range_fetch_max=50))
         r = get(proxy, headers=[(b"Range", b"bytes=0-1")])
         assert r.status == 206 and r.body == b"ab"
+
+
+class TestBodiesInRowsAndFiles:
+    """Every reader of a stored body, with a body kept in its row and one in a file."""
+
+    @pytest.fixture(params=[INLINE_MAX, INLINE_MAX + 1], ids=["row", "file"])
+    def body(self, request) -> bytes:
+        return bytes(range(256)) * (request.param // 256) + b"t" * (request.param % 256)
+
+    def stored(self, clock, store, body, tmp_path):
+        headers = dated((b"Cache-Control", b"max-age=60"), (b"ETag", b'"r"'), (b"Content-Type", b"text/plain"))
+        upstream = FakeUpstream(auto=always(headers=headers, body=body))
+        proxy = make_proxy(clock, store, upstream)
+        assert get(proxy).body == body
+        kept = list((tmp_path / "cache").glob("*/*/*.val"))
+        assert len(kept) == (0 if len(body) <= INLINE_MAX else 1)
+        return proxy, upstream
+
+    def test_whole_body(self, clock, store, body, tmp_path):
+        """A hit sends the whole body, byte for byte."""
+        proxy, upstream = self.stored(clock, store, body, tmp_path)
+        r = get(proxy)
+        assert r.status == 200 and r.finished and r.body == body
+        assert r.header(b"cache-status").startswith(b"accel; hit") and len(upstream.calls) == 1
+
+    def test_head(self, clock, store, body, tmp_path):
+        """HEAD gets the stored length and no body."""
+        proxy, _ = self.stored(clock, store, body, tmp_path)
+        r = get(proxy, method=b"HEAD")
+        assert r.finished and r.body == b"" and r.header(b"content-length") == b"%d" % len(body)
+
+    def test_single_range(self, clock, store, body, tmp_path):
+        """A range in the middle and a suffix range are the bytes they name."""
+        proxy, _ = self.stored(clock, store, body, tmp_path)
+        r = get(proxy, headers=[(b"Range", b"bytes=1000-1999")])
+        assert r.status == 206 and r.finished and r.body == body[1000:2000]
+        r = get(proxy, headers=[(b"Range", b"bytes=-300")])
+        assert r.status == 206 and r.finished and r.body == body[-300:]
+
+    def test_multipart_ranges(self, clock, store, body, tmp_path):
+        """Several ranges make a multipart 206 whose parts are the bytes they name."""
+        proxy, _ = self.stored(clock, store, body, tmp_path)
+        r = get(proxy, headers=[(b"Range", b"bytes=0-9,5000-5099,-10")])
+        assert r.status == 206 and r.finished and r.header(b"content-length") == b"%d" % len(r.body)
+        boundary = r.header(b"content-type").partition(b"; boundary=")[2]
+        parts = [part for _, part in parse_multipart(r.body, boundary)]
+        assert parts == [body[:10], body[5000:5100], body[-10:]]
+
+    def test_revalidated_with_304(self, clock, store, body, tmp_path):
+        """A 304 freshens the entry and the stored body is served, then hit again."""
+        proxy, upstream = self.stored(clock, store, body, tmp_path)
+        clock.advance(120)
+        upstream.auto = lambda call: response(304, dated((b"Cache-Control", b"max-age=60"), (b"ETag", b'"r"'), clock=clock))[0]
+        r = get(proxy)
+        assert r.status == 200 and r.body == body and r.log["cache"] == "REVALIDATED"
+        hit = get(proxy)
+        assert hit.body == body and hit.header(b"cache-status").startswith(b"accel; hit")
+        assert len(upstream.calls) == 2
+
+    def test_stale_if_error(self, clock, store, body, tmp_path):
+        """Stale serving on an origin failure sends the stored body."""
+        headers = dated((b"Cache-Control", b"max-age=10, stale-if-error=600"))
+        upstream = FakeUpstream(auto=always(headers=headers, body=body))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        clock.advance(60)
+        upstream.auto = always(503)
+        r = get(proxy)
+        assert r.status == 200 and r.body == body and r.finished
 
 
 class TestMultipleRanges:

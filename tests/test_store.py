@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import os
 import pickle
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
@@ -609,3 +612,253 @@ def test_an_eager_store_used_after_a_fork_opens_anew(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "cache" / "cache.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     store.close()
+
+
+# -- bodies kept in their row ---------------------------------------------------
+
+
+def body_files(directory: Path) -> list[str]:
+    """The committed body files in the store (not spool files)."""
+    return [name for name in files(directory) if not name.startswith("spool/")]
+
+
+def test_a_small_body_is_kept_in_its_row(tmp_path: Path) -> None:
+    """A body of at most INLINE_MAX bytes commits with no file at all and reads back exactly."""
+    store = make_store(tmp_path)
+    body = os.urandom(INLINE_MAX)
+    writer = store.begin(URL, b"", (), 200, b"OK", [], 0.0, 0.0, len(body), ())
+    writer.write(body[:100])
+    writer.write(body[100:])
+    assert files(tmp_path) == []  # nothing spooled either
+    entry = writer.commit()
+    assert entry is not None and entry.inline == body
+    assert files(tmp_path) == []
+    [found] = store.lookup(URL)
+    assert found == entry and found.inline == body and found.length == INLINE_MAX
+    assert found.body_id.count("/") == 2 and not (tmp_path / found.body_id).exists()
+    assert read(store, found) == body
+    assert store.read_small(found) == body  # no memory tier needed
+
+
+def test_an_empty_body_is_kept_in_its_row(tmp_path: Path) -> None:
+    """A body of no bytes is an inline body of no bytes, not a missing one."""
+    store = make_store(tmp_path)
+    entry = put(store, b"")
+    assert entry is not None and entry.inline == b""
+    [found] = store.lookup(URL)
+    assert found.inline == b"" and read(store, found) == b"" and store.read_small(found) == b""
+    assert files(tmp_path) == []
+
+
+def test_a_body_growing_past_inline_max_goes_to_a_file(tmp_path: Path) -> None:
+    """Without a declared length the body is held until it outgrows INLINE_MAX, then spooled."""
+    store = make_store(tmp_path)
+    body = os.urandom(INLINE_MAX + 1)
+    writer = store.begin(URL, b"", (), 200, b"OK", [], 0.0, 0.0, None, ())
+    writer.write(body[:INLINE_MAX])
+    assert files(tmp_path) == []
+    writer.write(body[INLINE_MAX:])
+    [spool] = (tmp_path / "spool").iterdir()
+    assert spool.read_bytes() == body
+    entry = writer.commit()
+    assert entry is not None and entry.inline is None
+    assert body_files(tmp_path) == [entry.body_id] and (tmp_path / entry.body_id).read_bytes() == body
+    [found] = store.lookup(URL)
+    assert found.inline is None and read(store, found) == body
+
+
+def test_a_declared_length_above_inline_max_spools_at_once(tmp_path: Path) -> None:
+    """A body declared larger than INLINE_MAX goes to its spool file from the first byte."""
+    store = make_store(tmp_path)
+    writer = store.begin(URL, b"", (), 200, b"OK", [], 0.0, 0.0, INLINE_MAX + 1, ())
+    [spool] = (tmp_path / "spool").iterdir()
+    writer.write(b"x")
+    assert spool.read_bytes() == b"x"
+    writer.write(b"x" * INLINE_MAX)
+    entry = writer.commit()
+    assert entry is not None and entry.inline is None and body_files(tmp_path) == [entry.body_id]
+
+
+def test_asking_for_the_spool_path_moves_a_held_body_to_a_file(tmp_path: Path) -> None:
+    """A follower asking for the spool file mid-body gets a file holding every byte written
+    so far, reads the rest as it is written, and the body is committed as a file."""
+    store = make_store(tmp_path)
+    writer = store.begin(URL, b"", (), 200, b"OK", [], 0.0, 0.0, 11, ())
+    writer.write(b"hello")
+    path = writer.spool_path
+    assert path is not None and writer.spool_path == path and writer.active
+    with open(path, "rb") as follower:
+        assert follower.read() == b"hello"
+        writer.write(b" world")
+        entry = writer.commit()
+        assert follower.read() == b" world"  # the renamed file stays readable
+    assert entry is not None and entry.inline is None
+    assert body_files(tmp_path) == [entry.body_id] and read(store, entry) == b"hello world"
+
+
+def test_a_failing_spool_file_stores_nothing(tmp_path: Path) -> None:
+    """When the held body cannot be written out to a spool file, the writer gives up and the
+    store degrades; nothing is stored."""
+    store = make_store(tmp_path, log=Logger(observer=lambda e: None))
+    writer = store.begin(URL, b"", (), 200, b"OK", [], 0.0, 0.0, None, ())
+    writer.write(b"x" * INLINE_MAX)
+    _break_spool(tmp_path)
+    writer.write(b"x")
+    assert not writer.active and writer.spool_path is None and writer.commit() is None
+    assert not store.healthy
+    _mend_spool(tmp_path)
+    assert files(tmp_path) == []
+
+
+@pytest.mark.parametrize("size", [5, INLINE_MAX + 5])
+@pytest.mark.parametrize("declared", [-1, +1])
+def test_a_body_of_the_wrong_length_is_not_stored_inline_or_not(tmp_path: Path, size: int, declared: int) -> None:
+    """Short or over-length bodies (held in memory or spooled) leave no row and no file."""
+    store = make_store(tmp_path)
+    assert put(store, b"x" * size, declared=size + declared) is None
+    assert store.lookup(URL) == [] and files(tmp_path) == []
+
+
+def test_a_row_in_the_first_record_format_still_decodes(tmp_path: Path) -> None:
+    """A row written before bodies were kept in rows (format 1: metadata only, the body in
+    its file) is read as it always was, so an existing cache keeps working after an upgrade."""
+    store = make_store(tmp_path)
+    entry = put(store, large(b"old"))
+    assert entry is not None
+    record = pickle.dumps(
+        (1, URL, b"", (), 200, b"OK", ((b"x-old", b"1"),), 10.0, 11.0, entry.length, (), 12.0), protocol=5
+    )
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (record, entry.key))
+    [found] = store.lookup(URL)
+    assert found.headers == ((b"x-old", b"1"),) and found.stored_at == 12.0 and found.inline is None
+    assert read(store, found) == large(b"old")
+
+
+def test_an_inline_record_of_the_wrong_length_is_a_miss_and_removed(tmp_path: Path) -> None:
+    """A body in a record that does not match the record's length is never served."""
+    store = make_store(tmp_path)
+    entry = put(store, b"body")
+    assert entry is not None
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        [(raw,)] = con.execute("SELECT value FROM Cache WHERE key = ?", (entry.key,)).fetchall()
+        record = list(pickle.loads(raw))
+        record[-1] = b"bod"
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (pickle.dumps(tuple(record)), entry.key))
+    assert store.lookup(URL) == []
+    assert store.stats()["entries"] == 0 and store.stats()["corrupt"] == 1
+
+
+@pytest.mark.parametrize("size", [4, INLINE_MAX + 4])
+def test_update_after_304_keeps_the_body_inline_or_not(tmp_path: Path, size: int) -> None:
+    """Freshening keeps the body where it is: in the row (rewritten with the new
+    headers) or in its file."""
+    store = make_store(tmp_path)
+    body = os.urandom(size)
+    entry = put(store, body)
+    assert entry is not None
+    fresh = store.update(entry, [(b"etag", b'"2"')], 20.0, 21.0)
+    assert fresh is not None and fresh.inline == entry.inline
+    [found] = store.lookup(URL)
+    assert found.headers == ((b"etag", b'"2"'),) and found.inline == entry.inline
+    assert read(store, found) == body
+
+
+def test_remove_and_purges_of_inline_rows(tmp_path: Path) -> None:
+    """remove, invalidate and the purges delete rows whose body is in the row, leaving
+    no file behind and no error for the file they never had."""
+    store = make_store(tmp_path)
+    small = put(store, b"1", primary="GET http://a/x", tags=("t",))
+    put(store, large(b"2"), primary="GET http://a/y", tags=("t",))
+    put(store, b"3", primary="GET http://b/z")
+    put(store, b"4", primary="GET http://c/w")
+    assert small is not None and store.remove(small) is True and store.remove(small) is False
+    put(store, b"1", primary="GET http://a/x", tags=("t",))
+    assert store.purge_tag("t") == 2
+    assert store.invalidate("GET http://b/z") == 1
+    assert store.purge_all() == 1
+    assert files(tmp_path) == [] and store.healthy
+    assert store.stats()["entries"] == 0
+
+
+def test_inline_rows_count_towards_the_size_limit(tmp_path: Path) -> None:
+    """Bodies kept in rows grow the database, which the size limit counts: past it, the
+    least recently used rows are evicted, and the store stays near its bound."""
+    store = make_store(tmp_path, size_limit=MiB)
+    for i in range(300):
+        put(store, os.urandom(10 * KiB), primary=f"{URL}/{i}")
+    stats = store.stats()
+    assert isinstance(stats["entries"], int) and 0 < stats["entries"] < 150
+    assert isinstance(stats["volume"], int) and stats["volume"] < 2 * MiB
+    assert store.lookup(f"{URL}/299") != [] and store.lookup(f"{URL}/0") == []
+    assert files(tmp_path) == []
+
+
+@given(
+    size=st.integers(0, 3 * INLINE_MAX),
+    chunks=st.lists(st.integers(1, INLINE_MAX + 100), min_size=1, max_size=8),
+    declared=st.booleans(),
+    seed=st.integers(0, 2**32),
+)
+@settings(max_examples=60, deadline=None)
+def test_any_body_reads_back_identical_inline_or_not(size: int, chunks: list[int], declared: bool, seed: int) -> None:
+    """Whatever its size and however it is cut into writes, a body reads back byte for byte,
+    kept in its row when it is at most INLINE_MAX bytes and in a file otherwise."""
+    body = random.Random(seed).randbytes(size)
+    with tempfile.TemporaryDirectory() as directory:
+        store = make_store(Path(directory))
+        writer = store.begin(URL, b"", (), 200, b"OK", [], 0.0, 0.0, size if declared else None, ())
+        offset = 0
+        for n in itertools.cycle(chunks):
+            if offset >= size:
+                break
+            writer.write(body[offset : offset + n])
+            offset += n
+        entry = writer.commit()
+        assert entry is not None and entry.length == size
+        assert (entry.inline is not None) == (size <= INLINE_MAX)
+        [found] = store.lookup(URL)
+        assert read(store, found) == body
+        assert (store.read_small(found) == body) if size <= INLINE_MAX else (store.read_small(found) is None)
+        assert body_files(Path(directory)) == ([] if size <= INLINE_MAX else [entry.body_id])
+        store.close()
+
+
+_INLINE_CRASH_WRITER = """
+import sys, time
+from accel.cache.store import Store
+
+class WallClock:
+    def seconds(self):
+        return time.time()
+
+store = Store(sys.argv[1], 1 << 30, WallClock())
+writer = store.begin("k", b"", (), 200, b"OK", [], 0.0, 0.0, 2048, ())
+writer.write(b"x" * 1024)
+print("held", flush=True)
+sys.stdin.read()  # killed here, between the write and the commit
+"""
+
+
+def test_kill_while_a_small_body_is_held_leaves_nothing(tmp_path: Path) -> None:
+    """A process killed while it holds a small body in memory leaves no file and no row."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_INLINE_CRASH_WRITER), str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert child.stdout is not None and child.stdout.readline() == b"held\n"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert files(tmp_path) == []
+    store = make_store(tmp_path)
+    assert store.lookup("k") == [] and store.stats()["entries"] == 0
+
+
+def test_inline_bodies_never_need_a_file_descriptor() -> None:
+    """Bodies kept in rows are smaller than anything sent by sendfile or remembered by the
+    hot tier with its file, the only readers that need a real file."""
+    from accel import fasthit, streams
+
+    assert INLINE_MAX < fasthit._SENDFILE_BODY and INLINE_MAX < streams.SENDFILE_MIN
