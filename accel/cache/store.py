@@ -1,17 +1,25 @@
-"""The response store: entry metadata in SQLite, bodies in files, on diskcache.
+"""The response store on diskcache: metadata and small bodies in SQLite, larger bodies in files.
 
 The proxy calls this from the reactor thread, so every call is small and
-bounded: one or two single-row SQL statements and file opens. Bodies are never
-held whole in memory; they stream in through a :class:`BodyWriter` and out
-through a plain file handle from :meth:`Store.open_body`.
+bounded: one or two single-row SQL statements and file opens. Large bodies
+are never held whole in memory; they stream in through a :class:`BodyWriter`
+and out through a plain file handle from :meth:`Store.open_body`. A body of
+at most :data:`INLINE_MAX` (16 KiB) is kept in its row instead, and read
+with the entry's metadata.
 
 Layout
 ------
 One diskcache row per stored variant. Its key is ``"v:" + primary + "\\0" +
 secondary.hex()``, so all variants of a URL, and all URLs under a prefix, are
-one range of the ``Cache(key, raw)`` index. The row's file is the body; its
-``value`` column holds the entry's metadata record (a pickle of builtins only,
-loaded with an unpickler that refuses every global); its ``tag`` column holds
+one range of the ``Cache(key, raw)`` index. Its ``value`` column holds the
+entry's metadata record (a pickle of builtins only, loaded with an unpickler
+that refuses every global), followed, for a body of at most
+:data:`INLINE_MAX` bytes, by the body itself. A larger body is the row's
+file. Either way the row's ``filename`` is a fresh name of diskcache's
+two-level shape (``ab/cd/<hex>.val``), which identifies the stored version
+(:attr:`Entry.body_id`): a body in the row simply has no file of that name,
+so the compare-and-set statements below, and diskcache's removals (which
+ignore a missing file), treat both kinds alike. The row's ``tag`` column holds
 the entry's surrogate keys as a JSON array. diskcache allows one tag per key,
 so triggers keep an ``AccelTag(tag, row)`` table in step with the Cache table
 on every insert, update and delete, *including* diskcache's own evictions:
@@ -26,7 +34,13 @@ replace, size accounting and eviction.
 
 Write path and crash safety
 ---------------------------
-A body is spooled to ``spool/<id>.part`` inside the store directory, under an
+A body is held in the writer's memory while it is at most
+:data:`INLINE_MAX` bytes, and committed into its row in one transaction: no
+file is created, and a kill before the commit leaves nothing at all.
+Creating files was most of what a cacheable miss cost (docs/performance.rst,
+"Misses that store"). A body declared or grown larger, or one that a
+collapsed request wants to follow while it streams (:attr:`BodyWriter.spool_path`),
+is spooled to ``spool/<id>.part`` inside the store directory, under an
 ``flock`` held until the body is placed. On commit, :class:`_SpoolDisk` (the
 ``disk=`` of the diskcache) *renames* the spool file to the body file name,
 so the body is written exactly once, and then diskcache inserts the row in one
@@ -39,8 +53,9 @@ deleted, never raised to the caller.
 
 Eviction
 --------
-The store is bounded by ``size_limit`` bytes (diskcache's estimate: bodies
-plus the database pages) and evicts in least-recently-used order, coarsely.
+The store is bounded by ``size_limit`` bytes (diskcache's estimate: body
+files plus the database pages, which hold the bodies kept in rows) and
+evicts in least-recently-used order, coarsely.
 diskcache's ``least-recently-used`` policy turns every ``get`` into a write
 transaction. Measured here (2,000 entries of 40 KB, 20,000 random hits, one
 process, Python 3.11, SQLite 3.40): ``get(read=True)`` costs
@@ -839,8 +854,10 @@ class Store:
     def stats(self) -> dict[str, object]:
         """Counters and sizes, for the admin API and logs.
 
-        ``entries`` and ``bytes`` (body bytes) are read from diskcache's own
-        running totals, so this is one small read whatever the store's size.
+        ``entries`` and ``bytes`` (bytes of body files; bodies kept in rows
+        count in ``volume``, with the database pages) are read from
+        diskcache's own running totals, so this is one small read whatever
+        the store's size.
         """
         entries = body_bytes = volume = None
         if self._cache is not None and self._con is not None:
