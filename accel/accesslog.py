@@ -284,24 +284,8 @@ class AccessLog:
         cannot be opened, that is logged and lines keep going to the old
         file. Standard output is left as it is.
         """
-        if self._path is None or self._closed:
-            return
-        self.flush()
-        try:
-            stream = open(self._path, "ab", buffering=0)  # noqa: SIM115 (closed by close)
-        except OSError as error:
-            _log.error(
-                "cannot reopen the access log {path}: {error}; still writing to the old file",
-                path=self._path,
-                error=error.strerror or error,
-            )
-            return
-        old, self._stream = self._stream, stream
-        try:
-            old.close()
-        except OSError:
-            pass  # its lines were written already: nothing left to lose
-        _log.info("access log reopened: {path}", path=self._path)
+        if self._path is not None and not self._closed:
+            self._switch(self._path, "access log reopened: {path}")
 
     def move(self, path: str) -> None:
         """Write the pending lines, then go on at ``path`` (a file, or ``-``).
@@ -310,8 +294,12 @@ class AccessLog:
         ``path`` cannot be opened, that is logged and lines keep going
         where they went.
         """
-        if self._closed or path == (self._path or "-"):
-            return
+        if not self._closed and path != (self._path or "-"):
+            self._switch(path, "access log now written to {path}")
+
+    def _switch(self, path: str, done: str) -> None:
+        """Flush, then write to ``path`` opened anew, closing the old stream;
+        log ``done`` (a format with ``{path}``), or why ``path`` cannot be opened."""
         self.flush()
         try:
             stream, atomic = _open(path)
@@ -328,8 +316,8 @@ class AccessLog:
         try:
             old.close()
         except OSError:
-            pass  # its lines were written already
-        _log.info("access log now written to {path}", path=path)
+            pass  # its lines were written already: nothing left to lose
+        _log.info(done, path=path)
 
     def close(self) -> None:
         if self._flusher.running:
