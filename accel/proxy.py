@@ -37,7 +37,7 @@ import secrets
 from functools import partial
 from typing import assert_never
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 
 from accel.answers import (
@@ -112,8 +112,6 @@ class Accelerator:
 
     def close(self) -> Deferred[None]:
         """Close the routes' idle origin connections (at shutdown)."""
-        from twisted.internet.defer import gatherResults, maybeDeferred
-
         closing = [
             maybeDeferred(route.upstream.close)
             for route in self._router.routes()
@@ -130,8 +128,6 @@ class Accelerator:
         connections close now, busy ones once their exchange is done. The
         requests in progress go on with this handler to their end.
         """
-        from twisted.internet.defer import gatherResults, maybeDeferred
-
         if self._hot is not None:
             self._hot.clear()
         retiring = [
@@ -551,8 +547,9 @@ class Accelerator:
         body = self._store.open_body(entry)
         if body is not None:
             with body:
-                if isinstance(body.name, str):
-                    self._hits.remember(lk, entry, headers, age, ttl, path=body.name)
+                name = getattr(body, "name", None)  # a file, not a body kept in its row
+                if isinstance(name, str):
+                    self._hits.remember(lk, entry, headers, age, ttl, path=name)
 
     def _serve_parts(self, lk: Lookup, entry: Entry, out: Headers, parts: Multipart) -> None:
         """Send the ``multipart/byteranges`` 206 of ``parts`` from ``entry``'s body:
