@@ -31,12 +31,13 @@ on which each lets its requests in progress finish for the configured
 :data:`_STOP_MARGIN` seconds after that). SIGUSR1 to the parent is passed on
 to every child (each reopens its access log). A configuration reload
 (SIGHUP to the parent, :meth:`WorkerPool.reload`) replaces each child with
-a new one, started before the old one is told to stop. A child whose parent is gone, even killed
-with SIGKILL, stops by itself: its standard input is a pipe from the parent,
-and the end of that pipe ends the child. Children ignore SIGINT (a Ctrl-C at
-the terminal reaches the whole process group; the parent stops them) and
-SIGHUP (the parent drives reloads).
-Children log to their standard error, which the parent relays to its own
+a new one, started before the old one is told to stop.
+
+A child whose parent is gone, even killed with SIGKILL, stops by itself:
+its standard input is a pipe from the parent, and the end of that pipe
+ends the child. Children ignore SIGINT (a Ctrl-C at the terminal reaches
+the whole process group; the parent stops them) and SIGHUP (the parent
+drives reloads). Children log to their standard error, which the parent relays to its own
 log with the worker's number; their standard output is the parent's, so an
 access log on standard output (``--access-log -``) gets every worker's lines
 as they are.
