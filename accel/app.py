@@ -290,7 +290,8 @@ class _Drain(Service):
     """
 
     def __init__(self, timeout: float, reactor: Any = None, install: InstallHandler = signal.signal) -> None:
-        self._timeout = timeout
+        #: Seconds the connections get to finish (a reload may change it).
+        self.timeout = timeout
         self._factories: list[HTTPServerFactory] = []
         self._reactor = reactor
         self._install = install
@@ -311,9 +312,9 @@ class _Drain(Service):
             _log.info(
                 "stopping: {count} client connection(s) open; waiting up to {timeout:g}s for them",
                 count=open_connections,
-                timeout=self._timeout,
+                timeout=self.timeout,
             )
-        drained = [factory.drain(self._timeout) for factory in self._factories]
+        drained = [factory.drain(self.timeout) for factory in self._factories]
         if self._reactor is not None:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous = self._install(signum, self._again)
@@ -475,7 +476,7 @@ class _Reloader:
         if self.access_log is not None and config.access_log is not None and config.access_log != "off":
             self.access_log.move(config.access_log)
         if self.drain is not None:
-            self.drain._timeout = config.shutdown_timeout
+            self.drain.timeout = config.shutdown_timeout
         replaced = ""
         if self.pool is not None:
             count = self.pool.reload(evolve(config, workers=1))

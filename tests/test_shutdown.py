@@ -298,7 +298,7 @@ def test_make_service_drains_with_the_configured_timeout(tmp_path):
     config = Config.from_toml(str(path))
     top = app.make_service(config, MemoryReactorClock(), install_handler=lambda s, h: None)
     (drain,) = [s for group in top if isinstance(group, app.MultiService) for s in group if isinstance(s, app._Drain)]
-    assert drain._timeout == 3.0
+    assert drain.timeout == 3.0
 
 
 # --- SIGUSR1 ---
