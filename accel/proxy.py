@@ -543,13 +543,10 @@ class Accelerator:
         small = self._store.read_small(entry)
         if small is not None:
             self._hits.remember(lk, entry, headers, age, ttl, body=small)
-            return
-        body = self._store.open_body(entry)
-        if body is not None:
-            with body:
-                name = getattr(body, "name", None)  # a file, not a body kept in its row
-                if isinstance(name, str):
-                    self._hits.remember(lk, entry, headers, age, ttl, path=name)
+        elif entry.inline is None:
+            # A body in its file: the fast path opens it per hit and checks
+            # its length then, so there is no need to open it here.
+            self._hits.remember(lk, entry, headers, age, ttl, path=self._store.body_path(entry))
 
     def _serve_parts(self, lk: Lookup, entry: Entry, out: Headers, parts: Multipart) -> None:
         """Send the ``multipart/byteranges`` 206 of ``parts`` from ``entry``'s body:
