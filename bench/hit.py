@@ -56,7 +56,7 @@ class _Origin(Protocol):
         buffer = self._buffer + data
         while (end := buffer.find(b"\r\n\r\n")) >= 0:
             head, buffer = buffer[:end], buffer[end + 4 :]
-            path = head.split(b" ", 2)[1]
+            path = head.split(b" ", 2)[1].partition(b"?")[0]  # a query makes another URL, same body
             if path.startswith(b"/revalidate/"):
                 self._revalidate(head, path[11:])
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,28 @@ class WrkError(Exception):
     """wrk did not run to completion or printed no report."""
 
 
-def write_script(directory: Path) -> Path:
-    script = directory / "report.lua"
-    script.write_text(REPORT_LUA)
+# Each request gets the row's path plus a query no request sent before: every
+# request of the run is a miss, in every system (their cache keys all include
+# the query). The tag keeps runs, repetitions and warm-ups apart.
+UNIQUE_LUA = r"""
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, wrk.path .. "?u=%s-" .. counter)
+end
+"""
+
+
+def write_script(directory: Path, unique: bool = False) -> Path:
+    """The Lua script for a wrk run: the report hook, and for a ``unique`` run a
+    request generator that never repeats a URL (a fresh file each time)."""
+    if not unique:
+        script = directory / "report.lua"
+        script.write_text(REPORT_LUA)
+        return script
+    tag = uuid.uuid4().hex[:12]
+    script = directory / f"unique-{tag}.lua"
+    script.write_text(REPORT_LUA + UNIQUE_LUA % tag)
     return script
 
 

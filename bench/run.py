@@ -56,6 +56,8 @@ class Row:
     note: str = ""
     #: The status every answer must have: a conditional row expects 304.
     status: int = 200
+    #: Every request asks for a URL never asked before (a query added to ``path``).
+    unique: bool = False
 
 
 #: In a row's header values, replaced by the origin's ETag for the row's path
@@ -64,6 +66,9 @@ ETAG = "{etag}"
 
 ROWS = (
     Row("hit-1k", "hit 1 KiB", "/cache/1k.bin", "hit"),
+    Row("close-1k", "hit 1 KiB, a connection each", "/cache/1k.bin", "hit",
+        headers={"Connection": "close"},
+        note="every request on a new TCP connection (no keep-alive)"),
     Row("hit-64k", "hit 64 KiB", "/cache/64k.bin", "hit", "MiB/s"),
     Row("hit-1m", "hit 1 MiB", "/cache/1m.bin", "hit", "MiB/s"),
     Row("br-100k", "hit 100 KiB text, AE: br", "/cache/text-100k.txt", "hit", "MiB/s",
@@ -72,6 +77,8 @@ ROWS = (
     Row("cond-1k", "304 1 KiB If-None-Match", "/cache/1k.bin", "hit",
         headers={"If-None-Match": ETAG}, status=304,
         note="a browser revalidating its copy: answered 304 from the cache"),
+    Row("miss-1k", "miss 1 KiB, stored", "/cache/1k.bin", "pass", unique=True, note=(
+        "a new URL each request: fetched, stored, never hit; the origin shares the core")),
     Row("pass-1k", "pass 1 KiB no-store", "/private/1k.bin", "pass", note=(
         "every request goes to the origin, which shares the server core")),
     Row("static-1k", "static file 1 KiB", "/1k.bin", "static", note=(
@@ -467,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                         run_wrk(args.wrk, f"http://127.0.0.1:{port}{row.path}",
                                 seconds=args.warmup, connections=args.connections,
                                 threads=args.threads, headers=row.headers,
-                                cpu=args.client_cpu, script=script)
+                                cpu=args.client_cpu,
+                                script=write_script(base, True) if row.unique else script)
                     except WrkError as error:
                         problem = str(error)
                 if problem is not None:
@@ -481,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
                         skipped.setdefault(row.key, {})[system.name] = "server died"
                         continue
                     try:
-                        run = measure(system, row, origin, args, script, args.duration)
+                        run = measure(system, row, origin, args,
+                                      write_script(base, True) if row.unique else script,
+                                      args.duration)
                     except WrkError as error:
                         print(f"! {row.key} {system.name}: {error}", flush=True)
                         continue
