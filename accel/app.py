@@ -630,6 +630,6 @@ def make_service(
             served = serving_factory(description, factory, reactor)
             ListenerService(reactor, listeners[number], served).setServiceParent(top)
         else:
-            endpoint = serverFromString(reactor, description)
+            endpoint = serverFromString(reactor, cfg.with_backlog(description))
             _Listener(description, endpoint, factory).setServiceParent(top)
     return top

@@ -73,7 +73,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from accel.config import MAX_WORKERS, Config, unshareable_listener
+from accel.config import MAX_WORKERS, Config, unshareable_listener, with_backlog
 from accel.reactor import install, installed
 
 __all__ = [
@@ -154,11 +154,11 @@ def bind_listeners(descriptions: Sequence[str], workers: int, reactor: Any) -> l
     """
     out = []
     for description in descriptions:
-        endpoint = serverFromString(reactor, description)
+        endpoint = serverFromString(reactor, with_backlog(description))
         # Twisted keeps an endpoint's address in private attributes and has
         # no public way to bind with SO_REUSEPORT; read them here only.
         kind = description.split(":", 1)[0]
-        backlog = int(getattr(endpoint, "_backlog", 50))
+        backlog = int(endpoint._backlog)  # type: ignore[attr-defined]
         if kind == "unix":
             path = endpoint._address  # type: ignore[attr-defined]
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

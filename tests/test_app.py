@@ -214,3 +214,25 @@ def test_max_ranges_reaches_the_route_cache_rules() -> None:
 
     rules = app.cache_rules(CacheSettings(max_ranges=3))
     assert rules is not None and rules.max_ranges == 3
+
+
+def test_a_listener_without_backlog_listens_with_nginx_default(tmp_path: Path) -> None:
+    """A single-process listener that sets no ``backlog=`` asks the reactor for 511."""
+    path = tmp_path / "accel.toml"
+    path.write_text(textwrap.dedent(f"""\
+        listen = ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1:backlog=7"]
+        workers = 1
+        [cache]
+        dir = "{tmp_path / 'cache'}"
+        [[sites]]
+          [[sites.routes]]
+          prefix = "/"
+          origin = "http://127.0.0.1:9"
+        """))
+    reactor = MemoryReactorClock()
+    top = app.make_service(Config.from_toml(str(path)), reactor)
+    top.privilegedStartService()
+    try:
+        assert [backlog for _, _, backlog, _ in reactor.tcpServers] == [511, 7]
+    finally:
+        top.stopService()

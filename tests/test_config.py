@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from accel.config import (
+    DEFAULT_BACKLOG,
     NOT_YET_SUPPORTED,
     CacheSettings,
     Config,
@@ -23,6 +24,7 @@ from accel.config import (
     Timeouts,
     parse_duration,
     parse_size,
+    with_backlog,
 )
 
 
@@ -904,3 +906,25 @@ def test_ca_file_needs_an_https_origin_and_a_readable_file(tmp_path: Path) -> No
     for origin, path in (("http://a", ca), ("https://a", tmp_path / "missing.pem"), ("https://a", not_pem)):
         bad = write(tmp_path, f'[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "{origin}"\nca_file = "{path}"\n')
         assert "sites[0].routes[0].ca_file" in error_of(Config.from_toml, bad)
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("tcp:8080", "tcp:8080:backlog=511"),
+        ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=511"),
+        ("tcp6:8080", "tcp6:8080:backlog=511"),
+        ("tcp:0:interface=\\:\\:1", "tcp:0:interface=\\:\\:1:backlog=511"),
+        ("unix:/run/accel.sock", "unix:/run/accel.sock:backlog=511"),
+        ("ssl:8443:privateKey=k.pem", "ssl:8443:privateKey=k.pem:backlog=511"),
+        ("tcp:8080:backlog=64", "tcp:8080:backlog=64"),
+        ("tcp:8080:backlog=4096:interface=127.0.0.1", "tcp:8080:backlog=4096:interface=127.0.0.1"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_listeners_get_nginx_backlog_unless_they_set_one(description: str, expected: str) -> None:
+    """A tcp, tcp6, ssl or unix listener without ``backlog=`` gets 511, nginx's
+    default (Twisted's 50 overflows under a burst of connections); one that
+    sets it, and other kinds, are left as they are."""
+    assert with_backlog(description) == expected
+    assert DEFAULT_BACKLOG == 511

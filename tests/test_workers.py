@@ -426,3 +426,19 @@ def test_tls_listener_is_shared_by_workers(tmp_path: Path, tls_key: tuple[str, s
         assert established & _socket_inodes(child), "the child holds TLS clients"
         for c in conns:
             c.close()
+
+
+def test_shared_sockets_listen_with_nginx_default_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers' sockets get backlog 511 unless the description sets one."""
+    backlogs: list[int] = []
+    listen = socket.socket.listen
+
+    def recording(sock: socket.socket, backlog: int) -> None:
+        backlogs.append(backlog)
+        listen(sock, backlog)
+
+    monkeypatch.setattr(socket.socket, "listen", recording)
+    groups = bind_listeners(["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1:backlog=9"], 2, reactor)
+    for sock in (sock for socks in groups for sock in socks):
+        sock.close()
+    assert backlogs == [511, 511, 9, 9]
