@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import diskcache
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -241,6 +242,117 @@ def test_read_entries_outlive_unread_ones(tmp_path: Path) -> None:
         put(store, body, primary=f"{URL}/more{i}")
     assert store.lookup(f"{URL}/unread") == []
     assert store.lookup(f"{URL}/read") != []
+
+
+def _totals(directory: Path) -> tuple[tuple[int, int], tuple[int, int]]:
+    """diskcache's running (count, size) from Settings, and the same counted from the rows."""
+    with sqlite3.connect(directory / "cache.db") as con:
+        settings = dict(con.execute("SELECT key, value FROM Settings WHERE key IN ('count', 'size')"))
+        ((count, size),) = con.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM Cache")
+    return (settings["count"], settings["size"]), (count, size)
+
+
+def test_inserts_keep_diskcache_totals(tmp_path: Path) -> None:
+    """New rows, replaced rows (inline or in files, either way round) and evictions keep
+    diskcache's running count and size equal to what the rows hold."""
+    store = make_store(tmp_path, size_limit=MiB)
+    for i in range(30):
+        put(store, os.urandom(40 * KiB) if i % 2 else b"small", primary=f"{URL}/{i % 12}")
+    recorded, counted = _totals(tmp_path)
+    assert recorded == counted
+    assert counted[0] == store.stats()["entries"] and 0 < counted[0] <= 12
+
+
+def test_replacing_a_row_removes_the_old_body_file(tmp_path: Path) -> None:
+    """A key stored again gets a new row version; the old body's file goes, nothing else is left."""
+    store = make_store(tmp_path)
+    old = put(store, large(b"old"))
+    new = put(store, large(b"new"))
+    assert old is not None and new is not None and old.body_id != new.body_id
+    assert store.lookup(URL) == [new]
+    assert body_files(tmp_path) == [new.body_id]
+
+
+def test_the_size_limit_holds_between_volume_checks(tmp_path: Path) -> None:
+    """The size estimate is read once every 1 % of the limit inserted: the store never
+    exceeds its limit by more than that (plus the database's page granularity)."""
+    limit = 4 * MiB
+    store = make_store(tmp_path, size_limit=limit)
+    for i in range(800):
+        put(store, os.urandom(10 * KiB), primary=f"{URL}/{i}")
+        volume = store.stats()["volume"]
+        assert isinstance(volume, int) and volume <= limit + limit // 100 + 64 * KiB
+    assert store.lookup(f"{URL}/799") != [] and store.lookup(f"{URL}/0") == []
+
+
+def test_a_lowered_limit_is_shed_over_several_inserts(tmp_path: Path) -> None:
+    """A store reopened with a much lower limit evicts a bounded batch per insert, and
+    reaches the limit after a few."""
+    store = make_store(tmp_path)
+    for i in range(300):
+        put(store, os.urandom(4 * KiB), primary=f"{URL}/{i}")
+    store.close()
+    store = make_store(tmp_path, size_limit=256 * KiB)
+    put(store, b"first", primary=f"{URL}/first")
+    entries = store.stats()["entries"]
+    assert isinstance(entries, int) and 150 < entries < 300
+    for i in range(5):
+        put(store, b"more", primary=f"{URL}/more{i}")
+    volume = store.stats()["volume"]
+    assert isinstance(volume, int) and volume <= 256 * KiB
+
+
+def test_diskcache_reads_and_culls_what_the_store_writes(tmp_path: Path) -> None:
+    """diskcache itself sees the rows as its own: it reads their records and files, and its
+    cull() evicts them least recently used first, keeping its totals and the tag index."""
+    store = make_store(tmp_path)
+    for i in range(20):
+        put(store, large(b"%d" % i), primary=f"{URL}/{i}", tags=("t",))
+    (first,) = store.lookup(f"{URL}/0")
+    cache = diskcache.Cache(str(tmp_path))
+    try:
+        with cache.get(first.key, read=True) as f:  # a read: now the most recently used
+            assert f.read() == large(b"0")
+        cache.reset("size_limit", cache.volume() - 5 * len(large(b"10")))
+        assert cache.cull() >= 5
+    finally:
+        cache.close()
+    assert store.lookup(f"{URL}/1") == []
+    assert store.lookup(f"{URL}/0") != [] and store.lookup(f"{URL}/19") != []
+    recorded, counted = _totals(tmp_path)
+    assert recorded == counted
+    assert store.purge_tag("t") == counted[0]
+
+
+def test_a_store_from_another_process_is_seen(tmp_path: Path) -> None:
+    """Two stores on one directory (two worker processes): each sees the other's new rows
+    and replacements at once."""
+    first, second = make_store(tmp_path), make_store(tmp_path)
+    stored = put(first, b"from the first")
+    assert second.lookup(URL) == [stored]
+    replaced = put(second, large(b"from the second"))
+    assert replaced is not None and first.lookup(URL) == [replaced]
+    assert read(first, replaced) == large(b"from the second")
+    assert body_files(tmp_path) == [replaced.body_id]
+
+
+def test_a_failed_replacement_degrades_and_keeps_the_stored_row(tmp_path: Path) -> None:
+    """An error inside the transaction that replaces a row rolls it back whole: the store
+    degrades as for any storage error, the stored entry is intact and the new body's file is gone."""
+    clock = Clock()
+    store = make_store(tmp_path, clock, log=Logger(observer=lambda e: None))
+    kept = put(store, large(b"kept"))
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        con.execute("CREATE TRIGGER fail BEFORE UPDATE ON Cache BEGIN SELECT RAISE(ABORT, 'disk is full'); END")
+    assert put(store, large(b"lost")) is None
+    assert not store.healthy and "disk is full" in store.last_error
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        con.execute("DROP TRIGGER fail")
+    clock.advance(5)
+    assert store.lookup(URL) == [kept]
+    assert kept is not None and body_files(tmp_path) == [kept.body_id]
+    recorded, counted = _totals(tmp_path)
+    assert recorded == counted
 
 
 def test_reopen_keeps_entries(tmp_path: Path) -> None:

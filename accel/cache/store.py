@@ -28,9 +28,14 @@ the tag index can never point at a row that is gone, nor miss one that exists.
 diskcache has no range query, no "update the value but keep the file" and no
 "delete if still this version", so the store reads and does those single-row
 compare-and-set statements on its own SQLite connection to the same database
-(diskcache's ``Cache`` table schema, stable across diskcache 4 and 5).
-diskcache still does the heavy part: placing the body file, the insert or
-replace, size accounting and eviction.
+(diskcache's ``Cache`` table schema, stable across diskcache 4 and 5). It
+inserts rows there too: ``Cache.set`` spends seven statements and a check of
+the store's size on every insert, where a new key needs one ``INSERT`` (a
+key already stored: a transaction that reads the old row's file name and
+updates the row, as ``set`` does). diskcache's triggers still keep its
+running count and size, diskcache's ``Disk`` places and removes the body
+files, and diskcache's own reads and ``cull`` work on these rows as on its
+own.
 
 Write path and crash safety
 ---------------------------
@@ -43,7 +48,7 @@ collapsed request wants to follow while it streams (:attr:`BodyWriter.spool_path
 is spooled to ``spool/<id>.part`` inside the store directory, under an
 ``flock`` held until the body is placed. On commit, :class:`_SpoolDisk` (the
 ``disk=`` of the diskcache) *renames* the spool file to the body file name,
-so the body is written exactly once, and then diskcache inserts the row in one
+so the body is written exactly once, and then the row is inserted in one
 transaction. A reader therefore never finds a row whose body is incomplete.
 A kill at any point leaves at most an unlocked spool file or a body file no row
 names; opening the store removes both (a locked spool file belongs to a live
@@ -66,9 +71,18 @@ is old. So the store asks diskcache to cull by ``access_time`` (the LRU
 policy's index) but never reads through ``get``: a hit updates
 ``access_time`` itself, at most once per ``touch_interval`` (60 s) per entry.
 That measured ~32 us per hit, the same as least-recently-stored, and gives LRU
-order to within a minute, which is what a cache of hot URLs needs. As
-diskcache does, each insert that finds the store over its limit evicts up to
-ten of the least recently used rows in the same transaction.
+order to within a minute, which is what a cache of hot URLs needs.
+
+diskcache reads its size estimate (two statements) on every insert and, when
+over the limit, evicts up to ten rows in the insert's transaction. The store
+reads it once the rows this process inserted since the last reading hold 1 %
+of the limit (at most 1 MiB; the first insert reads it too), and then evicts
+the least recently used rows, ten per statement, until the estimate is
+within the limit (at most a hundred per insert, so a limit lowered by a
+restart is shed over a few inserts, not in one long pause). So the store
+exceeds its limit by at most that 1 % (1 MiB) per worker process, plus the
+database's page granularity; a miss of 1 KiB reads the estimate about once
+in 700 inserts with a limit of 1 GiB.
 
 Change stamps
 -------------
@@ -162,6 +176,40 @@ _SPOOL = "spool"
 _MAX_PENDING = 1024
 #: Rows deleted per statement by purges, so each holds the write lock briefly.
 _PURGE_BATCH = 256
+#: A new row, as ``diskcache.Cache.set`` inserts it (``raw = 1``: every key
+#: is a string); a key already stored is left alone, for :data:`_REPLACE`.
+_INSERT = (
+    "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count,"
+    " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (key, raw) DO NOTHING"
+)
+_SELECT_ROW = "SELECT rowid, filename FROM Cache WHERE key = ? AND raw = 1"
+#: A stored row replaced, as ``diskcache.Cache.set`` replaces it.
+_REPLACE = (
+    "UPDATE Cache SET store_time = ?, expire_time = NULL, access_time = ?, access_count = 0,"
+    " tag = ?, size = ?, mode = ?, filename = ?, value = ? WHERE rowid = ?"
+)
+#: diskcache's size estimate (``Cache.volume``): the database's pages and the body files.
+_VOLUME = (
+    "SELECT (SELECT page_count FROM pragma_page_count()) * (SELECT page_size FROM pragma_page_size())"
+    " + (SELECT value FROM Settings WHERE key = 'size')"
+)
+#: diskcache's least-recently-used eviction, as a batched delete.
+_CULL = (
+    "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache ORDER BY access_time LIMIT ?)"
+    " RETURNING filename"
+)
+#: Rows evicted per statement (diskcache's ``cull_limit``), and statements per
+#: cull at most, so that a store far over its limit (after the limit was
+#: lowered) sheds it over several inserts rather than in one long pause.
+_CULL_BATCH = 10
+_CULL_ROUNDS = 10
+#: The size estimate is read, and the store culled, once the rows inserted
+#: since the last reading hold this fraction of the size limit (at most
+#: :data:`_CULL_SLACK_MAX` bytes): the bound on how far one process may
+#: overshoot the limit (see Eviction).
+_CULL_SLACK_FRACTION = 100
+_CULL_SLACK_MAX = 1024 * 1024
 #: File of :class:`Generations` in the store directory.
 _GENERATIONS = "generations"
 #: An unreferenced body file younger than this may be mid-commit in another
@@ -582,6 +630,10 @@ class Store:
         self._max_variants = max_variants
         self._spool = os.path.join(directory, _SPOOL)
         self._size_limit = size_limit
+        #: Bytes inserted by this process before the store's volume is read
+        #: again, and those inserted since it last was (see Eviction).
+        self._cull_slack = min(size_limit // _CULL_SLACK_FRACTION, _CULL_SLACK_MAX)
+        self._unculled = self._cull_slack  # the first insert checks
         self._clock = clock
         self._memory = memory
         self._log = log if log is not None else _log
@@ -1100,10 +1152,10 @@ class Store:
             count += n
         return count
 
-    def _delete_batch(self, statement: str, args: tuple[str, ...]) -> int:
+    def _delete_batch(self, statement: str, args: tuple[str, ...], limit: int = _PURGE_BATCH) -> int:
         """Run one batched ``DELETE ... RETURNING filename``; remove the files after commit."""
         assert self._con is not None and self._cache is not None
-        filenames = [name for (name,) in self._con.execute(statement, (*args, _PURGE_BATCH)).fetchall()]
+        filenames = [name for (name,) in self._con.execute(statement, (*args, limit)).fetchall()]
         for name in filenames:
             if name is not None:
                 self._cache.disk.remove(name)
@@ -1157,21 +1209,26 @@ class Store:
     def _commit(self, entry: Entry, f: io.FileIO | None, token: str) -> Entry | None:
         """Insert ``entry``'s row: with its body in the record (``entry.inline``),
         or after moving its spool file ``f`` in (the body first, then the row)."""
-        if not self.healthy or self._cache is None:
+        cache, con = self._cache, self._con
+        if not self.healthy or cache is None or con is None:
             if f is not None:
                 self._discard_spool(f, token)
             return None
-        entry = evolve(entry, stored_at=self._clock.seconds(), accessed_at=time.time())
+        now = time.time()  # diskcache's store_time and access_time are wall-clock
+        entry = evolve(entry, stored_at=self._clock.seconds(), accessed_at=now)
         path = None if f is None else self._spool_path(token)
-        spooled = _Spooled(path, entry.body_id, entry.length, _encode(entry))
+        record = _encode(entry)
         try:
             # The spool file stays open, hence locked, until it has been renamed.
-            self._cache.set(entry.key, spooled, tag=json.dumps(entry.tags) if entry.tags else None)
+            spooled = _Spooled(path, entry.body_id, entry.length, record)
+            size, mode, filename, value = cache.disk.store(spooled, False)
+            tag = json.dumps(entry.tags) if entry.tags else None
+            self._insert(con, entry.key, now, tag, size, mode, filename, value)
         except _ERRORS as e:
             self._degrade(e)
             if f is not None:
                 self._discard_spool(f, token)
-                self._cache.disk.remove(entry.body_id)
+                cache.disk.remove(entry.body_id)
             return None
         finally:
             if f is not None:
@@ -1179,9 +1236,72 @@ class Store:
                     f.close()
         self._changed(entry.primary)
         self._counters["stores"] += 1
+        self._unculled += size + len(record)
+        if self._unculled >= self._cull_slack:
+            self._cull()
         if entry.vary:
             self._trim_variants(entry)
         return entry
+
+    def _insert(
+        self,
+        con: sqlite3.Connection,
+        key: str,
+        now: float,
+        tag: str | None,
+        size: int,
+        mode: int,
+        filename: str,
+        value: object,
+    ) -> None:
+        """Insert or replace the row of ``key``, as ``diskcache.Cache.set`` would, without its cull.
+
+        A new key (what a miss stores) is one statement, hence one
+        transaction; a key already stored is replaced in a transaction that
+        reads its old body file's name, removed once the new row is
+        committed. diskcache's triggers keep its count and size, ours the tag
+        index. Raises ``diskcache.Timeout`` if the database lock cannot be had
+        within the store's ``timeout``, as ``Cache.set`` does; eviction is
+        :meth:`_cull`'s.
+        """
+        try:
+            if con.execute(_INSERT, (key, now, now, tag, size, mode, filename, value)).rowcount:
+                return
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                row = con.execute(_SELECT_ROW, (key,)).fetchone()
+                if row is None:  # removed since the insert found it
+                    con.execute(_INSERT, (key, now, now, tag, size, mode, filename, value))
+                    old = None
+                else:
+                    rowid, old = row
+                    con.execute(_REPLACE, (now, now, tag, size, mode, filename, value, rowid))
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise diskcache.Timeout(key) from None
+            raise
+        if old is not None:
+            assert self._cache is not None
+            self._cache.disk.remove(old)
+
+    def _cull(self) -> None:
+        """Evict least recently used rows while the store is over its size limit (see Eviction)."""
+        self._unculled = 0
+        assert self._con is not None
+        try:
+            for _ in range(_CULL_ROUNDS):
+                ((volume,),) = self._con.execute(_VOLUME).fetchall()
+                if volume <= self._size_limit or not self._delete_batch(_CULL, (), _CULL_BATCH):
+                    return
+        except _ERRORS as e:
+            self._degrade(e)
+            return
+        self._unculled = self._cull_slack  # still over the limit: go on after the next insert
 
     def _trim_variants(self, keep: Entry) -> None:
         """Drop the least recently used variants of ``keep.primary`` past the bound."""
