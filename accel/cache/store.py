@@ -534,12 +534,12 @@ class BodyWriter:
             self.abort()
             return None
         self._token = None
-        entry = evolve(self._template, length=self._written, body_id=_body_id(token))
         f, self._spool = self._spool, None
+        inline = None
         if f is None:
             held, self._held = self._held, []
-            entry = evolve(entry, inline=b"".join(held))
-        return self._store._commit(entry, f, token)
+            inline = b"".join(held)
+        return self._store._commit(self._template, self._written, inline, f, token)
 
     def abort(self) -> None:
         """Discard the body; idempotent."""
@@ -1206,16 +1206,26 @@ class Store:
             f.close()
             os.unlink(self._spool_path(token))
 
-    def _commit(self, entry: Entry, f: io.FileIO | None, token: str) -> Entry | None:
-        """Insert ``entry``'s row: with its body in the record (``entry.inline``),
-        or after moving its spool file ``f`` in (the body first, then the row)."""
+    def _commit(
+        self, template: Entry, length: int, inline: bytes | None, f: io.FileIO | None, token: str
+    ) -> Entry | None:
+        """Insert the row of ``template`` with a body of ``length`` bytes: the body
+        ``inline`` in the record, or after moving its spool file ``f`` in (the body
+        first, then the row). ``token`` names the spool file and the body."""
         cache, con = self._cache, self._con
         if not self.healthy or cache is None or con is None:
             if f is not None:
                 self._discard_spool(f, token)
             return None
         now = time.time()  # diskcache's store_time and access_time are wall-clock
-        entry = evolve(entry, stored_at=self._clock.seconds(), accessed_at=now)
+        entry = evolve(
+            template,
+            length=length,
+            body_id=_body_id(token),
+            inline=inline,
+            stored_at=self._clock.seconds(),
+            accessed_at=now,
+        )
         path = None if f is None else self._spool_path(token)
         record = _encode(entry)
         try:
