@@ -1292,7 +1292,7 @@ class Store:
                     con.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as e:
-            if e.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            if e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # or one of its extended codes
                 raise diskcache.Timeout(key) from None
             raise
         if old is not None:
