@@ -25,10 +25,14 @@ there is no epoll (not Linux), Twisted's default reactor is used.
 from __future__ import annotations
 
 import errno
+import socket
 import sys
 from typing import Any
 
+from twisted.internet.error import UnsupportedAddressFamily
 from twisted.python import log
+
+from accel import ports
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -41,7 +45,45 @@ __all__ = ["Reactor", "install", "install_default", "installed"]
 if EPollReactor is not None:
 
     class Reactor(EPollReactor):  # type: ignore[misc,valid-type]
-        """:class:`EPollReactor` dispatching events without ``callWithLogger``."""
+        """:class:`EPollReactor` dispatching events without ``callWithLogger``,
+        with leaner listening ports (:mod:`accel.ports`)."""
+
+        def __init__(self) -> None:
+            #: Connections to close once the event being handled is
+            #: (:meth:`accel.ports.Server.loseConnection`).
+            self._closing: list[Any] = []
+            super().__init__()
+
+        def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+            """As Twisted's, with an :class:`accel.ports.Port` (also under ``listenSSL``)."""
+            listening = ports.Port(port, factory, backlog, interface, self)
+            listening.startListening()
+            return listening
+
+        def listenUNIX(
+            self, address: Any, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0
+        ) -> Any:
+            """As Twisted's, with an :class:`accel.ports.UNIXPort`."""
+            listening = ports.UNIXPort(address, factory, backlog, mode, self, wantPID)
+            listening.startListening()
+            return listening
+
+        def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
+            """As Twisted's (workers serve inherited sockets), with :mod:`accel.ports`' ports."""
+            if addressFamily not in self._supportedAddressFamilies:
+                raise UnsupportedAddressFamily(addressFamily)
+            if addressFamily == socket.AF_UNIX:
+                listening = ports.UNIXPort._fromListeningDescriptor(self, fileDescriptor, factory)
+            else:
+                listening = ports.Port._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
+            listening.startListening()
+            return listening
+
+        def runUntilCurrent(self) -> None:
+            """Run the due calls, then close what they left to close (:mod:`accel.ports`)."""
+            super().runUntilCurrent()
+            if self._closing:
+                ports.end_of_event(self._closing)
 
         def doPoll(self, timeout: float | None) -> None:
             """Poll for events and handle each one (``EPollReactor.doPoll``, leaner)."""
@@ -55,6 +97,7 @@ if EPollReactor is not None:
                     return
                 raise
             handle = self._doReadOrWrite
+            closing = self._closing
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is None:
@@ -67,6 +110,8 @@ if EPollReactor is not None:
                     # Only _disconnectSelectable (connectionLost) can raise
                     # here: log it as callWithLogger would, and go on.
                     log.err(system=_prefix(selectable))
+                if closing:
+                    ports.end_of_event(closing)
 
         doIteration = doPoll
 

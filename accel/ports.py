@@ -1,0 +1,292 @@
+"""Listening ports and server connections: Twisted's, with a cheaper accept and close.
+
+A client that opens a connection for one request (``Connection: close``)
+costs a server more for the connection than for the request. Twisted's
+:class:`twisted.internet.tcp.Port` and :class:`~twisted.internet.tcp.Server`
+spend much of it on things accel does not use:
+
+* ``Port.doRead`` sets up a buffering logging context for every batch of
+  accepts, and ``socket.accept`` converts the listening socket's family and
+  type to enums for every socket it builds;
+* ``Server.__init__`` formats two strings per connection, a log prefix and
+  a ``repr``, that are needed only if something logs or prints it;
+* ``loseConnection`` with nothing left to send still registers the socket
+  for writing and closes it on the reactor's next turn, after an empty
+  ``send``: two ``epoll_ctl`` calls, a ``send`` and a turn per connection.
+
+:class:`Port` accepts with the listening socket's ``_accept`` directly and
+leaves every error to Twisted's own ``doRead`` (which reserves a descriptor
+for ``EMFILE``, logs the others and scales the number of accepts per
+turn): an accept that fails with anything but ``EAGAIN`` is retried there.
+:class:`Server` computes ``logstr`` and ``repr`` when asked. Its
+:meth:`~Server.loseConnection`, when Twisted's write buffer is empty and no
+producer is registered (accel writes past that buffer: see
+:mod:`accel.directwrite`), stops reading at once and closes the connection
+when the reactor has finished handling the current event: not in the
+middle of the caller, whose protocol may still be using its state, and
+not a turn later. Anything written or registered meanwhile sends the
+connection down Twisted's usual path. The close itself is Twisted's
+(``connectionLost``: ``shutdown``, ``close``, the protocol's
+``connectionLost``). The UNIX classes differ in the same ways.
+
+Only :class:`accel.reactor.Reactor` makes these (``listenTCP``,
+``listenUNIX``, ``adoptStreamPort``, and so ``listenSSL``, which is TLS
+over ``listenTCP``) and closes what they leave for the end of an event
+(:func:`end_of_event`); with another reactor, :class:`Server` closes as
+Twisted's does.
+
+Twisted internals relied on, all here (tests/test_ports.py fails if they
+change): ``tcp.Server.__init__`` and ``unix.Server.__init__`` set exactly
+the attributes :meth:`Server.__init__` sets (with ``logstr`` and ``repstr``);
+``tcp.Port.doRead`` reads ``numberAccepts``, ``sessionno``, ``transport``
+and ``_buildAddr``; ``FileDescriptor`` keeps unsent bytes in ``dataBuffer``
+and ``_tempDataLen`` (as :mod:`accel.directwrite` also assumes).
+"""
+
+from __future__ import annotations
+
+import socket
+from socket import socket as Socket
+from typing import Any
+
+from twisted.internet import address, tcp, unix
+from twisted.internet.error import ConnectionDone
+from twisted.python import log
+from twisted.python.failure import Failure
+
+__all__ = ["Port", "Server", "UNIXPort", "UNIXServer", "end_of_event"]
+
+#: Why a connection closed by :class:`Server` ended: one value, as Twisted's
+#: reactor passes one to every connection whose ``doWrite`` closes it.
+_DONE = Failure(ConnectionDone())
+
+
+class _LeanServer:
+    """What :class:`Server` and :class:`UNIXServer` change in Twisted's server transports."""
+
+    # Provided by tcp.Server (tcp.Connection, FileDescriptor).
+    reactor: Any
+    socket: Socket
+    protocol: Any
+    sessionno: int
+    server: Any
+    hostname: Any
+    connected: int
+    disconnected: int
+    disconnecting: int
+    producer: Any
+    dataBuffer: bytes
+    _tempDataLen: int
+    _writeDisconnecting: bool
+    _writeDisconnected: bool
+    _aborting: bool
+    TLS: bool
+    _logstr: str | None = None
+    _repstr: str | None = None
+
+    def _lean_init(
+        self, sock: Socket, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any
+    ) -> None:
+        """``tcp.Server.__init__`` without formatting ``logstr`` and ``repstr``."""
+        tcp.Connection.__init__(self, sock, protocol, reactor)  # type: ignore[arg-type]
+        self._protocol_class = protocol.__class__  # for repr and logstr once it is gone
+        if len(client) != 2:
+            self._addressType = address.IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        self.startReading()  # type: ignore[attr-defined]
+        self.connected = 1
+
+    @property
+    def logstr(self) -> str:
+        """The log prefix ``tcp.Server.__init__`` would have set: ``protocol,session,host``."""
+        logstr = self._logstr
+        if logstr is None:
+            logstr = self._logstr = self._make_logstr(getattr(self, "protocol", None))
+        return logstr
+
+    @logstr.setter
+    def logstr(self, value: str) -> None:
+        self._logstr = value
+
+    def _make_logstr(self, protocol: Any) -> str:
+        # Once connectionLost has dropped the protocol, its class name stands
+        # in (an error raised by the protocol's connectionLost is logged with
+        # the protocol's own prefix: see connectionLost).
+        if protocol is None:
+            prefix = self._protocol_class.__name__
+        else:
+            prefix = self._getLogPrefix(protocol)  # type: ignore[attr-defined]
+        return f"{prefix},{self.sessionno},{self.hostname}"
+
+    @property
+    def repstr(self) -> str:
+        """The ``repr`` ``tcp.Server.__init__`` would have set."""
+        repstr = self._repstr
+        if repstr is None:
+            number = self.server._realPortNumber if self.server is not None else None
+            repstr = self._repstr = f"<{self._protocol_class.__name__} #{self.sessionno} on {number}>"
+        return repstr
+
+    @repstr.setter
+    def repstr(self, value: str) -> None:
+        self._repstr = value
+
+    def connectionLost(self, reason: Failure) -> None:
+        """As Twisted's; if the protocol's ``connectionLost`` raises, the log
+        prefix the reactor labels the error with is the protocol's."""
+        protocol = getattr(self, "protocol", None)
+        try:
+            tcp.Connection.connectionLost(self, reason)  # type: ignore[arg-type]
+        except BaseException:
+            if self._logstr is None:
+                self._logstr = self._make_logstr(protocol)
+            raise
+
+    def loseConnection(self) -> None:
+        """Close once everything written is sent: at the end of this event if it all is.
+
+        See the module docstring. Otherwise, or with a reactor that is not
+        accel's, as Twisted's ``FileDescriptor.loseConnection``.
+        """
+        pending = getattr(self.reactor, "_closing", None)
+        if (
+            pending is None
+            or not self.connected
+            or self.disconnecting
+            or not self._nothing_to_send()
+            or self._writeDisconnecting
+            or self.TLS
+        ):
+            tcp.Server.loseConnection(self)  # type: ignore[arg-type]
+            return
+        self.stopReading()  # type: ignore[attr-defined]
+        self.disconnecting = 1
+        pending.append(self)
+
+    def _nothing_to_send(self) -> bool:
+        """Whether Twisted's ``doWrite`` would find nothing to send, and no producer to ask."""
+        return self.producer is None and not self.dataBuffer and not self._tempDataLen
+
+    def _close_pending(self) -> None:
+        """The end of the event in which :meth:`loseConnection` found nothing to send."""
+        if self.disconnected or self._aborting:
+            return  # gone meanwhile (abortConnection, the reactor's shutdown)
+        if not self._nothing_to_send():
+            # Written to, or given a producer, since: Twisted's way (doWrite
+            # sends, or asks the producer, and closes when done).
+            self.startWriting()  # type: ignore[attr-defined]
+            return
+        self.stopWriting()  # type: ignore[attr-defined]
+        self.connectionLost(_DONE)  # type: ignore[attr-defined]
+
+
+class Server(_LeanServer, tcp.Server):  # type: ignore[misc]
+    """A TCP connection accepted by :class:`Port` (see the module docstring)."""
+
+    def __init__(
+        self, sock: Socket, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any
+    ) -> None:
+        self._lean_init(sock, protocol, client, server, sessionno, reactor)
+
+
+class UNIXServer(_LeanServer, unix.Server):  # type: ignore[misc]
+    """A UNIX connection accepted by :class:`UNIXPort` (see the module docstring)."""
+
+    def __init__(
+        self, sock: Socket, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any
+    ) -> None:
+        unix._SendmsgMixin.__init__(self)
+        self._lean_init(sock, protocol, (client, None), server, sessionno, reactor)
+
+    def _nothing_to_send(self) -> bool:
+        """... and no descriptors waiting to be sent (``sendFileDescriptor``)."""
+        return not self._sendmsgQueue and super()._nothing_to_send()
+
+
+class _LeanPort:
+    """What :class:`Port` and :class:`UNIXPort` change in Twisted's listening ports."""
+
+    # Provided by tcp.Port.
+    socket: Socket
+    factory: Any
+    reactor: Any
+    transport: Any
+    numberAccepts: int
+    sessionno: int
+    _socket_args: tuple[int, int, int] = (0, 0, 0)
+
+    def startListening(self) -> None:
+        super().startListening()  # type: ignore[misc]
+        listening = self.socket
+        # Plain integers, once: socket.accept converts them to enums per socket.
+        self._socket_args = (int(listening.family), socket.SOCK_STREAM, listening.proto)
+
+    def doRead(self) -> None:
+        """Accept up to ``numberAccepts`` connections, as ``tcp.Port.doRead`` does, more cheaply."""
+        limit = self.numberAccepts
+        accepted = 0
+        try:
+            accept = self.socket._accept  # type: ignore[attr-defined]
+            family, kind, proto = self._socket_args
+            build = self.factory.buildProtocol
+            make_address = self._buildAddr  # type: ignore[attr-defined]
+            transport = self.transport
+            reactor = self.reactor
+            while accepted < limit:
+                try:
+                    fd, addr = accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # EMFILE, EPERM and the like: Twisted knows what to do.
+                    tcp.Port.doRead(self)  # type: ignore[arg-type]
+                    return
+                accepted += 1
+                skt = socket.socket(family, kind, proto, fd)
+                if family == socket.AF_INET6:
+                    # As Twisted: the scope id goes into the host.
+                    host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+                    addr = (host[0], *addr[1:])
+                protocol = build(make_address(addr))
+                if protocol is None:
+                    skt.close()
+                    continue
+                number = self.sessionno
+                self.sessionno = number + 1
+                protocol.makeConnection(transport(skt, protocol, addr, self, number, reactor))
+            # Scale the accepts per turn to the traffic, as Twisted does.
+            self.numberAccepts = limit + 20 if accepted == limit else max(1, accepted)
+        except BaseException:
+            log.deferr()
+
+
+class Port(_LeanPort, tcp.Port):
+    """A TCP listening port whose connections are :class:`Server` (see the module docstring)."""
+
+    transport = Server
+
+
+class UNIXPort(_LeanPort, unix.Port):
+    """A UNIX listening port whose connections are :class:`UNIXServer` (see the module docstring)."""
+
+    transport = UNIXServer
+
+
+def end_of_event(pending: list[Any]) -> None:
+    """Close the connections :meth:`Server.loseConnection` left for the end of
+    the event just handled; ``pending`` is the reactor's list of them, emptied.
+
+    An error in one (its protocol's ``connectionLost``) is logged, as the
+    reactor logs one raised while handling an event, and the others close.
+    """
+    for transport in pending:  # closes may add more: the loop sees them
+        try:
+            transport._close_pending()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            log.err(system=transport.logstr)
+    pending.clear()

@@ -1,0 +1,432 @@
+"""accel.ports: leaner listening ports and connections, on accel's reactor.
+
+The first tests hold :mod:`accel.ports` to the Twisted internals it copies
+or relies on: if Twisted changes them, these fail. The others run real
+sockets on 127.0.0.1 through :class:`accel.reactor.Reactor` (turned by hand;
+each client runs in a thread with blocking sockets and a timeout).
+Twisted's own TCP and UNIX conformance suites also run against these ports
+(tests/test_reactor.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from twisted.internet import tcp, unix
+from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import globalLogPublisher
+from twisted.python import log
+from twisted.python.failure import Failure
+
+from accel import directwrite, ports
+from accel.http.server import HTTPServerFactory
+from accel.reactor import Reactor
+from tests.test_server import FastSpy, Recorder
+
+_CLOSE = b"GET /hit HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+_ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nhit"
+
+
+# --- The Twisted internals accel.ports relies on ---
+
+
+class _Stub:
+    """The listening port a server transport is told about."""
+
+    _realPortNumber = 8080
+
+
+def _pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
+    if family == socket.AF_UNIX:
+        return socket.socketpair(socket.AF_UNIX)
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return server, client
+
+
+def _transports(kind: str, client: tuple[Any, ...]) -> Iterator[tuple[Any, Any]]:
+    """Twisted's server transport and accel's, each on its own fresh connection."""
+    twisted_class, lean_class = {
+        "tcp": (tcp.Server, ports.Server),
+        "unix": (unix.Server, ports.UNIXServer),
+    }[kind]
+    family = socket.AF_UNIX if kind == "unix" else socket.AF_INET
+    made = []
+    stub = _Stub()
+    for cls in (twisted_class, lean_class):
+        server, peer = _pair(family)
+        reactor = MemoryReactor()
+        reactor._closing = []  # type: ignore[attr-defined]
+        made.append((cls(server, Protocol(), client, stub, 7, reactor), peer))
+    yield made[0][0], made[1][0]
+    for transport, peer in made:
+        peer.close()
+        if hasattr(transport, "socket"):
+            transport.socket.close()
+
+
+_CASES = [
+    ("tcp", ("127.0.0.1", 4321)),
+    ("tcp", ("::1", 4321, 0, 0)),
+    ("unix", "/tmp/client.sock"),
+]
+
+
+def _state(transport: Any) -> dict[str, Any]:
+    """A transport's attributes, with what differs between two connections left out."""
+    skip = {"socket", "fileno", "protocol", "reactor", "logstr", "repstr", "_logstr", "_repstr", "_protocol_class"}
+    return {k: v for k, v in vars(transport).items() if k not in skip}
+
+
+@pytest.mark.parametrize(("kind", "client"), _CASES)
+def test_server_init_sets_what_twisted_sets(kind: str, client: Any) -> None:
+    """ports.Server.__init__ leaves the same state as tcp.Server.__init__ (and the
+    UNIX ones likewise), with the same log prefix and repr, made when asked."""
+    for theirs, ours in _transports(kind, client):
+        assert _state(ours) == _state(theirs)
+        assert "logstr" in vars(theirs) and "logstr" not in vars(ours)
+        assert ours.logstr == theirs.logstr
+        assert repr(ours) == repr(theirs)
+        assert ours.getPeer() == theirs.getPeer()
+
+
+@pytest.mark.parametrize(("kind", "client"), _CASES)
+def test_fast_close_leaves_what_twisted_close_leaves(kind: str, client: Any) -> None:
+    """A close at the end of the event leaves the transport as Twisted's closing
+    write does (connectionLost with ConnectionDone), and tells the protocol the same."""
+    for theirs, ours in _transports(kind, client):
+        their_protocol, our_protocol = theirs.protocol, ours.protocol
+        lost: list[Failure] = []
+        their_protocol.connectionLost = our_protocol.connectionLost = lost.append
+        their_socket, our_socket = theirs.socket, ours.socket
+        theirs.loseConnection()
+        theirs.connectionLost(Failure(ConnectionDone()))  # what its doWrite leads to
+        ours.loseConnection()
+        assert ours.reactor._closing == [ours]
+        ports.end_of_event(ours.reactor._closing)
+        assert _state(ours) == _state(theirs)
+        assert [f.type for f in lost] == [ConnectionDone, ConnectionDone]
+        assert their_socket.fileno() == our_socket.fileno() == -1
+        assert ours.logstr.startswith("Protocol,7,")
+
+
+def test_port_reads_what_twisted_port_reads() -> None:
+    """tcp.Port.doRead scales its accepts with numberAccepts and numbers sessions with
+    sessionno; ports.Port accepts the same connections and scales the same way."""
+    results = []
+    for cls in (tcp.Port, ports.Port):
+        built: list[Any] = []
+        factory = Factory.forProtocol(Protocol)
+        factory.buildProtocol = lambda addr, built=built: built.append(addr) or Protocol()  # type: ignore[method-assign]
+        port = cls(0, factory, 50, "127.0.0.1", MemoryReactor())
+        port.startListening()
+        address = port.getHost()
+        clients = [socket.create_connection((address.host, address.port)) for _ in range(3)]
+        steps = []
+        for _ in range(3):
+            port.doRead()
+            steps.append((port.numberAccepts, port.sessionno))
+        results.append((steps, [(a.type, a.host) for a in built]))
+        for sock in clients:
+            sock.close()
+        port.connectionLost(Failure(ConnectionDone()))
+    assert results[0] == results[1]
+    assert results[0][0][0] == (3, 3)  # 100 allowed, 3 taken: scaled down to 3
+
+
+class _FailingAccepts:
+    """A listening socket whose accepts fail with ``error``."""
+
+    def __init__(self, real: socket.socket, error: int) -> None:
+        self._real = real
+        self._error = error
+
+    def _accept(self) -> Any:
+        raise OSError(self._error, "no")
+
+    def accept(self) -> Any:
+        raise OSError(self._error, "no")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_accept_errors_are_left_to_twisted() -> None:
+    """An accept failing with anything but EAGAIN goes to Twisted's doRead, which
+    logs ENOBUFS and the like and waits for the next turn, accepting fewer."""
+    port = ports.Port(0, Factory.forProtocol(Protocol), 50, "127.0.0.1", MemoryReactor())
+    port.startListening()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    real = port.socket
+    try:
+        port.socket = _FailingAccepts(real, errno.ENOBUFS)
+        port.doRead()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        port.socket = real
+        port.connectionLost(Failure(ConnectionDone()))
+    assert any(e.get("acceptError") == "ENOBUFS" for e in events)
+    assert port.numberAccepts == 1
+
+
+# --- Real sockets, on accel's reactor ---
+
+
+@pytest.fixture
+def reactor() -> Iterator[Reactor]:
+    reactor = Reactor()
+    yield reactor
+    for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
+        reactor.removeReader(selectable)
+        reactor.removeWriter(selectable)
+        if hasattr(selectable, "connectionLost"):
+            selectable.connectionLost(Failure(ConnectionDone()))
+    reactor._poller.close()
+
+
+def _pump(reactor: Reactor, done: Callable[[], bool], turns: int = 500) -> None:
+    for _ in range(turns):
+        if done():
+            return
+        reactor.runUntilCurrent()
+        reactor.doIteration(0.01)
+    raise AssertionError("the reactor never got there")
+
+
+def _in_thread(reactor: Reactor, client: Callable[[], Any]) -> Any:
+    """Run ``client`` in a thread while the reactor turns; what it returned (or raise what it raised)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, client()))
+        except BaseException as e:  # handed to the test's thread
+            outcome.append((False, e))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    _pump(reactor, lambda: not thread.is_alive())
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _exchange(connect: Callable[[], socket.socket], request: bytes) -> bytes:
+    """Send ``request`` and read until the server closes; a reset raises."""
+    with connect() as sock:
+        sock.settimeout(10)
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def _http(reactor: Reactor) -> HTTPServerFactory:
+    return HTTPServerFactory(Recorder(), reactor, fast_path=FastSpy())
+
+
+def _tcp(port: Any) -> Callable[[], socket.socket]:
+    address = port.getHost()
+    return lambda: socket.create_connection((address.host, address.port))
+
+
+def test_sequential_connections_each_get_a_full_answer_and_a_clean_close(reactor: Reactor) -> None:
+    """Connection after connection (Connection: close), each gets its whole answer
+    and then an orderly close (a reset would raise in the client)."""
+    factory = _http(reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    assert isinstance(port, ports.Port)
+    connect = _tcp(port)
+    answers = _in_thread(reactor, lambda: [_exchange(connect, _CLOSE) for _ in range(50)])
+    assert all(answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nhit") for answer in answers)
+    _pump(reactor, lambda: factory.open_connections == 0)
+
+
+def test_close_happens_in_the_event_that_answers(reactor: Reactor) -> None:
+    """A connection that has sent all it was given closes when the event whose
+    request it answered is handled, not a reactor turn later."""
+    lost: list[Any] = []
+    made: list[Any] = []
+
+    class Answer(Protocol):
+        def connectionMade(self) -> None:
+            made.append(self)
+
+        def dataReceived(self, data: bytes) -> None:
+            # As accel writes: past Twisted's buffer, which stays empty.
+            directwrite.write(self.transport, directwrite.plain_socket(self.transport), b"bye")
+            self.transport.loseConnection()
+
+        def connectionLost(self, reason: Any) -> None:
+            lost.append(reason)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Answer), interface="127.0.0.1")
+    client = _tcp(port)()
+    try:
+        _pump(reactor, lambda: bool(made))
+        client.sendall(b"hi")
+        reactor.doIteration(5)  # the read event: answered and closed
+        assert [r.type for r in lost] == [ConnectionDone] and reactor._closing == []
+        client.settimeout(10)
+        assert client.recv(100) == b"bye" and client.recv(100) == b""
+    finally:
+        client.close()
+
+
+def test_pipelined_request_after_close_does_not_cut_the_answer(reactor: Reactor) -> None:
+    """A client that pipelines a request behind ``Connection: close`` gets the whole
+    first answer, and nothing for the second."""
+    port = reactor.listenTCP(0, _http(reactor), interface="127.0.0.1")
+    request = _CLOSE + b"GET /hit2 HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert _in_thread(reactor, lambda: _exchange(_tcp(port), request)).endswith(_ANSWER[-30:])
+    answer = _in_thread(reactor, lambda: _exchange(_tcp(port), request))
+    assert answer.count(b"HTTP/1.1") == 1 and answer.endswith(b"\r\n\r\nhit")
+
+
+class _Writes(Protocol):
+    """Answers the first bytes with ``writes`` (bytes as accel writes them, past
+    Twisted's buffer while it is empty; ``None``: loseConnection, ``"abort"``:
+    abortConnection), in one event; records why it was lost."""
+
+    def __init__(self, writes: list[Any], lost: list[Any]) -> None:
+        self._writes = writes
+        self._lost = lost
+
+    def dataReceived(self, data: bytes) -> None:
+        for item in self._writes:
+            if item is None:
+                self.transport.loseConnection()
+            elif item == "abort":
+                self.transport.abortConnection()
+            else:
+                directwrite.write(self.transport, directwrite.plain_socket(self.transport), item)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._lost.append(reason)
+
+
+def _serve_writes(reactor: Reactor, writes: list[Any]) -> tuple[Any, list[Any]]:
+    lost: list[Any] = []
+    factory = Factory()
+    factory.buildProtocol = lambda addr: _Writes(writes, lost)  # type: ignore[method-assign]
+    return reactor.listenTCP(0, factory, interface="127.0.0.1"), lost
+
+
+def test_bytes_queued_before_the_close_are_sent_first(reactor: Reactor) -> None:
+    """More than the socket takes at once, then loseConnection: all of it arrives, then
+    the close (Twisted's way: the transport closes once its buffer is sent)."""
+    big = b"x" * (8 * 1024 * 1024)
+    port, lost = _serve_writes(reactor, [big, None])
+    assert _in_thread(reactor, lambda: _exchange(_tcp(port), b"go")) == big
+    _pump(reactor, lambda: bool(lost))
+    assert lost[0].type is ConnectionDone
+
+
+def test_bytes_written_after_lose_connection_still_go(reactor: Reactor) -> None:
+    """What is written after loseConnection, in the same event, is sent before the close."""
+    port, lost = _serve_writes(reactor, [b"early ", None, b"late"])
+    assert _in_thread(reactor, lambda: _exchange(_tcp(port), b"go")) == b"early late"
+    _pump(reactor, lambda: bool(lost))
+    assert lost[0].type is ConnectionDone
+
+
+def test_abort_after_lose_connection_still_aborts(reactor: Reactor) -> None:
+    """abortConnection after loseConnection, in the same event, resets the connection."""
+    port, lost = _serve_writes(reactor, [b"never", None, "abort"])
+
+    def client() -> bytes:
+        with pytest.raises(ConnectionResetError):
+            _exchange(_tcp(port), b"go")
+        return b""
+
+    _in_thread(reactor, client)
+    _pump(reactor, lambda: bool(lost))
+    assert [r.type for r in lost] == [ConnectionAborted]
+
+
+def test_failing_connection_lost_is_logged_with_the_protocol_prefix(reactor: Reactor) -> None:
+    """A protocol whose connectionLost raises, at a close at the end of an event, is
+    logged under its own log prefix, and the reactor goes on serving."""
+
+    class Bad(_Writes):
+        def connectionLost(self, reason: Any) -> None:
+            super().connectionLost(reason)
+            raise RuntimeError("connectionLost went wrong")
+
+    lost: list[Any] = []
+    factory = Factory()
+    factory.buildProtocol = lambda addr: Bad([b"ok", None], lost)  # type: ignore[method-assign]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    events: list[dict[str, Any]] = []
+    log.addObserver(events.append)
+    try:
+        assert _in_thread(reactor, lambda: _exchange(_tcp(port), b"go")) == b"ok"
+        _pump(reactor, lambda: bool(lost))
+    finally:
+        log.removeObserver(events.append)
+    errors = [e for e in events if e.get("isError")]
+    assert len(errors) == 1 and errors[0]["system"].startswith("Bad,0,127.0.0.1")
+    assert _in_thread(reactor, lambda: _exchange(_tcp(port), b"again")) == b"ok"
+
+
+def test_unix_listener_answers_and_closes(reactor: Reactor, tmp_path: Any) -> None:
+    """listenUNIX makes a ports.UNIXPort; its connections answer and close cleanly."""
+    path = str(tmp_path / "accel.sock")
+    port = reactor.listenUNIX(path, _http(reactor))
+    assert isinstance(port, ports.UNIXPort)
+
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        return sock
+
+    answers = _in_thread(reactor, lambda: [_exchange(connect, _CLOSE) for _ in range(5)])
+    assert all(answer.endswith(b"\r\n\r\nhit") for answer in answers)
+
+
+def test_adopted_listener_answers_and_closes(reactor: Reactor) -> None:
+    """adoptStreamPort (how workers serve inherited sockets) makes a ports.Port."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    listening.setblocking(False)
+    try:
+        port = reactor.adoptStreamPort(listening.fileno(), socket.AF_INET, _http(reactor))
+        assert isinstance(port, ports.Port)
+        address = listening.getsockname()
+        answer = _in_thread(reactor, lambda: _exchange(lambda: socket.create_connection(address), _CLOSE))
+        assert answer.endswith(b"\r\n\r\nhit")
+    finally:
+        listening.close()
+
+
+def test_tls_listener_answers_and_closes(reactor: Reactor, tmp_path: Any) -> None:
+    """listenSSL (TLS over a ports.Port) still answers, and closes after its close_notify."""
+    from twisted.internet.ssl import PrivateCertificate
+
+    from tests.test_upstream import _self_signed
+
+    pem, ca = _self_signed(str(tmp_path))
+    context = PrivateCertificate.loadPEM(pem).options()
+    port = reactor.listenSSL(0, _http(reactor), context, interface="127.0.0.1")
+    client_context = ssl.create_default_context(cafile=ca)
+    address = port.getHost()
+
+    def connect() -> socket.socket:
+        raw = socket.create_connection((address.host, address.port))
+        raw.settimeout(10)
+        return client_context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+    answers = _in_thread(reactor, lambda: [_exchange(connect, _CLOSE) for _ in range(3)])
+    assert all(answer.endswith(b"\r\n\r\nhit") for answer in answers)
