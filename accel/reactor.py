@@ -79,14 +79,13 @@ if EPollReactor is not None:
             listening.startListening()
             return listening
 
-        def runUntilCurrent(self) -> None:
-            """Run the due calls, then close what they left to close (:mod:`accel.ports`)."""
-            super().runUntilCurrent()
-            if self._closing:
-                ports.end_of_event(self._closing)
-
         def doPoll(self, timeout: float | None) -> None:
             """Poll for events and handle each one (``EPollReactor.doPoll``, leaner)."""
+            closing = self._closing
+            if closing:
+                # Left by what ran since the last poll (timed calls, calls
+                # from threads): closed now, before waiting for more.
+                ports.end_of_event(closing)
             if timeout is None:
                 timeout = -1  # wait indefinitely
             selectables = self._selectables
@@ -97,7 +96,6 @@ if EPollReactor is not None:
                     return
                 raise
             handle = self._doReadOrWrite
-            closing = self._closing
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is None:
