@@ -911,10 +911,7 @@ class HTTPServerProtocol(Protocol):
     # --- Connection ---
 
     def connectionMade(self) -> None:
-        parser = httptools.HttpRequestParser(self)
-        # Only the version digits: we answer 505 for other majors ourselves.
-        parser.set_dangerous_leniencies(lenient_version=True)
-        self._parser = parser
+        # No parser yet (see _new_parser): most connections never need one.
         transport = self.transport
         self._socket = directwrite.plain_socket(transport)
         self._send_queue = directwrite.send_queue(transport)
@@ -1056,7 +1053,8 @@ class HTTPServerProtocol(Protocol):
             self._head_since = now
         self._progress = False
         parser = self._parser
-        assert parser is not None
+        if parser is None:
+            parser = self._parser = self._new_parser()
         while True:
             try:
                 parser.feed_data(data)
@@ -1095,6 +1093,19 @@ class HTTPServerProtocol(Protocol):
                 return
         if self._phase != _IDLE:
             self._arm_for_phase()
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        """llhttp for this connection, made for the first bytes it must read.
+
+        Heads that :meth:`_answer_simple` takes never reach llhttp, so a
+        connection that only sends those (a ``Connection: close`` request,
+        above all) never pays for one. Between messages, a parser that has
+        not seen them is in the state one that had would be in.
+        """
+        parser = httptools.HttpRequestParser(self)
+        # Only the version digits: we answer 505 for other majors ourselves.
+        parser.set_dangerous_leniencies(lenient_version=True)
+        return parser
 
     def _reconfigured(self) -> None:
         """The factory was reconfigured (a reload) since this connection last
