@@ -81,14 +81,25 @@ class _LeanServer:
     _writeDisconnected: bool
     _aborting: bool
     TLS: bool
+    _shouldShutdown: bool
     _logstr: str | None = None
     _repstr: str | None = None
+    #: Set by the port that accepted the connection: see getPeer.
+    _peer: Any = None
 
     def _lean_init(
         self, sock: Socket, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any
     ) -> None:
         """``tcp.Server.__init__`` without formatting ``logstr`` and ``repstr``."""
-        tcp.Connection.__init__(self, sock, protocol, reactor)  # type: ignore[arg-type]
+        # FileDescriptor.__init__ (given a reactor), tcp.Connection.__init__:
+        self.reactor = reactor
+        self._tempDataBuffer: list[bytes] = []
+        self._tempDataLen = 0
+        self.socket = sock
+        sock.setblocking(False)
+        self.fileno = sock.fileno
+        self.protocol = protocol
+        # tcp.Server.__init__:
         self._protocol_class = protocol.__class__  # for repr and logstr once it is gone
         if len(client) != 2:
             self._addressType = address.IPv6Address
@@ -133,6 +144,13 @@ class _LeanServer:
     @repstr.setter
     def repstr(self, value: str) -> None:
         self._repstr = value
+
+    def getPeer(self) -> Any:
+        """The client's address: the one the factory was given to build the protocol."""
+        peer = self._peer
+        if peer is None:
+            return super().getPeer()  # type: ignore[misc]
+        return peer
 
     def connectionLost(self, reason: Failure) -> None:
         """As Twisted's; if the protocol's ``connectionLost`` raises, the log
@@ -179,8 +197,32 @@ class _LeanServer:
             # sends, or asks the producer, and closes when done).
             self.startWriting()  # type: ignore[attr-defined]
             return
+        # tcp.Connection.connectionLost(ConnectionDone), less what cannot
+        # apply: there is no producer, and the close is orderly.
+        self.disconnected = 1
+        self.connected = 0
+        self.stopReading()  # type: ignore[attr-defined]
         self.stopWriting()  # type: ignore[attr-defined]
-        self.connectionLost(_DONE)  # type: ignore[attr-defined]
+        skt = self.socket
+        try:
+            if self._shouldShutdown:
+                skt.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            skt.close()
+        except OSError:
+            pass
+        protocol = self.protocol
+        del self.protocol
+        del self.socket
+        del self.fileno
+        try:
+            protocol.connectionLost(_DONE)
+        except BaseException:
+            if self._logstr is None:
+                self._logstr = self._make_logstr(protocol)
+            raise
 
 
 class Server(_LeanServer, tcp.Server):  # type: ignore[misc]
@@ -250,13 +292,16 @@ class _LeanPort:
                     # As Twisted: the scope id goes into the host.
                     host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
                     addr = (host[0], *addr[1:])
-                protocol = build(make_address(addr))
+                peer = make_address(addr)
+                protocol = build(peer)
                 if protocol is None:
                     skt.close()
                     continue
                 number = self.sessionno
                 self.sessionno = number + 1
-                protocol.makeConnection(transport(skt, protocol, addr, self, number, reactor))
+                connection = transport(skt, protocol, addr, self, number, reactor)
+                connection._peer = peer  # its getPeer: the same address, not built again
+                protocol.makeConnection(connection)
             # Scale the accepts per turn to the traffic, as Twisted does.
             self.numberAccepts = limit + 20 if accepted == limit else max(1, accepted)
         except BaseException:

@@ -122,12 +122,20 @@ def test_fast_close_leaves_what_twisted_close_leaves(kind: str, client: Any) -> 
 
 def test_port_reads_what_twisted_port_reads() -> None:
     """tcp.Port.doRead scales its accepts with numberAccepts and numbers sessions with
-    sessionno; ports.Port accepts the same connections and scales the same way."""
+    sessionno; ports.Port accepts the same connections and scales the same way, and
+    each connection's getPeer is the address its protocol was built for."""
     results = []
     for cls in (tcp.Port, ports.Port):
         built: list[Any] = []
+        made: list[Protocol] = []
+
+        def build(addr: Any, built: list[Any] = built, made: list[Protocol] = made) -> Protocol:
+            built.append(addr)
+            made.append(Protocol())
+            return made[-1]
+
         factory = Factory.forProtocol(Protocol)
-        factory.buildProtocol = lambda addr, built=built: built.append(addr) or Protocol()  # type: ignore[method-assign]
+        factory.buildProtocol = build  # type: ignore[method-assign]
         port = cls(0, factory, 50, "127.0.0.1", MemoryReactor())
         port.startListening()
         address = port.getHost()
@@ -136,6 +144,7 @@ def test_port_reads_what_twisted_port_reads() -> None:
         for _ in range(3):
             port.doRead()
             steps.append((port.numberAccepts, port.sessionno))
+        assert [p.transport.getPeer() for p in made] == built
         results.append((steps, [(a.type, a.host) for a in built]))
         for sock in clients:
             sock.close()
