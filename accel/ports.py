@@ -84,7 +84,7 @@ class _LeanServer:
     _shouldShutdown: bool
     _logstr: str | None = None
     _repstr: str | None = None
-    #: Set by the port that accepted the connection: see getPeer.
+    #: The address the accepting port built the protocol for (Server.getPeer).
     _peer: Any = None
 
     def _lean_init(
@@ -144,13 +144,6 @@ class _LeanServer:
     @repstr.setter
     def repstr(self, value: str) -> None:
         self._repstr = value
-
-    def getPeer(self) -> Any:
-        """The client's address: the one the factory was given to build the protocol."""
-        peer = self._peer
-        if peer is None:
-            return super().getPeer()  # type: ignore[misc]
-        return peer
 
     def connectionLost(self, reason: Failure) -> None:
         """As Twisted's; if the protocol's ``connectionLost`` raises, the log
@@ -227,6 +220,17 @@ class _LeanServer:
 
 class Server(_LeanServer, tcp.Server):  # type: ignore[misc]
     """A TCP connection accepted by :class:`Port` (see the module docstring)."""
+
+    def getPeer(self) -> Any:
+        """The client's address: the one the factory was given to build the protocol.
+
+        (Twisted's builds an equal one per call. A UNIX connection's differs:
+        ``UNIXAddress(None)`` for an unnamed client, not ``UNIXAddress('')``.)
+        """
+        peer = self._peer
+        if peer is None:
+            return super().getPeer()
+        return peer
 
     def __init__(
         self, sock: Socket, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any
