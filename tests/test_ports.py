@@ -420,15 +420,21 @@ def test_adopted_listener_answers_and_closes(reactor: Reactor) -> None:
         listening.close()
 
 
+# Twisted's TLS hands pyOpenSSL its own certificate objects, which it deprecates.
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL")
 def test_tls_listener_answers_and_closes(reactor: Reactor, tmp_path: Any) -> None:
-    """listenSSL (TLS over a ports.Port) still answers, and closes after its close_notify."""
-    from twisted.internet.ssl import PrivateCertificate
+    """An ``ssl:`` listener (listenSSL: TLS over a ports.Port) still answers, and closes."""
+    from twisted.internet.endpoints import serverFromString
 
     from tests.test_upstream import _self_signed
 
     pem, ca = _self_signed(str(tmp_path))
-    context = PrivateCertificate.loadPEM(pem).options()
-    port = reactor.listenSSL(0, _http(reactor), context, interface="127.0.0.1")
+    (tmp_path / "server.pem").write_bytes(pem)
+    endpoint = serverFromString(reactor, f"ssl:0:privateKey={tmp_path / 'server.pem'}:interface=127.0.0.1")
+    listening: list[Any] = []
+    endpoint.listen(_http(reactor)).addCallback(listening.append)
+    port = listening[0]
+    assert isinstance(port, ports.Port)
     client_context = ssl.create_default_context(cafile=ca)
     address = port.getHost()
 

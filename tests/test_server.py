@@ -1997,3 +1997,10 @@ def test_a_response_the_handler_writes_at_once_leaves_in_one_write():
     assert len(t.events) == 1
     (response,) = responses(t.value())
     assert response.body == b"ok"
+
+
+def test_protocol_state_lives_in_its_slots():
+    """Everything HTTPServerProtocol.__init__ sets, but the factory Twisted's
+    Protocol keeps, is one of its __slots__ (a new attribute was left out)."""
+    factory = HTTPServerFactory(Recorder(), MemoryReactorClock())
+    assert set(vars(factory.buildProtocol(None))) == {"factory"}
