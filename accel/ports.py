@@ -25,9 +25,11 @@ producer is registered (accel writes past that buffer: see
 when the reactor has finished handling the current event: not in the
 middle of the caller, whose protocol may still be using its state, and
 not a turn later. Anything written or registered meanwhile sends the
-connection down Twisted's usual path. The close itself is Twisted's
-(``connectionLost``: ``shutdown``, ``close``, the protocol's
-``connectionLost``). The UNIX classes differ in the same ways.
+connection down Twisted's usual path. The close is Twisted's orderly one
+(``shutdown``, ``close``, the protocol's ``connectionLost`` with
+``ConnectionDone``). ``getPeer`` returns the address the factory was given
+instead of building another. The UNIX classes differ in the same ways
+(but for ``getPeer``).
 
 Only :class:`accel.reactor.Reactor` makes these (``listenTCP``,
 ``listenUNIX``, ``adoptStreamPort``, and so ``listenSSL``, which is TLS
@@ -35,12 +37,17 @@ over ``listenTCP``) and closes what they leave for the end of an event
 (:func:`end_of_event`); with another reactor, :class:`Server` closes as
 Twisted's does.
 
-Twisted internals relied on, all here (tests/test_ports.py fails if they
-change): ``tcp.Server.__init__`` and ``unix.Server.__init__`` set exactly
-the attributes :meth:`Server.__init__` sets (with ``logstr`` and ``repstr``);
-``tcp.Port.doRead`` reads ``numberAccepts``, ``sessionno``, ``transport``
-and ``_buildAddr``; ``FileDescriptor`` keeps unsent bytes in ``dataBuffer``
-and ``_tempDataLen`` (as :mod:`accel.directwrite` also assumes).
+Twisted internals relied on, all in this module (tests/test_ports.py
+fails if they change): :meth:`Server.__init__` does what
+``tcp.Server.__init__`` (with ``tcp.Connection`` and ``FileDescriptor``)
+and ``unix.Server.__init__`` do, but for ``logstr`` and ``repstr``; the
+close at the end of an event leaves what ``tcp.Connection.connectionLost``
+leaves (``_shouldShutdown``, ``_aborting``); :meth:`Port.doRead` keeps
+``numberAccepts`` and ``sessionno`` as ``tcp.Port.doRead`` does, and
+builds addresses with ``_buildAddr``; ``FileDescriptor`` keeps unsent
+bytes in ``dataBuffer`` and ``_tempDataLen`` (as :mod:`accel.directwrite`
+also assumes), a UNIX connection its descriptors in ``_sendmsgQueue``, and
+a connection that started TLS says so in ``TLS``.
 """
 
 from __future__ import annotations
