@@ -84,8 +84,12 @@ if EPollReactor is not None:
             closing = self._closing
             if closing:
                 # Left by what ran since the last poll (timed calls, calls
-                # from threads): closed now, before waiting for more.
+                # from threads): closed now, before waiting for more. The
+                # timeout was reckoned before these closes, which may have
+                # scheduled calls of their own (connectionLost): look
+                # without waiting, so that the next turn runs them.
                 ports.end_of_event(closing)
+                timeout = 0
             if timeout is None:
                 timeout = -1  # wait indefinitely
             selectables = self._selectables

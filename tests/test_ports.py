@@ -445,3 +445,47 @@ def test_tls_listener_answers_and_closes(reactor: Reactor, tmp_path: Any) -> Non
 
     answers = _in_thread(reactor, lambda: [_exchange(connect, _CLOSE) for _ in range(3)])
     assert all(answer.endswith(b"\r\n\r\nhit") for answer in answers)
+
+
+def test_a_close_left_by_a_timed_call_does_not_let_the_poll_wait(reactor: Reactor) -> None:
+    """A close made by a timed call is done at the start of the next poll, and
+    that poll does not wait: what the close scheduled (here, connectionLost's
+    callLater) runs on the next turn, not after the timeout reckoned before."""
+    lost: list[Any] = []
+    made: list[Any] = []
+
+    class Later(Protocol):
+        def connectionMade(self) -> None:
+            made.append(self)
+
+        def dataReceived(self, data: bytes) -> None:
+            reactor.callLater(0, self.transport.loseConnection)
+
+        def connectionLost(self, reason: Any) -> None:
+            lost.append(reactor.callLater(0, lambda: None))
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Later), interface="127.0.0.1")
+    client = _tcp(port)()
+    timeouts: list[Any] = []
+    real = reactor._poller
+
+    class Spy:
+        def poll(self, timeout: float, maxevents: int) -> Any:
+            timeouts.append(timeout)
+            return real.poll(timeout, maxevents)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    try:
+        _pump(reactor, lambda: bool(made))
+        client.sendall(b"hi")
+        _pump(reactor, lambda: bool(reactor.getDelayedCalls()))  # read: the close is scheduled
+        reactor.runUntilCurrent()  # the timed call: loseConnection, left for the poll
+        assert reactor._closing and not lost
+        reactor._poller = Spy()
+        reactor.doIteration(5)
+        assert lost and timeouts == [0]
+    finally:
+        reactor._poller = real
+        client.close()
