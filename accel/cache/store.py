@@ -190,6 +190,19 @@ __all__ = [
 
 _log = Logger()
 
+#: This process's id, kept current across ``os.fork`` (the hook below):
+#: ``os.getpid()`` is a system call, and the store checks on every read and
+#: write whether it still runs in the process that opened its connections.
+_this_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _this_pid
+    _this_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
 #: Errors that mean "the disk or the database is unusable right now".
 _ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 
@@ -767,7 +780,10 @@ class Store:
     def lookup(self, primary: str) -> list[Entry]:
         """Every stored variant of ``primary`` (one indexed range read)."""
         self.settle(primary)
-        low, high = _key_range(primary + "\0")
+        # _key_range(primary + "\0"), whose stem ends in NUL: the keys from
+        # primary's NUL (inclusive) to the next character (exclusive).
+        stem = _VARIANT + primary
+        low, high = stem + "\0", stem + "\1"
         entries: list[Entry] = []
         if self._usable():
             assert self._con is not None
@@ -1112,7 +1128,7 @@ class Store:
         if self._con is not None or self._cache is not None:
             with contextlib.suppress(*_ERRORS):
                 self.close_database()
-        self._pid = os.getpid()
+        self._pid = _this_pid
         try:
             self._open()
             self._sweep()
@@ -1168,7 +1184,7 @@ class Store:
 
     def _usable(self) -> bool:
         """Whether to use the disk now; probes for recovery once the back-off is over."""
-        if self._pid != os.getpid():
+        if self._pid != _this_pid:
             self._in_this_process()
         if self.healthy:
             return True
@@ -1329,13 +1345,23 @@ class Store:
                 self._discard_spool(f, token)
             return None
         now = time.time()  # diskcache's store_time and access_time are wall-clock
-        entry = evolve(
-            template,
+        # The template's fields named one by one: attrs' evolve() would read
+        # each through getattr first, twice the cost of this constructor.
+        entry = Entry(
+            primary=template.primary,
+            secondary=template.secondary,
+            vary=template.vary,
+            status=template.status,
+            reason=template.reason,
+            headers=template.headers,
+            request_time=template.request_time,
+            response_time=template.response_time,
             length=length,
             body_id=_body_id(token),
-            inline=inline,
+            tags=template.tags,
             stored_at=self._clock.seconds(),
             accessed_at=now,
+            inline=inline,
         )
         path = None if f is None else self._spool_path(token)
         record = _encode(entry)
@@ -1386,7 +1412,7 @@ class Store:
             return
         self._rows = []
         self._rows_of = set()
-        if self._pid != os.getpid():
+        if self._pid != _this_pid:
             return  # the rows of the process this one was forked from: its own to commit
         cache, con = self._cache, self._con
         if not self.healthy or cache is None or con is None:
