@@ -140,6 +140,9 @@ class Filler:
         self._name = name
         self._serve = serve
         self._forward = forward
+        #: ``Cache-Status`` of fetched responses by (reason, status, stored,
+        #: collapsed): a handful recur (the reasons are few, statuses three digits).
+        self._fetched: dict[tuple[str, int, bool, bool], bytes] = {}
 
     def fetch(self, fill: Fill, conditional: Headers | None) -> None:
         """Ask the origin for ``fill``'s request, adding ``conditional`` fields if any.
@@ -297,14 +300,12 @@ class Filler:
         )
         body = Watched(response, lk.route, request)
         sink: Feed | None = None
+        shared: Headers | None = None
         if writer is not None and fill.leader and writer.active:
             # Others may follow the fill while it streams: publish it before
             # the first byte flows.
             sink = Feed(writer, response.body.length)
-            shared = response_headers_for_client(
-                response.headers, response.version, lk.route.forwarding
-            )
-            shared.remove(*lk.rules.strip)
+            shared = _client_fields(response, lk)
             self._collapser.publish(
                 lk.key,
                 _Shared(
@@ -336,13 +337,10 @@ class Filler:
             return
 
         responder.log["cache"] = "MISS" if fill.entry is None else "EXPIRED"
-        out = response_headers_for_client(response.headers, response.version, lk.route.forwarding)
-        out.remove(*lk.rules.strip)
+        out = shared.copy() if shared is not None else _client_fields(response, lk)
         out.add(
             b"cache-status",
-            self._status(
-                fwd=fill.fwd, fwd_status=response.status, stored=cacheable, collapsed=lk.collapsed
-            ),
+            self._fetched_status(fill.fwd, response.status, cacheable, lk.collapsed),
         )
         if response.status == 200:
             precondition = policy.evaluate_conditionals(
@@ -414,10 +412,7 @@ class Filler:
         out = handle.headers.copy()
         out.remove(b"age")
         out.add(b"age", policy.age_header_value(decision.age))
-        out.add(
-            b"cache-status",
-            self._status(fwd=handle.fwd, fwd_status=handle.status, stored=True, collapsed=True),
-        )
+        out.add(b"cache-status", self._fetched_status(handle.fwd, handle.status, True, True))
         responder.log["cache"] = "MISS"
         responder.start(handle.status, handle.reason, out)
         if follower is None:
@@ -426,5 +421,24 @@ class Filler:
             follower.start()
         return True
 
+    def _fetched_status(self, fwd: str, status: int, stored: bool, collapsed: bool) -> bytes:
+        """The ``Cache-Status`` of a response fetched for the cache (no ``ttl``),
+        formatted once per (reason, status, stored, collapsed) and then remembered."""
+        key = (fwd, status, stored, collapsed)
+        value = self._fetched.get(key)
+        if value is None:
+            value = self._fetched[key] = self._status(
+                fwd=fwd, fwd_status=status, stored=stored, collapsed=collapsed
+            )
+        return value
+
     def _status(self, **kw: object) -> bytes:
         return policy.cache_status(name=self._name, **kw)  # type: ignore[arg-type]
+
+
+def _client_fields(response: OriginResponse, lk: Lookup) -> Headers:
+    """The fields of ``response`` as its clients get them, less ``Age`` and
+    ``Cache-Status`` (each client's own): the route's stripped fields removed."""
+    out = response_headers_for_client(response.headers, response.version, lk.route.forwarding)
+    out.remove(*lk.rules.strip)
+    return out
