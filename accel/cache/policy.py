@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 import math
 import re
 from typing import Literal
@@ -586,8 +587,15 @@ def stored_headers(response_headers: Headers, entry: Storable, response_time: fl
     out = response_headers.without_hop_by_hop()
     out.remove(*_NOT_STORED, *entry.strip_fields)
     if b"date" not in out:
-        out.add(b"date", format_http_date(response_time))
+        out.add(b"date", _date_field(math.floor(response_time)))
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _date_field(second: int) -> bytes:
+    """:func:`~accel.http.dates.format_http_date` of a whole second, remembered:
+    the responses stored during one second without a ``Date`` all get this one."""
+    return format_http_date(second)
 
 
 # -- Reuse: RFC 9111 section 4 ---------------------------------------------------------
@@ -1037,21 +1045,25 @@ def evaluate_conditionals(
     """
     if not 200 <= status < 300:
         return None
-    last_modified = _single_date(response_headers, b"last-modified")
-    etag = entity_tag(response_headers)
+    # The response's validators are read only for a precondition that
+    # compares with them: most requests have none.
     if b"if-match" in request_headers:
         tags = parse_entity_tag_list(request_headers.get_all(b"if-match"))
-        if tags is not None and (etag is None or not any(strong_match(t, etag) for t in tags)):
-            return 412
+        if tags is not None:
+            etag = entity_tag(response_headers)
+            if etag is None or not any(strong_match(t, etag) for t in tags):
+                return 412
     elif b"if-unmodified-since" in request_headers:
         since = _single_date(request_headers, b"if-unmodified-since")
-        if since is not None and last_modified is not None and last_modified > since:
-            return 412
+        if since is not None:
+            last_modified = _single_date(response_headers, b"last-modified")
+            if last_modified is not None and last_modified > since:
+                return 412
     if b"if-none-match" in request_headers:
-        if none_match_fails(request_headers.get_all(b"if-none-match"), etag):
+        if none_match_fails(request_headers.get_all(b"if-none-match"), entity_tag(response_headers)):
             return 304 if method in (b"GET", b"HEAD") else 412
     elif b"if-modified-since" in request_headers and method in (b"GET", b"HEAD"):
-        modified = last_modified
+        modified = _single_date(response_headers, b"last-modified")
         if modified is None:
             modified = _date_value(response_headers, response_time)
         if modified_since_fails(request_headers.get_all(b"if-modified-since"), modified):
