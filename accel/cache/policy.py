@@ -370,7 +370,10 @@ def vary_names(headers: Headers) -> tuple[bytes, ...] | Literal[Star.STAR]:
 
     RFC 9111 section 4.1; a ``*`` anywhere in any line wins (``Vary: Foo, *``).
     """
-    names = {name.lower() for name in headers.get_list(b"vary")}
+    lines = headers.get_all(b"vary")
+    if not lines:
+        return ()
+    names = {name.lower() for name in split_list(lines)}
     if b"*" in names:
         return STAR
     return tuple(sorted(names))
