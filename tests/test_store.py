@@ -1167,3 +1167,15 @@ def test_close_commits_the_rows_of_the_turn(tmp_path: Path) -> None:
     entry = put(store, b"body", turn_ends=False)
     store.close()
     assert entry is not None and make_store(tmp_path).lookup(URL) == [entry]
+
+
+def test_commit_names_every_field_of_entry() -> None:
+    """Store._commit builds the stored Entry field by field (cheaper than
+    attrs.evolve), so a field added to Entry must be added there too: this
+    fails until the list below, checked against _commit, is updated."""
+    import attrs
+
+    assert [f.name for f in attrs.fields(Entry)] == [
+        "primary", "secondary", "vary", "status", "reason", "headers", "request_time",
+        "response_time", "length", "body_id", "tags", "stored_at", "accessed_at", "inline",
+    ]  # fmt: skip
