@@ -42,6 +42,7 @@ class _Stub:
     """The listening port a server transport is told about."""
 
     _realPortNumber = 8080
+    _read_at_accept = False
 
 
 def _pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
@@ -140,6 +141,8 @@ def test_port_reads_what_twisted_port_reads() -> None:
         port.startListening()
         address = port.getHost()
         clients = [socket.create_connection((address.host, address.port)) for _ in range(3)]
+        for sock in clients:
+            sock.sendall(b"x")  # ports.Port accepts deferred: once there are bytes
         steps = []
         for _ in range(3):
             port.doRead()
@@ -489,3 +492,323 @@ def test_a_close_left_by_a_timed_call_does_not_let_the_poll_wait(reactor: Reacto
     finally:
         reactor._poller = real
         client.close()
+
+
+# --- Deferred accept, read at once; TCP_NODELAY from the listener ---
+
+_KEEP = b"GET /hit HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+class _Recording(Protocol):
+    """Records what it receives and how it ends; ``on_data`` (if given) runs on each delivery."""
+
+    def __init__(self, on_data: Callable[[Any, bytes], None] | None = None) -> None:
+        self.received: list[bytes] = []
+        self.lost: list[Failure] = []
+        self._on_data = on_data
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        if self._on_data is not None:
+            self._on_data(self, data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost.append(reason)
+
+
+def _recording(reactor: Reactor, on_data: Callable[[Any, bytes], None] | None = None) -> tuple[Any, list[Any]]:
+    made: list[_Recording] = []
+
+    def build(addr: Any) -> _Recording:
+        made.append(_Recording(on_data))
+        return made[-1]
+
+    factory = Factory()
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    return reactor.listenTCP(0, factory, interface="127.0.0.1"), made
+
+
+class _PollSpy:
+    """The reactor's epoll object, recording the descriptors registered with it."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.registered: list[int] = []
+
+    def register(self, fd: int, flags: int) -> None:
+        self.registered.append(fd)
+        self._real.register(fd, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _no_delay(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def test_tcp_listener_defers_accept_and_has_no_delay(reactor: Reactor) -> None:
+    """A TCP listener is set with TCP_DEFER_ACCEPT (Port.defer_accept_seconds) and TCP_NODELAY."""
+    port = reactor.listenTCP(0, _http(reactor), interface="127.0.0.1")
+    assert port.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+    assert _no_delay(port.socket)
+    assert port._read_at_accept
+
+
+def test_request_sent_with_the_connection_is_answered_in_the_accepting_event(reactor: Reactor) -> None:
+    """A request sent right after connecting is read, answered and closed in the
+    event that accepts the connection, which is never registered with epoll."""
+    factory = _http(reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = _tcp(port)()
+    spy = _PollSpy(reactor._poller)
+    reactor._poller = spy
+    try:
+        client.sendall(_CLOSE)
+        reactor.doIteration(5)  # the accept event
+        assert factory.open_connections == 0 and spy.registered == []
+        client.settimeout(10)
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+        assert received.endswith(b"\r\n\r\nhit")
+    finally:
+        reactor._poller = spy._real
+        client.close()
+
+
+def test_client_silent_past_the_defer_timeout_is_accepted_and_served(reactor: Reactor) -> None:
+    """A client that connects and sends nothing is accepted after the defer timeout,
+    registered for reading (nothing to read yet), and served when it sends."""
+    factory = _http(reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = _tcp(port)()
+    try:
+        _pump(reactor, lambda: factory.open_connections == 1)  # about a second
+        (protocol,) = factory._open
+        assert protocol.transport in reactor.getReaders()
+        client.sendall(_CLOSE)
+        _pump(reactor, lambda: factory.open_connections == 0)
+        client.settimeout(10)
+        assert client.recv(65536).endswith(b"\r\n\r\nhit")
+    finally:
+        client.close()
+
+
+def test_client_that_sends_within_the_defer_timeout_is_served(reactor: Reactor) -> None:
+    """A client that connects, waits a little (less than the defer timeout), then
+    sends its request is answered."""
+    port = reactor.listenTCP(0, _http(reactor), interface="127.0.0.1")
+    connect = _tcp(port)
+
+    def client() -> bytes:
+        with connect() as sock:
+            sock.settimeout(10)
+            threading.Event().wait(0.3)  # connected, silent: not accepted yet
+            sock.sendall(_CLOSE)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            return received
+
+    assert _in_thread(reactor, client).endswith(b"\r\n\r\nhit")
+
+
+def test_connection_ended_at_once_is_accepted_and_lost_cleanly(reactor: Reactor) -> None:
+    """A client that connects and closes without sending is accepted (its FIN is
+    enough), read at once, and lost with ConnectionDone; nothing is left registered."""
+    port, made = _recording(reactor)
+    _tcp(port)().close()
+    _pump(reactor, lambda: bool(made) and bool(made[0].lost))
+    assert made[0].received == [] and [r.type for r in made[0].lost] == [ConnectionDone]
+    assert made[0].transport not in reactor.getReaders() + reactor.getWriters()
+
+
+def test_half_close_at_accept_reaches_a_half_closeable_protocol(reactor: Reactor) -> None:
+    """A client that sends and shuts its side at once: a half-closeable protocol gets
+    the bytes, then readConnectionLost, and can still answer before closing."""
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from zope.interface import implementer
+
+    @implementer(IHalfCloseableProtocol)
+    class Half(_Recording):
+        def readConnectionLost(self) -> None:
+            self.transport.write(b"got " + b"".join(self.received))
+            self.transport.loseConnection()
+
+        def writeConnectionLost(self) -> None:
+            pass
+
+    made: list[Half] = []
+    factory = Factory()
+    factory.buildProtocol = lambda addr: made.append(Half()) or made[-1]  # type: ignore[method-assign]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    connect = _tcp(port)
+
+    def client() -> bytes:
+        with connect() as sock:
+            sock.settimeout(10)
+            sock.sendall(b"hello")
+            sock.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            return received
+
+    assert _in_thread(reactor, client) == b"got hello"
+    _pump(reactor, lambda: bool(made[0].lost))
+    assert made[0].lost[0].type is ConnectionDone
+
+
+def test_protocol_paused_during_the_first_read_is_read_again_once_resumed(reactor: Reactor) -> None:
+    """A protocol that pauses in the read at accept is not read until it resumes,
+    and then gets the rest."""
+
+    def pause_once(protocol: Any, data: bytes) -> None:
+        if len(protocol.received) == 1:
+            protocol.transport.pauseProducing()
+
+    port, made = _recording(reactor, pause_once)
+    client = _tcp(port)()
+    try:
+        client.sendall(b"one")
+        _pump(reactor, lambda: bool(made))
+        transport = made[0].transport
+        assert made[0].received == [b"one"] and transport not in reactor.getReaders()
+        client.sendall(b"two")
+        reactor.doIteration(0.05)
+        assert made[0].received == [b"one"]
+        transport.resumeProducing()
+        _pump(reactor, lambda: len(made[0].received) == 2)
+        assert made[0].received == [b"one", b"two"]
+    finally:
+        client.close()
+
+
+def test_protocol_that_stops_reading_when_made_is_not_read_at_accept(reactor: Reactor) -> None:
+    """stopReading in connectionMade holds: the bytes wait until it starts reading."""
+
+    class Holding(_Recording):
+        def connectionMade(self) -> None:
+            self.transport.stopReading()
+
+    made: list[Holding] = []
+    factory = Factory()
+    factory.buildProtocol = lambda addr: made.append(Holding()) or made[-1]  # type: ignore[method-assign]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = _tcp(port)()
+    try:
+        client.sendall(b"wait")
+        _pump(reactor, lambda: bool(made))
+        assert made[0].received == [] and made[0].transport not in reactor.getReaders()
+        made[0].transport.startReading()
+        _pump(reactor, lambda: bool(made[0].received))
+        assert made[0].received == [b"wait"]
+    finally:
+        client.close()
+
+
+def test_error_in_the_read_at_accept_is_logged_and_the_port_goes_on(reactor: Reactor) -> None:
+    """dataReceived raising in the read at accept is logged and closes that
+    connection, as on any read event; the next connection is served."""
+
+    def fail_first(protocol: Any, data: bytes) -> None:
+        if data == b"boom":
+            raise ZeroDivisionError("read at accept went wrong")
+        protocol.transport.write(b"ok")
+        protocol.transport.loseConnection()
+
+    port, made = _recording(reactor, fail_first)
+    events: list[dict[str, Any]] = []
+    log.addObserver(events.append)
+    try:
+        assert _in_thread(reactor, lambda: _exchange(_tcp(port), b"boom")) == b""
+        assert _in_thread(reactor, lambda: _exchange(_tcp(port), b"fine")) == b"ok"
+    finally:
+        log.removeObserver(events.append)
+    assert made[0].lost[0].type is ZeroDivisionError
+    errors = [e for e in events if e.get("isError")]
+    assert len(errors) == 1 and errors[0]["failure"].type is ZeroDivisionError
+
+
+def _served_socket(reactor: Reactor, factory: HTTPServerFactory, connect: Callable[[], socket.socket]) -> Any:
+    """The server's socket of a kept-alive connection that has been answered a request."""
+    client = connect()
+    try:
+
+        def ask() -> bytes:
+            client.settimeout(10)
+            client.sendall(_KEEP)
+            received = b""
+            while not received.endswith(b"\r\n\r\nhit"):
+                received += client.recv(65536)
+            return received
+
+        _in_thread(reactor, ask)
+        (protocol,) = factory._open
+        return protocol.transport.getHandle(), client
+    except BaseException:
+        client.close()
+        raise
+
+
+def test_accepted_connections_have_no_delay(reactor: Reactor) -> None:
+    """Every connection accepted by listenTCP has TCP_NODELAY: the first, whose
+    inheritance from the listener is checked, and the next, which skip setting it."""
+    factory = _http(reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    for _ in range(2):
+        sock, client = _served_socket(reactor, factory, _tcp(port))
+        with client:
+            assert _no_delay(sock)
+            client.close()
+            _pump(reactor, lambda: factory.open_connections == 0)
+    assert port._inherits_no_delay is True
+
+
+def test_no_delay_is_set_per_connection_where_it_is_not_inherited(reactor: Reactor) -> None:
+    """If the first accepted socket lacks TCP_NODELAY (here: the listener's is
+    turned off), the port stops counting on inheritance, and the server sets it
+    on each connection."""
+    factory = _http(reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+    sock, client = _served_socket(reactor, factory, _tcp(port))
+    with client:
+        assert _no_delay(sock) and port._inherits_no_delay is False
+
+
+def test_set_tcp_no_delay_still_turns_it_off_and_on(reactor: Reactor) -> None:
+    """On a connection that inherited TCP_NODELAY, setTcpNoDelay(False) turns it
+    off, and setTcpNoDelay(True) on again (the skip never hides a change)."""
+    factory = _http(reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    sock, client = _served_socket(reactor, factory, _tcp(port))
+    with client:
+        (protocol,) = factory._open
+        transport = protocol.transport
+        transport.setTcpNoDelay(False)
+        assert not transport.getTcpNoDelay() and not _no_delay(sock)
+        transport.setTcpNoDelay(True)
+        assert transport.getTcpNoDelay() and _no_delay(sock)
+
+
+def test_worker_sockets_defer_accept_and_connections_have_no_delay(reactor: Reactor) -> None:
+    """A socket bound by the parent for workers (bind_listeners) and adopted by a
+    worker accepts deferred, reads at once, and its connections have TCP_NODELAY."""
+    from accel.workers import bind_listeners
+
+    (socks,) = bind_listeners(["tcp:0:interface=127.0.0.1"], 1, reactor)
+    try:
+        factory = _http(reactor)
+        port = reactor.adoptStreamPort(socks[0].fileno(), socket.AF_INET, factory)
+        assert port._read_at_accept
+        address = socks[0].getsockname()
+        answer = _in_thread(reactor, lambda: _exchange(lambda: socket.create_connection(address), _CLOSE))
+        assert answer.endswith(b"\r\n\r\nhit")
+        sock, client = _served_socket(reactor, factory, lambda: socket.create_connection(address))
+        with client:
+            assert _no_delay(sock)
+    finally:
+        for sock in socks:
+            sock.close()
