@@ -12,7 +12,10 @@ spend much of it on things accel does not use:
   a ``repr``, that are needed only if something logs or prints it;
 * ``loseConnection`` with nothing left to send still registers the socket
   for writing and closes it on the reactor's next turn, after an empty
-  ``send``: two ``epoll_ctl`` calls, a ``send`` and a turn per connection.
+  ``send``: two ``epoll_ctl`` calls, a ``send`` and a turn per connection;
+* a connection is accepted in one turn and read in the next, after its
+  registration with epoll (two ``epoll_ctl`` calls more, at accept and at
+  close), and accel sets ``TCP_NODELAY`` on each.
 
 :class:`Port` accepts with the listening socket's ``_accept`` directly and
 leaves every error to Twisted's own ``doRead`` (which reserves a descriptor
@@ -29,7 +32,26 @@ connection down Twisted's usual path. The close is Twisted's orderly one
 (``shutdown``, ``close``, the protocol's ``connectionLost`` with
 ``ConnectionDone``). ``getPeer`` returns the address the factory was given
 instead of building another. The UNIX classes differ in the same ways
-(but for ``getPeer``).
+(but for ``getPeer``, and what follows).
+
+A TCP :class:`Port` accepts deferred, as nginx's ``listen ... deferred``:
+with ``TCP_DEFER_ACCEPT`` the kernel queues a connection for ``accept``
+once its client has sent something (or after
+:attr:`Port.defer_accept_seconds`), so that each connection is read as
+soon as it is made, in the turn that accepts it: a ``Connection: close``
+request is answered and closed in that turn. The read is the reactor's
+(``doRead``, and ``_disconnectSelectable`` if it returns why the
+connection ended or raises); the connection is registered with epoll only
+afterwards, and only if it is still to be read, so that one answered and
+closed at once costs no ``epoll_ctl`` at all. Until then ``startReading``
+and ``stopReading`` only note what the protocol wants (so, unlike
+Twisted's, the transport is not among the reactor's readers during
+``connectionMade`` and that first ``dataReceived``). This suits protocols
+whose clients speak first, as HTTP's and TLS's do: a protocol whose server
+speaks first would greet its clients a second late. The listening socket
+also has ``TCP_NODELAY``, which Linux copies to the sockets it accepts;
+the port checks the first it accepts, and if it has it
+:meth:`Server.setTcpNoDelay` does not set it again on each connection.
 
 Only :class:`accel.reactor.Reactor` makes these (``listenTCP``,
 ``listenUNIX``, ``adoptStreamPort``, and so ``listenSSL``, which is TLS
