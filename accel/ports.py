@@ -12,10 +12,7 @@ spend much of it on things accel does not use:
   a ``repr``, that are needed only if something logs or prints it;
 * ``loseConnection`` with nothing left to send still registers the socket
   for writing and closes it on the reactor's next turn, after an empty
-  ``send``: two ``epoll_ctl`` calls, a ``send`` and a turn per connection;
-* a connection is accepted in one turn and read in the next, after its
-  registration with epoll (two ``epoll_ctl`` calls more, at accept and at
-  close), and accel sets ``TCP_NODELAY`` on each.
+  ``send``: two ``epoll_ctl`` calls, a ``send`` and a turn per connection.
 
 :class:`Port` accepts with the listening socket's ``_accept`` directly and
 leaves every error to Twisted's own ``doRead`` (which reserves a descriptor
@@ -32,26 +29,7 @@ connection down Twisted's usual path. The close is Twisted's orderly one
 (``shutdown``, ``close``, the protocol's ``connectionLost`` with
 ``ConnectionDone``). ``getPeer`` returns the address the factory was given
 instead of building another. The UNIX classes differ in the same ways
-(but for ``getPeer``, and what follows).
-
-A TCP :class:`Port` accepts deferred, as nginx's ``listen ... deferred``:
-with ``TCP_DEFER_ACCEPT`` the kernel queues a connection for ``accept``
-once its client has sent something (or after
-:attr:`Port.defer_accept_seconds`), so that each connection is read as
-soon as it is made, in the turn that accepts it: a ``Connection: close``
-request is answered and closed in that turn. The read is the reactor's
-(``doRead``, and ``_disconnectSelectable`` if it returns why the
-connection ended or raises); the connection is registered with epoll only
-afterwards, and only if it is still to be read, so that one answered and
-closed at once costs no ``epoll_ctl`` at all. Until then ``startReading``
-and ``stopReading`` only note what the protocol wants (so, unlike
-Twisted's, the transport is not among the reactor's readers during
-``connectionMade`` and that first ``dataReceived``). This suits protocols
-whose clients speak first, as HTTP's and TLS's do: a protocol whose server
-speaks first would greet its clients a second late. The listening socket
-also has ``TCP_NODELAY``, which Linux copies to the sockets it accepts;
-the port checks the first it accepts, and if it has it
-:meth:`Server.setTcpNoDelay` does not set it again on each connection.
+(but for ``getPeer``).
 
 Only :class:`accel.reactor.Reactor` makes these (``listenTCP``,
 ``listenUNIX``, ``adoptStreamPort``, and so ``listenSSL``, which is TLS
@@ -75,7 +53,6 @@ a connection that started TLS says so in ``TLS``.
 from __future__ import annotations
 
 import socket
-import sys
 from socket import socket as Socket
 from typing import Any
 
@@ -137,59 +114,8 @@ class _LeanServer:
         self.client = client
         self.sessionno = sessionno
         self.hostname = client[0]
-        if server._read_at_accept:
-            self._reading_at_accept = True  # registered once read (_read_at_once)
-        else:
-            self.startReading()  # type: ignore[attr-defined]
+        self.startReading()  # type: ignore[attr-defined]
         self.connected = 1
-
-    #: ``None``, but while the accepting port reads a new connection at once
-    #: (:meth:`_read_at_once`): whether it is to be read from afterwards. It
-    #: is registered with the reactor only then, and only if it still is.
-    _reading_at_accept: bool | None = None
-
-    def startReading(self) -> None:
-        if self._reading_at_accept is not None:
-            self._reading_at_accept = True
-            return
-        super().startReading()  # type: ignore[misc]
-
-    def stopReading(self) -> None:
-        if self._reading_at_accept is not None:
-            self._reading_at_accept = False
-            return
-        super().stopReading()  # type: ignore[misc]
-
-    def _read_at_once(self) -> None:
-        """Read what the client sent with its connection, then register to read the rest.
-
-        What the reactor would do on the connection's first read event
-        (``_doReadOrWrite``): ``doRead``, and if it returns why the
-        connection ended, or raises (logged), ``_disconnectSelectable``. A
-        connection that has nothing to read yet (``EAGAIN``) is simply
-        registered, and one closed meanwhile never is.
-        """
-        why: Any = None
-        if self._reading_at_accept:
-            try:
-                why = self.doRead()  # type: ignore[attr-defined]
-            except BaseException:
-                why = sys.exc_info()[1]
-                log.err()
-        wanted = self._reading_at_accept
-        self._reading_at_accept = None
-        if why:
-            # The reactor's removeReader, not stopReading: the connection
-            # stays unregistered (it reads no more). What connectionLost
-            # raises is logged as the reactor logs it, and the port goes on.
-            try:
-                self.reactor._disconnectSelectable(self, why, True)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                log.err(system=self.logstr)
-        elif wanted:
-            self.startReading()
 
     @property
     def logstr(self) -> str:
@@ -302,16 +228,6 @@ class _LeanServer:
 class Server(_LeanServer, tcp.Server):  # type: ignore[misc]
     """A TCP connection accepted by :class:`Port` (see the module docstring)."""
 
-    #: Whether the socket has ``TCP_NODELAY`` from its listener (:class:`Port`).
-    _no_delay = False
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        """As Twisted's; enabling what the socket inherited from its listener costs no system call."""
-        if enabled and self._no_delay:
-            return
-        self._no_delay = False
-        tcp.Server.setTcpNoDelay(self, enabled)
-
     def getPeer(self) -> Any:
         """The client's address: the one the factory was given to build the protocol.
 
@@ -354,12 +270,6 @@ class _LeanPort:
     numberAccepts: int
     sessionno: int
     _socket_args: tuple[int, int, int] = (0, 0, 0)
-    #: Whether connections are read as soon as they are accepted (see
-    #: :meth:`Port.startListening`).
-    _read_at_accept = False
-    #: Whether accepted sockets inherit ``TCP_NODELAY`` from the listening
-    #: one: ``None`` until the first is accepted and asked.
-    _inherits_no_delay: bool | None = False
 
     def startListening(self) -> None:
         super().startListening()  # type: ignore[misc]
@@ -378,7 +288,6 @@ class _LeanPort:
             make_address = self._buildAddr  # type: ignore[attr-defined]
             transport = self.transport
             reactor = self.reactor
-            read_now = self._read_at_accept
             while accepted < limit:
                 try:
                     fd, addr = accept()
@@ -403,13 +312,7 @@ class _LeanPort:
                 self.sessionno = number + 1
                 connection = transport(skt, protocol, addr, self, number, reactor)
                 connection._peer = peer  # its getPeer: the same address, not built again
-                if self._inherits_no_delay:
-                    connection._no_delay = True
-                elif self._inherits_no_delay is None:
-                    self._inherits_no_delay = connection._no_delay = _has_no_delay(skt)
                 protocol.makeConnection(connection)
-                if read_now:
-                    connection._read_at_once()
             # Scale the accepts per turn to the traffic, as Twisted does.
             self.numberAccepts = limit + 20 if accepted == limit else max(1, accepted)
         except BaseException:
@@ -421,54 +324,11 @@ class Port(_LeanPort, tcp.Port):
 
     transport = Server
 
-    #: Seconds a connection may wait in the kernel for its client's first
-    #: bytes before it is accepted anyway (``TCP_DEFER_ACCEPT``; Linux counts
-    #: them in SYN-ACK retransmissions, and rounds up). nginx's ``listen ...
-    #: deferred`` sets 1. 0: accepted once the handshake completes.
-    defer_accept_seconds = 1
-
-    def startListening(self) -> None:
-        """Listen (or adopt the socket), accepting deferred and with ``TCP_NODELAY``.
-
-        With ``TCP_DEFER_ACCEPT`` the kernel hands a connection to
-        ``accept`` once its client's first bytes are there (or after
-        :attr:`defer_accept_seconds`): each is then read at once, in the
-        turn that accepts it. Where the option is missing or off,
-        connections are read when the reactor says so. ``TCP_NODELAY`` set
-        on the listening socket is inherited by the accepted ones on Linux;
-        whether it is is asked of the first accepted, and
-        :meth:`Server.setTcpNoDelay` then skips setting it again.
-        """
-        super().startListening()
-        listening = self.socket
-        seconds = self.defer_accept_seconds
-        self._read_at_accept = seconds > 0 and _set_option(listening, getattr(socket, "TCP_DEFER_ACCEPT", None), seconds)
-        self._inherits_no_delay = None if _set_option(listening, socket.TCP_NODELAY, 1) else False
-
 
 class UNIXPort(_LeanPort, unix.Port):
     """A UNIX listening port whose connections are :class:`UNIXServer` (see the module docstring)."""
 
     transport = UNIXServer
-
-
-def _set_option(listening: Socket, option: int | None, value: int) -> bool:
-    """Set the TCP ``option`` of ``listening`` to ``value``; whether it could."""
-    if option is None:
-        return False
-    try:
-        listening.setsockopt(socket.IPPROTO_TCP, option, value)
-    except OSError:
-        return False
-    return True
-
-
-def _has_no_delay(accepted: Socket) -> bool:
-    """Whether ``accepted`` has ``TCP_NODELAY``."""
-    try:
-        return bool(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-    except OSError:
-        return False
 
 
 def end_of_event(pending: list[Any]) -> None:

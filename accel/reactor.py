@@ -16,9 +16,6 @@ with :class:`twisted.logger.Logger`, which never reads that context; only a
 legacy ``log.msg`` made inside an event (some of Twisted's own) loses its
 prefix and is labelled ``-``.
 
-Its TCP ports accept deferred and read each connection at once, and give
-accepted sockets ``TCP_NODELAY`` (see :mod:`accel.ports`).
-
 ``twistd accel`` installs it unless the reactor is already chosen (twistd's
 ``--reactor`` option, or an import of :mod:`twisted.internet.reactor`
 before the service is made); workers use it when their parent does. Where

@@ -21,7 +21,6 @@ from twisted.python import log
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import accel.reactor
-from accel import ports
 from accel.reactor import Reactor
 
 pytest.importorskip("hamcrest")  # Twisted's test modules need it
@@ -37,15 +36,6 @@ def _in_a_temporary_directory(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) ->
     """Twisted's tests make their files relative to the working directory
     (trial runs them in _trial_temp): here, in a temporary one."""
     monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def _accepting_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Twisted's tests expect a connection to be accepted once its handshake
-    completes: many have a client that sends nothing, some end before a
-    deferred accept would come. accel's TCP ports accept deferred (and read
-    at once) unless told not to; tests/test_ports.py tests them that way."""
-    monkeypatch.setattr(ports.Port, "defer_accept_seconds", 0)
 
 
 _DIFFERENT = {
