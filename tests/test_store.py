@@ -55,13 +55,8 @@ def put(
     secondary: bytes = b"",
     tags: tuple[str, ...] = (),
     declared: int | None | bool = True,
-    turn_ends: bool = True,
 ) -> Entry | None:
-    """Store ``body`` (declared length = its length unless told otherwise).
-
-    Then the reactor turn ends, and the store commits its row (see Group
-    commit in :mod:`accel.cache.store`), unless ``turn_ends`` is false.
-    """
+    """Store ``body`` (declared length = its length unless told otherwise)."""
     length = len(body) if declared is True else declared
     writer = store.begin(
         primary, secondary, (b"accept-encoding",) if secondary else (), 200, b"OK",
@@ -69,10 +64,7 @@ def put(
         10.0, 11.0, length if length is not False else None, tags,
     )  # fmt: skip
     writer.write(body)
-    entry = writer.commit()
-    if turn_ends:
-        store.flush()
-    return entry
+    return writer.commit()
 
 
 def read(store: Store, entry: Entry) -> bytes | None:
@@ -352,7 +344,7 @@ def test_a_failed_replacement_degrades_and_keeps_the_stored_row(tmp_path: Path) 
     kept = put(store, large(b"kept"))
     with sqlite3.connect(tmp_path / "cache.db") as con:
         con.execute("CREATE TRIGGER fail BEFORE UPDATE ON Cache BEGIN SELECT RAISE(ABORT, 'disk is full'); END")
-    put(store, large(b"lost"))
+    assert put(store, large(b"lost")) is None
     assert not store.healthy and "disk is full" in store.last_error
     with sqlite3.connect(tmp_path / "cache.db") as con:
         con.execute("DROP TRIGGER fail")
@@ -382,9 +374,6 @@ from accel.cache.store import Store
 class WallClock:
     def seconds(self):
         return time.time()
-
-    def callLater(self, delay, f, *args):
-        f(*args)  # no reactor: every turn ends at once
 
 store = Store(sys.argv[1], 1 << 30, WallClock())
 for i in range(300):
@@ -602,7 +591,7 @@ def test_database_lock_timeout_degrades_without_leftovers(tmp_path: Path) -> Non
     blocker = sqlite3.connect(tmp_path / "cache.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
-        put(store, large(b"body"))
+        assert put(store, b"body") is None
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
@@ -954,9 +943,6 @@ from accel.cache.store import Store
 class WallClock:
     def seconds(self):
         return time.time()
-
-    def callLater(self, delay, f, *args):
-        f(*args)  # no reactor: every turn ends at once
 
 store = Store(sys.argv[1], 1 << 30, WallClock())
 writer = store.begin("k", b"", (), 200, b"OK", [], 0.0, 0.0, 2048, ())
