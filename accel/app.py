@@ -98,6 +98,7 @@ def server_limits(config: cfg.Config) -> ServerLimits:
         header_timeout=limits.header_timeout,
         idle_timeout=limits.keepalive_timeout,
         body_timeout=limits.body_timeout,
+        send_timeout=limits.send_timeout,
         max_pipelined=limits.max_pipelined,
         max_buffered_body=limits.max_buffered_body,
         max_discard=limits.max_discard,

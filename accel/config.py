@@ -315,6 +315,7 @@ class Limits:
     ``header_timeout``: seconds to receive a complete request head;
     ``keepalive_timeout``: seconds an idle persistent connection is kept;
     ``body_timeout``: seconds of silence while request content is awaited;
+    ``send_timeout``: seconds a client may take nothing it is sent;
     ``max_header_bytes``: the largest request head accepted;
     ``max_headers``: the most field lines in it; ``max_target``: the longest
     request-target; ``max_pipelined``: parsed requests queued behind the one
@@ -334,6 +335,7 @@ class Limits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 60.0
     body_timeout: float = 60.0
+    send_timeout: float = 60.0
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     max_target: int = 8192
@@ -870,6 +872,7 @@ def _read_limits(server: _Table) -> Limits:
         header_timeout=server.get("header_timeout", _parse_positive_duration, base.header_timeout),
         keepalive_timeout=server.get("keepalive_timeout", _parse_positive_duration, base.keepalive_timeout),
         body_timeout=server.get("body_timeout", _parse_positive_duration, base.body_timeout),
+        send_timeout=server.get("send_timeout", _parse_positive_duration, base.send_timeout),
         max_header_bytes=server.get("max_header_bytes", _parse_positive_size, base.max_header_bytes),
         max_headers=server.get("max_headers", _parse_count(1), base.max_headers),
         max_target=server.get("max_target", _parse_positive_size, base.max_target),

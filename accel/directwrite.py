@@ -43,6 +43,7 @@ __all__ = [
     "plain_socket",
     "queued",
     "send_queue",
+    "waiting",
     "write",
     "write_file",
     "write_parts",
@@ -75,6 +76,14 @@ def send_queue(transport: object) -> Any | None:
 def queued(transport: Any) -> int:
     """Bytes a plain transport holds, written but not yet sent."""
     return transport._tempDataLen + len(transport.dataBuffer) - getattr(transport, "offset", 0)  # type: ignore[no-any-return]
+
+
+def waiting(transport: Any) -> bool:
+    """Whether a plain transport waits for its socket to take more: bytes it
+    holds, or a pull producer (a ``sendfile`` sender) it asks once it can send."""
+    if transport._tempDataLen or transport.dataBuffer:
+        return True
+    return transport.producer is not None and not transport.streamingProducer
 
 
 def buffer_empty(transport: Any) -> bool:

@@ -28,8 +28,10 @@ not a turn later. Anything written or registered meanwhile sends the
 connection down Twisted's usual path. The close is Twisted's orderly one
 (``shutdown``, ``close``, the protocol's ``connectionLost`` with
 ``ConnectionDone``). ``getPeer`` returns the address the factory was given
-instead of building another. The UNIX classes differ in the same ways
-(but for ``getPeer``).
+instead of building another. ``doWrite`` counts its calls
+(:attr:`Server.writable`), the one thing added: how the HTTP server tells a
+client that reads slowly from one that has stopped reading. The UNIX classes
+differ in the same ways (but for ``getPeer``).
 
 Only :class:`accel.reactor.Reactor` makes these (``listenTCP``,
 ``listenUNIX``, ``adoptStreamPort``, and so ``listenSSL``, which is TLS
@@ -91,6 +93,11 @@ class _LeanServer:
     _shouldShutdown: bool
     _logstr: str | None = None
     _repstr: str | None = None
+    #: How many times the reactor found the socket writable while the
+    #: connection waited to send (its ``doWrite`` calls): the progress of a
+    #: client that reads what it is sent, which the HTTP server's
+    #: ``send_timeout`` watches (accel.http.server).
+    writable: int = 0
     #: The address the accepting port built the protocol for (Server.getPeer).
     _peer: Any = None
 
@@ -162,6 +169,11 @@ class _LeanServer:
             if self._logstr is None:
                 self._logstr = self._make_logstr(protocol)
             raise
+
+    def doWrite(self) -> Any:
+        """As Twisted's, counted in :attr:`writable`."""
+        self.writable += 1
+        return super().doWrite()  # type: ignore[misc]
 
     def loseConnection(self) -> None:
         """Close once everything written is sent: at the end of this event if it all is.

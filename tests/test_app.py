@@ -22,6 +22,7 @@ workers = 1
 header_timeout = "5s"
 keepalive_timeout = "20s"
 body_timeout = "30s"
+send_timeout = "45s"
 max_header_bytes = "16k"
 max_headers = 50
 max_target = "4k"
@@ -119,6 +120,7 @@ def test_server_limits_reach_the_server(service: Any) -> None:
         header_timeout=5.0,
         idle_timeout=20.0,
         body_timeout=30.0,
+        send_timeout=45.0,
         max_header_bytes=16 * 1024,
         max_headers=50,
         max_target=4096,

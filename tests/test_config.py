@@ -660,6 +660,7 @@ def test_strip_cdn_cache_control_key(tmp_path: Path) -> None:
 LIMITS = """\
 [server]
 body_timeout = "30s"
+send_timeout = "2m"
 max_headers = 50
 max_target = "4k"
 max_pipelined = 4
@@ -718,6 +719,7 @@ def test_limit_keys(tmp_path: Path) -> None:
     config = Config.from_toml(write(tmp_path, LIMITS))
     assert config.limits == Limits(
         body_timeout=30.0,
+        send_timeout=120.0,
         max_headers=50,
         max_target=4096,
         max_pipelined=4,
@@ -804,6 +806,7 @@ def test_cache_limit_defaults_are_the_collapsers_and_stores() -> None:
     "text, message",
     [
         ("[server]\nbody_timeout = 0\n", "server.body_timeout: expected a duration above zero such as 30s, 5m or 1h, got 0"),
+        ('[server]\nsend_timeout = "0s"\n', "server.send_timeout: expected a duration above zero such as 30s, 5m or 1h, got '0s'"),
         ('[server]\nheader_timeout = "0s"\n', "server.header_timeout: expected a duration above zero such as 30s, 5m or 1h, got '0s'"),
         ("[server]\nkeepalive_timeout = 0.0\n", "server.keepalive_timeout: expected a duration above zero such as 30s, 5m or 1h, got 0.0"),
         ("[server]\nmax_header_bytes = 0\n", "server.max_header_bytes: expected a size above zero such as 64k or 1M, got 0"),

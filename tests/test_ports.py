@@ -193,15 +193,8 @@ def test_accept_errors_are_left_to_twisted() -> None:
 
 
 @pytest.fixture
-def reactor() -> Iterator[Reactor]:
-    reactor = Reactor()
-    yield reactor
-    for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
-        reactor.removeReader(selectable)
-        reactor.removeWriter(selectable)
-        if hasattr(selectable, "connectionLost"):
-            selectable.connectionLost(Failure(ConnectionDone()))
-    reactor._poller.close()
+def reactor(accel_reactor: Reactor) -> Reactor:
+    return accel_reactor
 
 
 def _pump(reactor: Reactor, done: Callable[[], bool], turns: int = 500) -> None:

@@ -48,6 +48,7 @@ from typing import Any, BinaryIO
 
 import httptools
 from attrs import field, frozen
+from OpenSSL import SSL
 from attrs.validators import ge, gt, optional
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
@@ -127,6 +128,14 @@ class ServerLimits:
     #: Seconds without request content while the server is waiting for it:
     #: 408 if no response started, else the connection is closed.
     body_timeout: float = field(default=60.0, validator=gt(0))
+    #: Seconds the client may take none of what it is sent while bytes wait
+    #: for it (between two writes the socket takes, not for the whole
+    #: response: nginx's ``send_timeout``); then the connection is aborted,
+    #: and a response in progress is cut short, as the client can tell. It
+    #: also bounds a close that waits to send what is left. Watched on
+    #: connections accepted by accel's reactor (:mod:`accel.ports`, which
+    #: counts when a socket becomes writable).
+    send_timeout: float = field(default=60.0, validator=gt(0))
     #: Parsed requests waiting behind the one being answered; at this many,
     #: reading pauses until the queue drains.
     max_pipelined: int = field(default=16, validator=gt(0))
@@ -775,6 +784,17 @@ class _Exchange:
                 _log.failure("on_disconnect callback failed for {line}", Failure(), line=self._line())
 
 
+def _sent_close_notify(transport: Any) -> bool:
+    """Whether ``transport``, a TLS layer told to close, has sent its ``close_notify``."""
+    connection = getattr(transport, "_tlsConnection", None)
+    if connection is None:
+        return False
+    try:
+        return bool(connection.get_shutdown() & SSL.SENT_SHUTDOWN)
+    except SSL.Error:
+        return False
+
+
 class _Drain:
     """Told by a plain transport when it has sent everything (a pull producer).
 
@@ -890,6 +910,8 @@ class HTTPServerProtocol(Protocol):
         "_stalled",
         "_stopping",
         "_timer",
+        "_tx_since",
+        "_tx_writable",
         "_url",
     )
 
@@ -952,6 +974,11 @@ class HTTPServerProtocol(Protocol):
         self._read_closed = False
         self._closing = False
         self._timer: IDelayedCall | None = None
+        #: Since when bytes have waited for the client without its socket
+        #: becoming writable (``None``: none wait), and how many times it had
+        #: then (see _watch_sending).
+        self._tx_since: float | None = None
+        self._tx_writable = 0
         self._last_rx = 0.0
         self._head_since = 0.0
         self._idle_deadline = 0.0
@@ -1596,6 +1623,8 @@ class HTTPServerProtocol(Protocol):
         self._uncork()  # the file's bytes go straight to the socket
         self._write(head)
         FileSender(body_file, exchange, length).start()
+        if self._active is exchange:
+            self._watch_response()
 
     def on_body(self, data: bytes) -> None:
         if self._read_closed:
@@ -1675,6 +1704,14 @@ class HTTPServerProtocol(Protocol):
         # What the handler writes at once (a head and a body from memory)
         # leaves in one send when it returns (directwrite.batched).
         directwrite.batched(self._handle, exchange)
+        if self._active is exchange:
+            self._watch_response()
+
+    def _watch_response(self) -> None:
+        """A response goes on after the event that started it: from now on the
+        watchdog looks at its sending every quarter of ``send_timeout``."""
+        if self._send_queue is not None:
+            self._arm(self._clock.seconds() + self._limits.send_timeout / 4)
 
     def _handle(self, exchange: _Exchange) -> None:
         assert exchange.request is not None
@@ -1876,6 +1913,17 @@ class HTTPServerProtocol(Protocol):
         self._update_reading()
 
     def _close(self) -> None:
+        """Close once what was written is sent.
+
+        Over TLS the layer sends its ``close_notify`` and would then wait for
+        the client's, reading nothing meanwhile: a client that keeps the
+        connection open without answering would hold it for ever. The
+        initiator of a close need not wait (RFC 8446 section 6.1), so the
+        TCP connection below closes as a plain one does, once what waits in
+        it (the ``close_notify`` last) is sent. A close that has to wait
+        for the client to take what is left is bounded by ``send_timeout``
+        (:meth:`_on_close_timer`).
+        """
         if self._closing:
             return
         self._uncork()
@@ -1883,7 +1931,77 @@ class HTTPServerProtocol(Protocol):
         self._update_reading()
         self._closing = True
         self._cancel_timer()
-        self.transport.loseConnection()
+        transport = self.transport
+        transport.loseConnection()
+        queue = self._send_queue
+        if queue is None:
+            return
+        if self._socket is None and _sent_close_notify(transport):
+            queue.loseConnection()
+        if self._socket is None or directwrite.waiting(queue):
+            self._timer = self._clock.callLater(self._limits.send_timeout / 4, self._on_close_timer)
+
+    def _on_close_timer(self) -> None:
+        """A close still waits: for the client to take what is left (aborted
+        after ``send_timeout`` without progress), or, over TLS, for the layer
+        to send its ``close_notify`` (then the TCP connection closes)."""
+        self._timer = None
+        queue = self._send_queue
+        if queue is None:
+            return  # gone meanwhile
+        now = self._clock.seconds()
+        waiting = self._watch_sending(now)
+        if waiting is None:
+            return  # aborted
+        if not waiting:
+            if not queue.disconnecting:
+                queue.loseConnection()
+            return
+        self._timer = self._clock.callLater(self._next_look(now) - now, self._on_close_timer)
+
+    def _watch_sending(self, now: float) -> bool | None:
+        """Whether bytes wait for the client, or ``None`` if it has taken
+        none of them for ``send_timeout`` (the connection is then aborted).
+
+        The progress watched is the socket becoming writable again
+        (:attr:`accel.ports.Server.writable`): a client that reads slowly
+        still makes it, one that has stopped reading does not. A transport
+        that does not count it (another reactor's) is never found stalled.
+        """
+        queue = self._send_queue
+        if not directwrite.waiting(queue):
+            self._tx_since = None
+            return False
+        writable = getattr(queue, "writable", None)
+        if writable is None:
+            return True
+        since = self._tx_since
+        if since is None or writable != self._tx_writable:
+            self._tx_since = now
+            self._tx_writable = writable
+            return True
+        limit = self._limits.send_timeout
+        if now - since < limit:
+            return True
+        _log.info(
+            "closing the connection from {client}: it took nothing sent to it for {seconds:g} s",
+            client=self._client,
+            seconds=limit,
+        )
+        self._closing = self._read_closed = True
+        self._cancel_timer()
+        self.transport.abortConnection()
+        return None
+
+    def _next_look(self, now: float) -> float:
+        """When the watchdog next looks at a client that bytes wait for: a
+        quarter of ``send_timeout`` on, or when it would run out."""
+        limit = self._limits.send_timeout
+        since = self._tx_since
+        look = now + limit / 4
+        if since is not None and now < since + limit < look:
+            return since + limit
+        return look
 
     def _close_lingering(self) -> None:
         """Close after an answer, when the client may still be sending content.
@@ -1913,10 +2031,23 @@ class HTTPServerProtocol(Protocol):
         )
 
     def _on_linger_timer(self) -> None:
-        """Stop lingering when the client has been silent or slow too long."""
+        """Stop lingering when the client has been silent or slow too long.
+
+        Lingering starts once the answer is sent, as nginx's does: while it
+        is still being sent the client need send nothing, and only
+        ``send_timeout`` applies (to the answer's progress).
+        """
         self._timer = None
         limits = self._limits
         now = self._clock.seconds()
+        if self._send_queue is not None:
+            waiting = self._watch_sending(now)
+            if waiting is None:
+                return  # aborted: it took nothing sent to it for send_timeout
+            if waiting:
+                self._lingering = self._last_rx = now
+                self._timer = self._clock.callLater(self._next_look(now) - now, self._on_linger_timer)
+                return
         assert self._lingering is not None
         deadline = min(self._lingering + limits.linger_time, self._last_rx + limits.linger_timeout)
         if now >= deadline:
@@ -1982,6 +2113,12 @@ class HTTPServerProtocol(Protocol):
                 return
         else:
             deadline = now + limits.idle_timeout
+        if self._send_queue is not None:
+            waiting = self._watch_sending(now)
+            if waiting is None:
+                return  # aborted: it took nothing sent to it for send_timeout
+            if waiting or self._active is not None:
+                deadline = min(deadline, self._next_look(now))
         # Never sleep past idle_timeout: _idle() relies on it.
         self._timer = self._clock.callLater(min(deadline - now, limits.idle_timeout), self._on_timer)
 
