@@ -6,7 +6,10 @@
 
 The fields after the combined ones are the cache status (``HIT``, ``MISS``,
 ``EXPIRED``, ``STALE``, ``UPDATING``, ``REVALIDATED``, ``BYPASS``, ``-``)
-and the request time in seconds. Lines are buffered and flushed at least
+and the request time in seconds. A request whose client closed the
+connection before its answer started is logged with status 499, as nginx
+logs it; one cut off during its answer, with the answer's status and the
+bytes sent. Lines are buffered and flushed at least
 once a second, so the reactor never waits on the disk per request.
 """
 

@@ -14,6 +14,7 @@ import pytest
 from attrs import define, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -665,6 +666,25 @@ def test_access_log_called():
     (req, status, sent, started, finished, log) = seen[0]
     assert req is h.requests[0] and (status, sent, log) == (200, 2, {})
     assert started <= finished
+
+
+def test_access_log_says_499_for_a_client_gone_before_its_answer():
+    """A client that closes its connection (or only its sending side) while its
+    request waits for an answer is logged with status 499 and nothing sent,
+    as nginx logs it; one cut off during its answer keeps the answer's status."""
+    seen = []
+    clock = MemoryReactorClock()
+    h = Recorder(auto=False)
+    factory = HTTPServerFactory(h, clock, access_log=lambda *a: seen.append(a))
+    for started in (False, True):
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        proto.dataReceived(GET)
+        if started:
+            h.calls[-1][1].start(200, b"OK", Headers([(b"content-length", b"10")]))
+            h.calls[-1][1].write(b"abc")
+        proto.connectionLost(Failure(ConnectionDone()))
+    assert [(status, sent) for _, status, sent, *_ in seen] == [(499, 0), (200, 3)]
 
 
 # --- Handler errors and disconnects ---

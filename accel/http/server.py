@@ -66,6 +66,7 @@ from accel.http.model import EMPTY_BODY, BodySink, FileBackedBody, Handler, Push
 from accel.streams import FileSender
 
 __all__ = [
+    "CLIENT_CLOSED_REQUEST",
     "AccessLog",
     "FastPath",
     "HTTPServerFactory",
@@ -104,6 +105,12 @@ FastPath = Callable[
     ["HTTPServerFactory", bytes, bytes, bytes, bytes | None, list[tuple[bytes, bytes]], bytes],
     tuple[bytes, int, int, dict[str, str], bytes | FileBackedBody | BinaryIO | None] | None,
 ]
+
+
+#: The status the access log gives a request whose client closed the
+#: connection before its answer started: nginx's 499 ("client closed
+#: request"), not an HTTP status, never sent.
+CLIENT_CLOSED_REQUEST = 499
 
 
 @frozen
@@ -1029,6 +1036,9 @@ class HTTPServerProtocol(Protocol):
         error = reason.value if isinstance(reason.value, Exception) else ConnectionDone()
         active = self._active
         if active is not None and active._state != _DONE:
+            if not active._status:
+                # Gone before its answer started: logged as nginx logs it.
+                active._status = CLIENT_CLOSED_REQUEST
             active._lost()
             self._access(active, self._clock.seconds())
         parsing = self._parsing
