@@ -48,8 +48,8 @@ from typing import Any, BinaryIO
 
 import httptools
 from attrs import field, frozen
-from OpenSSL import SSL
 from attrs.validators import ge, gt, optional
+from OpenSSL import SSL
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
