@@ -295,7 +295,9 @@ class Accelerator:
         generations = store.generations
         stamp = None
         if generations is not None:
-            # Noted before the read: see accel.cache.store, "Change stamps".
+            # Noted before the read: see accel.cache.store, "Change stamps"
+            # (and "Group commit", for settle).
+            store.settle(lk.key)
             stamp = generations.stamps[generations.slot(lk.key)]
             if self._hot is not None:
                 lk.generation = stamp

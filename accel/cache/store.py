@@ -125,8 +125,8 @@ import mmap
 import random
 import time
 import zlib
-from collections.abc import Iterable
-from typing import BinaryIO, Protocol
+from collections.abc import Callable, Iterable
+from typing import BinaryIO, NamedTuple, Protocol
 
 import diskcache
 from attrs import evolve, field, frozen
@@ -223,6 +223,10 @@ _CULL_ROUNDS = 10
 #: overshoot the limit (see Eviction).
 _CULL_SLACK_FRACTION = 100
 _CULL_SLACK_MAX = 1024 * 1024
+#: Rows committed in one transaction at most: a turn that stores more
+#: commits them in several, so that no transaction holds the write lock for
+#: long (at most 64 bodies of :data:`INLINE_MAX`, 1 MiB, in the log).
+_GROUP_MAX = 64
 #: File of :class:`Generations` in the store directory.
 _GENERATIONS = "generations"
 #: An unreferenced body file younger than this may be mid-commit in another
@@ -249,9 +253,15 @@ END;
 
 
 class Clock(Protocol):
-    """The part of ``IReactorTime`` the store needs (``task.Clock`` in tests)."""
+    """The part of ``IReactorTime`` the store needs (``task.Clock`` in tests).
+
+    ``callLater(0, ...)`` schedules the commit of the rows stored during the
+    current reactor turn (see "Group commit").
+    """
 
     def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object) -> object: ...  # noqa: N802
 
 
 class StoreUnavailable(Exception):
@@ -611,6 +621,28 @@ class Generations:
         self._map.close()
 
 
+#: The parameters of :data:`_INSERT` for one row: key, store_time,
+#: access_time, tag, size, mode, filename, value.
+_RowParams = tuple[str, float, float, "str | None", int, int, str, object]
+
+
+class _Row(NamedTuple):
+    """A row stored during this reactor turn, not yet committed (see Group commit)."""
+
+    entry: Entry
+    #: Whether its body is a file (moved in from the spool), to remove if the row is not committed.
+    placed: bool
+    #: Bytes of its metadata record, for the size accounting of :meth:`Store._cull`.
+    record_length: int
+    params: _RowParams
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Whether ``error`` is a lock not had within the timeout (``SQLITE_BUSY`` or
+    one of its extended codes): ``diskcache.Timeout``, as ``Cache.set`` raises."""
+    return error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+
+
 class Store:
     """Stored responses, keyed by primary key and variant, bounded in bytes.
 
@@ -667,6 +699,12 @@ class Store:
         #: Primaries to invalidate on recovery; ``None`` once it overflowed.
         self._pending: set[str] | None = set()
         self._counters = {"hits": 0, "misses": 0, "stores": 0, "errors": 0, "corrupt": 0}
+        #: Rows stored during this reactor turn, to commit at its end, and
+        #: their primaries (see Group commit).
+        self._rows: list[_Row] = []
+        self._rows_of: set[str] = set()
+        #: Whether the end of this turn's flush is scheduled.
+        self._flush_due = False
         #: False while degraded: the store then serves and stores nothing.
         self.healthy = True
         #: The most recent storage error, ``""`` if there never was one.
@@ -693,6 +731,7 @@ class Store:
 
     def lookup(self, primary: str) -> list[Entry]:
         """Every stored variant of ``primary`` (one indexed range read)."""
+        self.settle(primary)
         # _key_range(primary + "\0"), whose stem ends in NUL: the keys from
         # primary's NUL (inclusive) to the next character (exclusive).
         stem = _VARIANT + primary
@@ -717,6 +756,17 @@ class Store:
                     entries.append(entry)
         self._counters["hits" if entries else "misses"] += 1
         return entries
+
+    def settle(self, primary: str) -> None:
+        """Commit now the rows stored under ``primary`` during this turn, if any.
+
+        :meth:`lookup` does. A reader that notes ``primary``'s change stamp
+        before it looks up (the proxy) calls this first, so that the stamp
+        the commit writes (see Group commit) does not land between its note
+        and its read, which would make it distrust what it read.
+        """
+        if primary in self._rows_of:
+            self.flush()
 
     def body_path(self, entry: Entry) -> str:
         """Where ``entry``'s body file is (it may be gone: see :meth:`open_body`).
@@ -844,6 +894,8 @@ class Store:
 
         ``None`` if the entry is no longer stored (removed or replaced).
         """
+        if entry.primary in self._rows_of:
+            self.flush()
         if not self._usable():
             return None
         assert self._con is not None
@@ -873,6 +925,8 @@ class Store:
         Never raises: if the store is failing the invalidation is queued and
         applied on recovery, and 0 is returned.
         """
+        if primary in self._rows_of:
+            self.flush()
         try:
             if self._usable():
                 try:
@@ -927,6 +981,7 @@ class Store:
         diskcache's own running totals, so this is one small read whatever
         the store's size.
         """
+        self.flush()
         entries = body_bytes = volume = None
         if self._cache is not None and self._con is not None:
             try:
@@ -961,7 +1016,9 @@ class Store:
             generations.close()
 
     def close_database(self) -> None:
-        """Close the SQLite connections only (the change stamps stay)."""
+        """Commit the rows stored this turn, then close the SQLite connections
+        only (the change stamps stay)."""
+        self.flush()
         con, self._con = self._con, None
         cache, self._cache = self._cache, None
         if con is not None:
@@ -1018,6 +1075,8 @@ class Store:
         (a store opened eagerly before a fork) are closed first, the lesser
         evil.
         """
+        # Rows the parent stored before a fork are the parent's to commit.
+        self._rows, self._rows_of = [], set()
         if self._con is not None or self._cache is not None:
             with contextlib.suppress(*_ERRORS):
                 self.close_database()
@@ -1140,6 +1199,7 @@ class Store:
         self._pending = set()
 
     def _purge(self, statement: str, args: tuple[str, ...], what: str) -> int:
+        self.flush()
         try:
             if self._usable():
                 try:
@@ -1181,6 +1241,8 @@ class Store:
 
     def _drop_row(self, key: str, filename: object, value: object = None, *, counted: bool = True) -> bool:
         """Delete the row of ``key`` if it is still this version (same file, same record)."""
+        if self._rows_of and key[len(_VARIANT) : key.rindex("\0")] in self._rows_of:
+            self.flush()
         if self._con is None or self._cache is None:
             return False
         if counted:
@@ -1225,11 +1287,12 @@ class Store:
     def _commit(
         self, template: Entry, length: int, inline: bytes | None, f: io.FileIO | None, token: str
     ) -> Entry | None:
-        """Insert the row of ``template`` with a body of ``length`` bytes: the body
-        ``inline`` in the record, or after moving its spool file ``f`` in (the body
-        first, then the row). ``token`` names the spool file and the body."""
-        cache, con = self._cache, self._con
-        if not self.healthy or cache is None or con is None:
+        """Queue the row of ``template`` with a body of ``length`` bytes: the body
+        ``inline`` in the record, or in its body file, moved in from the spool
+        file ``f`` now (the body first, the row at the end of the turn: see
+        Group commit). ``token`` names the spool file and the body."""
+        cache = self._cache
+        if not self.healthy or cache is None or self._con is None:
             if f is not None:
                 self._discard_spool(f, token)
             return None
@@ -1258,8 +1321,6 @@ class Store:
             # The spool file stays open, hence locked, until it has been renamed.
             spooled = _Spooled(path, entry.body_id, entry.length, record)
             size, mode, filename, value = cache.disk.store(spooled, False)
-            tag = json.dumps(entry.tags) if entry.tags else None
-            self._insert(con, entry.key, now, tag, size, mode, filename, value)
         except _ERRORS as e:
             self._degrade(e)
             if f is not None:
@@ -1270,27 +1331,81 @@ class Store:
             if f is not None:
                 with contextlib.suppress(OSError):
                     f.close()
+        tag = json.dumps(entry.tags) if entry.tags else None
+        rows = self._rows
+        rows.append(_Row(entry, f is not None, len(record), (entry.key, now, now, tag, size, mode, filename, value)))
+        self._rows_of.add(entry.primary)
+        # For this process's readers that skip the database (the hot tier,
+        # hit-for-miss markers): the stamp the flush writes again, once the
+        # row is committed, is the one other processes rely on.
         self._changed(entry.primary)
-        self._counters["stores"] += 1
-        self._unculled += size + len(record)
-        if self._unculled >= self._cull_slack:
-            self._cull()
-        if entry.vary:
-            self._trim_variants(entry)
+        if len(rows) >= _GROUP_MAX:
+            self.flush()
+        elif not self._flush_due:
+            self._flush_due = True
+            self._clock.callLater(0, self._end_of_turn)
         return entry
 
-    def _insert(
-        self,
-        con: sqlite3.Connection,
-        key: str,
-        now: float,
-        tag: str | None,
-        size: int,
-        mode: int,
-        filename: str,
-        value: object,
-    ) -> None:
-        """Insert or replace the row of ``key``, as ``diskcache.Cache.set`` would, without its cull.
+    def _end_of_turn(self) -> None:
+        self._flush_due = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Commit the rows of the entries stored since the last flush, in one transaction.
+
+        The reactor calls this at the end of the turn that stored them
+        (``callLater(0)``); the store calls it before anything that reads or
+        changes what they concern. If the transaction fails, the store
+        degrades and the rows' body files are removed: none of them is
+        stored, and no row names a missing body.
+        """
+        rows = self._rows
+        if not rows:
+            return
+        self._rows = []
+        self._rows_of = set()
+        if self._pid != _this_pid:
+            return  # the rows of the process this one was forked from: its own to commit
+        cache, con = self._cache, self._con
+        if not self.healthy or cache is None or con is None:
+            self._remove_bodies(rows)  # degraded since they were stored
+            return
+        try:
+            if len(rows) == 1:
+                replaced = self._insert(con, rows[0].params)
+            else:
+                replaced = self._insert_group(con, rows)
+        except _ERRORS as e:
+            self._degrade(e)
+            self._remove_bodies(rows)
+            return
+        for name in replaced:
+            cache.disk.remove(name)
+        trim: dict[str, Entry] = {}
+        for row in rows:
+            entry = row.entry
+            self._changed(entry.primary)
+            self._unculled += row.params[4] + row.record_length
+            if entry.vary:
+                trim[entry.primary] = entry
+        self._counters["stores"] += len(rows)
+        if self._unculled >= self._cull_slack:
+            self._cull()
+        for entry in trim.values():
+            self._trim_variants(entry)
+
+    def _remove_bodies(self, rows: list[_Row]) -> None:
+        """Remove the body files of ``rows``, which were not committed."""
+        cache = self._cache
+        if cache is None:
+            return  # closed: the next start's sweep removes them
+        for row in rows:
+            if row.placed:
+                cache.disk.remove(row.entry.body_id)
+
+    def _insert(self, con: sqlite3.Connection, params: _RowParams) -> list[str]:
+        """Insert or replace one row, as ``diskcache.Cache.set`` would, without its cull;
+        the body files of the rows it replaced, to remove.
 
         A new key (what a miss stores) is one statement, hence one
         transaction; a key already stored is replaced in a transaction that
@@ -1301,29 +1416,61 @@ class Store:
         :meth:`_cull`'s.
         """
         try:
-            if con.execute(_INSERT, (key, now, now, tag, size, mode, filename, value)).rowcount:
-                return
+            if con.execute(_INSERT, params).rowcount:
+                return []
             con.execute("BEGIN IMMEDIATE")
             try:
-                row = con.execute(_SELECT_ROW, (key,)).fetchone()
-                if row is None:  # removed since the insert found it
-                    con.execute(_INSERT, (key, now, now, tag, size, mode, filename, value))
-                    old = None
-                else:
-                    rowid, old = row
-                    con.execute(_REPLACE, (now, now, tag, size, mode, filename, value, rowid))
+                replaced = self._replace(con, params)
                 con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:
                     con.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as e:
-            if e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # or one of its extended codes
-                raise diskcache.Timeout(key) from None
+            if _busy(e):
+                raise diskcache.Timeout(params[0]) from None
             raise
-        if old is not None:
-            assert self._cache is not None
-            self._cache.disk.remove(old)
+        return replaced
+
+    def _insert_group(self, con: sqlite3.Connection, rows: list[_Row]) -> list[str]:
+        """Insert or replace ``rows`` in one transaction, in order (a key stored
+        twice ends with its last row); the body files of the rows replaced.
+
+        Rows that share a transaction share the pages SQLite writes to its
+        log: the table's last leaf, the tails of its indexes, the Settings
+        row of diskcache's totals. The lock is waited for as long as one
+        insert would wait, and held for this transaction only.
+        """
+        replaced: list[str] = []
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                for row in rows:
+                    if not con.execute(_INSERT, row.params).rowcount:
+                        replaced += self._replace(con, row.params)
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            if _busy(e):
+                raise diskcache.Timeout(rows[0].params[0]) from None
+            raise
+        return replaced
+
+    @staticmethod
+    def _replace(con: sqlite3.Connection, params: _RowParams) -> list[str]:
+        """In a write transaction: replace the row of ``params``' key (insert it
+        if it went since); the old body file to remove, if another."""
+        key, store_time, access_time, tag, size, mode, filename, value = params
+        row = con.execute(_SELECT_ROW, (key,)).fetchone()
+        if row is None:  # removed since the insert found it
+            con.execute(_INSERT, params)
+            return []
+        rowid, old = row
+        con.execute(_REPLACE, (store_time, access_time, tag, size, mode, filename, value, rowid))
+        return [old] if isinstance(old, str) and old != filename else []
 
     def _cull(self) -> None:
         """Evict least recently used rows while the store is over its size limit (see Eviction)."""
@@ -1372,6 +1519,8 @@ class Store:
 
     def touch(self, entry: Entry) -> None:
         """Stamp ``entry`` as used now: its LRU time (for hits served without reading the store)."""
+        if entry.primary in self._rows_of:
+            self.flush()
         if not self._usable() or self._con is None:
             return
         try:
