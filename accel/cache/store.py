@@ -261,7 +261,7 @@ class Clock(Protocol):
 
     def seconds(self) -> float: ...
 
-    def callLater(self, delay: float, callable: Callable[..., object], *args: object) -> object: ...  # noqa: N802
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object) -> object: ...
 
 
 class StoreUnavailable(Exception):
