@@ -26,6 +26,7 @@ from twisted.logger import Logger, LogLevel
 
 from accel.cache.memory import MemoryTier
 from accel.cache.store import (
+    _GROUP_MAX,
     INLINE_MAX,
     Entry,
     Store,
@@ -1000,3 +1001,181 @@ def test_commit_names_every_field_of_entry() -> None:
         "primary", "secondary", "vary", "status", "reason", "headers", "request_time",
         "response_time", "length", "body_id", "tags", "stored_at", "accessed_at", "inline",
     ]  # fmt: skip
+
+
+# -- group commit: the rows of one reactor turn, committed together at its end
+
+
+def _rows(directory: Path) -> list[str]:
+    """The keys of the committed rows, as another process reads them."""
+    with sqlite3.connect(directory / "cache.db") as con:
+        return sorted(key for (key,) in con.execute("SELECT key FROM Cache WHERE raw = 1"))
+
+
+def test_a_stored_entry_is_found_by_its_process_before_the_turn_ends(tmp_path: Path) -> None:
+    """Right after commit, a lookup in the same process finds the entry (it commits the row first)."""
+    store = make_store(tmp_path)
+    entry = put(store, b"body", turn_ends=False)
+    assert entry is not None
+    assert store.lookup(URL) == [entry]
+    assert _rows(tmp_path) == [entry.key]
+
+
+def test_rows_are_committed_at_the_end_of_the_turn(tmp_path: Path) -> None:
+    """Another process (another store on the directory) sees the rows once the turn has ended."""
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    other = make_store(tmp_path)
+    stored = [put(store, b"body", primary=f"{URL}/{i}", turn_ends=False) for i in range(3)]
+    assert _rows(tmp_path) == [] and other.lookup(f"{URL}/0") == []
+    clock.advance(0)
+    assert all(other.lookup(f"{URL}/{i}") == [entry] for i, entry in enumerate(stored))
+    assert store.stats()["stores"] == 3
+
+
+def test_the_rows_of_a_turn_share_one_transaction(tmp_path: Path) -> None:
+    """Rows stored during one turn are committed in one transaction, in a single flush."""
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    statements: list[str] = []
+    assert store._con is not None
+    store._con.set_trace_callback(statements.append)
+    for i in range(5):
+        put(store, b"body", primary=f"{URL}/{i}", turn_ends=False)
+    clock.advance(0)
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert len(_rows(tmp_path)) == 5
+
+
+def test_a_long_turn_commits_in_bounded_transactions(tmp_path: Path) -> None:
+    """A turn that stores more than _GROUP_MAX rows commits them in several transactions."""
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    for i in range(_GROUP_MAX + 1):
+        put(store, b"body", primary=f"{URL}/{i}", turn_ends=False)
+    assert len(_rows(tmp_path)) == _GROUP_MAX
+    clock.advance(0)
+    assert len(_rows(tmp_path)) == _GROUP_MAX + 1
+
+
+def test_a_key_stored_twice_in_a_turn_ends_with_the_last(tmp_path: Path) -> None:
+    """Two stores of one key in one turn leave the second, its body only, and true totals."""
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    first = put(store, large(b"first"), turn_ends=False)
+    second = put(store, large(b"second"), turn_ends=False)
+    clock.advance(0)
+    assert first is not None and second is not None
+    assert make_store(tmp_path).lookup(URL) == [second]
+    assert body_files(tmp_path) == [second.body_id]
+    recorded, counted = _totals(tmp_path)
+    assert recorded == counted == (1, len(large(b"second")))
+
+
+def test_a_failed_group_stores_nothing_and_leaves_no_body(tmp_path: Path) -> None:
+    """If the turn's transaction fails, the store degrades, none of its rows is stored, and
+    their body files are removed: no row names a missing body, no body is orphaned."""
+    clock = Clock()
+    store = make_store(tmp_path, clock, log=Logger(observer=lambda e: None))
+    kept = put(store, large(b"kept"), primary=f"{URL}/kept")
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        con.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON Cache WHEN NEW.key LIKE '%/bad%'"
+            " BEGIN SELECT RAISE(ABORT, 'disk is full'); END"
+        )
+    put(store, large(b"good"), primary=f"{URL}/good", turn_ends=False)
+    put(store, b"inline", primary=f"{URL}/good2", turn_ends=False)
+    put(store, large(b"bad"), primary=f"{URL}/bad", turn_ends=False)
+    clock.advance(0)
+    assert not store.healthy and "disk is full" in store.last_error
+    assert kept is not None and _rows(tmp_path) == [kept.key]
+    assert body_files(tmp_path) == [kept.body_id]
+
+
+def test_a_group_that_cannot_get_the_lock_stores_nothing(tmp_path: Path) -> None:
+    """A turn's transaction waits for the lock no longer than the store's timeout, then
+    degrades the store and leaves no file."""
+    clock = Clock()
+    store = make_store(tmp_path, clock, timeout=0.01, log=Logger(observer=lambda e: None))
+    blocker = sqlite3.connect(tmp_path / "cache.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        put(store, large(b"one"), primary=f"{URL}/1", turn_ends=False)
+        put(store, large(b"two"), primary=f"{URL}/2", turn_ends=False)
+        clock.advance(0)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert not store.healthy and "Timeout" in store.last_error
+    assert files(tmp_path) == [] and _rows(tmp_path) == []
+
+
+def test_a_store_degraded_within_the_turn_drops_its_rows(tmp_path: Path) -> None:
+    """Rows stored before a failure in the same turn are not committed, and their files go."""
+    clock = Clock()
+    store = make_store(tmp_path, clock, log=Logger(observer=lambda e: None))
+    put(store, large(b"early"), turn_ends=False)
+    _break_spool(tmp_path)
+    put(store, large(b"fails"), primary=f"{URL}/2", turn_ends=False)
+    assert not store.healthy
+    clock.advance(0)
+    _mend_spool(tmp_path)
+    assert body_files(tmp_path) == [] and _rows(tmp_path) == []
+
+
+def test_stamps_change_again_once_the_rows_are_committed(tmp_path: Path) -> None:
+    """A reader in another process that noted the stamp before the row was committed (and may
+    have read the old state) sees the stamp change once it is."""
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    other = make_store(tmp_path)
+    assert other.generations is not None
+    slot = other.generations.slot(URL)
+    put(store, b"body", turn_ends=False)
+    noted = other.generations.stamps[slot]
+    assert other.lookup(URL) == []  # the old state: nothing stored yet
+    clock.advance(0)
+    assert other.generations.stamps[slot] != noted
+    assert other.lookup(URL) != []
+
+
+def test_stamps_change_at_commit_for_this_process(tmp_path: Path) -> None:
+    """This process's readers that skip the database (hot tier, hit-for-miss markers) see
+    the change as soon as commit returns."""
+    store = make_store(tmp_path)
+    assert store.generations is not None
+    slot = store.generations.slot(URL)
+    before = store.generations.stamps[slot]
+    put(store, b"body", turn_ends=False)
+    assert store.generations.stamps[slot] != before
+
+
+def test_settle_commits_the_rows_of_its_key_only_then_keeps_the_stamp(tmp_path: Path) -> None:
+    """settle commits pending rows of its key, after which the stamp stays put for a reader."""
+    store = make_store(tmp_path)
+    assert store.generations is not None
+    put(store, b"body", turn_ends=False)
+    store.settle(URL + "/other")
+    assert _rows(tmp_path) == []
+    store.settle(URL)
+    noted = store.generations.stamps[store.generations.slot(URL)]
+    assert store.lookup(URL) != []
+    assert store.generations.stamps[store.generations.slot(URL)] == noted
+
+
+def test_purges_and_invalidations_include_the_rows_of_the_turn(tmp_path: Path) -> None:
+    """Entries stored earlier in the turn are purged and invalidated like committed ones."""
+    store = make_store(tmp_path)
+    put(store, b"tagged", primary=f"{URL}/t", tags=("t",), turn_ends=False)
+    assert store.purge_tag("t") == 1
+    put(store, b"body", turn_ends=False)
+    assert store.invalidate(URL) == 1
+    assert _rows(tmp_path) == [] and store.lookup(URL) == []
+
+
+def test_close_commits_the_rows_of_the_turn(tmp_path: Path) -> None:
+    """Closing the store commits what it stored during the turn."""
+    store = make_store(tmp_path)
+    entry = put(store, b"body", turn_ends=False)
+    store.close()
+    assert entry is not None and make_store(tmp_path).lookup(URL) == [entry]
