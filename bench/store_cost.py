@@ -1,6 +1,6 @@
 """What the disk store costs a miss: CPU per stored response, and per lookup.
 
-    taskset -c 0 python bench/store_cost.py [--entries 3000] [--runs 3] [--sizes 0,1024,65536]
+    taskset -c 0 python bench/store_cost.py [--entries 3000] [--runs 3] [--sizes 0,1024,65536] [--group 1]
 
 A :class:`accel.cache.store.Store` on a fresh directory (under ``--dir``,
 default the system's temporary directory), as ``twistd accel`` opens it,
@@ -10,7 +10,10 @@ directory (noise only adds time):
 * ``store N``: ``begin``, one ``write`` of an ``N``-byte body and ``commit``
   of a response under a new key, which is what a cacheable miss adds to a
   pass-through: a spool file created, written, renamed into diskcache's
-  two-level directories, and one SQLite transaction for its row;
+  two-level directories, and one SQLite transaction for its row, or for
+  the rows of ``--group`` stores, as many as one reactor turn stores under
+  load (the store commits a turn's rows together at its end; the reactor's
+  turn is a ``task.Clock`` advanced by 0 here);
 * ``lookup``: :meth:`Store.lookup` of a stored key, the indexed read a hit
   that is not in the hot tier starts with.
 
@@ -44,7 +47,7 @@ def _cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-def _store(store: Store, count: int, body: bytes, first: int) -> None:
+def _store(store: Store, clock: Clock, count: int, body: bytes, first: int, group: int) -> None:
     for number in range(first, first + count):
         writer = store.begin(
             f"http://bench.test/object?n={number}", b"", (), 200, b"OK", _HEADERS, 1.0, 1.0, len(body)
@@ -53,17 +56,23 @@ def _store(store: Store, count: int, body: bytes, first: int) -> None:
             writer.write(body)
         if writer.commit() is None:
             raise SystemExit(f"store_cost: nothing stored ({store.last_error or 'no error recorded'})")
+        if (number - first + 1) % group == 0:
+            clock.advance(0)  # the end of a reactor turn: its rows are committed
+    clock.advance(0)
+    if not store.healthy:
+        raise SystemExit(f"store_cost: nothing stored ({store.last_error})")
 
 
-def measure(size: int, entries: int, parent: str | None) -> tuple[float, float, float, float]:
+def measure(size: int, entries: int, parent: str | None, group: int) -> tuple[float, float, float, float]:
     """(user, system) microseconds per store of a ``size``-byte body, then per lookup."""
     directory = tempfile.mkdtemp(prefix="accel-store-cost-", dir=parent)
     try:
-        store = Store(directory, 1 << 40, Clock())
+        clock = Clock()
+        store = Store(directory, 1 << 40, clock)
         body = b"x" * size
-        _store(store, 200, body, 10**9)  # warm: the database, the page cache
+        _store(store, clock, 200, body, 10**9, group)  # warm: the database, the page cache
         u0, s0 = _cpu()
-        _store(store, entries, body, 0)
+        _store(store, clock, entries, body, 0, group)
         u1, s1 = _cpu()
         for number in range(entries):
             store.lookup(f"http://bench.test/object?n={number}")
@@ -81,11 +90,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="0,1024,65536", help="body sizes in bytes, comma-separated")
     parser.add_argument("--dir", default=None, help="where the store directories are made")
+    parser.add_argument("--group", type=int, default=1, help="stores per reactor turn (per transaction)")
     args = parser.parse_args(argv)
     print(f"{'row':<14} {'user us':>9} {'sys us':>9} {'total us':>9}")
     lookups: list[tuple[float, float]] = []
     for size in (int(s) for s in args.sizes.split(",")):
-        runs = [measure(size, args.entries, args.dir) for _ in range(args.runs)]
+        runs = [measure(size, args.entries, args.dir, args.group) for _ in range(args.runs)]
         user, system, lu, ls = min(runs, key=lambda r: r[0] + r[1])
         lookups.extend((r[2], r[3]) for r in runs)
         print(f"{'store ' + str(size):<14} {user:9.0f} {system:9.0f} {user + system:9.0f}")
