@@ -87,8 +87,10 @@ class Relay:
 
     While storing a body of declared length, the chunk that completes it
     goes to the client only after the store has committed the entry: a
-    client that has the whole response can rely on the next request, to
-    this process or another worker, finding it stored.
+    client that has the whole response can rely on its next request to this
+    process finding it stored. Another worker finds it once the store has
+    committed the rows of the reactor turn, at its end (sub-millisecond
+    later; see "Group commit" in :mod:`accel.cache.store`).
     """
 
     __slots__ = ("_body", "_responder", "_writer", "_on_done", "_done", "_limit", "_seen", "_held")
