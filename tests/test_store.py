@@ -1179,3 +1179,101 @@ def test_close_commits_the_rows_of_the_turn(tmp_path: Path) -> None:
     entry = put(store, b"body", turn_ends=False)
     store.close()
     assert entry is not None and make_store(tmp_path).lookup(URL) == [entry]
+
+
+# -- when_committed: what waits for a row to be visible to every process
+
+
+def _writer(store: Store, body: bytes, primary: str = URL):
+    """A writer given ``body``, not yet committed."""
+    writer = store.begin(primary, b"", (), 200, b"OK", [], 10.0, 11.0, len(body), ())
+    writer.write(body)
+    return writer
+
+
+def test_when_committed_waits_for_the_turn_and_the_row_is_visible_then(tmp_path: Path) -> None:
+    """What waits for a stored row is called at the end of the turn, once
+    another process (another store on the directory) finds the entry."""
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    other = make_store(tmp_path)
+    writer = _writer(store, b"body")
+    entry = writer.commit()
+    found: list[list[Entry]] = []
+    writer.when_committed(lambda: found.append(other.lookup(URL)))
+    assert found == []
+    clock.advance(0)
+    assert found == [[entry]]
+
+
+def test_when_committed_is_at_once_if_nothing_waits(tmp_path: Path) -> None:
+    """Nothing stored (a short body), or the row committed already (a lookup
+    of its key committed it): the callback runs at once."""
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    calls: list[str] = []
+    short = store.begin(URL, b"", (), 200, b"OK", [], 10.0, 11.0, 10, ())
+    short.write(b"short")
+    assert short.commit() is None
+    short.when_committed(lambda: calls.append("short"))
+    settled = _writer(store, b"body")
+    settled.commit()
+    store.lookup(URL)
+    settled.when_committed(lambda: calls.append("settled"))
+    assert calls == ["short", "settled"]
+
+
+def test_when_committed_is_called_after_a_failed_commit(tmp_path: Path) -> None:
+    """The turn's transaction failing (the lock not had) degrades the store;
+    what waited for the row is called all the same, so no response is lost."""
+    clock = Clock()
+    store = make_store(tmp_path, clock, timeout=0.01, log=Logger(observer=lambda e: None))
+    writer = _writer(store, b"body")
+    writer.commit()
+    calls: list[bool] = []
+    writer.when_committed(lambda: calls.append(store.healthy))
+    blocker = sqlite3.connect(tmp_path / "cache.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        clock.advance(0)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert calls == [False]
+
+
+def test_a_callback_that_raises_does_not_hold_the_others(tmp_path: Path) -> None:
+    """One callback failing is logged; the others waiting for the turn are still called."""
+    clock = Clock()
+    events: list[dict] = []
+    store = make_store(tmp_path, clock, log=Logger(observer=events.append))
+    calls: list[int] = []
+    for number in range(2):
+        writer = _writer(store, b"body", primary=f"{URL}/{number}")
+        writer.commit()
+        if number == 0:
+            writer.when_committed(lambda: 1 / 0)
+        writer.when_committed(lambda number=number: calls.append(number))
+    clock.advance(0)
+    assert calls == [0, 1]
+    assert [e for e in events if e.get("log_level") == LogLevel.critical]
+
+
+def test_a_row_stored_by_a_callback_waits_for_the_next_commit(tmp_path: Path) -> None:
+    """A callback that stores again (a client's next request answered at once)
+    has what waits for that row called after its own commit, not before."""
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    other = make_store(tmp_path)
+    seen: list[bool] = []
+
+    def store_again() -> None:
+        again = _writer(store, b"next", primary=f"{URL}/next")
+        again.commit()
+        again.when_committed(lambda: seen.append(bool(other.lookup(f"{URL}/next"))))
+
+    first = _writer(store, b"body")
+    first.commit()
+    first.when_committed(store_again)
+    clock.advance(0)
+    assert seen == [True]

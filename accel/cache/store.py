@@ -517,6 +517,8 @@ class BodyWriter:
         #: The body so far, while it is held in memory (no spool file yet).
         self._held: list[bytes] = []
         self._spool: io.FileIO | None = None
+        #: The group its row was queued in (see Group commit), once committed.
+        self._group: int | None = None
         if token is not None and expected_length is not None and expected_length > INLINE_MAX:
             self._to_spool()
 
@@ -609,7 +611,29 @@ class BodyWriter:
         if f is None:
             held, self._held = self._held, []
             inline = b"".join(held)
-        return self._store._commit(self._template, self._written, inline, f, token)
+        store = self._store
+        group = store._groups
+        entry = store._commit(self._template, self._written, inline, f, token)
+        if entry is not None:
+            self._group = group
+        return entry
+
+    def when_committed(self, then: Callable[[], None]) -> None:
+        """Call ``then`` once the row :meth:`commit` queued is in the database,
+        where every process sees it (see Group commit), or known lost.
+
+        At once if ``commit`` stored nothing, was not called, or its row is
+        already committed; else at the end of the reactor turn, after the
+        transaction (which, if it fails, degrades the store: ``then`` is
+        called all the same). What a client must not have before another
+        worker can find the entry (the last bytes of the response) is sent
+        from ``then``.
+        """
+        group = self._group
+        if group is None or self._store._groups > group:
+            then()
+        else:
+            self._store._after_commit(then)
 
     def abort(self) -> None:
         """Discard the body; idempotent."""
@@ -753,6 +777,12 @@ class Store:
         self._rows_of: set[str] = set()
         #: Whether the end of this turn's flush is scheduled.
         self._flush_due = False
+        #: Groups of rows taken by :meth:`flush` so far; a row queued while
+        #: this was ``n`` is committed (or lost) once it is above ``n``.
+        self._groups = 0
+        #: Called at the end of the turn, once its rows are committed (see
+        #: :meth:`BodyWriter.when_committed`).
+        self._committed: list[Callable[[], None]] = []
         #: False while degraded: the store then serves and stores nothing.
         self.healthy = True
         #: The most recent storage error, ``""`` if there never was one.
@@ -1064,9 +1094,11 @@ class Store:
             generations.close()
 
     def close_database(self) -> None:
-        """Commit the rows stored this turn, then close the SQLite connections
+        """Commit the rows stored this turn (and call what waits for them:
+        :meth:`BodyWriter.when_committed`), then close the SQLite connections
         only (the change stamps stay)."""
         self.flush()
+        self._call_committed()
         con, self._con = self._con, None
         cache, self._cache = self._cache, None
         if con is not None:
@@ -1123,8 +1155,9 @@ class Store:
         (a store opened eagerly before a fork) are closed first, the lesser
         evil.
         """
-        # Rows the parent stored before a fork are the parent's to commit.
-        self._rows, self._rows_of = [], set()
+        # Rows the parent stored before a fork are the parent's to commit,
+        # and the responses waiting for them the parent's to send.
+        self._rows, self._rows_of, self._committed = [], set(), []
         if self._con is not None or self._cache is not None:
             with contextlib.suppress(*_ERRORS):
                 self.close_database()
@@ -1396,7 +1429,31 @@ class Store:
 
     def _end_of_turn(self) -> None:
         self._flush_due = False
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            self._call_committed()
+
+    def _after_commit(self, then: Callable[[], None]) -> None:
+        """Call ``then`` at the end of this turn, after its rows are committed."""
+        self._committed.append(then)
+        if not self._flush_due:  # the turn's rows were queued, so it is; but never strand ``then``
+            self._flush_due = True
+            self._clock.callLater(0, self._end_of_turn)
+
+    def _call_committed(self) -> None:
+        """Call what waits for the rows committed so far, each once; one that
+        raises is logged and does not keep the others waiting.
+
+        What is queued while they run (a response completed, the client's
+        next request stored at once) waits for the next flush.
+        """
+        waiting, self._committed = self._committed, []
+        for then in waiting:
+            try:
+                then()
+            except Exception:
+                self._log.failure("cache store: a callback after commit failed")
 
     def flush(self) -> None:
         """Commit the rows of the entries stored since the last flush, in one transaction.
@@ -1412,6 +1469,7 @@ class Store:
             return
         self._rows = []
         self._rows_of = set()
+        self._groups += 1
         if self._pid != _this_pid:
             return  # the rows of the process this one was forked from: its own to commit
         cache, con = self._cache, self._con
