@@ -61,6 +61,11 @@ class BodyWriter(Protocol):
 
     def commit(self) -> object: ...
 
+    def when_committed(self, then: Callable[[], None]) -> None:
+        """Call ``then`` once what :meth:`commit` stored is visible to every
+        process sharing the store, or known lost; at once if nothing waits."""
+        ...
+
     def abort(self) -> None: ...
 
 
@@ -85,12 +90,15 @@ class Relay:
     called once at the end, ``stored`` being what the writer's ``commit``
     returned (``None`` when nothing was stored).
 
-    While storing a body of declared length, the chunk that completes it
-    goes to the client only after the store has committed the entry: a
-    client that has the whole response can rely on its next request to this
-    process finding it stored. Another worker finds it once the store has
-    committed the rows of the reactor turn, at its end (sub-millisecond
-    later; see "Group commit" in :mod:`accel.cache.store`).
+    While storing a body, the client's response is completed (the chunk
+    that completes a body of declared length is written, a chunked body's
+    last chunk sent, ``on_done`` called) only once the store's writer says
+    the entry is committed (:meth:`BodyWriter.when_committed`): at the end
+    of the reactor turn, with the other rows stored during it (see "Group
+    commit" in :mod:`accel.cache.store`). A client that has the whole
+    response can rely on its next request, to this process or another
+    worker, finding it stored. If the commit fails, the response completes
+    all the same. A response not being stored completes as its body ends.
     """
 
     __slots__ = ("_body", "_responder", "_writer", "_on_done", "_done", "_limit", "_seen", "_held")
@@ -147,19 +155,26 @@ class Relay:
         if self._done:
             return
         self._done = True
-        stored: object = None
-        if self._writer is not None:
-            try:
-                stored = self._writer.commit()
-            except Exception:
-                _log.failure("store commit failed")
-                stored = None
-            self._writer = None
-        if self._responder is not None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            self._complete(None)
+            return
+        try:
+            stored = writer.commit()
+        except Exception:
+            _log.failure("store commit failed")
+            self._complete(None)
+            return
+        writer.when_committed(lambda: self._complete(stored))
+
+    def _complete(self, stored: object) -> None:
+        """The body is over (and stored, if it was being stored): finish the response."""
+        responder = self._responder
+        if responder is not None:
             if self._held:
-                self._responder.write(self._held)
-            self._responder.unregister_producer()
-            self._responder.finish()
+                responder.write(self._held)
+            responder.unregister_producer()
+            responder.finish()
         self._held = b""
         if self._on_done is not None:
             self._on_done(True, stored)
@@ -262,8 +277,16 @@ class Feed:
 
     @property
     def available(self) -> int:
-        """Bytes of the body in the spool file so far."""
-        return self._writer.written
+        """Bytes of the body in the spool file that followers may send so far.
+
+        While the fill goes on, a body of declared length is short of its
+        last byte here: a follower's client gets it, as the leader's, only
+        once the entry is committed (see :class:`Relay`).
+        """
+        written = self._writer.written
+        if self._over or written != self._length:
+            return written
+        return written - 1
 
     # BodyWriter (the relay's side)
 
@@ -282,8 +305,12 @@ class Feed:
         stored = writer.commit()
         # A body that arrived whole but could not be kept (the store failed
         # at the last step) is still whole in the followers' open files.
-        self._end(whole)
+        # Either way the followers end once the commit is known.
+        writer.when_committed(lambda: self._end(whole))
         return stored
+
+    def when_committed(self, then: Callable[[], None]) -> None:
+        self._writer.when_committed(then)
 
     def abort(self) -> None:
         self._writer.abort()

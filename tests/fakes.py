@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 
 from accel.http.headers import Headers
 from accel.http.model import BodySink, PushProducer, Request
@@ -213,12 +214,24 @@ def always(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None, 
     return answer
 
 
+def end_turn(clock: Clock) -> None:
+    """End the reactor's turn: what it scheduled with ``callLater(0)`` runs.
+
+    The store commits the rows stored during the turn then, and the
+    responses that stored them send their last bytes (see "Group commit"
+    in :mod:`accel.cache.store`); a real reactor does so before it waits
+    for more events.
+    """
+    clock.advance(0)
+
+
 __all__ = [
     "Call",
     "ControlledBody",
     "FakeResponder",
     "FakeUpstream",
     "always",
+    "end_turn",
     "make_request",
     "response",
     "succeed",

@@ -30,7 +30,7 @@ from accel.http.server import HTTPServerFactory
 from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
-from tests.fakes import FakeUpstream, always
+from tests.fakes import FakeUpstream, always, end_turn
 
 T0 = 1_700_000_000.0
 BODY = b"hello, hot world"
@@ -79,11 +79,13 @@ class Rig:
         self.factory = HTTPServerFactory(self.proxy, clock, fast_path=spy, access_log=access_log)
 
     def exchange(self, raw: bytes) -> bytes:
-        """Send ``raw`` on a new connection; the bytes written back."""
+        """Send ``raw`` on a new connection; the bytes written back by the end
+        of the reactor turn (a response that stores completes then)."""
         proto = self.factory.buildProtocol(None)
         transport = StringTransport()
         proto.makeConnection(transport)
         proto.dataReceived(raw)
+        end_turn(self.clock)
         self.transport = transport
         return transport.value()
 

@@ -243,6 +243,16 @@ class RawClient(Protocol):
 # -- the stack ---------------------------------------------------------------------
 
 
+class StoreClock(Clock):
+    """The store's clock: its time (the degraded mode's back-off) is moved by
+    the test, its turns are the reactor's (the store commits the rows of a
+    turn at its end, and the responses that stored them complete then)."""
+
+    def callLater(self, delay, callable, *args, **kw):
+        return reactor.callLater(delay, callable, *args, **kw)
+
+
+
 class FaultTests(TestCase):
     """The proxy in front of a scripted origin, over real loopback sockets."""
 
@@ -250,7 +260,7 @@ class FaultTests(TestCase):
 
     def setUp(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="accel-faults-"))
-        self.store_clock = Clock()
+        self.store_clock = StoreClock()
         self.origin = ScriptedOrigin()
         self.origin_port = reactor.listenTCP(0, self.origin, interface="127.0.0.1")
         self.origin_url = f"http://127.0.0.1:{self.origin_port.getHost().port}"

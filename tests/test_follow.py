@@ -31,7 +31,7 @@ from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
 from accel.streams import CHUNK, Feed
-from tests.fakes import FakeResponder, FakeUpstream, always, make_request, response
+from tests.fakes import FakeResponder, FakeUpstream, always, end_turn, make_request, response
 
 T0 = 1_700_000_000.0
 CACHEABLE = [(b"Date", format_http_date(T0)), (b"Cache-Control", b"max-age=60")]
@@ -79,7 +79,7 @@ def answer(upstream, headers=CACHEABLE, length: int | None = 12):
 
 
 class TestFollowing:
-    def test_followers_get_bytes_before_the_origin_finishes(self, proxy, upstream):
+    def test_followers_get_bytes_before_the_origin_finishes(self, proxy, upstream, clock):
         """N concurrent misses: one origin call, and the others receive the first
         chunk while the origin is still sending the body."""
         clients = [get(proxy) for _ in range(4)]
@@ -90,6 +90,7 @@ class TestFollowing:
             assert c.status == 200 and c.body == b"first " and not c.finished
         body.feed(b"second")
         body.finish()
+        end_turn(clock)
         for c in clients:
             assert c.body == b"first second" and c.finished and not c.aborted
         assert len(upstream.calls) == 1
@@ -117,10 +118,11 @@ class TestFollowing:
         clock.advance(60)
         body.feed(b"456789ab")
         body.finish()
+        end_turn(clock)
         assert follower.body == b"0123456789ab" and follower.finished
         assert len(upstream.calls) == 1
 
-    def test_a_head_leader_fills_for_get_followers(self, proxy, upstream):
+    def test_a_head_leader_fills_for_get_followers(self, proxy, upstream, clock):
         """The leader's client asked HEAD; the GET behind it still gets the body."""
         head = get(proxy, method=b"HEAD")
         follower = get(proxy)
@@ -128,9 +130,10 @@ class TestFollowing:
         assert head.finished and head.body == b""
         body.feed(b"0123456789ab")
         body.finish()
+        end_turn(clock)
         assert follower.body == b"0123456789ab" and follower.finished
 
-    def test_a_request_arriving_mid_fill_follows_from_the_start(self, proxy, upstream):
+    def test_a_request_arriving_mid_fill_follows_from_the_start(self, proxy, upstream, clock):
         """A miss that arrives while the fill streams joins it and gets every byte."""
         get(proxy)
         body = answer(upstream)
@@ -139,9 +142,10 @@ class TestFollowing:
         assert late.body == b"early " and len(upstream.calls) == 1
         body.feed(b"later!")
         body.finish()
+        end_turn(clock)
         assert late.body == b"early later!" and late.finished
 
-    def test_unknown_length_followers_finish_when_the_fill_does(self, proxy, upstream):
+    def test_unknown_length_followers_finish_when_the_fill_does(self, proxy, upstream, clock):
         """Without Content-Length the followers' responses carry none either and
         end when the origin's body ends."""
         leader, follower = get(proxy), get(proxy)
@@ -150,6 +154,7 @@ class TestFollowing:
         body.feed(b"abc")
         assert not follower.finished
         body.finish()
+        end_turn(clock)
         assert follower.body == leader.body == b"abc" and follower.finished
 
     def test_the_entry_is_stored_and_served_afterwards(self, proxy, upstream):
@@ -162,19 +167,20 @@ class TestFollowing:
         assert hit.body == b"0123456789ab" and hit.log["cache"] == "HIT"
         assert len(upstream.calls) == 1
 
-    def test_large_bodies_go_in_bounded_reads(self, proxy, upstream):
+    def test_large_bodies_go_in_bounded_reads(self, proxy, upstream, clock):
         """Followers read the file in chunks of at most CHUNK bytes."""
         size = 3 * CHUNK + 5
         leader, follower = get(proxy), get(proxy)
         body = answer(upstream, length=size)
         body.feed(b"a" * size)
         body.finish()
+        end_turn(clock)
         assert follower.body == leader.body and follower.finished
         assert max(len(c) for c in follower.chunks) <= CHUNK
 
 
 class TestBrokenFills:
-    def test_truncated_origin_body_aborts_the_followers(self, proxy, upstream):
+    def test_truncated_origin_body_aborts_the_followers(self, proxy, upstream, clock):
         """The origin dies mid-body: every follower's response is aborted, never
         finished, and nothing is stored."""
         clients = [get(proxy) for _ in range(3)]
@@ -184,7 +190,9 @@ class TestBrokenFills:
         for c in clients:
             assert c.aborted and not c.finished
         upstream.auto = always(headers=CACHEABLE, body=b"whole")
-        assert get(proxy).body == b"whole"
+        again = get(proxy)
+        end_turn(clock)
+        assert again.body == b"whole"
         assert len(upstream.calls) == 2
 
     def test_short_body_aborts_the_followers(self, proxy, upstream):
@@ -203,7 +211,7 @@ class TestBrokenFills:
         leader, follower = get(proxy), get(proxy)
         body = answer(upstream, length=5)
         body.feed(b"12345")
-        assert follower.body == b"12345"
+        assert follower.body == b"1234"  # the last byte waits for the commit
         body.feed(b"6789")
         assert follower.aborted and not follower.finished
         body.feed(b"abc")
@@ -222,7 +230,7 @@ class TestBrokenFills:
 
 
 class TestClients:
-    def test_leader_client_leaving_keeps_the_fill_for_the_followers(self, proxy, upstream):
+    def test_leader_client_leaving_keeps_the_fill_for_the_followers(self, proxy, upstream, clock):
         """The leader's client disconnects: the origin body is not discarded,
         the followers complete and the entry is stored."""
         leader, follower = get(proxy), get(proxy)
@@ -232,6 +240,7 @@ class TestClients:
         assert not body.discarded
         body.feed(b"56789ab")
         body.finish()
+        end_turn(clock)
         assert follower.body == b"0123456789ab" and follower.finished
         assert get(proxy).log["cache"] == "HIT"
         assert len(upstream.calls) == 1
@@ -244,7 +253,7 @@ class TestClients:
         leader.disconnect()
         assert body.discarded
 
-    def test_a_slow_follower_does_not_pause_the_origin(self, proxy, upstream):
+    def test_a_slow_follower_does_not_pause_the_origin(self, proxy, upstream, clock):
         """A follower whose client is slow lags behind in the file; the origin
         and the leader go on at full speed, and it catches up later."""
         leader, slow = get(proxy), get(proxy)
@@ -255,11 +264,12 @@ class TestClients:
         assert not body.paused and slow.body == b"0123"
         body.feed(b"89ab")
         body.finish()
+        end_turn(clock)
         assert leader.finished and not slow.finished
         slow.producer.resumeProducing()
         assert slow.body == b"0123456789ab" and slow.finished
 
-    def test_a_follower_leaving_does_not_disturb_the_others(self, proxy, upstream):
+    def test_a_follower_leaving_does_not_disturb_the_others(self, proxy, upstream, clock):
         """One follower disconnects; the fill and the other follower go on."""
         leader, gone, stays = get(proxy), get(proxy), get(proxy)
         body = answer(upstream)
@@ -267,6 +277,7 @@ class TestClients:
         gone.disconnect()
         body.feed(b"456789ab")
         body.finish()
+        end_turn(clock)
         assert stays.finished and stays.body == leader.body == b"0123456789ab"
         assert not gone.finished and gone.body == b"0123"
 
@@ -278,7 +289,7 @@ class TestClients:
         assert head.status == 200 and head.finished and head.body == b""
         assert head.header(b"content-length") == b"12"
 
-    def test_range_request_waits_and_is_served_from_the_store(self, proxy, upstream):
+    def test_range_request_waits_and_is_served_from_the_store(self, proxy, upstream, clock):
         """Range requests keep the old behaviour: wait, then a 206 from the store."""
         get(proxy)
         ranged = get(proxy, headers=[(b"Range", b"bytes=2-4")])
@@ -286,10 +297,11 @@ class TestClients:
         body.feed(b"0123456789ab")
         assert ranged.status is None
         body.finish()
+        end_turn(clock)
         assert ranged.status == 206 and ranged.body == b"234"
         assert len(upstream.calls) == 1
 
-    def test_another_variant_does_not_follow(self, proxy, upstream):
+    def test_another_variant_does_not_follow(self, proxy, upstream, clock):
         """RFC 9111 4.1: a waiter whose Vary fields differ waits, then fetches
         its own variant."""
         vary = [*CACHEABLE, (b"Vary", b"accept-language")]
@@ -299,9 +311,10 @@ class TestClients:
         assert other.status is None
         body.feed(b"0123456789ab")
         body.finish()
+        end_turn(clock)
         assert len(upstream.calls) == 2 and other.status is None
 
-    def test_request_no_cache_does_not_follow(self, proxy, upstream):
+    def test_request_no_cache_does_not_follow(self, proxy, upstream, clock):
         """RFC 9111 5.2.1.4: a request with no-cache takes nothing it did not
         see validated; it waits for the end and then goes to the origin."""
         get(proxy)
@@ -310,6 +323,7 @@ class TestClients:
         assert picky.status is None
         body.feed(b"0123456789ab")
         body.finish()
+        end_turn(clock)
         assert len(upstream.calls) == 2
 
     def test_response_no_cache_is_followed_only_by_requests_that_waited_for_it(
@@ -332,6 +346,7 @@ class TestClients:
         assert same_instant.status is None and late.status is None
         body.feed(b"0123456789ab")
         body.finish()
+        end_turn(clock)
         assert waiter.body == b"0123456789ab" and waiter.finished
         assert len(upstream.calls) == 2  # the other two validate, together
 
@@ -354,6 +369,9 @@ class TestFeed:
             self.file.close()
             self.spool_path = None
             return "entry"
+
+        def when_committed(self, then) -> None:
+            then()  # visible at once
 
         def abort(self) -> None:
             self.file.close()

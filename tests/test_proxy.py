@@ -19,7 +19,7 @@ from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
 from accel.upstream import UpstreamBusy, UpstreamTimeout
-from tests.fakes import FakeResponder, FakeUpstream, always, make_request, response
+from tests.fakes import FakeResponder, FakeUpstream, always, end_turn, make_request, response
 from tests.test_byteranges import parse_multipart
 
 T0 = 1_700_000_000.0
@@ -51,6 +51,15 @@ def get(proxy, target=b"/", method=b"GET", headers=None) -> FakeResponder:
     return r
 
 
+def get_turn(clock, proxy, target=b"/", method=b"GET", headers=None) -> FakeResponder:
+    """:func:`get`, then the end of the reactor turn it arrived in: a response
+    that stores what it fetched completes only then (see "Group commit" in
+    accel.cache.store)."""
+    r = get(proxy, target, method, headers)
+    end_turn(clock)
+    return r
+
+
 def dated(*pairs, clock=None):
     """Response headers with a Date of T0 (or the clock's now)."""
     now = clock.seconds() if clock is not None else T0
@@ -63,6 +72,7 @@ class TestHits:
         upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"hello"))
         proxy = make_proxy(clock, store, upstream)
         first = get(proxy)
+        end_turn(clock)
         assert first.body == b"hello" and first.finished
         assert b"fwd=uri-miss" in first.header(b"cache-status")
         clock.advance(5)
@@ -78,9 +88,9 @@ class TestHits:
         """Past its freshness lifetime a response without validators is refetched."""
         upstream = FakeUpstream(auto=lambda call: response(200, dated((b"Cache-Control", b"max-age=10"), clock=clock), b"v")[0])
         proxy = make_proxy(clock, store, upstream)
-        get(proxy)
+        get_turn(clock, proxy)
         clock.advance(11)
-        again = get(proxy)
+        again = get_turn(clock, proxy)
         assert again.body == b"v"
         assert len(upstream.calls) == 2
 
@@ -158,8 +168,8 @@ class TestVary:
 
         upstream = FakeUpstream(auto=answer)
         proxy = make_proxy(clock, store, upstream)
-        assert get(proxy, headers=[(b"Accept-Language", b"en")]).body == b"en"
-        miss = get(proxy, headers=[(b"Accept-Language", b"fr")])
+        assert get_turn(clock, proxy, headers=[(b"Accept-Language", b"en")]).body == b"en"
+        miss = get_turn(clock, proxy, headers=[(b"Accept-Language", b"fr")])
         assert miss.body == b"fr"
         assert b"fwd=vary-miss" in miss.header(b"cache-status")
         assert get(proxy, headers=[(b"Accept-Language", b"en")]).body == b"en"
@@ -202,10 +212,10 @@ class TestRevalidation:
             auto=lambda call: response(200, dated((b"Cache-Control", b"max-age=10"), (b"ETag", b'"v1"'), clock=clock), b"old")[0]
         )
         proxy = make_proxy(clock, store, upstream)
-        get(proxy)
+        get_turn(clock, proxy)
         clock.advance(20)
         upstream.auto = lambda call: response(200, dated((b"Cache-Control", b"max-age=10"), (b"ETag", b'"v2"'), clock=clock), b"new")[0]
-        assert get(proxy).body == b"new"
+        assert get_turn(clock, proxy).body == b"new"
         assert get(proxy).body == b"new"
         assert len(upstream.calls) == 2
 
@@ -324,6 +334,7 @@ class TestCollapsing:
         upstream.calls[0].deferred.callback(resp)
         body.feed(b"shared")
         body.finish()
+        end_turn(clock)
         for c in clients:
             assert c.status == 200 and c.body == b"shared" and c.finished
         assert all(b"collapsed" in c.header(b"cache-status") for c in clients[1:])
@@ -336,6 +347,7 @@ class TestCollapsing:
         first = get(proxy)
         fields = dated((b"Cache-Control", b"no-cache"), (b"ETag", b'"v1"'), clock=clock)
         upstream.calls[0].deferred.callback(response(200, fields, b"stored")[0])
+        end_turn(clock)
         assert first.body == b"stored" and first.finished
         clock.advance(1)
         return proxy, upstream
@@ -416,7 +428,7 @@ class TestCollapsing:
         get(proxy)
         get(proxy)  # notes the store empty under the marker
         other = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"y"))
-        assert get(make_proxy(clock, store, other)).body == b"y"  # another worker stores it
+        assert get_turn(clock, make_proxy(clock, store, other)).body == b"y"  # another worker stores it
         hit = get(proxy)
         assert hit.body == b"y" and hit.log["cache"] == "HIT"
         assert len(upstream.calls) == 2
@@ -444,7 +456,7 @@ class TestIntegrity:
         body.break_off()
         assert r.aborted and not r.finished
         upstream.auto = always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"whole")
-        assert get(proxy).body == b"whole"
+        assert get_turn(clock, proxy).body == b"whole"
         assert len(upstream.calls) == 2
 
     def test_origin_timeout_is_a_clean_504(self, clock, store):
@@ -491,10 +503,10 @@ class TestInvalidation:
         """RFC 9111 4.4: a successful POST removes the stored responses for its URI."""
         upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"))))
         proxy = make_proxy(clock, store, upstream)
-        get(proxy, b"/item")
+        get_turn(clock, proxy, b"/item")
         post = get(proxy, b"/item", method=b"POST")
         assert post.status == 200
-        get(proxy, b"/item")
+        get_turn(clock, proxy, b"/item")
         assert [c.method for c in upstream.calls] == [b"GET", b"POST", b"GET"]
 
     def test_failed_unsafe_request_invalidates_nothing(self, clock, store):
@@ -512,7 +524,7 @@ class TestInvalidation:
         """RFC 9111 4.4: Location naming a same-origin URI is invalidated too."""
         upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60"))))
         proxy = make_proxy(clock, store, upstream)
-        get(proxy, b"/other")
+        get_turn(clock, proxy, b"/other")
         upstream.auto = always(201, [(b"Location", b"/other")])
         get(proxy, b"/new", method=b"POST")
         upstream.auto = always(headers=dated((b"Cache-Control", b"max-age=60")))
@@ -552,7 +564,7 @@ class TestRanges:
         """A Range miss fetches the whole object for the cache, then answers the range."""
         upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"abcdefgh"))
         proxy = make_proxy(clock, store, upstream)
-        r = get(proxy, headers=[(b"Range", b"bytes=-3")])
+        r = get_turn(clock, proxy, headers=[(b"Range", b"bytes=-3")])
         assert b"range" not in upstream.calls[0].headers
         assert r.status == 206 and r.body == b"fgh"
         assert get(proxy).body == b"abcdefgh" and len(upstream.calls) == 1
@@ -596,7 +608,7 @@ class TestBodiesInRowsAndFiles:
         headers = dated((b"Cache-Control", b"max-age=60"), (b"ETag", b'"r"'), (b"Content-Type", b"text/plain"))
         upstream = FakeUpstream(auto=always(headers=headers, body=body))
         proxy = make_proxy(clock, store, upstream)
-        assert get(proxy).body == body
+        assert get_turn(clock, proxy).body == body
         kept = list((tmp_path / "cache").glob("*/*/*.val"))
         assert len(kept) == (0 if len(body) <= INLINE_MAX else 1)
         return proxy, upstream
@@ -762,7 +774,7 @@ class TestMultipleRanges:
         Range, then answers the ranges from the cache as a hit would."""
         upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=self.BODY))
         proxy = make_proxy(clock, store, upstream)
-        r = get(proxy, headers=[(b"Range", b"bytes=0-9,20-29")])
+        r = get_turn(clock, proxy, headers=[(b"Range", b"bytes=0-9,20-29")])
         assert b"range" not in upstream.calls[0].headers
         assert r.status == 206
         boundary = r.header(b"content-type").partition(b"; boundary=")[2]
@@ -839,7 +851,7 @@ class TestNoPoisoning:
         upstream = FakeUpstream(auto=lambda call: response(200, dated((b"Cache-Control", b"max-age=60")), call.headers.get(b"authorization") or b"anon")[0])
         proxy = make_proxy(clock, store, upstream)
         assert get(proxy, headers=[(b"Authorization", b"alice")]).body == b"alice"
-        assert get(proxy).body == b"anon"
+        assert get_turn(clock, proxy).body == b"anon"
 
 
 class TestInterim:
@@ -861,6 +873,7 @@ class TestInterim:
         assert headers.get_all(b"link") == [b"</s.css>; rel=preload"]
         assert b"x-hop" not in headers and b"connection" not in headers
         upstream.calls[0].deferred.callback(response(200, dated((b"Cache-Control", b"max-age=60")), b"x")[0])
+        end_turn(clock)
         assert miss.status == 200 and miss.finished
         hit = get(proxy)
         assert hit.header(b"cache-status").startswith(b"accel; hit")

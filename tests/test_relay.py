@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from attrs import define, field
 
 from accel.http.headers import Headers
@@ -11,19 +13,33 @@ from tests.fakes import ControlledBody, FakeResponder
 
 @define
 class Writer:
-    """A store writer that notes what the client had been sent when it committed."""
+    """A store writer that notes what the client had been sent when it committed,
+    and keeps what waits for the commit to be visible until :meth:`visible`."""
 
     responder: FakeResponder
     written: list[bytes] = field(factory=list)
     client_had_at_commit: bytes | None = None
     aborted: bool = False
+    waiting: list[Callable[[], None]] = field(factory=list)
+    fails: bool = False
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
     def commit(self) -> object:
         self.client_had_at_commit = self.responder.body
+        if self.fails:
+            raise OSError("disk full")
         return "entry"
+
+    def when_committed(self, then: Callable[[], None]) -> None:
+        self.waiting.append(then)
+
+    def visible(self) -> None:
+        """The store's commit is done: every process sees the entry."""
+        waiting, self.waiting = self.waiting, []
+        for then in waiting:
+            then()
 
     def abort(self) -> None:
         self.aborted = True
@@ -40,7 +56,8 @@ def relay(length: int | None, with_writer: bool = True):
 
 
 def test_the_completing_chunk_waits_for_the_commit():
-    """With a declared length, the client gets its last bytes only once the entry is stored."""
+    """With a declared length, the client gets its last bytes only once the
+    entry is committed where every process sees it."""
     body, responder, writer, done = relay(length=6)
     body.feed(b"abc")
     assert responder.body == b"abc"
@@ -48,18 +65,46 @@ def test_the_completing_chunk_waits_for_the_commit():
     assert responder.body == b"abc"  # held back
     body.finish()
     assert writer.client_had_at_commit == b"abc"
+    assert responder.body == b"abc" and not responder.finished and done == []
+    writer.visible()
     assert responder.body == b"abcdef" and responder.finished
     assert done == [(True, "entry")]
 
 
 def test_without_a_length_every_chunk_goes_at_once():
-    """A chunked body's end is only known at its end: chunks pass straight through."""
+    """A chunked body's end is only known at its end: chunks pass straight
+    through, and the response ends (its last chunk) once the entry is committed."""
     body, responder, writer, _ = relay(length=None)
     body.feed(b"abc")
     body.feed(b"def")
     assert responder.body == b"abcdef" and not responder.finished
     body.finish()
-    assert writer.client_had_at_commit == b"abcdef" and responder.finished
+    assert writer.client_had_at_commit == b"abcdef" and not responder.finished
+    writer.visible()
+    assert responder.finished
+
+
+def test_a_response_not_stored_ends_with_its_body():
+    """Pass-through: nothing to wait for, the response ends as the body does."""
+    body, responder, _, done = relay(length=3, with_writer=False)
+    body.feed(b"abc")
+    body.finish()
+    assert responder.body == b"abc" and responder.finished
+    assert done == [(True, None)]
+
+
+def test_a_commit_that_raises_still_completes_the_response():
+    """The store failing at commit loses the entry, not the client's response."""
+    responder = FakeResponder()
+    responder.start(200, b"OK", Headers())
+    body = ControlledBody(length=3)
+    writer = Writer(responder, fails=True)
+    done: list[tuple[bool, object]] = []
+    Relay(body, responder, writer, lambda complete, stored: done.append((complete, stored))).start()
+    body.feed(b"abc")
+    body.finish()
+    assert responder.body == b"abc" and responder.finished
+    assert done == [(True, None)]
 
 
 def test_without_a_writer_nothing_is_held():
