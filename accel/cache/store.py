@@ -89,16 +89,24 @@ queued rows, and anything else that reads or changes them (:meth:`settle`,
 written when ``commit`` returns, for this process's readers that skip the
 database. Other processes see the rows at the end of the turn, and the
 stamp is written again then, after the rows are committed, which is the
-write they rely on. So a client that got the last bytes of a stored
-response (:class:`accel.streams.Relay` sends them once ``commit``
-returns) finds it stored by its next request to this process, but one that
-sends its next request to another worker at once may, within that
-sub-millisecond window, find it missing there and have it fetched again;
-it never finds a partial or wrong entry. If the transaction fails, the
+write they rely on.
+
+Worker processes share one listening socket, so a client's next request
+may go to another worker: it must find there what the response it has
+stored. :meth:`BodyWriter.when_committed` calls what waits for a row once
+it is committed: right after the end of the turn's transaction, before the
+reactor waits for more events (at once if the row is committed already, or
+nothing was stored). :class:`accel.streams.Relay` sends a stored
+response's last bytes (the byte that completes a declared length, the final
+chunk of a chunked body) from there, and the followers of a fill
+(:class:`accel.streams.Feed`) hold their last byte until then too: no
+client has a whole stored response before every process finds it. A
+response that is not stored is not held. If the transaction fails, the
 store degrades (below) and removes the queued rows' body files: none of the
-turn's rows is stored. A store degraded before its turn ends commits
-nothing and removes them too. Evictions (:meth:`_cull`) and the trimming of
-a URL's variants run after the commit.
+turn's rows is stored, and what waited for them is called all the same, so
+the responses complete (the next requests pass through). A store degraded
+before its turn ends commits nothing and removes them too. Evictions
+(:meth:`_cull`) and the trimming of a URL's variants run after the commit.
 
 Eviction
 --------
@@ -594,8 +602,9 @@ class BodyWriter:
 
         Complete means it matches the declared length, when there was one.
         The entry returned is found by this process's lookups at once; its
-        row is committed at the end of the reactor turn (see Group commit),
-        and if that fails the store degrades and the entry is not kept.
+        row is committed at the end of the reactor turn (see Group commit;
+        :meth:`when_committed` says when), and if that fails the store
+        degrades and the entry is not kept.
         Replacing a stored variant is atomic: lookups see the old entry or the
         new one, and a handle already open on the old body stays readable.
         """
