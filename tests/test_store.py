@@ -1277,3 +1277,34 @@ def test_a_row_stored_by_a_callback_waits_for_the_next_commit(tmp_path: Path) ->
     first.when_committed(store_again)
     clock.advance(0)
     assert seen == [True]
+
+
+def test_a_young_orphan_left_at_open_is_swept_a_minute_later(tmp_path: Path) -> None:
+    """An unreferenced body too young at opening to tell from another process's
+    commit in progress (a writer killed just before its row's commit) is kept
+    then, and removed by the sweep a little over a minute later; a body a row
+    names stays."""
+    clock = Clock()
+    make_store(tmp_path).close()
+    orphan = tmp_path / "ab" / "cd" / "0123.val"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"renamed, never committed")
+    store = make_store(tmp_path, clock)
+    entry = put(store, large(b"kept"))
+    assert entry is not None
+    clock.advance(0)  # the turn's commit
+    assert orphan.exists()
+    clock.advance(59)
+    assert orphan.exists()
+    # The orphan is now over a minute old, as it would be by then.
+    os.utime(orphan, (time.time() - 120,) * 2)
+    for path in tmp_path.glob("??/??/*.val"):
+        if path != orphan:
+            os.utime(path, (time.time() - 120,) * 2)
+    clock.advance(2)
+    assert not orphan.exists()
+    assert [e.body_id for e in store.lookup(URL)] == [entry.body_id]
+    body = store.open_body(entry)
+    assert body is not None
+    body.close()
+    store.close()

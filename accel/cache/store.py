@@ -57,7 +57,8 @@ a row whose body is incomplete. A kill at any point leaves at most an
 unlocked spool file or a body file no row names; opening the store removes
 both (a locked spool file belongs to a live writer in another process and
 is left alone; an unnamed body file younger than a minute may be another
-process's, waiting for its turn's commit). A committed row whose body file
+process's, waiting for its turn's commit, and is looked at again a little
+over a minute later, once). A committed row whose body file
 has vanished, or whose size or record is wrong, is treated as a miss and
 deleted, never raised to the caller.
 
@@ -178,7 +179,7 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from typing import BinaryIO, NamedTuple, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 import diskcache
 from attrs import evolve, field, frozen
@@ -282,7 +283,8 @@ _GROUP_MAX = 64
 #: File of :class:`Generations` in the store directory.
 _GENERATIONS = "generations"
 #: An unreferenced body file younger than this may be mid-commit in another
-#: process, so the orphan sweep leaves it for the next start.
+#: process, so the orphan sweep at opening leaves it, and sweeps once more
+#: this long after (plus a second).
 _ORPHAN_GRACE = 60.0
 
 _SCHEMA = """
@@ -786,6 +788,8 @@ class Store:
         self._rows_of: set[str] = set()
         #: Whether the end of this turn's flush is scheduled.
         self._flush_due = False
+        #: The second sweep, scheduled when the database is opened (_sweep_late).
+        self._late_sweep: Any = None
         #: Groups of rows taken by :meth:`flush` so far; a row queued while
         #: this was ``n`` is committed (or lost) once it is above ``n``.
         self._groups = 0
@@ -1097,6 +1101,9 @@ class Store:
 
     def close(self) -> None:
         """Close the database connections; idempotent. Open body handles stay valid."""
+        late, self._late_sweep = self._late_sweep, None
+        if late is not None and late.active():
+            late.cancel()
         self.close_database()
         if self.generations is not None:
             generations, self.generations = self.generations, None
@@ -1173,6 +1180,19 @@ class Store:
         self._pid = _this_pid
         try:
             self._open()
+            self._sweep()
+        except _ERRORS as e:
+            self._degrade(e)
+        if self._late_sweep is None:
+            self._late_sweep = self._clock.callLater(_ORPHAN_GRACE + 1.0, self._sweep_late)
+
+    def _sweep_late(self) -> None:
+        """Sweep once more, for the unreferenced bodies the sweep at opening
+        left because they were too young to tell from another process's
+        commit in progress (a writer killed just before its row's commit)."""
+        if self._pid != _this_pid or not self.healthy or self._con is None:
+            return
+        try:
             self._sweep()
         except _ERRORS as e:
             self._degrade(e)
