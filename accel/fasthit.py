@@ -130,12 +130,24 @@ class HotHits:
         variants = hot.get(key)
         if variants is None:
             return None
-        conditional = False
-        for pair in pairs:
-            if pair[0] in _NOT_FAST:
-                if pair[0] not in _VALIDATING:
+        # The validators' lines are gathered in the one pass over the fields
+        # that looks for what declines (most requests have none of them).
+        none_match: list[bytes] | None = None
+        modified_since: list[bytes] | None = None
+        for name, value in pairs:
+            if name in _NOT_FAST:
+                if name == b"if-none-match":
+                    if none_match is None:
+                        none_match = [value]
+                    else:
+                        none_match.append(value)
+                elif name == b"if-modified-since":
+                    if modified_since is None:
+                        modified_since = [value]
+                    else:
+                        modified_since.append(value)
+                else:
                     return None
-                conditional = True
         store = self._store
         assert store is not None
         generations = store.generations
@@ -158,9 +170,9 @@ class HotHits:
                 # store would (at most once per interval).
                 entry.touch_due = now + store.touch_interval
                 store.touch(entry.stored)
-            if conditional:
+            if none_match is not None or modified_since is not None:
                 current = entry.not_modified
-                if current is not None and self._is_current(current, pairs):
+                if current is not None and self._is_current(current, none_match, modified_since):
                     head = current.head % (now + entry.age_at, entry.fresh_until - now)
                     # As the general path's: a 304 has no Server of the origin.
                     response = b"".join((head, connection, factory.server_line, b"\r\n"))
@@ -189,8 +201,14 @@ class HotHits:
         return None
 
     @staticmethod
-    def _is_current(validators: NotModified, pairs: list[tuple[bytes, bytes]]) -> bool:
-        """Whether the conditional fields in ``pairs`` say the client's copy is current.
+    def _is_current(
+        validators: NotModified,
+        none_match: list[bytes] | None,
+        modified_since: list[bytes] | None,
+    ) -> bool:
+        """Whether a request's ``If-None-Match`` or else ``If-Modified-Since``
+        lines (``None``: the field is absent; one at least is present) say
+        the client's copy is current.
 
         RFC 9110 section 13.2.2, steps 3 and 4, for a GET or HEAD without
         ``If-Match`` or ``If-Unmodified-Since`` (the fast path declines
@@ -199,15 +217,14 @@ class HotHits:
         ``If-Modified-Since``. A single line already known to match (see
         :class:`NotModified`) is not parsed again.
         """
-        lines = [pair[1] for pair in pairs if pair[0] == b"if-none-match"]
-        if lines:
-            if len(lines) == 1 and lines[0] in validators.tags:
+        if none_match is not None:
+            if len(none_match) == 1 and none_match[0] in validators.tags:
                 return True
-            return policy.none_match_fails(lines, validators.etag)
-        lines = [pair[1] for pair in pairs if pair[0] == b"if-modified-since"]
-        if len(lines) == 1 and lines[0] in validators.dates:
+            return policy.none_match_fails(none_match, validators.etag)
+        assert modified_since is not None
+        if len(modified_since) == 1 and modified_since[0] in validators.dates:
             return True
-        return policy.modified_since_fails(lines, validators.modified)
+        return policy.modified_since_fails(modified_since, validators.modified)
 
     @staticmethod
     def _not_modified(

@@ -374,9 +374,11 @@ _SPECIAL = frozenset(
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 #: One whole GET or HEAD head in origin-form, and nothing after it: field
 #: lines of a token, a colon and printable ASCII, space or HTAB only. A
-#: strict subset of what llhttp accepts, read the same way.
+#: strict subset of what llhttp accepts, read the same way. The field lines
+#: are matched possessively (``*+``, ``++``): no line can match another way,
+#: and without the backtracking state a line costs about half as much.
 _SIMPLE_HEAD = re.compile(
-    b"(GET|HEAD) ((/[%s]*)(?:\\?([%s]*))?) HTTP/1\\.([01])\r\n((?:[%s]+:[\t\x20-\x7e]*\r\n)*)\r\n"
+    b"(GET|HEAD) ((/[%s]*)(?:\\?([%s]*))?) HTTP/1\\.([01])\r\n((?:[%s]++:[\t\x20-\x7e]*+\r\n)*+)\r\n"
     % (re.escape(_PATH_OK), re.escape(_QUERY_OK), _TCHAR)
 )
 _SIMPLE_VERSIONS = {b"1": b"1.1", b"0": b"1.0"}
@@ -1441,22 +1443,24 @@ class HTTPServerProtocol(Protocol):
         ):
             return False
         pairs = []
-        for line in block.split(b"\r\n")[:-1]:
-            name, _, value = line.partition(b":")
-            pairs.append((name.lower(), value.strip(b" \t")))
-        if len(pairs) > limits.max_headers:
-            return False
         host = None
         connection = None
-        for pair in pairs:
-            name = pair[0]
+        # One pass over the lines (the block holds no CR or LF but the
+        # CRLF ending each line: splitlines splits there and nowhere else).
+        for line in block.splitlines():
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            value = value.strip(b" \t")
+            pairs.append((name, value))
             if name in _SPECIAL:
                 if name == b"host" and host is None:
-                    host = pair[1]
+                    host = value
                 elif name == b"connection" and connection is None:
-                    connection = [pair[1]]
+                    connection = [value]
                 else:
                     return False  # framing, Expect, Upgrade, repeats: the server's checks
+        if len(pairs) > limits.max_headers:
+            return False
         if host is None or not valid_host(host):
             return False
         version = _SIMPLE_VERSIONS[minor]
