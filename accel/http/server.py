@@ -1445,12 +1445,14 @@ class HTTPServerProtocol(Protocol):
         pairs = []
         host = None
         connection = None
-        # One pass over the lines (the block holds no CR or LF but the
-        # CRLF ending each line: splitlines splits there and nowhere else).
+        # One pass over the lines. The block holds no control character
+        # but HTAB and the CRLF ending each line: splitlines splits there
+        # only, and strip() (ASCII whitespace, a little cheaper than naming
+        # the characters) strips the OWS, SP and HTAB, as on_header does.
         for line in block.splitlines():
             name, _, value = line.partition(b":")
             name = name.lower()
-            value = value.strip(b" \t")
+            value = value.strip()
             pairs.append((name, value))
             if name in _SPECIAL:
                 if name == b"host" and host is None:
