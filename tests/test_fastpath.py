@@ -861,6 +861,19 @@ def test_if_modified_since_without_last_modified_compares_date(clock, store):
     assert rig.fast[-1] is True and _status(older) == 200
 
 
+def test_if_modified_since_over_two_lines(clock, store):
+    """Two If-Modified-Since lines, answered by the fast path as by the general one:
+    the same date twice is that date (304); two different dates are ignored (200)."""
+    rig = Rig(clock, store, headers=VALIDATED)
+    _warm(rig)
+    for dates, status in (((LAST_MODIFIED, LAST_MODIFIED), 304), ((LAST_MODIFIED, format_http_date(T0 - 10)), 200)):
+        extra = b"".join(b"if-modified-since: " + date + b"\r\n" for date in dates)
+        general = rig.general(extra=extra)
+        out = rig.get(extra=extra)
+        assert rig.fast[-1] is True
+        assert _status(out) == status and out == general
+
+
 def test_if_modified_since_is_ignored_with_if_none_match(clock, store):
     """RFC 9110 section 13.2.2: If-None-Match present, If-Modified-Since is not evaluated."""
     rig = Rig(clock, store, headers=VALIDATED)
