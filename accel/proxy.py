@@ -301,7 +301,8 @@ class Accelerator:
             stamp = generations.stamps[generations.slot(lk.key)]
             if self._hot is not None:
                 lk.generation = stamp
-        if stamp is not None and self._collapser.known_unstored(lk.key, stamp):
+        passing = stamp is not None and self._collapser.known_unstored(lk.key, stamp)
+        if passing:
             # A hit-for-miss marker saw nothing stored under this key, and
             # nothing was stored since (the stamp is unchanged): this pass-
             # through request need not read the store to find nothing again.
@@ -318,7 +319,7 @@ class Accelerator:
                 break
         if entry is None:
             decision: policy.Decision = policy.decide_without_stored(request.headers, settings)
-            self._miss(lk, decision, "vary-miss" if entries else "uri-miss")
+            self._miss(lk, decision, "vary-miss" if entries else "uri-miss", passing)
             return
 
         headers = Headers(list(entry.headers))
@@ -352,11 +353,23 @@ class Accelerator:
         else:
             assert_never(decision)
 
-    def _miss(self, lk: Lookup, decision: policy.Forward | policy.OnlyIfCachedMiss, fwd: str) -> None:
+    def _miss(
+        self,
+        lk: Lookup,
+        decision: policy.Forward | policy.OnlyIfCachedMiss,
+        fwd: str,
+        passing: bool = False,
+    ) -> None:
+        """Answer a request nothing stored can answer.
+
+        ``passing``: the caller just found a live hit-for-miss marker for
+        the key (:meth:`Collapser.known_unstored`), so it need not be looked
+        up again.
+        """
         if isinstance(decision, policy.OnlyIfCachedMiss):
             self._only_if_cached(lk)
             return
-        if self._collapser.passing(lk.key):
+        if passing or self._collapser.passing(lk.key):
             # Hit-for-miss: this URL recently answered with something we could
             # not store; go straight to the origin without holding anyone up.
             assert lk.responder is not None

@@ -11,6 +11,7 @@ Pure: no I/O, no Twisted.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 
 __all__ = [
     "HOP_BY_HOP",
@@ -36,6 +37,9 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
         b"proxy-authenticate",
     }
 )
+
+
+_NAME = itemgetter(0)
 
 
 def split_list(values: Iterable[bytes]) -> list[bytes]:
@@ -168,15 +172,22 @@ class Headers:
     def remove(self, *names: bytes) -> None:
         """Remove every line whose name is one of ``names``."""
         drop = set(names)
-        self._pairs[:] = [p for p in self._pairs if p[0] not in drop]
+        pairs = self._pairs
+        if drop.isdisjoint(map(_NAME, pairs)):
+            return  # the usual case: a check in C, no copy
+        pairs[:] = [p for p in pairs if p[0] not in drop]
 
     def without_hop_by_hop(self) -> Headers:
         """A copy without hop-by-hop fields, including those ``Connection`` names.
 
         RFC 9110 section 7.6.1.
         """
+        pairs = self._pairs
+        if HOP_BY_HOP.isdisjoint(map(_NAME, pairs)):
+            # No Connection field either (it is hop-by-hop): nothing to drop.
+            return Headers(list(pairs))
         drop = HOP_BY_HOP
         named = self.get_all(b"connection")
         if named:
             drop = drop | {token.lower() for token in split_list(named)}
-        return Headers([p for p in self._pairs if p[0] not in drop])
+        return Headers([p for p in pairs if p[0] not in drop])

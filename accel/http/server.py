@@ -601,6 +601,7 @@ class _Exchange:
         length = None
         has_date = has_server = False
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        kept: list[tuple[bytes, bytes]] = []
         for pair in headers.pairs:
             name = pair[0]
             if name in _MANAGED:
@@ -618,7 +619,11 @@ class _Exchange:
                     if name == b"connection" and _has_token([pair[1]], b"close"):
                         keep = False
                     continue  # framing and connection fields are ours
-            out.append(b"%s: %s\r\n" % pair)
+            kept.append(pair)
+        if kept:
+            # "name: value" lines joined in C, none formatted in Python.
+            out.append(b"\r\n".join(map(b": ".join, kept)))
+            out.append(b"\r\n")
         if no_body:
             mode = _NONE
         elif length is not None:

@@ -34,6 +34,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
+from operator import itemgetter
 from typing import TYPE_CHECKING, Protocol
 
 from attrs import define
@@ -79,7 +80,12 @@ __all__ = [
 _NO_CONTENT_METHODS = frozenset(
     {b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"}
 )
-_FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
+#: Methods known to be tokens: no need to match them against :data:`_TOKEN`.
+_TOKEN_METHODS = frozenset(
+    {b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"TRACE"}
+)
+_NAME = itemgetter(0)
 #: The response fields that frame its body or say whether the connection persists.
 _HEAD_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
@@ -97,23 +103,32 @@ def encode_fields(method: bytes, target: bytes, headers: Headers) -> tuple[bytes
     a method that is not a token, a target with whitespace or controls, or a
     CR or LF inside a field, any of which would smuggle a line of its own.
     """
-    if _TOKEN.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
+    if (
+        method not in _TOKEN_METHODS and _TOKEN.fullmatch(method) is None
+    ) or _TARGET.fullmatch(target) is None:
         raise ValueError(
             "expected a token method and a request-target without whitespace, "
             f"got {method!r} {target!r}"
         )
-    lines = [b"%s: %s\r\n" % pair for pair in headers if pair[0] not in _FRAMING_FIELDS]
-    block = b"".join(lines)
+    pairs = headers.pairs
+    names = list(map(_NAME, pairs))
+    if not _FRAMING_FIELDS.isdisjoint(names):
+        pairs = [pair for pair in pairs if pair[0] not in _FRAMING_FIELDS]
+    if not pairs:
+        return b"", False
+    # Joined in C (no line formatted in Python): "name: value" per pair.
+    block = b"\r\n".join(map(b": ".join, pairs)) + b"\r\n"
     # One CR and one LF per line, else some field holds a line break: one
     # pass in C over the block instead of two searches per field.
-    if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines):
+    lines = len(pairs)
+    if block.count(b"\n") != lines or block.count(b"\r") != lines:
         name, value = next(
             p for p in headers if b"\r" in p[0] + p[1] or b"\n" in p[0] + p[1]
         )
         raise ValueError(
             f"expected a header field without CR or LF, got {name!r}: {value!r}"
         )
-    return block, b"host" in headers
+    return block, b"host" in names
 
 
 def request_head(
