@@ -39,6 +39,7 @@ from typing import assert_never
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from accel.answers import (
     CONDITIONAL_FIELDS,
@@ -65,7 +66,7 @@ from accel.http.model import Request, Responder
 from accel.routes import CacheRules, Lookup, Route
 from accel.routing import Router
 from accel.streams import FileSender, PartsSender, Relay
-from accel.upstream import OriginResponse
+from accel.upstream import OriginPool, OriginResponse
 
 __all__ = ["Accelerator"]
 
@@ -237,10 +238,6 @@ class Accelerator:
         responder.log.setdefault("cache", "BYPASS")
         headers = request_headers_for_origin(request, route.forwarding)
         target = request.path + (b"?" + request.query if request.query is not None else b"")
-        d = route.upstream.request(
-            request.method, target, headers, request.body, interim_relay(route, responder)
-        )
-        responder.on_disconnect(d.cancel)
 
         def relay(response: OriginResponse) -> None:
             if route.hide_headers:
@@ -256,6 +253,21 @@ class Accelerator:
             responder.start(response.status, response.reason, out)
             Relay(Watched(response, route, request), responder).start()
 
+        upstream = route.upstream
+        interim = interim_relay(route, responder)
+        if isinstance(upstream, OriginPool):
+            # The pool calls back directly: a Deferred in between cost
+            # about 4 % of a pass-through request's instructions.
+            def failed(failure: Failure) -> None:
+                answer_origin_failure(failure, route, request, responder)
+
+            cancel = upstream.send(
+                request.method, target, headers, request.body, interim, relay, failed
+            )
+            responder.on_disconnect(cancel)
+            return
+        d = upstream.request(request.method, target, headers, request.body, interim)
+        responder.on_disconnect(d.cancel)
         d.addCallbacks(relay, answer_origin_failure, errbackArgs=(route, request, responder))
 
     def _invalidate(self, request: Request, response: OriginResponse, rules: CacheRules) -> None:

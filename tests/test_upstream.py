@@ -931,6 +931,75 @@ class MemoryTests(SynchronousTestCase):
         self.failureResultOf(d, CancelledError)
         self.assertTrue(connector.stoppedConnecting)
 
+    def _send(self, pool: OriginPool) -> tuple[list[object], Callable[[], None]]:
+        """``pool.send`` a GET; what its callbacks were called with, and its cancel."""
+        got: list[object] = []
+        cancel = pool.send(
+            b"GET", b"/x", Headers([(b"host", b"example.com")]), EMPTY_BODY, None,
+            got.append, got.append,
+        )  # fmt: skip
+        return got, cancel
+
+    def test_send_calls_back_with_the_head(self):
+        """send() hands the response head to its callback, once, as request()
+        fires its Deferred; cancelling afterwards does nothing."""
+        pool = self.make_pool()
+        got, cancel = self._send(pool)
+        protocol, transport = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+        [response] = got
+        assert isinstance(response, OriginResponse)
+        self.assertEqual(response.status, 200)
+        cancel()
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(pool.idle_connections(ORIGIN), 1)
+
+    def test_send_calls_back_with_the_failure(self):
+        """send() hands an origin error to its failure callback as a Failure."""
+        pool = self.make_pool()
+        got, _ = self._send(pool)
+        protocol, _ = self.accept()
+        protocol.dataReceived(b"garbage\r\n\r\n")
+        [failure] = got
+        assert isinstance(failure, Failure)
+        self.assertTrue(failure.check(UpstreamProtocolError))
+
+    def test_send_to_a_closed_pool_fails_at_once(self):
+        """A closed pool fails a send() before it returns; its cancel does nothing."""
+        pool = self.make_pool()
+        pool.close()
+        got, cancel = self._send(pool)
+        [failure] = got
+        assert isinstance(failure, Failure)
+        self.assertTrue(failure.check(UpstreamConnectError))
+        cancel()
+
+    def test_cancelled_send_calls_nothing_back(self):
+        """Cancelling a send() before the head closes the connection, and
+        neither callback is called (request()'s Deferred fails with
+        CancelledError on its own)."""
+        pool = self.make_pool()
+        got, cancel = self._send(pool)
+        protocol, transport = self.accept()
+        cancel()
+        self.assertTrue(transport.disconnecting)
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(got, [])
+
+    def test_an_error_in_the_response_callback_is_logged(self):
+        """What send()'s response callback raises is logged, as a Deferred's
+        callback raising would be, and does not reach the origin connection."""
+        pool = self.make_pool()
+
+        def broken(response: OriginResponse) -> None:
+            raise RuntimeError("relay bug")
+
+        pool.send(b"GET", b"/x", Headers([(b"host", b"e.com")]), EMPTY_BODY, None, broken, print)
+        protocol, transport = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertFalse(transport.disconnecting)
+
     def test_discarding_an_unfinished_body_closes_the_connection(self):
         """discard() before the body is complete aborts the connection: it is not
         reusable.
