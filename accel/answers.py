@@ -4,10 +4,13 @@ Short plain-text answers (:func:`simple_response`), the head of a 304 that
 accel answers from what it has (:func:`not_modified`), and the one place an
 origin error becomes a 502, 503 or 504 (:func:`answer_origin_failure`); an origin
 body that fails after its head is sent can only be cut short, and
-:class:`Watched` logs it.
+:class:`OriginRelay` logs it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -18,16 +21,18 @@ from accel.forwarding import response_headers_for_client
 from accel.http.headers import Headers
 from accel.http.model import BodySink, Request, Responder
 from accel.routes import Route
+from accel.streams import BodyWriter, Relay
 from accel.upstream import InterimCallback, OriginResponse, UpstreamError
 
 __all__ = [
     "CONDITIONAL_FIELDS",
     "DRAIN",
-    "Watched",
+    "OriginRelay",
     "answer_origin_failure",
     "interim_relay",
     "log_origin_failure",
     "not_modified",
+    "relay_interim",
     "simple_response",
 ]
 
@@ -148,49 +153,32 @@ class _Drain:
 DRAIN: BodySink = _Drain()
 
 
-class Watched:
-    """An origin response body that logs, once, a failure after the head.
+class OriginRelay(Relay):
+    """A :class:`~accel.streams.Relay` of an origin's response body that
+    logs a failure after the head.
 
     Failures before the head are logged where the request fails; this covers
     the rest (a reset, a timeout or broken framing mid-body), which otherwise
     only shows as a truncated response to the client. Naming the origin is
-    the upstream error's job: its text starts with the origin's name.
+    the upstream error's job: its text starts with the origin's name. One
+    object with the relay, rather than a body wrapped around the origin's,
+    as it is built for every response that comes from an origin.
     """
 
-    __slots__ = ("_body", "_sink", "_route", "_request", "length")
+    __slots__ = ("_request", "_route")
 
-    def __init__(self, response: OriginResponse, route: Route, request: Request) -> None:
-        self._body = response.body
+    def __init__(
+        self,
+        response: OriginResponse,
+        route: Route,
+        request: Request,
+        responder: Responder | None,
+        writer: BodyWriter | None = None,
+        on_done: Callable[[bool, object], None] | None = None,
+    ) -> None:
+        super().__init__(response.body, responder, writer, on_done)
         self._route = route
         self._request = request
-        self._sink: BodySink = DRAIN
-        self.length = response.body.length
-
-    # BodySource
-
-    def deliver(self, sink: BodySink) -> None:
-        self._sink = sink
-        self._body.deliver(self)
-
-    def pause(self) -> None:
-        self._body.pause()
-
-    def resume(self) -> None:
-        self._body.resume()
-
-    def discard(self) -> None:
-        self._body.discard()
-
-    # BodySink
-
-    def data(self, chunk: bytes) -> None:
-        self._sink.data(chunk)
-
-    def end(self) -> None:
-        # The sink (a Relay) holds this body: letting go of it on the way out
-        # leaves no cycle for the cyclic GC.
-        sink, self._sink = self._sink, DRAIN
-        sink.end()
 
     def fail(self, reason: Exception) -> None:
         request = self._request
@@ -201,12 +189,13 @@ class Watched:
             route=self._route.name,
             error=str(reason),
         )
-        sink, self._sink = self._sink, DRAIN
-        sink.fail(reason)
+        super().fail(reason)
 
 
-def interim_relay(route: Route, responder: Responder) -> InterimCallback:
-    """Pass an origin's interim (1xx) responses on to the client.
+def relay_interim(
+    route: Route, responder: Responder, status: int, reason: bytes, headers: Headers
+) -> None:
+    """Pass an origin's interim (1xx) response on to the client.
 
     RFC 9110 section 15.2: a proxy MUST forward 1xx responses (here 102,
     103 and any other; the upstream side keeps ``100 Continue``, accel
@@ -215,13 +204,15 @@ def interim_relay(route: Route, responder: Responder) -> InterimCallback:
     added. The server never sends them to an HTTP/1.0 client. They are not
     stored: only the final response is (RFC 9111 section 3).
     """
+    if responder.disconnected:
+        return
+    if route.hide_headers:
+        headers.remove(*route.hide_headers)
+    # The origin connection is HTTP/1.1: only that version carries 1xx.
+    responder.start(status, reason, response_headers_for_client(headers, b"1.1", route.forwarding))
 
-    def relay(status: int, reason: bytes, headers: Headers) -> None:
-        if responder.disconnected:
-            return
-        if route.hide_headers:
-            headers.remove(*route.hide_headers)
-        # The origin connection is HTTP/1.1: only that version carries 1xx.
-        responder.start(status, reason, response_headers_for_client(headers, b"1.1", route.forwarding))
 
-    return relay
+def interim_relay(route: Route, responder: Responder) -> InterimCallback:
+    """The :data:`~accel.upstream.InterimCallback` that passes the 1xx
+    responses of one request to its client (:func:`relay_interim`)."""
+    return partial(relay_interim, route, responder)

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from accel.answers import (
     CONDITIONAL_FIELDS,
     DRAIN,
-    Watched,
+    OriginRelay,
     answer_origin_failure,
     interim_relay,
     log_origin_failure,
@@ -53,7 +53,7 @@ from accel.forwarding import request_headers_for_origin, response_headers_for_cl
 from accel.http.headers import Headers
 from accel.http.model import Request, Responder
 from accel.routes import Lookup, Route
-from accel.streams import BodyWriter, Feed, Relay
+from accel.streams import BodyWriter, Feed
 from accel.upstream import OriginResponse
 
 __all__ = ["Fill", "Filler"]
@@ -298,7 +298,6 @@ class Filler:
             ),
             policy.Storable,
         )
-        body = Watched(response, lk.route, request)
         sink: Feed | None = None
         shared: Headers | None = None
         if writer is not None and fill.leader and writer.active:
@@ -333,7 +332,7 @@ class Filler:
                 response.body.discard()
                 self._finish_fill(fill, cacheable=cacheable)
                 return
-            Relay(body, None, tee, done).start()
+            OriginRelay(response, lk.route, request, None, tee, done).start()
             return
 
         responder.log["cache"] = "MISS" if fill.entry is None else "EXPIRED"
@@ -349,7 +348,7 @@ class Filler:
             if precondition is not None:
                 # Answer the client's precondition ourselves; keep filling.
                 if tee is not None:
-                    Relay(body, None, tee, done).start()
+                    OriginRelay(response, lk.route, request, None, tee, done).start()
                 else:
                     response.body.discard()
                     self._finish_fill(fill, cacheable=cacheable)
@@ -363,13 +362,13 @@ class Filler:
             responder.start(response.status, response.reason, out)
             responder.finish()
             if tee is not None:
-                Relay(body, None, tee, done).start()
+                OriginRelay(response, lk.route, request, None, tee, done).start()
             else:
                 response.body.discard()
                 self._finish_fill(fill, cacheable=cacheable)
             return
         responder.start(response.status, response.reason, out)
-        Relay(body, responder, tee, done).start()
+        OriginRelay(response, lk.route, request, responder, tee, done).start()
 
     def follow(self, lk: Lookup, handle: object) -> bool:
         """Answer ``lk`` from a fill while it streams; False if it cannot.

@@ -43,10 +43,10 @@ from twisted.python.failure import Failure
 
 from accel.answers import (
     CONDITIONAL_FIELDS,
-    Watched,
+    OriginRelay,
     answer_origin_failure,
-    interim_relay,
     not_modified,
+    relay_interim,
     simple_response,
 )
 from accel.cache import policy
@@ -65,7 +65,7 @@ from accel.http.headers import Headers
 from accel.http.model import Request, Responder
 from accel.routes import CacheRules, Lookup, Route
 from accel.routing import Router
-from accel.streams import FileSender, PartsSender, Relay
+from accel.streams import FileSender, PartsSender
 from accel.upstream import OriginPool, OriginResponse
 
 __all__ = ["Accelerator"]
@@ -238,37 +238,19 @@ class Accelerator:
         responder.log.setdefault("cache", "BYPASS")
         headers = request_headers_for_origin(request, route.forwarding)
         target = request.path + (b"?" + request.query if request.query is not None else b"")
-
-        def relay(response: OriginResponse) -> None:
-            if route.hide_headers:
-                response.headers.remove(*route.hide_headers)
-            if invalidate is not None:
-                self._invalidate(request, response, invalidate)
-            if responder.disconnected:
-                response.body.discard()
-                return
-            responder.log["upstream"] = response.origin.name
-            out = response_headers_for_client(response.headers, response.version, route.forwarding)
-            out.add(b"cache-status", self._forwarded_status(fwd, response.status))
-            responder.start(response.status, response.reason, out)
-            Relay(Watched(response, route, request), responder).start()
-
+        call = _Forward(self, route, request, responder, fwd, invalidate)
         upstream = route.upstream
-        interim = interim_relay(route, responder)
         if isinstance(upstream, OriginPool):
             # The pool calls back directly: a Deferred in between cost
             # about 4 % of a pass-through request's instructions.
-            def failed(failure: Failure) -> None:
-                answer_origin_failure(failure, route, request, responder)
-
             cancel = upstream.send(
-                request.method, target, headers, request.body, interim, relay, failed
+                request.method, target, headers, request.body, call.interim, call.response, call.failed
             )
             responder.on_disconnect(cancel)
             return
-        d = upstream.request(request.method, target, headers, request.body, interim)
+        d = upstream.request(request.method, target, headers, request.body, call.interim)
         responder.on_disconnect(d.cancel)
-        d.addCallbacks(relay, answer_origin_failure, errbackArgs=(route, request, responder))
+        d.addCallbacks(call.response, call.failed)
 
     def _invalidate(self, request: Request, response: OriginResponse, rules: CacheRules) -> None:
         """RFC 9111 section 4.4: unsafe requests invalidate what they touched."""
@@ -606,3 +588,57 @@ class Accelerator:
 
     def _status(self, **kw: object) -> bytes:
         return policy.cache_status(name=self._name, **kw)  # type: ignore[arg-type]
+
+
+class _Forward:
+    """One request :meth:`Accelerator.forward` passes to an origin: the
+    callbacks for the origin's answer (interim heads, the final head, or why
+    there is none).
+
+    Bound methods of one object rather than closures made per request:
+    every pass-through builds one.
+    """
+
+    __slots__ = ("_fwd", "_invalidate", "_proxy", "_request", "_responder", "_route")
+
+    def __init__(
+        self,
+        proxy: Accelerator,
+        route: Route,
+        request: Request,
+        responder: Responder,
+        fwd: bytes,
+        invalidate: CacheRules | None,
+    ) -> None:
+        self._proxy = proxy
+        self._route = route
+        self._request = request
+        self._responder = responder
+        self._fwd = fwd
+        self._invalidate = invalidate
+
+    def interim(self, status: int, reason: bytes, headers: Headers) -> None:
+        """An interim (1xx) head: see :func:`accel.answers.relay_interim`."""
+        relay_interim(self._route, self._responder, status, reason, headers)
+
+    def response(self, response: OriginResponse) -> None:
+        """The origin's head: send it on (hidden fields removed, ``Via`` and
+        ``Cache-Status`` added) and relay the body, unless the client left."""
+        route = self._route
+        if route.hide_headers:
+            response.headers.remove(*route.hide_headers)
+        if self._invalidate is not None:
+            self._proxy._invalidate(self._request, response, self._invalidate)
+        responder = self._responder
+        if responder.disconnected:
+            response.body.discard()
+            return
+        responder.log["upstream"] = response.origin.name
+        out = response_headers_for_client(response.headers, response.version, route.forwarding)
+        out.add(b"cache-status", self._proxy._forwarded_status(self._fwd, response.status))
+        responder.start(response.status, response.reason, out)
+        OriginRelay(response, route, self._request, responder).start()
+
+    def failed(self, failure: Failure) -> None:
+        """No answer from the origin: see :func:`accel.answers.answer_origin_failure`."""
+        answer_origin_failure(failure, self._route, self._request, self._responder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 
 from accel.cache.collapse import Collapser
 from accel.cache.memory import MemoryTier
@@ -458,6 +459,25 @@ class TestIntegrity:
         upstream.auto = always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"whole")
         assert get_turn(clock, proxy).body == b"whole"
         assert len(upstream.calls) == 2
+
+    def test_pass_through_body_failing_is_logged_and_aborts_the_client(self, clock, store):
+        """A pass-through whose origin dies mid-body: the client's response is
+        aborted and one warning names the request and the origin's error."""
+        upstream = FakeUpstream()
+        proxy = make_proxy(clock, store, upstream, rules=None)
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            r = get(proxy, b"/p?q=1")
+            resp, body = response(200, [(b"Content-Length", b"10")], complete=False)
+            upstream.calls[0].deferred.callback(resp)
+            body.feed(b"12345")
+            body.break_off()
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        assert r.aborted and not r.finished and r.body == b"12345"
+        (warning,) = [formatEvent(e) for e in events if "origin body failed" in formatEvent(e)]
+        assert "GET /p?q=1" in warning and "origin closed mid-body" in warning
 
     def test_origin_timeout_is_a_clean_504(self, clock, store):
         """A timed-out origin gives 504 without origin internals."""
