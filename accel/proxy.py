@@ -177,6 +177,11 @@ class Accelerator:
             if "\0" in key:
                 self.forward(route, request, responder, b"bypass")
                 return
+            if self._known_miss(key, request):
+                # As _lookup would find and do, without a Lookup to build.
+                responder.log["cache"] = "MISS"
+                self.forward(route, request, responder, b"uri-miss")
+                return
             self._lookup(Lookup(route, rules, request, responder, key, received_at=self._clock.seconds()))
             return
         self.forward(route, request, responder, b"method", invalidate=rules)
@@ -279,6 +284,28 @@ class Accelerator:
                 )
 
     # Cache lookup
+
+    def _known_miss(self, key: str, request: Request) -> bool:
+        """Whether ``request`` passes through under a live hit-for-miss
+        marker for ``key`` that saw the store empty, nothing stored since.
+
+        What :meth:`_lookup` would find (``passing``: no entry, the store not
+        read) and decide (``decide_without_stored``: forward), checked before
+        the :class:`Lookup` is built, on every request a marker sends to the
+        origin. A request with ``Cache-Control`` (it may say
+        ``only-if-cached``) is left to :meth:`_lookup`.
+        """
+        seen = self._collapser.unstored_at(key)
+        if seen is None or b"cache-control" in request.headers:
+            return False
+        store = self._store
+        assert store is not None
+        generations = store.generations
+        if generations is None:
+            return False
+        # Settled before the stamp is read, as in _lookup.
+        store.settle(key)
+        return generations.stamps[generations.slot(key)] == seen
 
     def _lookup(self, lk: Lookup) -> None:
         assert self._store is not None

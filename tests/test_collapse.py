@@ -77,6 +77,19 @@ def test_a_marker_remembers_the_stamp_the_store_was_empty_at():
     assert not c.known_unstored("other", 7)
 
 
+def test_the_stamp_of_an_empty_store_is_read_back_from_a_live_marker():
+    """unstored_at: the noted stamp while the marker lives; None without a note or a marker."""
+    c, clock = make(pass_ttl=60)
+    assert c.unstored_at("k") is None
+    c.lead("k")
+    c.done("k", storable=False)
+    assert c.unstored_at("k") is None
+    c.note_unstored("k", 7)
+    assert c.unstored_at("k") == 7
+    clock.advance(60)
+    assert c.unstored_at("k") is None
+
+
 def test_nothing_is_noted_without_a_marker():
     """Without a live marker an empty store is not remembered: the notes never outgrow the markers."""
     c, clock = make(pass_ttl=60)

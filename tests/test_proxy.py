@@ -421,6 +421,17 @@ class TestCollapsing:
         assert len(upstream.calls) == 5
         assert len(reads) == 2  # the miss, then the first pass that noted the store empty
 
+    def test_only_if_cached_under_a_marker_is_not_passed_through(self, clock, store):
+        """A request with ``only-if-cached`` under a hit-for-miss marker that saw
+        the store empty gets a 504 from the cache, not the origin's answer."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"no-store")), body=b"x"))
+        proxy = make_proxy(clock, store, upstream)
+        get(proxy)
+        get(proxy)  # notes the store empty under the marker
+        r = get(proxy, headers=[(b"cache-control", b"only-if-cached")])
+        assert r.status == 504 and r.log["cache"] == "MISS"
+        assert len(upstream.calls) == 2
+
     def test_something_stored_under_the_key_is_found_despite_the_marker(self, clock, store):
         """A response stored for the key after the marker noted the store empty (here by
         another worker sharing the store) is looked up and served."""

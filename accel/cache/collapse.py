@@ -123,8 +123,16 @@ class Collapser:
         The stamp changes with every store, freshening, invalidation or purge
         under the key, in any process; unchanged, nothing was stored since.
         """
+        return self.unstored_at(key) == stamp
+
+    def unstored_at(self, key: str) -> int | None:
+        """The stamp a live marker for ``key`` saw the store empty at, if any.
+
+        For a caller that has not read the stamp yet: with no marker for
+        the key (most keys), it need not.
+        """
         marker = self._live(key)
-        return marker is not None and marker.unstored_at == stamp
+        return None if marker is None else marker.unstored_at
 
     def _live(self, key: str) -> _Pass | None:
         marker = self._passes.get(key)
