@@ -18,6 +18,10 @@ from accel.http.model import BodySink, PushProducer, Request
 from accel.upstream import OriginResponse, UpstreamError
 from accel.upstream.origin import Origin
 
+#: The fake clock's start (the ``clock`` fixture of tests/conftest.py): a
+#: fixed wall-clock time, so dates in responses are known.
+T0 = 1_700_000_000.0
+
 
 def make_request(
     target: bytes = b"/",

@@ -30,17 +30,9 @@ from accel.http.server import HTTPServerFactory
 from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
-from tests.fakes import FakeUpstream, always, end_turn
+from tests.fakes import T0, FakeUpstream, always, end_turn
 
-T0 = 1_700_000_000.0
 BODY = b"hello, hot world"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(T0)
-    return c
 
 
 @pytest.fixture

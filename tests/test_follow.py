@@ -16,7 +16,6 @@ import pytest
 import treq
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -31,24 +30,9 @@ from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
 from accel.streams import CHUNK, Feed
-from tests.fakes import FakeResponder, FakeUpstream, always, end_turn, make_request, response
+from tests.fakes import T0, FakeResponder, FakeUpstream, always, end_turn, make_request, response
 
-T0 = 1_700_000_000.0
 CACHEABLE = [(b"Date", format_http_date(T0)), (b"Cache-Control", b"max-age=60")]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(T0)
-    return c
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    s = Store(str(tmp_path / "cache"), 64 * 1024 * 1024, clock)
-    yield s
-    s.close()
 
 
 @pytest.fixture

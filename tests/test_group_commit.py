@@ -30,25 +30,10 @@ from accel.http.dates import format_http_date
 from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
-from tests.fakes import FakeResponder, FakeUpstream, always, end_turn, make_request, response
+from tests.fakes import T0, FakeResponder, FakeUpstream, always, end_turn, make_request, response
 
-T0 = 1_700_000_000.0
 CACHEABLE = [(b"Date", format_http_date(T0)), (b"Cache-Control", b"max-age=60")]
 KEY = primary_key(b"http", b"example.com", b"/", None)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(T0)
-    return c
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    s = Store(str(tmp_path / "cache"), 64 * 1024 * 1024, clock)
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ counts origin requests where that is the point.
 from __future__ import annotations
 
 import pytest
-from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
 from accel.cache.collapse import Collapser
@@ -20,24 +19,9 @@ from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
 from accel.upstream import UpstreamBusy, UpstreamTimeout
-from tests.fakes import FakeResponder, FakeUpstream, always, end_turn, make_request, response
+from tests.fakes import T0, FakeResponder, FakeUpstream, always, end_turn, make_request, response
 from tests.test_byteranges import parse_multipart
 
-T0 = 1_700_000_000.0
-
-
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(T0)
-    return c
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    s = Store(str(tmp_path / "cache"), 64 * 1024 * 1024, clock)
-    yield s
-    s.close()
 
 
 def make_proxy(clock, store, upstream, rules: CacheRules | None = CacheRules()):
