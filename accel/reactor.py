@@ -32,7 +32,7 @@ from typing import Any
 from twisted.internet.error import UnsupportedAddressFamily
 from twisted.python import log
 
-from accel import ports
+from accel import ports, tls
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -58,6 +58,15 @@ if EPollReactor is not None:
             """As Twisted's, with an :class:`accel.ports.Port` (also under ``listenSSL``)."""
             listening = ports.Port(port, factory, backlog, interface, self)
             listening.startListening()
+            return listening
+
+        def listenSSL(
+            self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = ""
+        ) -> Any:
+            """As Twisted's (TLS over :meth:`listenTCP`), with :class:`accel.tls.TLSServer`
+            connections, which send each write's records at once."""
+            listening = self.listenTCP(port, tls.TLSServerFactory(contextFactory, False, factory), backlog, interface)
+            listening._type = "TLS"
             return listening
 
         def listenUNIX(

@@ -69,12 +69,12 @@ from twisted.internet.error import ConnectionDone, ProcessExitedAlready
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from accel.config import MAX_WORKERS, Config, unshareable_listener, with_backlog
 from accel.reactor import install, installed
+from accel.tls import TLSServerFactory
 
 __all__ = [
     "Listener",
@@ -217,7 +217,7 @@ def serving_factory(description: str, factory: Any, reactor: Any) -> Any:
         return factory
     endpoint = serverFromString(reactor, description)
     # SSL4ServerEndpoint keeps the context factory it parsed privately.
-    return TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)  # type: ignore[attr-defined]
+    return TLSServerFactory(endpoint._sslContextFactory, False, factory)  # type: ignore[attr-defined]
 
 
 class ListenerService(Service):

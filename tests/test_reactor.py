@@ -25,7 +25,15 @@ from accel.reactor import Reactor
 
 pytest.importorskip("hamcrest")  # Twisted's test modules need it
 
-from twisted.internet.test import test_core, test_fdset, test_tcp, test_threads, test_time, test_unix  # noqa: E402
+from twisted.internet.test import (  # noqa: E402
+    test_core,
+    test_fdset,
+    test_tcp,
+    test_threads,
+    test_time,
+    test_tls,
+    test_unix,
+)
 
 # Twisted's test_badContext hands TLS a deliberately old-style context factory.
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not explicitly provide any OpenSSL")
@@ -71,6 +79,10 @@ for _builder in (
     test_tcp.TCPPortTestsBuilder,
     test_tcp.TCPTransportTestsBuilder,
     test_tcp.AbortConnectionTests,
+    test_tls.SSLClientTestsMixin,
+    test_tls.StartTLSClientTestsMixin,
+    test_tls.TLSPortTestsBuilder,
+    test_tls.AbortSSLConnectionTests,
     test_unix.UNIXTestsBuilder,
     test_core.SystemEventTestsBuilder,
     test_fdset.ReactorFDSetTestsBuilder,

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from accel import directwrite
+from accel.tls import TLSServerFactory
 from accel.http.server import HTTPServerFactory, HTTPServerProtocol, ServerLimits
 from accel.reactor import Reactor
 from tests.test_ports import _pump
@@ -60,9 +60,8 @@ class Serving:
         if tls is None:
             self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         else:
-            # As listenSSL, with this reactor as the TLS layer's clock too (it
-            # sends a turn's small writes together, at the turn's end).
-            wrapped = TLSMemoryBIOFactory(tls, False, self.factory, reactor)
+            # As accel's listenSSL.
+            wrapped = TLSServerFactory(tls, False, self.factory, reactor)
             self.port = reactor.listenTCP(0, wrapped, interface="127.0.0.1")
 
     def connect(self) -> socket.socket:
