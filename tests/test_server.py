@@ -1770,6 +1770,29 @@ def test_simple_head_skips_llhttp():
     assert fed == []
 
 
+@pytest.mark.parametrize(
+    "held, rest, statuses, closed",
+    [
+        (b"P", b"GET /hit HTTP/1.1\r\nHost: a\r\n\r\n", [200, 501], True),
+        (b"HE", b"GET /hit HTTP/1.1\r\nHost: a\r\n\r\n", [200, 501], True),
+        (b"G", b"ET /hit HTTP/1.1\r\nHost: a\r\n\r\n", [200, 200], False),
+        (b"\r\n", b"GET /hit HTTP/1.1\r\nHost: a\r\n\r\n", [200, 200], False),
+    ],
+)
+def test_a_head_begun_in_an_earlier_read_is_read_on_by_llhttp(held, rest, statuses, closed):
+    """Bytes of a next head that llhttp holds at the end of a read (a method
+    cut short, before any callback) make the next read part of that head:
+    it is never taken as a simple head of its own, which would answer
+    ``PGET /hit`` as ``GET /hit`` and leave the ``P`` to start the request
+    after it (a desync between accel's reading and any other parser's).
+    Empty lines between requests hold nothing."""
+    proto, t, _, _ = fast_connect()
+    proto.dataReceived(b"GET /hit HTTP/1.1\r\nHost: a\r\n\r\n" + held)
+    proto.dataReceived(rest)
+    assert [r.status for r in responses(t.value())] == statuses
+    assert t.disconnecting == closed
+
+
 def test_error_answer_survives_unread_content():
     """A rejected request whose content is still arriving gets its answer, not a reset:
     the server half-closes and reads what the client still sends (lingering close)."""

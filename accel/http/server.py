@@ -849,6 +849,10 @@ class _AfterUpgrade:
         self._proto = proto
         self._skip = True
 
+    def on_message_begin(self) -> None:
+        if not self._skip:
+            self._proto.on_message_begin()
+
     def on_url(self, url: bytes) -> None:
         if not self._skip:
             self._proto.on_url(url)
@@ -1244,18 +1248,21 @@ class HTTPServerProtocol(Protocol):
 
     # --- Parser callbacks (httptools protocol) ---
 
-    def on_url(self, url: bytes) -> None:
-        # There is no on_message_begin: it would cost a call per request.
-        # The first piece of a target starts the head; per-message state was
-        # reset when the previous head was consumed.
+    def on_message_begin(self) -> None:
+        # llhttp calls this at the first byte of a message (empty lines
+        # before it are skipped), before it has read the whole method: from
+        # here until the head is consumed llhttp may hold bytes of it no
+        # other callback has reported (``P`` at the end of a read, say), so
+        # the next read is never taken as a simple head (see dataReceived).
+        # Per-message state was reset when the previous head was consumed.
         if self._phase != _HEAD:
             if self._read_closed:
                 raise _Rejected("reading stopped")  # nothing after a final request
             self._phase = _HEAD
             self._head_since = self._last_rx
-        else:
-            url = self._url + url
-        self._url = url
+
+    def on_url(self, url: bytes) -> None:
+        url = self._url = self._url + url
         if len(url) > self._limits.max_target:
             raise self._reject(414, "request-target too long")
 
