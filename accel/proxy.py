@@ -191,9 +191,10 @@ class Accelerator:
         """Requests accel answers itself, never forwarding them.
 
         ``TRACE`` is refused (it would reflect credentials, and accel adds
-        nothing by echoing); ``OPTIONS *`` and ``OPTIONS`` with
-        ``Max-Forwards: 0`` are addressed to this hop (RFC 9110 sections
-        9.3.7 and 7.6.2).
+        nothing by echoing); ``OPTIONS *`` (also as absolute-form with an
+        empty path, RFC 9112 section 3.2.4, whose path is ``*`` here too)
+        and ``OPTIONS`` with ``Max-Forwards: 0`` are addressed to this hop
+        (RFC 9110 sections 9.3.7 and 7.6.2).
         """
         method = request.method
         if method == b"TRACE":
@@ -201,7 +202,7 @@ class Accelerator:
             simple_response(responder, 405, b"TRACE is not allowed.", Headers([(b"allow", _ALLOW)]))
             return True
         if method == b"OPTIONS" and (
-            request.target == b"*" or request.headers.get(b"max-forwards") == b"0"
+            request.path == b"*" or request.headers.get(b"max-forwards") == b"0"
         ):
             responder.log["cache"] = "-"
             responder.start(

@@ -782,6 +782,8 @@ LINE = [
     case("3.2.4-asterisk-get", b"GET * HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     # About this server: answered by accel, not forwarded.
     case("3.2.4-asterisk-options", b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", [200]),
+    # Section 3.2.4: absolute-form with an empty path is OPTIONS * too.
+    case("3.2.4-absolute-form-options-empty-path", b"OPTIONS http://probe HTTP/1.1\r\n" + H + b"\r\n", [200]),
     case("3.2-no-leading-slash", b"GET r HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     case("3.2-fragment", b"GET /r#frag HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
     case("3.2-backslash-in-path", b"GET /a\\b HTTP/1.1\r\n" + H + b"\r\n", BAD, keep=False),
