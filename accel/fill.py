@@ -51,7 +51,7 @@ from accel.cache.collapse import Collapser
 from accel.cache.store import Entry, Store
 from accel.forwarding import request_headers_for_origin, response_headers_for_client
 from accel.http.headers import Headers
-from accel.http.model import Request, Responder
+from accel.http.model import EMPTY_BODY, Request, Responder
 from accel.routes import Lookup, Route
 from accel.streams import BodyWriter, Feed
 from accel.upstream import OriginResponse
@@ -148,8 +148,12 @@ class Filler:
         """Ask the origin for ``fill``'s request, adding ``conditional`` fields if any.
 
         Always a GET, without the client's conditional or range fields: the
-        whole representation is what the cache stores. The client leaving
-        cancels the request.
+        whole representation is what the cache stores. Without the client's
+        content either: content in a GET (or HEAD) has no defined semantics
+        (RFC 9110 section 9.3.1), and sent on a fill, what one client put
+        there (a "fat GET") could change what is stored for everyone. As
+        Varnish does, it is not sent; the server reads and drops it. The
+        client leaving cancels the request.
         """
         lk = fill.lookup
         request = lk.request
@@ -161,7 +165,7 @@ class Filler:
         fill.request_time = self._clock.seconds()
         target = request.path + (b"?" + request.query if request.query is not None else b"")
         relay = None if lk.responder is None else interim_relay(lk.route, lk.responder)
-        d = lk.route.upstream.request(_GET, target, headers, request.body, relay)
+        d = lk.route.upstream.request(_GET, target, headers, EMPTY_BODY, relay)
         if lk.responder is not None:
             lk.responder.on_disconnect(lambda: self._client_left(fill, d))
         d.addCallbacks(self._filled, self._fill_failed, callbackArgs=(fill,), errbackArgs=(fill,))

@@ -1082,6 +1082,24 @@ def test_cache_hit_is_framed_like_the_miss(stack: Stack) -> None:
     assert hit.get(b"age") is not None
 
 
+@pytest.mark.parametrize(
+    "framing, content",
+    [(b"Content-Length: 5\r\n", b"hello"), (b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n")],
+    ids=["length", "chunked"],
+)
+def test_cache_fill_sends_no_request_content(stack: Stack, framing: bytes, content: bytes) -> None:
+    """RFC 9110 section 9.3.1: content in a GET has no defined semantics. A
+    cache fill asks for the representation without it (as Varnish does), so
+    one client's content (a "fat GET") never changes what is stored for
+    everyone; the content is read and dropped, and the connection kept."""
+    path = b"/cache/fat-" + framing[:1]
+    raw = b"GET %s HTTP/1.1\r\n%s%s\r\n%s" % (path, H, framing, content)
+    outcome = probe(stack, raw, [200], [b"GET " + path], True)
+    seen = outcome.reached[0]
+    assert seen.body == b"", seen
+    assert not values(seen.fields, b"content-length") and not values(seen.fields, b"transfer-encoding")
+
+
 def test_head_hit_has_no_content(stack: Stack) -> None:
     """RFC 9110 section 9.3.2: HEAD served from the cache has no content."""
     fetch_one(stack, b"GET /cache/head HTTP/1.1\r\n" + H + b"\r\n")
