@@ -258,8 +258,9 @@ DEFAULT_HIDE_HEADERS: tuple[bytes, ...] = (b"x-powered-by", b"x-aspnet-version",
 
 @frozen
 class Route:
-    """What serves the paths under ``prefix`` (a bytes prefix of the
-    percent-encoded path, as nginx's prefix ``location``).
+    """What serves the paths under ``prefix`` (a bytes prefix of the path
+    percent-decoded and normalised, as nginx's prefix ``location``: see
+    :func:`accel.routing.route_path`).
 
     A route is served by an origin pool (``origins``), optionally through
     ``parents`` (upstream caches), or by a ``static`` directory. ``host``,

@@ -2,17 +2,19 @@
 
 Pure. Sites and routes are built once at start-up from the validated
 configuration (:mod:`accel.app`); a lookup is a dict probe plus a scan of a
-short list of prefixes, longest first.
+short list of prefixes, longest first. Prefixes are compared with the path
+as an origin reads it (:func:`route_path`), never with the bytes as sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Generic, TypeVar
+from urllib.parse import unquote_to_bytes
 
 from attrs import frozen
 
-__all__ = ["Router", "host_without_port"]
+__all__ = ["Router", "host_without_port", "route_path"]
 
 R = TypeVar("R")
 
@@ -24,6 +26,38 @@ def host_without_port(authority: bytes) -> bytes:
         return authority[: end + 1] if end != -1 else authority
     colon = authority.rfind(b":")
     return authority[:colon] if colon != -1 else authority
+
+
+def route_path(path: bytes) -> bytes:
+    """The path a route prefix is compared with: ``path`` percent-decoded,
+    repeated slashes merged, dot-segments removed (RFC 3986 section 5.2.4).
+
+    That is the path most origins serve (and what nginx matches its
+    locations against): compared with the bytes as sent, ``/pub/../admin/``,
+    ``/pub/%2e%2e/admin/`` or ``/%61dmin/`` would take the route of ``/pub/``
+    (or ``/``) and its client rules, and reach an origin that serves
+    ``/admin/``. Only the choice of route uses it: the origin gets the path
+    as sent, and the cache key is built from that. A ``..`` never climbs
+    above the root. Anything but an origin-form path (``*``) is unchanged.
+    """
+    if b"%" not in path and b"/." not in path and b"//" not in path:
+        return path  # nothing to normalise: most paths
+    if path[:1] != b"/":
+        return path
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    out: list[bytes] = []
+    segments = path.split(b"/")[1:]
+    for segment in segments:
+        if segment == b"..":
+            if out:
+                out.pop()
+        elif segment and segment != b".":
+            out.append(segment)
+    joined = b"/" + b"/".join(out)
+    if out and segments[-1] in (b"", b".", b".."):
+        joined += b"/"  # it names a directory: "/a/b/.." is "/a/"
+    return joined
 
 
 @frozen
@@ -57,7 +91,7 @@ class Router(Generic[R]):
         self._default: _Site[R] | None = None
         for names, routes in sites:
             ordered = sorted(
-                ((_bytes(p), r) for p, r in routes),
+                ((route_path(_bytes(p)), r) for p, r in routes),
                 key=lambda pr: len(pr[0]),
                 reverse=True,
             )
@@ -97,7 +131,7 @@ class Router(Generic[R]):
                 site = self._default
                 if site is None:
                     return None
-        return site.select(path)
+        return site.select(route_path(path))
 
 
 def _bytes(value: str | bytes) -> bytes:

@@ -1,5 +1,7 @@
 """Route selection (accel.routing)."""
 
+import pytest
+
 from accel.routing import Router, host_without_port
 
 
@@ -70,3 +72,33 @@ def test_wildcard_names_match_subdomains_longest_first():
     assert r.select(b"x.api.example.com", b"/") == "api"
     assert r.select(b"www.example.com", b"/") == "www"
     assert r.select(b"example.com", b"/") == "default"
+
+
+@pytest.mark.parametrize(
+    "path, route",
+    [
+        (b"/admin/x", "admin"),
+        (b"/pub/../admin/x", "admin"),
+        (b"/pub/%2e%2E/admin/x", "admin"),
+        (b"/pub/.%2e/admin/x", "admin"),
+        (b"/%61dmin/x", "admin"),
+        (b"//admin/x", "admin"),
+        (b"/./admin/x", "admin"),
+        (b"/../../admin/x", "admin"),
+        (b"/pub%2f..%2fadmin/x", "admin"),
+        (b"/admin/../pub/x", "pub"),
+        (b"/admin/..", "root"),
+        (b"/admin/.", "admin"),
+        (b"/adm%69n", "root"),
+        (b"/pub/.well-known/x", "pub"),
+        (b"/caf%c3%a9/x", "cafe"),
+    ],
+)
+def test_prefixes_are_compared_with_the_path_an_origin_reads(path, route):
+    """A route is chosen by the path percent-decoded, slashes merged and
+    dot-segments removed (RFC 3986 section 5.2.4), as nginx chooses a
+    location: dot-segments, encoded dots or letters and doubled slashes never
+    take a request past a route (and its client rules) to the origin path
+    that route serves. Configured prefixes are read the same way."""
+    r = Router([(["*"], [("/", "root"), ("/admin/", "admin"), ("/pub/", "pub"), ("/caf%C3%A9/", "cafe")])])
+    assert r.select(b"x", path) == route
