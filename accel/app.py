@@ -462,6 +462,9 @@ class _Reloader:
         config = plan.config
         try:
             handler = build_accelerator(config, self._reactor, self._store)
+        except ValueError as error:  # a file changed since it was checked (a CA bundle)
+            _log.error("configuration not reloaded, still serving the previous one: {error}", error=str(error))
+            return
         except Exception as error:  # noqa: BLE001 (keep serving with what works)
             _log.failure(
                 "configuration not reloaded, still serving the previous one: {error}", error=str(error)

@@ -36,6 +36,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -663,16 +664,32 @@ def _check_readable_file(raw: object, name: str) -> str:
     return raw
 
 
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
 def _check_ca_bundle(raw: object, name: str) -> str:
-    """A readable PEM file with at least one certificate in it."""
+    """A readable PEM file of certificates, every one of which OpenSSL can load.
+
+    Each block is loaded here as the origin pool will load it, so a damaged
+    bundle is one line at start-up, from ``--check-config`` and on SIGHUP,
+    never a traceback when the pool is built.
+    """
     path = _check_readable_file(raw, name)
     try:
-        with open(path, "rb") as bundle:
+        with open(path, encoding="ascii", errors="replace") as bundle:
             text = bundle.read()
     except OSError as e:
         _fail(name, f"cannot read {path!r}: {e.strerror}")
-    if b"-----BEGIN CERTIFICATE-----" not in text:
+    blocks = _PEM_CERTIFICATE.findall(text)
+    if not blocks:
         _fail(name, f"expected PEM certificates in {path!r}, found none")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for number, block in enumerate(blocks, 1):
+        try:
+            context.load_verify_locations(cadata=ssl.PEM_cert_to_DER_cert(block))
+        except (ValueError, ssl.SSLError) as e:  # binascii.Error is a ValueError
+            reason = getattr(e, "reason", None) or str(e)
+            _fail(name, f"certificate {number} of {len(blocks)} in {path!r} is not a valid certificate ({reason})")
     return path
 
 

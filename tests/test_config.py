@@ -900,15 +900,34 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
 def test_ca_file_needs_an_https_origin_and_a_readable_file(tmp_path: Path) -> None:
     """sites.routes.ca_file: accepted for a route with an https origin; otherwise, or if
     the file cannot be read or holds no PEM certificate, one line naming the key."""
-    ca = tmp_path / "ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\nMII...\n-----END CERTIFICATE-----\n")
+    from tests.test_upstream import _self_signed
+
+    _, ca = _self_signed(str(tmp_path))
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("hello")
     good = write(tmp_path, f'[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "https://a"\nca_file = "{ca}"\n')
-    assert Config.from_toml(good).sites[0].routes[0].ca_file == str(ca)
+    assert Config.from_toml(good).sites[0].routes[0].ca_file == ca
     for origin, path in (("http://a", ca), ("https://a", tmp_path / "missing.pem"), ("https://a", not_pem)):
         bad = write(tmp_path, f'[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "{origin}"\nca_file = "{path}"\n')
         assert "sites[0].routes[0].ca_file" in error_of(Config.from_toml, bad)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["not base64 at all", "QUJD", "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"],
+)
+def test_ca_file_with_a_certificate_that_does_not_load_is_refused(tmp_path: Path, damage: str) -> None:
+    """sites.routes.ca_file: a PEM block that is not a certificate (bad base64, or
+    base64 of something else), even after a good one, is one line naming the key and
+    the block, never a traceback when the origin pool loads it."""
+    from tests.test_upstream import _self_signed
+
+    _, good = _self_signed(str(tmp_path))
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(Path(good).read_text() + f"-----BEGIN CERTIFICATE-----\n{damage}\n-----END CERTIFICATE-----\n")
+    path = write(tmp_path, f'[[sites]]\n[[sites.routes]]\nprefix = "/"\norigin = "https://a"\nca_file = "{bundle}"\n')
+    message = error_of(Config.from_toml, path)
+    assert "sites[0].routes[0].ca_file: certificate 2 of 2 in" in message and "\n" not in message
 
 
 @pytest.mark.parametrize(

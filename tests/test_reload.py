@@ -229,7 +229,11 @@ class Running:
         self.clock.callFromThread = self.threads.callFromThread  # type: ignore[attr-defined]
         self.signals = Signals()
         assert options.config is not None
-        self.top = app.make_service(options.config, self.clock, install_handler=self.signals, reread=options.reread)
+        #: What SIGHUP reads the configuration with (a test may wrap it).
+        self.reread = options.reread
+        self.top = app.make_service(
+            options.config, self.clock, install_handler=self.signals, reread=lambda: self.reread()
+        )
         self.top.privilegedStartService()
         self.top.startService()
         (self.factory,) = [s._factory for s in self.top if isinstance(s, app._Listener)]
@@ -356,6 +360,73 @@ def test_access_log_moves_to_a_new_path(tmp_path):
     proto.connectionLost(Failure(Exception("closed")))
     running.top.stopService()  # flushes the access log
     assert first.read_bytes() == b"" and b'"OPTIONS * HTTP/1.1" 200' in second.read_bytes()
+
+
+HTTPS_ROUTE = """\
+[[sites]]
+  [[sites.routes]]
+  prefix = "/"
+  origin = "https://a.internal"
+  ca_file = "{ca}"
+"""
+#: Between the PEM markers, text that is not a certificate.
+DAMAGED_PEM = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
+
+
+@pytest.fixture
+def events():
+    """Every log event emitted during the test."""
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+
+
+def test_damaged_ca_bundle_keeps_the_old_configuration_and_logs_one_line(tmp_path, events):
+    """sites.routes.ca_file that stopped holding valid certificates: one line naming the
+    key, no traceback; nothing changes."""
+    from tests.test_upstream import _self_signed
+
+    _, ca = _self_signed(str(tmp_path))
+    running = Running(tmp_path)
+    running.path.write_text(HTTPS_ROUTE.format(ca=ca))
+    running.hup()
+    before = running.factory.handler
+    Path(ca).write_text(DAMAGED_PEM)
+    del events[:]
+    running.hup()
+    assert running.factory.handler is before
+    (event,) = events
+    assert "log_failure" not in event
+    line = formatEvent(event)
+    assert line.startswith("configuration not reloaded, still serving the previous one: ")
+    assert "sites[0].routes[0].ca_file" in line and ca in line
+
+
+def test_ca_bundle_damaged_while_reloading_logs_one_line(tmp_path, events):
+    """A CA bundle that changes between the check and building the origin pools (so
+    only loading it finds the damage): one line naming the file, no traceback."""
+    from tests.test_upstream import _self_signed
+
+    _, ca = _self_signed(str(tmp_path))
+    running = Running(tmp_path)
+    running.path.write_text(HTTPS_ROUTE.format(ca=ca))
+    check = running.reread
+
+    def damaged_after_the_check() -> Config:
+        config = check()
+        Path(ca).write_text(DAMAGED_PEM)
+        return config
+
+    running.reread = damaged_after_the_check
+    before = running.factory.handler
+    del events[:]
+    running.hup()
+    assert running.factory.handler is before
+    (event,) = events
+    assert "log_failure" not in event
+    line = formatEvent(event)
+    assert line.startswith("configuration not reloaded, still serving the previous one: ") and ca in line
 
 
 def test_sighup_while_stopping_changes_nothing(tmp_path):

@@ -37,6 +37,7 @@ import typing
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from OpenSSL.crypto import Error as OpenSSLError
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
 from twisted.internet.endpoints import (
@@ -121,14 +122,25 @@ class Upstream(typing.Protocol):
 
 
 def _trust_root(ca_file: str) -> object:
-    """Trust exactly the certificates in a PEM bundle."""
-    with open(ca_file, "rb") as bundle:
-        blocks = _PEM_CERTIFICATE.findall(bundle.read())
+    """Trust exactly the certificates in a PEM bundle.
+
+    Configuration checks the bundle first; one changed in between still
+    fails with a ``ValueError`` of one line, naming the file.
+    """
+    try:
+        with open(ca_file, "rb") as bundle:
+            blocks = _PEM_CERTIFICATE.findall(bundle.read())
+    except OSError as e:
+        raise ValueError(f"cannot read CA bundle {ca_file!r}: {e.strerror}") from None
     if not blocks:
         raise ValueError(
             f"expected PEM certificates in CA bundle {ca_file!r}, found none"
         )
-    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+    try:
+        certificates = [Certificate.loadPEM(block) for block in blocks]
+    except OpenSSLError as e:
+        raise ValueError(f"CA bundle {ca_file!r} holds an invalid certificate ({e})") from None
+    return trustRootFromCertificates(certificates)
 
 
 def _endpoint(origin: Origin, reactor: object, timeout: float) -> IStreamClientEndpoint:
