@@ -82,15 +82,31 @@ _GREETINGS = {"de": "Hallo", "en": "Hello", "es": "Hola", "fr": "Bonjour", "it":
 
 
 def banner(listen: Sequence[str]) -> str:
-    """The start-up line telling the operator the demo origin is in use."""
-    url = "http://localhost:8080/"
+    """The start-up line telling the operator the demo origin is in use.
+
+    Its curl command reaches the first TCP listener, else the first TLS one
+    (``-k``: the certificate may be one curl does not trust), else the first
+    UNIX socket (``--unix-socket``).
+    """
+    by_kind: dict[str, str] = {}
     for description in listen:
-        parts = description.split(":")
-        if parts[0] in ("tcp", "tcp6") and len(parts) > 1:
-            port = parts[1].removeprefix("port=")
-            url = f"http://localhost:{port}/"
-            break
-    return f"no --origin given: serving the built-in demo origin; try curl -i {url}"
+        kind, _, rest = description.partition(":")
+        first = rest.split(":", 1)[0]
+        if kind == "tcp6":
+            kind = "tcp"
+        if kind in ("tcp", "ssl") and first:
+            by_kind.setdefault(kind, first.removeprefix("port="))
+        elif kind == "unix" and first:
+            by_kind.setdefault(kind, first.removeprefix("address="))
+    if "tcp" in by_kind:
+        command = f"curl -i http://localhost:{by_kind['tcp']}/"
+    elif "ssl" in by_kind:
+        command = f"curl -ik https://localhost:{by_kind['ssl']}/"
+    elif "unix" in by_kind:
+        command = f"curl -i --unix-socket {by_kind['unix']} http://localhost/"
+    else:
+        command = "curl -i http://localhost:8080/"
+    return f"no --origin given: serving the built-in demo origin; try {command}"
 
 
 def _timestamp(clock: IReactorTime) -> str:

@@ -122,6 +122,18 @@ class BannerTests(SynchronousTestCase):
         )
         self.assertEqual(banner(["tcp:8080"]), "no --origin given: serving the built-in demo origin; try curl -i http://localhost:8080/")
 
+    def test_banner_without_a_tcp_listener_names_the_tls_or_unix_one(self) -> None:
+        """With only TLS or UNIX-socket listeners the curl command reaches one of
+        them (https with -k, or --unix-socket), not a port nothing listens on."""
+        self.assertEqual(
+            banner(["unix:/run/a.sock", "ssl:8443:privateKey=k.pem"]),
+            "no --origin given: serving the built-in demo origin; try curl -ik https://localhost:8443/",
+        )
+        self.assertEqual(
+            banner(["unix:/run/a.sock:mode=660"]),
+            "no --origin given: serving the built-in demo origin; try curl -i --unix-socket /run/a.sock http://localhost/",
+        )
+
 
 class DemoOriginTests(SynchronousTestCase):
     def test_private_socket_lifecycle(self) -> None:
