@@ -519,6 +519,13 @@ def _parse_endpoint(raw: object, name: str) -> str:
     port = getattr(endpoint, "_port", 0)
     if isinstance(port, int) and not 0 <= port <= 65535:
         _fail(name, f"{expected}, got {raw!r} (port out of range 0-65535)")
+    # A UNIX socket's directory is not created (as nginx does not); without
+    # this, Twisted's lock file names the failure obscurely.
+    address = getattr(endpoint, "_address", None)
+    if raw.startswith("unix:") and isinstance(address, str):
+        directory = os.path.dirname(os.path.abspath(address))
+        if not os.path.isdir(directory):
+            _fail(name, f"cannot listen on {raw!r}: no directory {directory!r}")
     return raw
 
 

@@ -179,6 +179,7 @@ def test_cli_simple_case() -> None:
         ({"listen": ["bogus:1"]}, "--listen: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'bogus:1' (Unknown endpoint type: 'bogus')"),
         ({"listen": ["tcp:8080:colour=red"]}, "--listen: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'tcp:8080:colour=red' (unknown parameter 'colour')"),
         ({"listen": ["tcp:70000"]}, "--listen: expected an endpoint such as tcp:8080, tcp:8080:interface=127.0.0.1 or unix:/run/accel.sock, got 'tcp:70000' (port out of range 0-65535)"),
+        ({"listen": ["unix:/nonexistent/dir/a.sock"]}, "--listen: cannot listen on 'unix:/nonexistent/dir/a.sock': no directory '/nonexistent/dir'"),
         ({"listen": ["ssl:8443:privateKey=/nonexistent/key.pem"]}, "--listen: cannot use 'ssl:8443:privateKey=/nonexistent/key.pem': No such file or directory: '/nonexistent/key.pem'"),
         ({"origin": ["ftp://x"]}, "--origin: expected http://host[:port], https://host[:port] or unix:/path, got 'ftp://x'"),
         ({"trusted_proxy": ["10.0.0.1/8"]}, "--trusted-proxy: expected an address or network such as 10.0.0.0/8, 192.0.2.1 or ::1, got '10.0.0.1/8' (10.0.0.1/8 has host bits set)"),
