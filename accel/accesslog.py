@@ -183,8 +183,14 @@ def _middle(
     user_agent: bytes | None,
     cache: bytes,
 ) -> bytes:
-    """`` "GET / HTTP/1.1" 200 5 "-" "curl/8" HIT `` (spaces around it included)."""
-    if _plain(target):
+    """`` "GET / HTTP/1.1" 200 5 "-" "curl/8" HIT `` (spaces around it included).
+
+    A request refused before it was parsed has no method: its request line
+    is ``"-"``, as nginx logs one it could not read.
+    """
+    if not method:
+        request_line = b'"-"'
+    elif _plain(target):
         request_line = b'"%s %s HTTP/%s"' % (method, target, version)
     else:
         request_line = _quote(b"%s %s HTTP/%s" % (method, target, version))

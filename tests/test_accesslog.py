@@ -44,6 +44,26 @@ def test_hostile_bytes_are_escaped():
     assert line.endswith(b" - 0.000\n")
 
 
+def test_a_request_refused_before_it_was_parsed_is_logged_with_its_client(tmp_path):
+    """A head the server refuses (here: no Host, 400), given to a file access log,
+    is one line with the client's address and "-" for the request line, as nginx
+    logs a request it could not read; no exception reaches the server."""
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from accel.http.server import HTTPServerFactory
+    from tests.test_server import Recorder
+
+    path = tmp_path / "access.log"
+    clock = MemoryReactorClock()
+    log = AccessLog(str(path), clock)
+    factory = HTTPServerFactory(Recorder(), clock, access_log=log)
+    proto = factory.buildProtocol(None)
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+    log.close()
+    assert re.fullmatch(rb'192\.168\.1\.1 - - \[[^]]+\] "-" 400 \d+ "-" "-" - 0\.000\n', path.read_bytes())
+
+
 def test_lines_reach_the_file_on_flush(tmp_path):
     """Lines are buffered and written by the periodic flush."""
     path = tmp_path / "access.log"

@@ -78,9 +78,11 @@ __all__ = [
 _log = Logger()
 
 #: ``access_log(request, status, body_bytes_sent, started, finished, log)``.
-#: ``request`` is ``None`` for a request rejected before it was parsed;
+#: A request rejected before it was parsed (a malformed or oversized head, a
+#: client over its connection limit) is given as one that has only its
+#: ``client`` and ``client_port``: method, target and version are empty.
 #: ``status`` is 0 when the client went away before a response started.
-AccessLog = Callable[[Request | None, int, int, float, float, dict[str, str]], None]
+AccessLog = Callable[[Request, int, int, float, float, dict[str, str]], None]
 
 #: Seconds a connection idle when the server begins to stop is kept open for
 #: a request already on its way (answered with ``Connection: close``), so
@@ -1865,9 +1867,14 @@ class HTTPServerProtocol(Protocol):
         access_log = self._access_log
         if access_log is None:
             return
+        request = exchange.request
+        if request is None:
+            request = Request(
+                b"", b"", b"", None, b"", Headers(), b"", client=self._client, client_port=self._client_port
+            )
         try:
             access_log(
-                exchange.request,
+                request,
                 exchange._status,
                 exchange._sent,
                 exchange._started_at,
