@@ -352,7 +352,11 @@ class Accelerator:
         if isinstance(decision, (policy.Fresh, policy.Validated)):
             # Validated: a fetch this request waited for (or another
             # worker's) got or confirmed it after the request arrived.
-            self._serve(lk, entry, headers, decision.age, decision.ttl, "HIT")
+            if lk.fetched is None:
+                self._serve(lk, entry, headers, decision.age, decision.ttl, "HIT")
+            else:  # the fill this request's own miss started
+                status = self._status(fwd=lk.fetched, fwd_status=entry.status, stored=True)
+                self._serve(lk, entry, headers, decision.age, decision.ttl, "MISS", status)
         elif isinstance(decision, policy.ServeStale):
             self._serve(lk, entry, headers, decision.age, decision.ttl, "STALE")
         elif isinstance(decision, policy.StaleWhileRevalidate):
@@ -406,6 +410,7 @@ class Accelerator:
             # from the store once it is there (or pass it through if the
             # object turns out too large or not storable: hit-for-miss).
             background = Lookup(lk.route, lk.rules, lk.request, None, lk.key)
+            lk.fetched = fwd
             self._filler.fetch(Fill(background, None, fwd, leader=True, background=True), None)
             if not self._wait_for_leader(lk):
                 lk.waited += 1  # the fill is already over: look again, once

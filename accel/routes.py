@@ -98,6 +98,9 @@ class Lookup:
     #: Times this request already waited for another's fetch.
     waited: int = 0
     collapsed: bool = False
+    #: The ``fwd`` reason of a fill this request started for itself and is
+    #: then answered from (a Range miss): its answer is a miss, not a hit.
+    fetched: str | None = None
     #: When the request reached the accelerator (``None``: a background
     #: fetch): a stored response received or validated since needs no
     #: validation for it (:class:`accel.cache.policy.Validated`).

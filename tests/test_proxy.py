@@ -584,6 +584,19 @@ class TestRanges:
         assert r.status == 206 and r.body == b"fgh"
         assert get(proxy).body == b"abcdefgh" and len(upstream.calls) == 1
 
+    def test_range_miss_is_reported_as_a_miss(self, clock, store):
+        """RFC 9211: the Range request whose miss fetched the object is answered from the
+        store, but its Cache-Status and access-log status say it was forwarded (a miss,
+        as nginx and Varnish count it), not a collapsed hit; the next request is a hit."""
+        upstream = FakeUpstream(auto=always(headers=dated((b"Cache-Control", b"max-age=60")), body=b"abcdefgh"))
+        proxy = make_proxy(clock, store, upstream)
+        r = get_turn(clock, proxy, headers=[(b"Range", b"bytes=-3")])
+        assert r.status == 206
+        assert r.header(b"cache-status") == b"accel; fwd=uri-miss; fwd-status=200; stored"
+        assert r.log["cache"] == "MISS"
+        again = get(proxy, headers=[(b"Range", b"bytes=-3")])
+        assert again.header(b"cache-status").startswith(b"accel; hit; ttl=") and again.log["cache"] == "HIT"
+
     def test_range_miss_on_an_uncacheable_object_passes_the_range_through(self, clock, store):
         """If the object cannot be stored, the client's Range goes to the origin as sent."""
 
