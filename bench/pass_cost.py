@@ -18,7 +18,15 @@ Rows (best of ``--runs`` runs, as noise only adds time):
   request is a pass-through (after the first, under a hit-for-miss marker);
 * ``bypass 1 KiB``: a route whose cache is off: plain forwarding;
 * ``revalidate 1 KiB``: a stored response with ``no-cache`` and an ``ETag``,
-  revalidated with a ``304`` on every request.
+  revalidated with a ``304`` on every request;
+* ``miss 1 KiB``: a new URL on every request (``?n=1``, ``?n=2``, ...),
+  answered ``max-age=86400``: fetched, stored in the real store on a temp
+  dir, never hit. Every miss commits its row alone (group commit), as one
+  client asking one URL at a time would.
+
+After each request the reactor's due calls run, as at the end of a reactor
+turn: that commits the turn's stored rows and releases the responses' last
+bytes held for them.
 
 CPU time of this process (``time.process_time``), so time spent waiting for
 the CPU does not count. The number is deterministic enough to compare two versions of accel on a
@@ -51,6 +59,8 @@ RESPONSES = {
     b"cache-control: no-store\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY),
     "revalidate": b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
     b'cache-control: no-cache\r\netag: "v1"\r\ncontent-length: %d\r\n\r\n%s' % (len(BODY), BODY),
+    "miss": b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+    b"cache-control: max-age=86400\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY),
 }
 NOT_MODIFIED = b'HTTP/1.1 304 Not Modified\r\ncache-control: no-cache\r\netag: "v1"\r\n\r\n'
 HEAD = b"GET /%s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
@@ -91,6 +101,7 @@ class _Rig:
         self.server = factory.buildProtocol(None)
         self.server.makeConnection(self.client)
         self.origins: list[tuple[object, StringTransport]] = []
+        self._fresh = 0
 
     def _connect(self) -> None:
         """Complete the connections the pool asked the reactor for."""
@@ -109,19 +120,26 @@ class _Rig:
             if transport.value():
                 transport.clear()
                 protocol.dataReceived(answer)  # type: ignore[attr-defined]
+                self.reactor.advance(0)  # the end of the reactor turn
                 return
         raise AssertionError("the request never reached the origin")
 
+    def miss(self, path: bytes, answer: bytes) -> None:
+        """A request for a URL never asked before (``path?n=N``), all the way round."""
+        self._fresh += 1
+        self.request(b"%s?n=%d" % (path, self._fresh), answer)
+
 
 def _measure(name: str, rig: _Rig, path: bytes, answer: bytes, n: int, runs: int) -> None:
-    rig.request(path, RESPONSES["revalidate"] if answer is NOT_MODIFIED else answer)  # prime
-    rig.request(path, answer)
+    one = rig.miss if answer is RESPONSES["miss"] else rig.request
+    one(path, RESPONSES["revalidate"] if answer is NOT_MODIFIED else answer)  # prime
+    one(path, answer)
     best = float("inf")
     for _ in range(runs):
         rig.client.clear()
         started = time.process_time()
         for _ in range(n):
-            rig.request(path, answer)
+            one(path, answer)
         best = min(best, (time.process_time() - started) / n)
         sent = rig.client.value()
         assert sent.count(b"HTTP/1.1 200 OK\r\n") == n, sent[-500:]
@@ -140,6 +158,7 @@ def main(argv: list[str]) -> None:
         _measure("bypass 1 KiB", _Rig(os.path.join(work, "b"), cache=False), b"any",
                  RESPONSES["pass"], args.requests, args.runs)  # fmt: skip
         _measure("revalidate 1 KiB", rig, b"etag", NOT_MODIFIED, args.requests, args.runs)
+        _measure("miss 1 KiB", rig, b"miss", RESPONSES["miss"], args.requests, args.runs)
 
 
 if __name__ == "__main__":
