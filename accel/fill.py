@@ -54,7 +54,7 @@ from accel.http.headers import Headers
 from accel.http.model import EMPTY_BODY, Request, Responder
 from accel.routes import Lookup, Route
 from accel.streams import BodyWriter, Feed
-from accel.upstream import OriginResponse
+from accel.upstream import OriginPool, OriginResponse
 
 __all__ = ["Fill", "Filler"]
 
@@ -165,7 +165,18 @@ class Filler:
         fill.request_time = self._clock.seconds()
         target = request.path + (b"?" + request.query if request.query is not None else b"")
         relay = None if lk.responder is None else interim_relay(lk.route, lk.responder)
-        d = lk.route.upstream.request(_GET, target, headers, EMPTY_BODY, relay)
+        upstream = lk.route.upstream
+        if isinstance(upstream, OriginPool):
+            # The pool calls back directly, as for plain forwarding: a
+            # Deferred in between cost about 2 % of a miss's instructions.
+            call = _Fetch(self, fill)
+            call.cancel = upstream.send(
+                _GET, target, headers, EMPTY_BODY, relay, call.response, call.failed
+            )
+            if lk.responder is not None:
+                lk.responder.on_disconnect(call.client_left)
+            return
+        d = upstream.request(_GET, target, headers, EMPTY_BODY, relay)
         if lk.responder is not None:
             lk.responder.on_disconnect(lambda: self._client_left(fill, d))
         d.addCallbacks(self._filled, self._fill_failed, callbackArgs=(fill,), errbackArgs=(fill,))
@@ -437,6 +448,37 @@ class Filler:
 
     def _status(self, **kw: object) -> bytes:
         return policy.cache_status(name=self._name, **kw)  # type: ignore[arg-type]
+
+
+class _Fetch:
+    """One fill's call to an :class:`OriginPool`: the pool's callbacks, and the
+    client leaving before the origin answered (which cancels the call, and
+    ends the fill as a cancelled Deferred would: nothing stored, followers
+    and waiters told to look again)."""
+
+    __slots__ = ("_answered", "_fill", "_filler", "cancel")
+
+    def __init__(self, filler: Filler, fill: Fill) -> None:
+        self._filler = filler
+        self._fill = fill
+        self._answered = False
+        self.cancel: Callable[[], None] | None = None
+
+    def response(self, response: OriginResponse) -> None:
+        self._answered = True
+        self._filler._filled(response, self._fill)
+
+    def failed(self, failure: Failure) -> None:
+        self._answered = True
+        self._filler._fill_failed(failure, self._fill)
+
+    def client_left(self) -> None:
+        if self._answered:
+            return
+        self._answered = True
+        if self.cancel is not None:
+            self.cancel()
+        self._filler._finish_fill(self._fill, cacheable=True)
 
 
 def _client_fields(response: OriginResponse, lk: Lookup) -> Headers:

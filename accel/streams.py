@@ -303,6 +303,12 @@ class Feed:
         writer = self._writer
         whole = writer.active and (self._length is None or writer.written == self._length)
         stored = writer.commit()
+        if not self._followers:
+            # Nobody to tell, and nobody can start following now: the body
+            # is no longer being written (no spool_path), so follow() says
+            # too late. A closure and a call after the commit fewer per miss.
+            self._over = True
+            return stored
         # A body that arrived whole but could not be kept (the store failed
         # at the last step) is still whole in the followers' open files.
         # Either way the followers end once the commit is known.
