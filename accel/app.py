@@ -221,18 +221,63 @@ class _FrozenStartUp(Service):
     are some 50,000 tracked objects; every full collection walked them all,
     and a stored miss, whose objects outlive a reactor turn under load
     (their rows commit at its end), makes collections frequent: about 6 %
-    of a miss's instructions (docs/performance.rst, "Seventh round"). What
-    is frozen is never collected: cycles among start-up objects dropped
-    later (the first configuration's, after a reload) are kept, once.
+    of a miss's instructions (docs/performance.rst, "Seventh round").
+
+    What is frozen is never collected, so a reload thaws the heap
+    (:meth:`thaw_until`): the cycles the replaced configuration leaves are
+    collected as usual, and the heap is frozen again once the handler it
+    replaced has retired. Reloads do not make the process grow.
     """
 
-    def __init__(self, reactor: Any, freeze: Callable[[], None] = freeze_heap) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        freeze: Callable[[], None] = freeze_heap,
+        thaw: Callable[[], None] = gc.unfreeze,
+    ) -> None:
         self._reactor = reactor
         self._freeze = freeze
+        self._thaw = thaw
+        #: Whether the heap is frozen (the reactor has run, and no reload
+        #: has thawed it since).
+        self.frozen = False
+        #: Reloads whose replaced handler has not retired yet.
+        self._thawing = 0
+        #: The freeze scheduled once the last of them has.
+        self._refreeze: Any = None
 
     def startService(self) -> None:
         super().startService()
-        self._reactor.callWhenRunning(self._freeze)
+        self._reactor.callWhenRunning(self._freeze_now)
+
+    def _freeze_now(self) -> None:
+        self._refreeze = None
+        if not self.running:
+            return
+        self._freeze()
+        self.frozen = True
+
+    def thaw_until(self, retired: Deferred[None]) -> None:
+        """Thaw the heap now, and freeze it again on the reactor's turn after
+        ``retired`` fires (and any other reload's since has too). Nothing
+        if it was never frozen (the reactor has not run)."""
+        if self._refreeze is not None:
+            self._refreeze.cancel()  # thawed still: frozen after this one too
+            self._refreeze = None
+        elif not self.frozen and not self._thawing:
+            return
+        if self.frozen:
+            self._thaw()
+            self.frozen = False
+        self._thawing += 1
+
+        def refreeze(result: object) -> object:
+            self._thawing -= 1
+            if not self._thawing:
+                self._refreeze = self._reactor.callLater(0, self._freeze_now)
+            return result
+
+        retired.addBoth(refreeze)
 
 
 class _Closer(Service):
@@ -471,6 +516,8 @@ class _Reloader:
         self.access_log: AccessLog | None = None
         self.drain: _Drain | None = None
         self.pool: WorkerPool | None = None
+        #: Thawed while a replaced handler retires (see _FrozenStartUp).
+        self.heap: _FrozenStartUp | None = None
         self._reactor = reactor
         self._config = config
         self._store = store
@@ -505,7 +552,9 @@ class _Reloader:
         for factory in self.factories:
             factory.reconfigure(handler, limits=limits, body_limit=handler.body_limit, fast_path=handler.fast_hit)
         old, self.handler = self.handler, handler
-        old.retire().addErrback(_log_failure, "error while retiring the previous handler")
+        retired = old.retire().addErrback(_log_failure, "error while retiring the previous handler")
+        if self.heap is not None:
+            self.heap.thaw_until(retired)
         if self.access_log is not None and config.access_log is not None and config.access_log != "off":
             self.access_log.move(config.access_log)
         if self.drain is not None:
@@ -665,5 +714,6 @@ def make_service(
         else:
             endpoint = serverFromString(reactor, cfg.with_backlog(description))
             _Listener(description, endpoint, factory).setServiceParent(top)
-    _FrozenStartUp(reactor).setServiceParent(top)
+    reloader.heap = _FrozenStartUp(reactor)
+    reloader.heap.setServiceParent(top)
     return top

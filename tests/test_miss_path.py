@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -184,3 +185,98 @@ def test_twistd_accel_freezes_its_start_up_heap(tmp_path: Path):
         assert any(isinstance(service, app._FrozenStartUp) for service in top)
     finally:
         top.stopService()
+
+
+class _Heap:
+    """The freezing service with its freeze and thaw recorded, on a MemoryReactorClock."""
+
+    def __init__(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.calls: list[str] = []
+        self.service = app._FrozenStartUp(
+            self.reactor, lambda: self.calls.append("freeze"), lambda: self.calls.append("thaw")
+        )
+        self.service.startService()
+
+    def run(self) -> None:
+        for hook, args, kwargs in self.reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+
+
+def test_a_reload_thaws_the_heap_until_the_replaced_handler_retires():
+    """What is frozen is never collected: a reload thaws the heap, so the cycles
+    the replaced configuration leaves can be collected, and it is frozen
+    again on the turn after the replaced handler has retired."""
+    heap = _Heap()
+    heap.run()
+    retired: Deferred[None] = Deferred()
+    heap.service.thaw_until(retired)
+    assert heap.calls == ["freeze", "thaw"] and not heap.service.frozen
+    heap.reactor.advance(1)
+    assert heap.calls == ["freeze", "thaw"]
+    retired.callback(None)
+    assert heap.calls == ["freeze", "thaw"]
+    heap.reactor.advance(0)
+    assert heap.calls == ["freeze", "thaw", "freeze"] and heap.service.frozen
+
+
+def test_overlapping_reloads_freeze_again_once_both_have_retired():
+    """A second reload while the first replaced handler still serves: the heap
+    stays thawed until both have retired."""
+    heap = _Heap()
+    heap.run()
+    first: Deferred[None] = Deferred()
+    second: Deferred[None] = Deferred()
+    heap.service.thaw_until(first)
+    heap.service.thaw_until(second)
+    first.callback(None)
+    heap.reactor.advance(0)
+    assert heap.calls == ["freeze", "thaw"]
+    second.callback(None)
+    heap.reactor.advance(0)
+    assert heap.calls == ["freeze", "thaw", "freeze"]
+
+
+def test_a_reload_in_the_turn_before_the_freeze_keeps_it_thawed():
+    """A reload after the previous one's handler retired but before the heap
+    was frozen again: the pending freeze waits for the new one's too."""
+    heap = _Heap()
+    heap.run()
+    first: Deferred[None] = Deferred()
+    heap.service.thaw_until(first)
+    first.callback(None)  # the freeze is scheduled for the next turn
+    second: Deferred[None] = Deferred()
+    heap.service.thaw_until(second)
+    heap.reactor.advance(0)
+    assert heap.calls == ["freeze", "thaw"]
+    second.callback(None)
+    heap.reactor.advance(0)
+    assert heap.calls == ["freeze", "thaw", "freeze"]
+
+
+def test_a_heap_never_frozen_is_left_alone_by_a_reload():
+    """Before the reactor runs (or under a test's MemoryReactor) nothing was
+    frozen: a reload neither thaws nor freezes anything."""
+    heap = _Heap()
+    retired: Deferred[None] = Deferred()
+    heap.service.thaw_until(retired)
+    retired.callback(None)
+    heap.reactor.advance(0)
+    assert heap.calls == []
+
+
+def test_sighup_thaws_the_frozen_heap_of_twistd_accel(tmp_path: Path):
+    """make_service hands the reloader its freezing service: a SIGHUP reload
+    thaws the heap the start-up froze."""
+    from tests.test_reload import Running
+
+    running = Running(tmp_path)
+    (heap,) = [s for s in running.top if isinstance(s, app._FrozenStartUp)]
+    calls: list[str] = []
+    heap._freeze = lambda: calls.append("freeze")
+    heap._thaw = lambda: calls.append("thaw")
+    for hook, args, kwargs in running.clock.whenRunningHooks:
+        if getattr(hook, "__self__", None) is heap:
+            hook(*args, **kwargs)
+    running.hup()
+    assert calls == ["freeze", "thaw"]
