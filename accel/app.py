@@ -226,7 +226,7 @@ class _FrozenStartUp(Service):
     What is frozen is never collected, so a reload thaws the heap
     (:meth:`thaw_until`): the cycles the replaced configuration leaves are
     collected as usual, and the heap is frozen again once the handler it
-    replaced has retired. Reloads do not make the process grow.
+    replaced has retired.
     """
 
     def __init__(
