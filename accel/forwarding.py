@@ -10,6 +10,12 @@ Pure: builds header lists, reads no clock and does no I/O.
   only when the client's address is one the operator trusts to have set them,
   another proxy in front of accel; from anyone else they are replaced, so a
   client cannot forge its address to the origin.
+* The other fields proxies set to describe the original request
+  (:data:`PROXY_SET_FIELDS`: ``X-Forwarded-Scheme``, ``X-Forwarded-Port``,
+  ``X-Forwarded-Prefix``, ``X-Host``, ``X-Real-IP``...) are forwarded only
+  from those trusted clients, and dropped from anyone else.
+* ``Host`` (and the host in ``X-Forwarded-Host`` and ``Forwarded``) is the
+  authority as the cache key holds it (:func:`accel.cache.keys.normal_authority`).
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from ipaddress import IPv4Network, IPv6Network
 
 from attrs import frozen
 
+from accel.cache.keys import normal_authority
 from accel.http.headers import HOP_BY_HOP, Headers, split_list
 from accel.http.model import Request
 
 __all__ = [
+    "PROXY_SET_FIELDS",
     "ForwardingPolicy",
     "request_headers_for_origin",
     "response_headers_for_client",
@@ -52,11 +60,47 @@ UNKEYED_OVERRIDES = (
     b"x-method-override",
 )
 
+#: Fields that proxies set to tell an origin what the original request was
+#: (its scheme, port, host, path prefix or URI) or who sent it. Frameworks
+#: believe them from a proxy they trust, and to its origins accel is that
+#: proxy: Rack and Rails read ``X-Forwarded-Scheme``, ``X-Forwarded-Ssl``,
+#: ``X-Url-Scheme`` and ``X-Forwarded-Port``, Symfony, Spring and Werkzeug
+#: ``X-Forwarded-Prefix``, many applications ``X-Host`` or ``X-Real-IP``.
+#: None of them is in the cache key, so from a client they would let one
+#: request decide what is stored for everyone (a redirect to ``https`` that
+#: loops, links to another host); they also forge the client's address.
+#: They pass only from a trusted client, as sent.
+PROXY_SET_FIELDS = (
+    b"x-forwarded-port",
+    b"x-forwarded-scheme",
+    b"x-forwarded-ssl",
+    b"x-forwarded-protocol",
+    b"x-forwarded-prefix",
+    b"x-forwarded-path",
+    b"x-forwarded-uri",
+    b"x-forwarded-server",
+    b"x-forwarded-client-cert",
+    b"x-original-uri",
+    b"x-original-host",
+    b"x-host",
+    b"x-http-host-override",
+    b"x-url-scheme",
+    b"front-end-https",
+    b"x-real-ip",
+    b"true-client-ip",
+    b"x-client-ip",
+    b"client-ip",
+    b"x-cluster-client-ip",
+)
+
 #: What never goes upstream as the client sent it: hop-by-hop fields, the
 #: forwarding fields (replaced, or extended when trusted) and ``Expect``;
-#: for GET and HEAD also the unkeyed overrides.
+#: for GET and HEAD also the unkeyed overrides; from an untrusted client
+#: also the fields proxies set.
 _NOT_FORWARDED = HOP_BY_HOP | frozenset(_FORWARDED_FIELDS) | frozenset(_REQUEST_ONLY_HERE)
 _NOT_FORWARDED_SAFE = _NOT_FORWARDED | frozenset(UNKEYED_OVERRIDES)
+_NOT_FORWARDED_UNTRUSTED = _NOT_FORWARDED | frozenset(PROXY_SET_FIELDS)
+_NOT_FORWARDED_SAFE_UNTRUSTED = _NOT_FORWARDED_SAFE | frozenset(PROXY_SET_FIELDS)
 
 #: Looked for as an int: ``bytes in bytes`` first tries its operand as an
 #: integer, and the TypeError it raises and clears costs ten times the
@@ -112,23 +156,29 @@ def request_headers_for_origin(request: Request, policy: ForwardingPolicy) -> He
     Keeps the client's end-to-end fields in order, drops hop-by-hop ones
     (and those ``Connection`` names), and adds ``Via`` and the forwarding
     fields as the module docstring says. ``Host`` is the route's, or the
-    request's authority, in place of the client's first ``Host`` line.
+    request's authority as the cache key holds it, in place of the
+    client's first ``Host`` line.
 
     One pass over the client's fields, and the fields added for a client
     with nothing to extend remembered (:data:`_ADDED`): this runs for every
     request that reaches an origin.
     """
     method = request.method
-    drop = _NOT_FORWARDED_SAFE if method == b"GET" or method == b"HEAD" else _NOT_FORWARDED
+    safe = method == b"GET" or method == b"HEAD"
+    trusted = policy.trusts(request.client)
+    if trusted:
+        drop = _NOT_FORWARDED_SAFE if safe else _NOT_FORWARDED
+    else:
+        drop = _NOT_FORWARDED_SAFE_UNTRUSTED if safe else _NOT_FORWARDED_UNTRUSTED
     named = request.headers.get_all(b"connection")
     by_connection: frozenset[bytes] | set[bytes] = frozenset()
     if named:
         by_connection = {token.lower() for token in split_list(named)}
         drop = drop | by_connection
-    trusted = policy.trusts(request.client)
     #: The forwarding fields a trusted client sent, to extend.
     prior: dict[bytes, list[bytes]] = {}
-    host = policy.host if policy.host is not None else request.authority
+    authority = normal_authority(request.scheme, request.authority)
+    host = policy.host if policy.host is not None else authority
     host_placed = False
     pairs: list[tuple[bytes, bytes]] = []
     for pair in request.headers:
@@ -146,7 +196,7 @@ def request_headers_for_origin(request: Request, policy: ForwardingPolicy) -> He
                 host_placed = True
         else:
             pairs.append(pair)
-    key = (request.client, request.authority, request.scheme, request.version, policy.via)
+    key = (request.client, authority, request.scheme, request.version, policy.via)
     if prior:
         pairs += _added_fields(*key, prior)
     else:

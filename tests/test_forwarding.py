@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accel.forwarding import (
+    PROXY_SET_FIELDS,
     UNKEYED_OVERRIDES,
     ForwardingPolicy,
     request_headers_for_origin,
@@ -68,6 +69,50 @@ def test_untrusted_client_cannot_forge_forwarded_fields():
     assert out.get_all(b"x-forwarded-host") == [b"www.example.com"]
     assert out.get_all(b"x-forwarded-proto") == [b"http"]
     assert out.get_all(b"forwarded") == [b"for=192.0.2.7;host=www.example.com;proto=http"]
+
+
+def test_untrusted_client_cannot_send_the_fields_proxies_set():
+    """X-Forwarded-Scheme, -Port, -Prefix, X-Host, X-Real-IP... from an untrusted
+    peer are dropped: origins believe them, and none is in the cache key."""
+    sent = [(b"Host", b"www.example.com")] + [(name, b"evil") for name in PROXY_SET_FIELDS]
+    for method in (b"GET", b"POST"):
+        r = req(sent)
+        r.method = method
+        out = request_headers_for_origin(r, ForwardingPolicy())
+        assert not {n for n, _ in out} & set(PROXY_SET_FIELDS)
+
+
+def test_trusted_proxy_passes_the_fields_proxies_set():
+    """From a trusted proxy they are forwarded as it sent them."""
+    r = req(
+        [(b"Host", b"www.example.com"), (b"X-Forwarded-Port", b"443"), (b"X-Real-IP", b"203.0.113.1")],
+        client="10.0.0.2",
+    )
+    out = request_headers_for_origin(r, ForwardingPolicy.from_strings(["10.0.0.0/8"]))
+    assert out.get(b"x-forwarded-port") == b"443"
+    assert out.get(b"x-real-ip") == b"203.0.113.1"
+
+
+def test_origin_is_told_the_authority_as_the_cache_key_has_it():
+    """Host: example.com:80 shares the key of example.com (RFC 9110 section
+    4.2.3), so the origin is told example.com: were it told the port, an
+    answer to that form (a redirect to the canonical host) would be stored
+    for every client of example.com."""
+    for authority in (b"www.example.com:80", b"www.example.com:"):
+        r = req([(b"Host", authority)])
+        r.authority = authority
+        out = request_headers_for_origin(r, ForwardingPolicy())
+        assert out.get_all(b"host") == [b"www.example.com"]
+        assert out.get_all(b"x-forwarded-host") == [b"www.example.com"]
+        assert out.get_all(b"forwarded") == [b"for=192.0.2.7;host=www.example.com;proto=http"]
+
+
+def test_a_port_that_is_not_the_default_is_kept_for_the_origin():
+    """On https, :80 is another resource and is forwarded as it is."""
+    r = req([(b"Host", b"www.example.com:80")])
+    r.authority, r.scheme = b"www.example.com:80", b"https"
+    out = request_headers_for_origin(r, ForwardingPolicy())
+    assert out.get(b"host") == b"www.example.com:80"
 
 
 def test_trusted_proxy_fields_are_extended():
@@ -204,6 +249,8 @@ def _reference_headers_for_origin(request: Request, policy: ForwardingPolicy) ->
     headers = request.headers.without_hop_by_hop()
     if any(b"_" in name for name, _ in headers):
         headers = Headers([pair for pair in headers if b"_" not in pair[0]])
+    if not policy.trusts(request.client):
+        headers.remove(*PROXY_SET_FIELDS)
     if request.method in (b"GET", b"HEAD"):
         headers.remove(*UNKEYED_OVERRIDES)
     elif request.method in (b"OPTIONS", b"TRACE"):
@@ -211,14 +258,19 @@ def _reference_headers_for_origin(request: Request, policy: ForwardingPolicy) ->
         if value is not None and value.isdigit() and value != b"0":
             headers.set(b"max-forwards", b"%d" % (min(int(value), 2**31) - 1))
     client = request.client or "unknown"
+    authority = request.authority
+    if authority.endswith(b":"):
+        authority = authority[:-1]
+    elif authority.endswith(b":80") and request.scheme == b"http":
+        authority = authority[:-3]
     if policy.trusts(request.client):
         prior_xff = headers.get(b"x-forwarded-for")
         prior_fwd = headers.get(b"forwarded")
         proto = headers.get(b"x-forwarded-proto") or request.scheme
-        host = headers.get(b"x-forwarded-host") or request.authority
+        host = headers.get(b"x-forwarded-host") or authority
     else:
         prior_xff = prior_fwd = None
-        proto, host = request.scheme, request.authority
+        proto, host = request.scheme, authority
     headers.remove(
         b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"expect"
     )
@@ -226,9 +278,9 @@ def _reference_headers_for_origin(request: Request, policy: ForwardingPolicy) ->
     headers.add(b"x-forwarded-for", prior_xff + b", " + node if prior_xff else node)
     headers.add(b"x-forwarded-proto", proto)
     headers.add(b"x-forwarded-host", host)
-    quoted = request.authority if request.authority and not any(
-        c in request.authority for c in b':[]"'
-    ) else b'"' + request.authority.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    quoted = authority if authority and not any(
+        c in authority for c in b':[]"'
+    ) else b'"' + authority.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     node_f = (
         b'"[' + client.encode() + b']"' if ":" in client
         else b"unknown" if client in ("", "unix") else client.encode()
@@ -236,7 +288,7 @@ def _reference_headers_for_origin(request: Request, policy: ForwardingPolicy) ->
     element = b"for=%s;host=%s;proto=%s" % (node_f, quoted, request.scheme)
     headers.add(b"forwarded", prior_fwd + b", " + element if prior_fwd else element)
     headers.add(b"via", request.version + b" " + policy.via)
-    headers.set(b"host", policy.host if policy.host is not None else request.authority)
+    headers.set(b"host", policy.host if policy.host is not None else authority)
     return headers
 
 
@@ -245,7 +297,7 @@ _FIELD_NAMES = st.sampled_from(
     + [
         b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
         b"expect", b"max-forwards", b"x_under", b"accept", b"cookie", b"x-original-url",
-        b"x-http-method-override",
+        b"x-http-method-override", b"x-forwarded-scheme", b"x-real-ip", b"x-host",
     ]
 )  # fmt: skip
 
@@ -265,11 +317,15 @@ _FIELD_NAMES = st.sampled_from(
     method=st.sampled_from([b"GET", b"HEAD", b"POST", b"OPTIONS", b"TRACE"]),
     client=st.sampled_from(["192.0.2.7", "10.1.2.3", "2001:db8::1", "", "unix"]),
     host=st.sampled_from([None, b"origin.internal"]),
+    authority=st.sampled_from([b"www.example.com", b"www.example.com:80", b"h:", b"[::1]:8080"]),
+    scheme=st.sampled_from([b"http", b"https"]),
 )
-def test_one_pass_forwarding_matches_the_rules_applied_one_at_a_time(fields, method, client, host):
-    """Whatever the fields, method, peer and route, the origin gets exactly the
-    fields the rules give when applied one after another."""
+def test_one_pass_forwarding_matches_the_rules_applied_one_at_a_time(
+    fields, method, client, host, authority, scheme
+):
+    """Whatever the fields, method, peer, authority and route, the origin gets
+    exactly the fields the rules give when applied one after another."""
     r = req(fields, client=client)
-    r.method = method
+    r.method, r.authority, r.scheme = method, authority, scheme
     policy = ForwardingPolicy.from_strings(["10.0.0.0/8"], host=host.decode() if host else None)
     assert request_headers_for_origin(r, policy) == _reference_headers_for_origin(r, policy)

@@ -19,6 +19,17 @@ def test_default_port_is_dropped_other_ports_kept():
     assert primary_key(b"http", b"example.com:8080", b"/", None) == "http://example.com:8080/"
 
 
+def test_empty_port_is_dropped():
+    """RFC 3986 section 6.2.3: example.com: is example.com (and example.com:80)."""
+    assert primary_key(b"http", b"example.com:", b"/", None) == "http://example.com/"
+    assert primary_key(b"https", b"[::1]:", b"/", None) == "https://[::1]/"
+
+
+def test_default_port_of_the_other_scheme_is_kept():
+    """On https, :80 is not the default port: another resource."""
+    assert primary_key(b"https", b"example.com:80", b"/", None) == "https://example.com:80/"
+
+
 def test_empty_query_differs_from_no_query():
     """'/a?' and '/a' are different request targets."""
     assert primary_key(b"http", b"h", b"/a", b"") != primary_key(b"http", b"h", b"/a", None)

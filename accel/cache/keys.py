@@ -1,7 +1,8 @@
 """Cache keys: which stored responses a request may be answered from.
 
-The *primary* key names the resource: scheme, host (lower-case, without a
-default port) and path plus query, exactly as the client sent them except
+The *primary* key names the resource: scheme, authority (lower-case,
+without a default or empty port: :func:`normal_authority`) and path plus
+query, exactly as the client sent them except
 for the normalisations a route asks for (drop or sort the query, add the
 value of some request fields). GET and HEAD share keys: a stored GET
 answers a HEAD. Vary's *secondary* keys live under it (see the policy).
@@ -19,9 +20,29 @@ from attrs import frozen
 
 from accel.http.headers import Headers
 
-__all__ = ["KeyRecipe", "primary_key"]
+__all__ = ["KeyRecipe", "normal_authority", "primary_key"]
 
 _DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
+
+
+def normal_authority(scheme: bytes, authority: bytes) -> bytes:
+    """``authority`` as the key holds it, and as the origin is told it.
+
+    RFC 3986 section 6.2.3 and RFC 9110 section 4.2.3: a port that is empty
+    or the scheme's default names the same resource as no port, so
+    ``example.com:80``, ``example.com:`` and ``example.com`` (for ``http``)
+    share a key. The origin must then be sent this form too (in ``Host``,
+    ``X-Forwarded-Host`` and ``Forwarded``): an origin that answered the
+    raw ``example.com:80`` differently (a redirect to its canonical host,
+    say) would otherwise store that answer for every client of
+    ``example.com``. ``authority`` is lower-case already (the server's).
+    """
+    if authority[-1:] == b":":
+        return authority[:-1]
+    default_port = _DEFAULT_PORTS.get(scheme)
+    if default_port is not None and authority.endswith(default_port):
+        return authority[: -len(default_port)]
+    return authority
 
 
 @frozen
@@ -49,11 +70,7 @@ def primary_key(
     recipe: KeyRecipe = DEFAULT_RECIPE,
 ) -> str:
     """The primary cache key, as text (latin-1 keeps every byte)."""
-    authority = authority.lower()
-    default_port = _DEFAULT_PORTS.get(scheme)
-    if default_port is not None and authority.endswith(default_port):
-        authority = authority[: -len(default_port)]
-    key = scheme + b"://" + authority + path
+    key = scheme + b"://" + normal_authority(scheme, authority.lower()) + path
     if query is not None and recipe.query != "ignore":
         if recipe.query == "sort":
             query = b"&".join(sorted(query.split(b"&")))
