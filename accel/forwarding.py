@@ -33,6 +33,7 @@ from accel.http.model import Request
 __all__ = [
     "PROXY_SET_FIELDS",
     "ForwardingPolicy",
+    "remove_connection_named",
     "request_headers_for_origin",
     "response_headers_for_client",
 ]
@@ -148,6 +149,24 @@ def _forwarded_node(client: str) -> bytes:
     if not client or client == "unix":
         return b"unknown"
     return client.encode("ascii")
+
+
+def remove_connection_named(headers: Headers) -> None:
+    """Remove from a request's ``headers`` the fields its ``Connection`` names.
+
+    RFC 9110 section 7.6.1: they belong to the hop the client sent them on
+    and are never forwarded, so an origin answers as if they were absent.
+    The cache must key and select that answer the same way: had it read a
+    ``Vary`` field (``Origin``, ``Accept-Language``) or a
+    ``cache.key_headers`` field from the client while the origin never saw
+    it, a client sending ``Origin: https://app.example`` with ``Connection:
+    origin`` would store the answer for no ``Origin`` (without CORS fields)
+    as the variant for ``https://app.example``, for every client. As
+    Varnish does, the fields are gone before the request is looked up.
+    """
+    named = headers.get_all(b"connection")
+    if named:
+        headers.remove(*(token.lower() for token in split_list(named) if token.lower() != b"connection"))
 
 
 def request_headers_for_origin(request: Request, policy: ForwardingPolicy) -> Headers:

@@ -57,6 +57,7 @@ from accel.cache.store import Entry, Store
 from accel.fasthit import HotHits
 from accel.fill import Fill, Filler
 from accel.forwarding import (
+    remove_connection_named,
     request_headers_for_origin,
     response_headers_for_client,
 )
@@ -166,6 +167,8 @@ class Accelerator:
             return
         method = request.method
         if method == _GET or method == _HEAD:
+            # The request as the origin will see it, to key and select by.
+            remove_connection_named(request.headers)
             key = primary_key(
                 request.scheme,
                 request.authority,

@@ -11,6 +11,7 @@ import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
 from accel.cache.collapse import Collapser
+from accel.cache.keys import KeyRecipe
 from accel.cache.memory import MemoryTier
 from accel.cache.store import INLINE_MAX, Store
 from accel.http.dates import format_http_date
@@ -880,6 +881,40 @@ class TestNoPoisoning:
         proxy = make_proxy(clock, store, upstream)
         assert get(proxy, headers=[(b"Authorization", b"alice")]).body == b"alice"
         assert get_turn(clock, proxy).body == b"anon"
+
+
+    def test_a_vary_field_named_in_connection_is_not_the_variant_stored(self, clock, store):
+        """A field the client names in Connection never reaches the origin
+        (RFC 9110 section 7.6.1), so the answer is stored as the variant
+        without it, never as the variant for its value."""
+
+        def answer(call):
+            origin = call.headers.get(b"origin")
+            fields = [(b"Cache-Control", b"max-age=60"), (b"Vary", b"Origin")]
+            if origin is not None:
+                fields.append((b"Access-Control-Allow-Origin", origin))
+            return response(200, dated(*fields), b"data")[0]
+
+        upstream = FakeUpstream(auto=answer)
+        proxy = make_proxy(clock, store, upstream)
+        cors = (b"Origin", b"https://app.example")
+        get_turn(clock, proxy, headers=[cors, (b"Connection", b"keep-alive, Origin")])
+        innocent = get_turn(clock, proxy, headers=[cors])
+        assert innocent.header(b"access-control-allow-origin") == b"https://app.example"
+        assert get(proxy).header(b"cache-status").startswith(b"accel; hit")
+        assert len(upstream.calls) == 2
+
+    def test_a_key_field_named_in_connection_is_not_in_the_key(self, clock, store):
+        """Likewise for a cache.key_headers field: the origin never saw it."""
+        upstream = FakeUpstream(
+            auto=lambda call: response(
+                200, dated((b"Cache-Control", b"max-age=60")), call.headers.get(b"x-device") or b"none"
+            )[0]
+        )
+        proxy = make_proxy(clock, store, upstream, CacheRules(recipe=KeyRecipe(headers=(b"x-device",))))
+        device = (b"X-Device", b"mobile")
+        assert get_turn(clock, proxy, headers=[device, (b"Connection", b"x-device")]).body == b"none"
+        assert get_turn(clock, proxy, headers=[device]).body == b"mobile"
 
 
 class TestInterim:
