@@ -20,12 +20,19 @@ R = TypeVar("R")
 
 
 def host_without_port(authority: bytes) -> bytes:
-    """``example.com:8080`` -> ``example.com``; IPv6 literals keep brackets."""
+    """``example.com:8080`` -> ``example.com``; IPv6 literals keep brackets.
+
+    A fully qualified name's trailing dot goes too (``example.com.`` is
+    ``example.com``, as nginx's ``$host`` has it): left on, the name would
+    match no site but the default one, and a request could reach a site's
+    origin without its ``access`` rules.
+    """
     if authority.startswith(b"["):
         end = authority.find(b"]")
         return authority[: end + 1] if end != -1 else authority
     colon = authority.rfind(b":")
-    return authority[:colon] if colon != -1 else authority
+    host = authority[:colon] if colon != -1 else authority
+    return (host.rstrip(b".") or host) if host[-1:] == b"." else host
 
 
 def route_path(path: bytes) -> bytes:

@@ -95,10 +95,11 @@ def test_trusted_proxy_passes_the_fields_proxies_set():
 
 def test_origin_is_told_the_authority_as_the_cache_key_has_it():
     """Host: example.com:80 shares the key of example.com (RFC 9110 section
-    4.2.3), so the origin is told example.com: were it told the port, an
+    4.2.3), and so does example.com. (its fully qualified form), so the
+    origin is told example.com: were it told the port or the dot, an
     answer to that form (a redirect to the canonical host) would be stored
     for every client of example.com."""
-    for authority in (b"www.example.com:80", b"www.example.com:"):
+    for authority in (b"www.example.com:80", b"www.example.com:", b"www.example.com.", b"www.example.com.:80"):
         r = req([(b"Host", authority)])
         r.authority = authority
         out = request_headers_for_origin(r, ForwardingPolicy())

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from accel.cache.keys import KeyRecipe, primary_key, primary_key_for_uri
+from accel.cache.keys import KeyRecipe, normal_authority, primary_key, primary_key_for_uri
 from accel.http.headers import Headers
 
 
@@ -23,6 +23,16 @@ def test_empty_port_is_dropped():
     """RFC 3986 section 6.2.3: example.com: is example.com (and example.com:80)."""
     assert primary_key(b"http", b"example.com:", b"/", None) == "http://example.com/"
     assert primary_key(b"https", b"[::1]:", b"/", None) == "https://[::1]/"
+
+
+def test_a_trailing_dot_names_the_same_host():
+    """example.com. is the fully qualified example.com: one key, with or
+    without a port; an IP literal and a name of dots alone are kept."""
+    assert primary_key(b"http", b"Example.COM.", b"/", None) == "http://example.com/"
+    assert primary_key(b"http", b"example.com..:80", b"/", None) == "http://example.com/"
+    assert primary_key(b"http", b"example.com.:8080", b"/", None) == "http://example.com:8080/"
+    assert normal_authority(b"http", b"[::1]:80") == b"[::1]"
+    assert normal_authority(b"http", b".") == b"."
 
 
 def test_default_port_of_the_other_scheme_is_kept():

@@ -20,6 +20,15 @@ def test_site_by_host_case_insensitive_and_without_port():
     assert r.select(b"a.example", b"/") == "a"
 
 
+def test_a_trailing_dot_picks_the_named_site():
+    """example.com. is example.com (as nginx's $host): it takes that site and
+    its rules, not the default site's."""
+    r = Router([(["a.example"], [("/", "a")]), (["*"], [("/", "star")])])
+    assert r.select(b"a.example.", b"/") == "a"
+    assert r.select(b"A.Example..:8080", b"/") == "a"
+    assert r.select(b".", b"/") == "star"
+
+
 def test_unknown_host_goes_to_the_default_site_or_nowhere():
     """A Host no site names goes to the default site; without one, it has no route."""
     with_star = Router([(["a.example"], [("/", "a")]), (["*"], [("/", "star")])])

@@ -31,18 +31,29 @@ def normal_authority(scheme: bytes, authority: bytes) -> bytes:
     RFC 3986 section 6.2.3 and RFC 9110 section 4.2.3: a port that is empty
     or the scheme's default names the same resource as no port, so
     ``example.com:80``, ``example.com:`` and ``example.com`` (for ``http``)
-    share a key. The origin must then be sent this form too (in ``Host``,
-    ``X-Forwarded-Host`` and ``Forwarded``): an origin that answered the
-    raw ``example.com:80`` differently (a redirect to its canonical host,
-    say) would otherwise store that answer for every client of
-    ``example.com``. ``authority`` is lower-case already (the server's).
+    share a key; so does ``example.com.``, a fully qualified name whose
+    trailing dot names the same host (routing reads it so too:
+    :func:`accel.routing.host_without_port`). The origin must then be sent
+    this form too (in ``Host``, ``X-Forwarded-Host`` and ``Forwarded``): an
+    origin that answered the raw ``example.com:80`` differently (a redirect
+    to its canonical host, say) would otherwise store that answer for every
+    client of ``example.com``. ``authority`` is lower-case already (the
+    server's).
     """
-    if authority[-1:] == b":":
-        return authority[:-1]
-    default_port = _DEFAULT_PORTS.get(scheme)
-    if default_port is not None and authority.endswith(default_port):
-        return authority[: -len(default_port)]
-    return authority
+    if authority[:1] == b"[":
+        split = authority.find(b"]") + 1  # an IP literal: no trailing dot
+        host, port = authority[:split], authority[split:]
+    else:
+        colon = authority.rfind(b":")
+        if colon == -1:
+            host, port = authority, b""
+        else:
+            host, port = authority[:colon], authority[colon:]
+        if host[-1:] == b".":
+            host = host.rstrip(b".") or host
+    if port == b":" or port == _DEFAULT_PORTS.get(scheme):
+        return host
+    return host + port
 
 
 @frozen
