@@ -37,8 +37,12 @@ _HEAD = b"HEAD"
 #: stored response there), request cache directives (RFC 9111 section
 #: 5.2.1, and ``Pragma``, section 5.4), and ``Authorization`` (section 3.5).
 _NOT_FAST = frozenset(
-    {*CONDITIONAL_FIELDS, b"cache-control", b"pragma", b"authorization"}
+    {*CONDITIONAL_FIELDS, b"cache-control", b"pragma", b"authorization", b"connection"}
 )
+#: ``Connection`` values the fast path takes: any other names fields that
+#: the general path removes before it selects a variant (see
+#: :func:`accel.forwarding.remove_connection_named`).
+_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive"})
 #: The fields of :data:`_NOT_FAST` that the fast path evaluates after all:
 #: the validators a browser sends back (RFC 9110 sections 13.1.2, 13.1.3).
 _VALIDATING = frozenset({b"if-none-match", b"if-modified-since"})
@@ -146,7 +150,7 @@ class HotHits:
                         modified_since = [value]
                     else:
                         modified_since.append(value)
-                else:
+                elif name != b"connection" or value.lower() not in _PLAIN_CONNECTION:
                     return None
         store = self._store
         assert store is not None
@@ -321,8 +325,10 @@ class HotHits:
             or entry.status in (204, 304)
             or b"date" not in headers
             or any(
-                name in _NOT_FAST and name not in _VALIDATING
-                for name, _ in lk.request.headers.pairs
+                name in _NOT_FAST
+                and name not in _VALIDATING
+                and (name != b"connection" or value.lower() not in _PLAIN_CONNECTION)
+                for name, value in lk.request.headers.pairs
             )
         )
 

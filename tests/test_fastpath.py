@@ -254,6 +254,28 @@ def test_vary_selects_the_variant(clock, store):
     assert len(rig.origin.calls) == 2
 
 
+def test_a_vary_field_named_in_connection_takes_the_general_path(clock, store):
+    """A field the request's Connection names never reaches the origin, and the
+    general path selects the variant without it: the fast path declines
+    rather than serve the variant for its value. Connection: keep-alive or
+    close alone still gets fast hits."""
+    headers = [
+        (b"date", format_http_date(T0)),
+        (b"cache-control", b"max-age=60"),
+        (b"vary", b"accept-language"),
+    ]
+    rig = Rig(clock, store, headers=headers)
+    de = b"accept-language: de\r\n"
+    for _ in range(3):
+        rig.get(extra=de)
+    assert rig.fast[-1] is True
+    rig.get(extra=de + b"connection: Keep-Alive\r\n")
+    assert rig.fast[-1] is True
+    rig.get(extra=de + b"connection: accept-language\r\n")
+    assert rig.fast[-1] is False
+    assert len(rig.origin.calls) == 2  # the variant without accept-language
+
+
 def test_large_bodies_are_not_remembered(clock, store):
     """Bodies above the tier's item size always take the general path."""
     rig = Rig(clock, store, body=b"x" * 2048, hot=HotTier(1 << 20, max_item=1024))
