@@ -168,7 +168,8 @@ class Accelerator:
         method = request.method
         if method == _GET or method == _HEAD:
             # The request as the origin will see it, to key and select by.
-            remove_connection_named(request.headers)
+            if b"connection" in request.headers:
+                remove_connection_named(request.headers)
             key = primary_key(
                 request.scheme,
                 request.authority,

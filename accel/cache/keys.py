@@ -40,6 +40,25 @@ def normal_authority(scheme: bytes, authority: bytes) -> bytes:
     client of ``example.com``. ``authority`` is lower-case already (the
     server's).
     """
+    known = _normal.get(scheme)
+    if known is not None:
+        normal = known.get(authority)
+        if normal is not None:
+            return normal
+    normal = _normalise(scheme, authority)
+    if known is not None and len(known) < _NORMAL_MEMO:
+        known[authority] = normal
+    return normal
+
+
+#: :func:`normal_authority`'s results, per scheme: a server sees few
+#: authorities, and every request asks (bounded for one that sees many).
+_normal: dict[bytes, dict[bytes, bytes]] = {b"http": {}, b"https": {}}
+_NORMAL_MEMO = 4096
+
+
+def _normalise(scheme: bytes, authority: bytes) -> bytes:
+    """:func:`normal_authority`, worked out."""
     if authority[:1] == b"[":
         split = authority.find(b"]") + 1  # an IP literal: no trailing dot
         host, port = authority[:split], authority[split:]
