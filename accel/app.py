@@ -20,8 +20,8 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.python.failure import Failure
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from accel import config as cfg
 from accel.accesslog import AccessLog, format_line
@@ -36,6 +36,7 @@ from accel.proxy import Accelerator
 from accel.reload import caches, plan_reload
 from accel.routes import CacheRules, Route
 from accel.routing import Router
+from accel.upstream import Origin, OriginPool, UpstreamSettings
 from accel.workers import (
     Listener,
     ListenerService,
@@ -45,9 +46,8 @@ from accel.workers import (
     plan_workers,
     serving_factory,
 )
-from accel.upstream import Origin, OriginPool, UpstreamSettings
 
-__all__ = ["make_service", "build_accelerator"]
+__all__ = ["build_accelerator", "make_service"]
 
 _log = Logger()
 

@@ -44,6 +44,10 @@ from typing import Any, NoReturn, TypeVar
 from attrs import evolve, frozen
 
 __all__ = [
+    "DEFAULT_HIDE_HEADERS",
+    "MAX_WORKERS",
+    "NOT_YET_SUPPORTED",
+    "SHAREABLE_LISTENERS",
     "CacheSettings",
     "ClientAccess",
     "CompressionSettings",
@@ -55,10 +59,6 @@ __all__ = [
     "Site",
     "Timeouts",
     "UpstreamLimits",
-    "DEFAULT_HIDE_HEADERS",
-    "MAX_WORKERS",
-    "NOT_YET_SUPPORTED",
-    "SHAREABLE_LISTENERS",
     "check_log_path",
     "parse_duration",
     "parse_size",
@@ -101,7 +101,7 @@ class OriginURL:
 
     _DEFAULT_PORTS = {"http": 80, "https": 443}
     # RFC 3986 reg-name restricted to what DNS can hold, or an IPv4 literal.
-    _HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.?", re.A)
+    _HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.?", re.ASCII)
     _EXPECTED = "expected http://host[:port], https://host[:port] or unix:/path"
 
     @classmethod
@@ -119,7 +119,7 @@ class OriginURL:
             if not path.startswith("/") or "\x00" in path:
                 _fail(name, f"{cls._EXPECTED} (an absolute socket path), got {raw!r}")
             return cls(scheme="unix", path=path)
-        match = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[^/:\[\]?#@]+)(?::([0-9]{1,5}))?/?", raw, re.A)
+        match = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[^/:\[\]?#@]+)(?::([0-9]{1,5}))?/?", raw, re.ASCII)
         if match is None:
             _fail(name, f"{cls._EXPECTED}, got {raw!r}")
         scheme, host, port_text = match.groups()
@@ -457,9 +457,9 @@ class Config:
 # Scalar parsers, shared by the file and the command line
 
 
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?", re.A | re.I)
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?", re.ASCII | re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?", re.A)
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?", re.ASCII)
 _DURATION_UNITS = {"ms": 0.001, None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -592,7 +592,7 @@ def _read_access(table: _Table, inherited: ClientAccess | None) -> ClientAccess 
     )
 
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.A)  # RFC 9110 section 5.6.2
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)  # RFC 9110 section 5.6.2
 #: Fields accel itself manages or needs for caching and framing: never hidden.
 _UNHIDEABLE = frozenset(
     {"connection", "content-length", "transfer-encoding", "date", "cache-control", "expires",
@@ -605,7 +605,7 @@ def _parse_hidden_header(raw: object, name: str) -> bytes:
     if field.decode("ascii") in _UNHIDEABLE:
         _fail(name, f"expected a field accel may remove, got {raw!r} (framing and caching need it)")
     return field
-_SITE_HOST = re.compile(r"(?:\*\.)?[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*", re.A)
+_SITE_HOST = re.compile(r"(?:\*\.)?[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*", re.ASCII)
 
 
 def _parse_header_name(raw: object, name: str) -> bytes:
@@ -957,7 +957,7 @@ def _read_cache_settings(table: _Table, base: CacheSettings, also: Iterable[str]
 
 
 _ENCODINGS = ("br", "gzip")
-_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+*-]+", re.A)
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+*-]+", re.ASCII)
 
 
 def _parse_encoding(raw: object, name: str) -> str:

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -110,7 +110,7 @@ def banner(listen: Sequence[str]) -> str:
 
 
 def _timestamp(clock: IReactorTime) -> str:
-    return datetime.fromtimestamp(clock.seconds(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return datetime.fromtimestamp(clock.seconds(), UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def _text(request: Request, body: str, cache_control: bytes) -> bytes:

@@ -307,12 +307,12 @@ class Filler:
         # Whether others may get this response from the cache: when only this
         # request kept it out (its no-store, its Authorization), other
         # requests must not be sent past the cache for it (hit-for-miss).
-        cacheable = writer is not None or not too_big_for_range and isinstance(
+        cacheable = writer is not None or (not too_big_for_range and isinstance(
             policy.storable(
                 _GET, _NO_FIELDS, response.status, response.headers, response_time, settings
             ),
             policy.Storable,
-        )
+        ))
         sink: Feed | None = None
         shared: Headers | None = None
         if writer is not None and fill.leader and writer.active:

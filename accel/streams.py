@@ -32,6 +32,7 @@ from accel import directwrite
 from accel.http.model import BodySource, Responder
 
 __all__ = [
+    "CHUNK",
     "BodyWriter",
     "Feed",
     "FileSender",
@@ -39,7 +40,6 @@ __all__ = [
     "PartsSender",
     "Relay",
     "SpoolWriter",
-    "CHUNK",
 ]
 
 #: Read size for stored bodies: large enough that a transport write is
@@ -101,7 +101,7 @@ class Relay:
     all the same. A response not being stored completes as its body ends.
     """
 
-    __slots__ = ("_body", "_responder", "_writer", "_on_done", "_done", "_limit", "_seen", "_held")
+    __slots__ = ("_body", "_done", "_held", "_limit", "_on_done", "_responder", "_seen", "_writer")
 
     def __init__(
         self,
@@ -243,7 +243,7 @@ class Feed:
     the whole.
     """
 
-    __slots__ = ("_writer", "_length", "_followers", "_over")
+    __slots__ = ("_followers", "_length", "_over", "_writer")
 
     def __init__(self, writer: SpoolWriter, length: int | None) -> None:
         self._writer = writer
@@ -343,7 +343,7 @@ class Follower:
     by :meth:`Feed.follow`.
     """
 
-    __slots__ = ("_feed", "_file", "_responder", "_sent", "_paused", "_whole", "_done")
+    __slots__ = ("_done", "_feed", "_file", "_paused", "_responder", "_sent", "_whole")
 
     def __init__(self, feed: Feed, file: BinaryIO, responder: Responder) -> None:
         self._feed = feed
@@ -427,7 +427,7 @@ class _StoredBody:
     from the responder, or from the transport itself.
     """
 
-    __slots__ = ("_file", "_responder", "_remaining", "_done")
+    __slots__ = ("_done", "_file", "_remaining", "_responder")
 
     def __init__(self, file: BinaryIO, responder: Responder, length: int) -> None:
         self._file = file
@@ -611,7 +611,7 @@ class _Sendfile(_StoredBody):
     short file or a socket error aborts the response.
     """
 
-    __slots__ = ("_transport", "_offset", "_primed")
+    __slots__ = ("_offset", "_primed", "_transport")
 
     def __init__(self, file: BinaryIO, responder: Responder, transport: Any, length: int) -> None:
         super().__init__(file, responder, length)

@@ -58,7 +58,7 @@ class TLSServer(TLSMemoryBIOProtocol):
     #: or ``None``: then records go through the transport's ``write``.
     _socket: Any = None
 
-    def makeConnection(self, transport: Any) -> None:  # noqa: N802 (Twisted API)
+    def makeConnection(self, transport: Any) -> None:
         """As Twisted's, noting the socket to send on."""
         self._socket = directwrite.plain_socket(transport)
         super().makeConnection(transport)
@@ -91,7 +91,7 @@ class TLSServer(TLSMemoryBIOProtocol):
         if done:
             self._send_records(done + (done // _RECORD + 1) * _OVERHEAD)
 
-    def _flushSendBIO(self) -> None:  # noqa: N802 (Twisted's name)
+    def _flushSendBIO(self) -> None:
         """Send whatever TLS records the connection has made."""
         self._send_records(_FLUSH)
 

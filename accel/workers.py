@@ -270,7 +270,7 @@ class _Child(ProcessProtocol):
         self._partial = b""
         self.done: Deferred[None] = Deferred()
 
-    def errReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+    def errReceived(self, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
@@ -282,7 +282,7 @@ class _Child(ProcessProtocol):
                 if self._on_serving is not None:
                     self._on_serving(self)
 
-    def processEnded(self, reason: Failure) -> None:  # noqa: N802 (Twisted API)
+    def processEnded(self, reason: Failure) -> None:
         self.done.callback(None)
         self._ended(self, reason)
 

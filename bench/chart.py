@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt
 
 COLOURS = {"accel": "#2a9d8f", "nginx": "#457b9d", "varnish": "#e76f51"}
 LABELS = {"accel": "accel", "nginx": "nginx", "varnish": "Varnish"}

@@ -52,7 +52,7 @@ class _Origin(Protocol):
     def __init__(self) -> None:
         self._buffer = b""
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+    def dataReceived(self, data: bytes) -> None:
         buffer = self._buffer + data
         while (end := buffer.find(b"\r\n\r\n")) >= 0:
             head, buffer = buffer[:end], buffer[end + 4 :]

@@ -45,13 +45,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attrs import evolve  # noqa: E402
-from twisted.internet.address import IPv4Address  # noqa: E402
-from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa: E402
+from attrs import evolve
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from accel.app import build_accelerator, open_store, server_limits  # noqa: E402
-from accel.http.server import HTTPServerFactory  # noqa: E402
-from accel.tap import Options  # noqa: E402
+from accel.app import build_accelerator, open_store, server_limits
+from accel.http.server import HTTPServerFactory
+from accel.tap import Options
 
 BODY = b"k" * 1024
 RESPONSES = {

@@ -30,7 +30,7 @@ class Raw(Protocol):
     def __init__(self) -> None:
         self._buffer = b""
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+    def dataReceived(self, data: bytes) -> None:
         buffer = self._buffer + data
         while True:
             end = buffer.find(b"\r\n\r\n")

@@ -33,8 +33,7 @@ from pathlib import Path
 
 from load import WrkError, run_wrk, write_script
 from procs import Server, cpu_seconds, http_get, require, rss_bytes
-from systems import (Origin, System, accel_help, accel_system, make_content, nginx_system,
-                     varnish_system)
+from systems import Origin, System, accel_help, accel_system, make_content, nginx_system, varnish_system
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -511,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         if others and statistics.median(others) > 10:
             print(f"\n! other processes used a median {statistics.median(others):.0f}% "
                   "of a CPU during the runs: numbers are noisy")
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         RESULTS.mkdir(exist_ok=True)
         json_path = RESULTS / f"{stamp}.json"
         document = {

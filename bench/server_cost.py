@@ -19,10 +19,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet.task import Clock  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
-from accel.http.server import HTTPServerFactory  # noqa: E402
+from accel.http.server import HTTPServerFactory
 
 ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", 200, 0, {}, None)
 HEADS = {

@@ -35,9 +35,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet.task import Clock  # noqa: E402
+from twisted.internet.task import Clock
 
-from accel.cache.store import Store  # noqa: E402
+from accel.cache.store import Store
 
 _HEADERS = [(b"cache-control", b"max-age=86400"), (b"content-type", b"application/octet-stream")]
 

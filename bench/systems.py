@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from procs import Server, free_port, pin_prefix, wait_ready

@@ -57,7 +57,7 @@ def etag(path: bytes) -> bytes:
 class Origin(Resource):
     isLeaf = True
 
-    def render_GET(self, request):  # noqa: N802 (twisted.web API)
+    def render_GET(self, request):
         hits[request.path] += 1
         path = request.path
         if path.startswith(b"/blob/"):
@@ -78,11 +78,11 @@ class Origin(Resource):
         request.setHeader(b"content-type", b"text/plain")
         return b"%s %d\n" % (path, hits[path])
 
-    def render_POST(self, request):  # noqa: N802
+    def render_POST(self, request):
         request.setResponseCode(204)
         return b""
 
-    render_PUT = render_DELETE = render_POST  # noqa: N815
+    render_PUT = render_DELETE = render_POST
 
     def _blob(self, request, number: int, size: int):
         body = blob(number, size)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="fi
 
 CACHE_SIZE = 24 * 1024**2
 #: Blobs fetched (and stored) before the crash, then fetched during it.
-SETTLED, IN_FLIGHT = range(0, 8), range(8, 48)
+SETTLED, IN_FLIGHT = range(8), range(8, 48)
 
 
 def size_of(number: int) -> int:

@@ -111,7 +111,7 @@ def test_default_run_proxies_and_caches_the_demo_origin(tmp_path: Path) -> None:
     # twistd -n logs to standard output, so the access log goes there too,
     # as plain combined-format lines (flushed when accel stops).
     output = (tmp_path / "accel.log").read_text("latin-1")
-    logged = re.findall(r'^unix - - \[[^]]+\] "GET / HTTP/1.1" 200 \d+ "-" "[^"]*" (\w+) ', output, re.M)
+    logged = re.findall(r'^unix - - \[[^]]+\] "GET / HTTP/1.1" 200 \d+ "-" "[^"]*" (\w+) ', output, re.MULTILINE)
     assert logged == ["MISS", "HIT"], output[-2000:]
 
 

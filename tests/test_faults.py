@@ -34,8 +34,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from accel.app import build_accelerator, open_store
-from accel.config import ClientAccess, Config, OriginURL, Route, Site, Timeouts
 from accel.cache.store import INLINE_MAX
+from accel.config import ClientAccess, Config, OriginURL, Route, Site, Timeouts
 from accel.http.server import HTTPServerFactory
 
 FAST = Timeouts(connect=1.0, first_byte=0.5, idle=0.5)

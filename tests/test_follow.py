@@ -23,7 +23,9 @@ from twisted.web.server import NOT_DONE_YET, Site
 from accel.app import build_accelerator
 from accel.cache.collapse import Collapser
 from accel.cache.store import Store
-from accel.config import Config, OriginURL, Route as RouteConfig, Site as SiteConfig
+from accel.config import Config, OriginURL
+from accel.config import Route as RouteConfig
+from accel.config import Site as SiteConfig
 from accel.http.dates import format_http_date
 from accel.http.server import HTTPServerFactory
 from accel.proxy import Accelerator
@@ -396,7 +398,7 @@ class Origin(Resource):
         self.calls = 0
         self.request = None
 
-    def render_GET(self, request):  # noqa: N802 (twisted.web API)
+    def render_GET(self, request):
         self.calls += 1
         request.setHeader(b"cache-control", b"max-age=60")
         request.setHeader(b"content-length", b"%d" % (2 * HALF))

@@ -20,10 +20,10 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from accel.app import build_accelerator
 from accel.cache.store import Store
-from accel.config import Config, OriginURL, Route, Site as SiteConfig
+from accel.config import Config, OriginURL, Route
+from accel.config import Site as SiteConfig
 from accel.http.server import HTTPServerFactory
 from tests.test_byteranges import parse_multipart
-
 
 #: An object of a few hundred KiB, larger than one read of a stored body.
 BIG = bytes(range(256)) * 1200 + b"end"
@@ -41,7 +41,7 @@ class Origin(Resource):
         self.hold = False
         self.etag = b'"v1"'
 
-    def render_GET(self, request):  # noqa: N802 (twisted.web API)
+    def render_GET(self, request):
         path = request.path
         self.hits[path] += 1
         if path == b"/etag":

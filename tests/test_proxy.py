@@ -24,7 +24,6 @@ from tests.fakes import T0, FakeResponder, FakeUpstream, always, end_turn, make_
 from tests.test_byteranges import parse_multipart
 
 
-
 def make_proxy(clock, store, upstream, rules: CacheRules | None = CacheRules()):
     route = Route(upstream=upstream, cache=rules)
     router: Router[Route] = Router([(["*"], [("/", route)])])

@@ -25,7 +25,7 @@ from accel.reactor import Reactor
 
 pytest.importorskip("hamcrest")  # Twisted's test modules need it
 
-from twisted.internet.test import (  # noqa: E402
+from twisted.internet.test import (
     test_core,
     test_fdset,
     test_tcp,

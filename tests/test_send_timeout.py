@@ -17,9 +17,9 @@ import pytest
 from twisted.internet.task import Clock
 
 from accel import directwrite
-from accel.tls import TLSServerFactory
 from accel.http.server import HTTPServerFactory, HTTPServerProtocol, ServerLimits
 from accel.reactor import Reactor
+from accel.tls import TLSServerFactory
 from tests.test_ports import _pump
 from tests.test_server import answer
 

@@ -1618,7 +1618,7 @@ def test_simple_heads_respect_the_limits(head, max_headers, max_header_bytes):
 _UNKNOWN_METHOD = re.compile(
     rb"HTTP/1.1 (400 Bad Request|501 Not Implemented)\r\n(.*?\r\n\r\n)"
     rb"(400 Bad Request: invalid request line|501 Not Implemented: method not implemented)\n$",
-    re.S,
+    re.DOTALL,
 )
 
 

@@ -55,7 +55,7 @@ def put(
     primary: str = URL,
     secondary: bytes = b"",
     tags: tuple[str, ...] = (),
-    declared: int | None | bool = True,
+    declared: int | bool | None = True,
     turn_ends: bool = True,
 ) -> Entry | None:
     """Store ``body`` (declared length = its length unless told otherwise).

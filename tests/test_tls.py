@@ -34,10 +34,10 @@ class Recorder(Protocol):
         self.received = b""
         self.lost = False
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+    def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted API)
+    def connectionLost(self, reason: Any) -> None:
         self.lost = True
 
 

@@ -9,13 +9,12 @@ here, twisted.web for the well-behaved and raw protocols for misbehaviour.
 
 from __future__ import annotations
 
-import socket
-
 import datetime
 import gc
 import ipaddress
 import os
 import shutil
+import socket
 import tempfile
 import weakref
 from collections.abc import Callable

@@ -48,7 +48,7 @@ Follow = Callable[[object], bool]
 
 
 class _Waiter:
-    __slots__ = ("wake", "follow", "timer")
+    __slots__ = ("follow", "timer", "wake")
 
     def __init__(self, wake: Wake, follow: Follow | None, timer: IDelayedCall | None) -> None:
         self.wake = wake
@@ -71,7 +71,7 @@ class _Pass:
 
 
 class _Flight:
-    __slots__ = ("waiters", "handle")
+    __slots__ = ("handle", "waiters")
 
     def __init__(self) -> None:
         self.waiters: list[_Waiter] = []

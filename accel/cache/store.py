@@ -170,12 +170,12 @@ import contextlib
 import fcntl
 import io
 import json
+import mmap
 import os
 import pickle
+import random
 import secrets
 import sqlite3
-import mmap
-import random
 import time
 import zlib
 from collections.abc import Callable, Iterable

@@ -26,6 +26,7 @@ from attrs import define, field, frozen
 from accel.http.headers import Headers
 
 __all__ = [
+    "EMPTY_BODY",
     "BodySink",
     "BodySource",
     "FileBackedBody",
@@ -33,7 +34,6 @@ __all__ = [
     "PushProducer",
     "Request",
     "Responder",
-    "EMPTY_BODY",
 ]
 
 

@@ -227,7 +227,7 @@ _BAD_PCT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 #: Looked for as an int: see ``accel.forwarding._UNDERSCORE``.
 _PERCENT = ord("%")
 _TOKEN_SP = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
-_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.S)
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
 _HOST = re.compile(
     rb"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]"
     rb"|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]"
@@ -402,20 +402,20 @@ class _RequestBody:
     """
 
     __slots__ = (
-        "length",
-        "received",
-        "_proto",
-        "_exchange",
-        "_sink",
         "_buffer",
-        "_paused",
         "_complete",
-        "_error",
-        "_told",
         "_discarding",
         "_drain_limit",
+        "_error",
+        "_exchange",
         "_expect",
         "_max",
+        "_paused",
+        "_proto",
+        "_sink",
+        "_told",
+        "length",
+        "received",
     )
 
     def __init__(self, proto: HTTPServerProtocol, length: int | None, expect: bool) -> None:
@@ -823,7 +823,7 @@ class _Drain:
     pull producer into one it calls on every turn).
     """
 
-    __slots__ = ("_proto", "_primed")
+    __slots__ = ("_primed", "_proto")
 
     def __init__(self, proto: HTTPServerProtocol) -> None:
         self._proto = proto
