@@ -93,7 +93,7 @@ _last_clf: tuple[int, bytes] = (-1, b"")
 
 def _clf_time(when: float) -> bytes:
     """``[25/Nov/2026:19:22:33 +0000]``; formatted once per second."""
-    global _last_clf
+    global _last_clf  # noqa: PLW0603 (a per-second cache of the formatted time)
     second = int(when)
     if _last_clf[0] == second:
         return _last_clf[1]

@@ -294,7 +294,7 @@ class _Closer(Service):
         for action in reversed(self._actions):
             try:
                 action()
-            except Exception:
+            except Exception:  # noqa: BLE001 (every shutdown action must still run)
                 _log.failure("error while shutting down")
 
 
@@ -660,7 +660,7 @@ def make_service(
 
     handler = build_accelerator(config, reactor, store)
     reloader = _Reloader(reactor, config, handler, store, settle, top)
-    closer.add(lambda: reloader.handler.close())
+    closer.add(lambda: reloader.handler.close())  # noqa: PLW0108 (late binding: a reload replaces the handler)
     if on_hup is not None and reread is not None:
         on_hup.add(lambda: reloader.reload(reread))
     limits = server_limits(config)
@@ -690,7 +690,7 @@ def make_service(
             for sock in set(group):
                 closer.add(sock.close)
         listeners = [Listener(group[0].fileno(), group[0].family) for group in sockets]
-        pool = WorkerPool(reactor, evolve(config, workers=1), [list(w) for w in zip(*sockets)][1:])
+        pool = WorkerPool(reactor, evolve(config, workers=1), [list(w) for w in zip(*sockets, strict=True)][1:])
         pool.setServiceParent(stopping)
         reloader.pool = pool
         on_usr1.add(lambda: pool.signal_children(signal.SIGUSR1))

@@ -39,7 +39,7 @@ import re
 import ssl
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from attrs import evolve, frozen
 
@@ -99,7 +99,7 @@ class OriginURL:
     port: int = 0
     path: str = ""
 
-    _DEFAULT_PORTS = {"http": 80, "https": 443}
+    _DEFAULT_PORTS: ClassVar[dict[str, int]] = {"http": 80, "https": 443}
     # RFC 3986 reg-name restricted to what DNS can hold, or an IPv4 literal.
     _HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.?", re.ASCII)
     _EXPECTED = "expected http://host[:port], https://host[:port] or unix:/path"
@@ -513,7 +513,7 @@ def _parse_endpoint(raw: object, name: str) -> str:
         _fail(name, f"{expected}, got {raw!r} ({detail})")
     except OSError as error:
         _fail(name, f"cannot use {raw!r}: {error.strerror or error}: {error.filename!r}")
-    except Exception as error:  # Twisted's parsers raise ValueError, KeyError, ...
+    except Exception as error:  # noqa: BLE001 (Twisted's parsers raise ValueError, KeyError, ...)
         _fail(name, f"{expected}, got {raw!r} ({error})")
     # TCP-based endpoints keep their port here; Twisted does not range-check it.
     port = getattr(endpoint, "_port", 0)
@@ -636,7 +636,13 @@ def _parse_site_host(raw: object, name: str) -> bytes:
 
 
 def _parse_prefix(raw: object, name: str) -> bytes:
-    if not isinstance(raw, str) or not raw.startswith("/") or not raw.isascii() or any(c in raw for c in " ?#\x7f") or not raw.isprintable():
+    if (
+        not isinstance(raw, str)
+        or not raw.startswith("/")
+        or not raw.isascii()
+        or any(c in raw for c in " ?#\x7f")
+        or not raw.isprintable()
+    ):
         _fail(name, f"expected a path prefix starting with '/', such as /static/, got {raw!r}")
     return raw.encode("ascii")
 
@@ -1033,11 +1039,16 @@ def _read_sites(tables: list[_Table], template: Route, unsupported: list[str]) -
         hosts = table.get_list("hosts", _parse_site_host) or ()
         for i, host in enumerate(hosts):
             if host in seen_hosts:
-                raise ConfigError(f"{table.name('hosts')}[{i}]: {host.decode()!r} is already a host of {seen_hosts[host]}")
+                raise ConfigError(
+                    f"{table.name('hosts')}[{i}]: {host.decode()!r} is already a host of {seen_hosts[host]}"
+                )
             seen_hosts[host] = table.path("hosts")
         if not hosts:
             if default_site is not None:
-                raise ConfigError(f"{table.name('hosts')}: missing, but {default_site} is already the default site (the one without hosts)")
+                raise ConfigError(
+                    f"{table.name('hosts')}: missing, but {default_site} is already the default site"
+                    " (the one without hosts)"
+                )
             default_site = table.path("hosts").rpartition(".")[0]
         access = _read_access(table, None)
         routes: list[Route] = []
@@ -1048,7 +1059,9 @@ def _read_sites(tables: list[_Table], template: Route, unsupported: list[str]) -
         for route_table in route_tables:
             route = _read_route(route_table, template, unsupported, access)
             if route.prefix in prefixes:
-                raise ConfigError(f"{route_table.name('prefix')}: duplicate prefix {route.prefix.decode()!r} in this site")
+                raise ConfigError(
+                    f"{route_table.name('prefix')}: duplicate prefix {route.prefix.decode()!r} in this site"
+                )
             prefixes.add(route.prefix)
             routes.append(route)
         table.finish()
@@ -1154,13 +1167,22 @@ def _from_options(options: Mapping[str, Any]) -> Config:
     cache_dir = None if given("cache-dir") is None else _check_cache_dir(given("cache-dir"), "--cache-dir")
     cache_size = None if given("cache-size") is None else parse_size(given("cache-size"), "--cache-size")
     admin = None if given("admin") is None else _parse_endpoint(given("admin"), "--admin")
-    token_file = None if given("admin-token-file") is None else _check_readable_file(given("admin-token-file"), "--admin-token-file")
+    token_file = (
+        None
+        if given("admin-token-file") is None
+        else _check_readable_file(given("admin-token-file"), "--admin-token-file")
+    )
     access_log = None if given("access-log") is None else check_log_path(given("access-log"), "--access-log")
     workers_given = given("workers") is not None
     workers = _parse_workers(given("workers"), "--workers") if workers_given else None
     if host is not None and not origins and not parents:
         _fail("--origin-host", "needs --origin (it sets the Host sent to the --origin pool)")
-    for option, value in (("--static", statics), ("--parent", parents), ("--admin", admin), ("--admin-token-file", token_file)):
+    for option, value in (
+        ("--static", statics),
+        ("--parent", parents),
+        ("--admin", admin),
+        ("--admin-token-file", token_file),
+    ):
         if value:
             _fail(option, NOT_YET_SUPPORTED)
 

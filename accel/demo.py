@@ -269,7 +269,10 @@ class _ETag(_Page):
             # the length of the 200 (RFC 9110 section 8.6).
             request.finish()
             return NOT_DONE_YET
-        body = f"This page has ETag {etag.decode()}; it changes every minute. Generated at {_timestamp(self._clock)} UTC.\n"
+        body = (
+            f"This page has ETag {etag.decode()}; it changes every minute."
+            f" Generated at {_timestamp(self._clock)} UTC.\n"
+        )
         return _text(request, body, b"no-cache")
 
 

@@ -197,7 +197,7 @@ def batched(handle: Callable[[_T], object], event: _T) -> None:
     connection's bytes, a request handed to the proxy. Inside another
     batch, it is part of that one.
     """
-    global _flushes
+    global _flushes  # noqa: PLW0603 (the batch in progress, at most one)
     if _flushes is not None:
         handle(event)
         return

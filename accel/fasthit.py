@@ -5,8 +5,9 @@ stored body, :meth:`HotHits.remember` keeps it in the
 :class:`~accel.cache.memory.HotTier`, pre-serialised, with the time it stops
 being fresh: a small body in memory, a large one as the path of its stored
 file, and for a 2xx response the ``304`` that answers a client whose copy
-is current (``If-None-Match``, ``If-Modified-Since``). The wire layer offers each simple request to :meth:`HotHits.fast_hit`
-first (before it builds a request object), which answers a remembered
+is current (``If-None-Match``, ``If-Modified-Since``). The wire layer
+offers each simple request to :meth:`HotHits.fast_hit` first (before it
+builds a request object), which answers a remembered
 hit with a dictionary lookup, a clock comparison, a check of the store's change
 stamp for the key and one write (a large body then goes by ``sendfile``),
 and declines everything else (see its docstring for exactly what it takes).

@@ -55,7 +55,7 @@ a connection that started TLS says so in ``TLS``.
 from __future__ import annotations
 
 import socket
-from socket import socket as Socket
+from socket import socket as Socket  # noqa: N812 (the class, apart from the module)
 from typing import Any
 
 from twisted.internet import address, tcp, unix
@@ -327,7 +327,7 @@ class _LeanPort:
                 protocol.makeConnection(connection)
             # Scale the accepts per turn to the traffic, as Twisted does.
             self.numberAccepts = limit + 20 if accepted == limit else max(1, accepted)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 (as Twisted's tcp.Port.doRead: log, keep accepting)
             log.deferr()
 
 
@@ -355,6 +355,6 @@ def end_of_event(pending: list[Any]) -> None:
             transport._close_pending()
         except KeyboardInterrupt:
             raise
-        except BaseException:
+        except BaseException:  # noqa: BLE001 (as Twisted's callWithLogger: log, go on)
             log.err(system=transport.logstr)
     pending.clear()

@@ -166,7 +166,7 @@ class Accelerator:
             self.forward(route, request, responder, b"bypass")
             return
         method = request.method
-        if method == _GET or method == _HEAD:
+        if method in (_GET, _HEAD):
             # The request as the origin will see it, to key and select by.
             if b"connection" in request.headers:
                 remove_connection_named(request.headers)

@@ -117,7 +117,7 @@ if EPollReactor is not None:
                     handle(selectable, fd, event)
                 except KeyboardInterrupt:
                     raise
-                except BaseException:
+                except BaseException:  # noqa: BLE001 (as Twisted's callWithLogger: log, go on)
                     # Only _disconnectSelectable (connectionLost) can raise
                     # here: log it as callWithLogger would, and go on.
                     log.err(system=_prefix(selectable))
@@ -133,7 +133,7 @@ else:  # pragma: no cover
 def _prefix(selectable: Any) -> str:
     try:
         return str(selectable.logPrefix())
-    except Exception:
+    except Exception:  # noqa: BLE001 (as Twisted's _getLogPrefix)
         return "(buggy logPrefix method)"
 
 

@@ -137,7 +137,7 @@ class Relay:
             else:
                 try:
                     self._writer.write(chunk)
-                except Exception:
+                except Exception:  # noqa: BLE001 (the client is still served, without storing)
                     _log.failure("store write failed; continuing without storing")
                     self._drop_writer()
         if self._responder is not None:
@@ -161,7 +161,7 @@ class Relay:
             return
         try:
             stored = writer.commit()
-        except Exception:
+        except Exception:  # noqa: BLE001 (the client is still served, without storing)
             _log.failure("store commit failed")
             self._complete(None)
             return
@@ -223,7 +223,7 @@ class Relay:
             writer, self._writer = self._writer, None
             try:
                 writer.abort()
-            except Exception:
+            except Exception:  # noqa: BLE001 (logged; the response goes on)
                 _log.failure("store abort failed")
 
 

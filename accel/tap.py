@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
-from typing import Any
+from typing import Any, ClassVar
 
 from attrs import evolve
 from twisted.application.service import IService
@@ -39,7 +39,7 @@ class Options(usage.Options):
         "docs/configuration.rst."
     )
 
-    optParameters = [
+    optParameters: ClassVar[list[list[str | None]]] = [
         ["config", "c", None, "TOML configuration file (sites, routes, per-route settings)."],
         ["cache-dir", None, None, "Cache directory (created if missing) [default: a temporary one]."],
         ["cache-size", None, None, "Cache size limit, e.g. 512M or 2G [default: 1G]."],
@@ -48,20 +48,24 @@ class Options(usage.Options):
             "access-log",
             None,
             None,
-            "Access log file, - for stdout, or off "
-            "[default: beside the twistd log: stdout with -n, else access.log in its directory].",
+            (
+                "Access log file, - for stdout, or off "
+                "[default: beside the twistd log: stdout with -n, else access.log in its directory]."
+            ),
         ],
         ["workers", None, None, "Worker processes, 1 to 1024, or auto for one per CPU [default: auto]."],
         ["admin", None, None, "Endpoint of the admin API, e.g. tcp:9090:interface=127.0.0.1."],
         ["admin-token-file", None, None, "File holding the admin API's bearer token."],
     ]
 
-    optFlags = [
+    optFlags: ClassVar[list[list[str | None]]] = [
         [
             "check-config",
             None,
-            "Check the options and the --config file, print what they configure, and exit: "
-            "status 0 if valid, else 1 with the error (as nginx -t; before a reload, say).",
+            (
+                "Check the options and the --config file, print what they configure, and exit: "
+                "status 0 if valid, else 1 with the error (as nginx -t; before a reload, say)."
+            ),
         ],
     ]
 

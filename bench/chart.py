@@ -28,7 +28,7 @@ def draw(document: dict, output: Path) -> None:
     rows = math.ceil(len(summary) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows),
                                 squeeze=False)
-    for axis, entry in zip(axes.flat, summary):
+    for axis, entry in zip(axes.flat, summary, strict=False):
         names = list(entry["systems"])
         unit = entry["unit"]
         key = "mib_per_s" if unit == "MiB/s" else "req_per_s"
@@ -37,7 +37,7 @@ def draw(document: dict, output: Path) -> None:
                         color=[COLOURS.get(n, "#999999") for n in names])
         top = max(values) if any(values) else 1.0
         axis.set_ylim(0, top * 1.22)
-        for bar, name, value in zip(bars, names, values):
+        for bar, name, value in zip(bars, names, values, strict=True):
             m = entry["systems"][name]
             if "n/a" in m:
                 text = "n/a"

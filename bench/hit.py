@@ -92,7 +92,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--access-log", default=None, help="default: a temporary file")
-    parser.add_argument("--reactor", choices=("accel", "epoll"), default="accel", help="as twistd accel (default) or Twisted's")
+    parser.add_argument("--reactor", choices=("accel", "epoll"), default="accel",
+                        help="as twistd accel (default) or Twisted's")
     args = parser.parse_args(argv)
 
     if args.reactor == "accel":

@@ -94,7 +94,7 @@ def run_wrk(wrk: str, url: str, *, seconds: int, connections: int, threads: int,
     argv.append(url)
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=seconds + 30)
+                              timeout=seconds + 30, check=False)
     except subprocess.TimeoutExpired as error:
         raise WrkError(f"wrk did not finish within {seconds + 30:g} s") from error
     out = done.stdout.decode(errors="replace")

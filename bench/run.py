@@ -126,7 +126,8 @@ def ensure_tools(install: bool) -> dict[str, str | None]:
 def version_of(argv: list[str], pattern: str) -> str:
     """The version that ``argv`` prints, as the first group of ``pattern`` (e.g. nginx/1.22.1)."""
     try:
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30,
+                              check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     found = re.search(pattern, done.stdout.decode(errors="replace"))
@@ -136,7 +137,7 @@ def version_of(argv: list[str], pattern: str) -> str:
 def accel_revision(root: Path) -> str:
     try:
         head = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return head.stdout.decode().strip() or "unknown"
@@ -321,7 +322,7 @@ def chart(json_path: Path, png_path: Path) -> str | None:
             print(f"creating {VENV} for matplotlib ...", flush=True)
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
         probe = subprocess.run([str(python), "-c", "import matplotlib"],
-                               stderr=subprocess.DEVNULL, timeout=120)
+                               stderr=subprocess.DEVNULL, timeout=120, check=False)
         if probe.returncode != 0:
             subprocess.run([str(python), "-m", "pip", "install", "-q", "matplotlib"],
                            check=True, timeout=600)

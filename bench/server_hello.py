@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
         from twisted.internet import epollreactor
 
         epollreactor.install()
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 (no epoll: the default reactor will do)
         pass
     from twisted.internet import reactor
 

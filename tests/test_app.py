@@ -91,9 +91,9 @@ class Built:
         monkeypatch.setattr(app, "Store", recording_store)
 
     @staticmethod
-    def _recording(cls: Any, built: list[Any]) -> Any:
+    def _recording(kind: Any, built: list[Any]) -> Any:
         def make(*args: Any, **kwargs: Any) -> Any:
-            made = cls(*args, **kwargs)
+            made = kind(*args, **kwargs)
             built.append(made)
             return made
 

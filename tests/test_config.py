@@ -62,7 +62,7 @@ def test_size_units(raw: Any, expected: int) -> None:
     assert parse_size(raw, "x") == expected
 
 
-@pytest.mark.parametrize("raw", ["12Q", "", "-1", "1e3", "G", "1_000", True, -5, 1.5, "１２"])
+@pytest.mark.parametrize("raw", ["12Q", "", "-1", "1e3", "G", "1_000", True, -5, 1.5, "１２"])  # noqa: RUF001 (deliberate: digits that are not ASCII)
 def test_size_rejected(raw: Any) -> None:
     """A bad size names the option and shows the value."""
     assert error_of(parse_size, raw, "--cache-size") == f"--cache-size: expected a size such as 512M or 2G, got {raw!r}"

@@ -54,7 +54,7 @@ def workers_of(pid: int) -> list[int]:
 
 def body_files(cache: Path) -> list[Path]:
     """The committed bodies: diskcache's two-level directories of ``.val`` files."""
-    return [path for path in cache.glob("??/??/*.val")]
+    return list(cache.glob("??/??/*.val"))
 
 
 def spool_files(cache: Path) -> list[Path]:

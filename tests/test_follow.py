@@ -453,7 +453,7 @@ class RealSockets(TestCase):
             [treq.get(self.base + "/big", persistent=False) for _ in received]
         )
         self.assertEqual(self.origin.calls, 1)
-        done = [treq.collect(r, chunks.append) for r, chunks in zip(responses, received)]
+        done = [treq.collect(r, chunks.append) for r, chunks in zip(responses, received, strict=True)]
         yield defer.Deferred.fromCoroutine(
             _wait(lambda: all(sum(map(len, c)) >= HALF for c in received))
         )

@@ -157,7 +157,7 @@ class IntegrationTests(TestCase):
     @defer.inlineCallbacks
     def test_revalidation_with_304(self):
         """A stale entry with an ETag is revalidated; the 304 serves the stored body."""
-        first, body1 = yield self.get("/etag")
+        _first, body1 = yield self.get("/etag")
         second, body2 = yield self.get("/etag")
         self.assertEqual(body1, b"etag body")
         self.assertEqual(body2, b"etag body")

@@ -213,7 +213,7 @@ def _in_thread(reactor: Reactor, client: Callable[[], Any]) -> Any:
     def run() -> None:
         try:
             outcome.append((True, client()))
-        except BaseException as e:  # handed to the test's thread
+        except BaseException as e:  # noqa: BLE001 (handed to the test's thread)
             outcome.append((False, e))
 
     thread = threading.Thread(target=run, daemon=True)

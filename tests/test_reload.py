@@ -232,7 +232,7 @@ class Running:
         #: What SIGHUP reads the configuration with (a test may wrap it).
         self.reread = options.reread
         self.top = app.make_service(
-            options.config, self.clock, install_handler=self.signals, reread=lambda: self.reread()
+            options.config, self.clock, install_handler=self.signals, reread=lambda: self.reread()  # noqa: PLW0108 (late binding: tests change self.reread)
         )
         self.top.privilegedStartService()
         self.top.startService()

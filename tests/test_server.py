@@ -6,6 +6,7 @@ a real listening socket on 127.0.0.1. Sections follow RFC 9112.
 
 from __future__ import annotations
 
+import itertools
 import re
 import socket
 
@@ -220,7 +221,7 @@ def test_https_scheme_from_factory():
 
 def test_absolute_form_authority_from_target():
     """RFC 9112 3.2.2: absolute-form's authority wins over Host."""
-    proto, t, _, h = connect()
+    proto, _t, _, h = connect()
     proto.dataReceived(b"GET http://Origin.Example:81/p?q HTTP/1.1\r\nHost: other\r\n\r\n")
     (req,) = h.requests
     assert (req.authority, req.path, req.query) == (b"origin.example:81", b"/p", b"q")
@@ -315,7 +316,7 @@ def test_content_length_body_delivered():
 
 def test_chunked_body_delivered_and_trailers_dropped():
     """A chunked body reaches the sink; trailer fields do not join the headers."""
-    proto, t, _, h = connect(Recorder(read_body=True))
+    proto, _t, _, h = connect(Recorder(read_body=True))
     proto.dataReceived(
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n"
@@ -376,7 +377,7 @@ def test_unread_body_is_drained_and_connection_kept():
 
 def test_large_unread_body_closes():
     """An unread body larger than max_discard closes the connection after the response."""
-    proto, t, _, h = connect(max_discard=10)
+    proto, t, _, _h = connect(max_discard=10)
     proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
     assert only_response(t).status == 200
     assert t.disconnecting
@@ -384,7 +385,7 @@ def test_large_unread_body_closes():
 
 def test_upgrade_with_body_is_read_as_body():
     """An ignored Upgrade with content: the content is content, not a hidden request."""
-    proto, t, _, h = connect(Recorder(read_body=True))
+    proto, _t, _, h = connect(Recorder(read_body=True))
     hidden = b"GET /hidden HTTP/1.1\r\nHost: a\r\n\r\n"
     proto.dataReceived(
         b"POST /up HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
@@ -396,7 +397,7 @@ def test_upgrade_with_body_is_read_as_body():
 
 def test_upgrade_without_body_continues():
     """An ignored Upgrade without content is a plain request; the next one follows."""
-    proto, t, _, h = connect()
+    proto, _t, _, h = connect()
     proto.dataReceived(
         b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
         b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -417,7 +418,7 @@ def test_any_split_gives_the_same_result(cuts):
     """However the bytes are split, the same requests and bodies come out."""
     proto, t, _, h = connect(Recorder(read_body=True))
     edges = [0, *sorted(cuts), len(PIPELINE)]
-    for a, b in zip(edges, edges[1:]):
+    for a, b in itertools.pairwise(edges):
         if b > a:
             proto.dataReceived(PIPELINE[a:b])
     assert [r.path for r in h.requests] == [b"/a", b"/b", b"/c"]
@@ -721,7 +722,7 @@ def test_handler_exception_after_start_aborts():
 def test_disconnect_notifies_handler():
     """Losing the client sets disconnected, runs on_disconnect, fails the body."""
     h = Recorder(auto=False)
-    proto, t, _, _ = connect(h)
+    proto, _t, _, _ = connect(h)
     proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nabc")
     req, resp = h.calls[0]
     sink = Sink()
@@ -947,7 +948,7 @@ def test_body_limit_chunked_413():
 
 def test_body_limit_within_and_elsewhere():
     """Content within the request's limit, or where body_limit says None, is delivered."""
-    proto, t, h = connect_limited()
+    proto, t, _h = connect_limited()
     proto.dataReceived(
         b"POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabcd"
         b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789"
@@ -957,7 +958,7 @@ def test_body_limit_within_and_elsewhere():
 
 def test_body_limit_never_raises_max_body():
     """limits.max_body still applies when body_limit allows more."""
-    proto, t, h = connect_limited(max_body=2)
+    proto, t, _h = connect_limited(max_body=2)
     proto.dataReceived(b"POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
     assert only_response(t).status == 413
 
@@ -1011,7 +1012,7 @@ def test_header_timeout_slow_drip():
 
 def test_silent_connection_closed_after_header_timeout():
     """A connection that sends nothing is closed at header_timeout, without a response."""
-    proto, t, clock, _ = connect(header_timeout=10)
+    _proto, t, clock, _ = connect(header_timeout=10)
     clock.advance(10)
     assert t.disconnecting and t.value() == b""
 
@@ -1182,7 +1183,7 @@ def limited(limit: int | None = 2):
 
 def test_connections_within_limit_are_served():
     """Up to max_connections_per_client connections from one address are served."""
-    factory, h = limited(2)
+    factory, _h = limited(2)
     conns = [open_from(factory, port=p) for p in (1, 2)]
     for proto, _ in conns:
         proto.dataReceived(GET)
@@ -1205,7 +1206,7 @@ def test_connection_over_limit_gets_503_and_close():
 
 def test_closing_a_connection_frees_its_slot():
     """A closed connection no longer counts against its client."""
-    factory, h = limited(1)
+    factory, _h = limited(1)
     first, _ = open_from(factory, port=1)
     first.connectionLost(Failure(Exception("gone")))
     assert factory.connections_from("10.0.0.1") == 0
@@ -1702,7 +1703,7 @@ def test_pipelined_heads_after_a_declined_one_queue_behind_it():
 
 def test_pipelined_close_ends_the_answers():
     """Connection: close in the middle: the answers up to it go out, then the connection closes."""
-    proto, t, spy, h = fast_connect()
+    proto, t, spy, _h = fast_connect()
     proto.dataReceived(
         b"GET /hit1 HTTP/1.1\r\nHost: a\r\n\r\n"
         b"GET /hit2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"

@@ -420,7 +420,7 @@ def pool_of(*processes: Process) -> tuple[WorkerPool, list[Any]]:
     pool = WorkerPool(clock, Config(shutdown_timeout=30.0), [])
     children = [_Child(n, lambda c, r: None, pool._serving) for n in range(1, len(processes) + 1)]
     pool._children = {c.number: c for c in children}
-    for child, process in zip(children, processes):
+    for child, process in zip(children, processes, strict=True):
         child.process = process
     return pool, children
 

@@ -28,7 +28,7 @@ def twistd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``twistd -n accel ARGS`` in a subprocess with this interpreter."""
     env = dict(os.environ, PYTHONPATH=SOURCE_ROOT)
     command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "accel", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
 def parse(*args: str) -> Options:

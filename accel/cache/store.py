@@ -206,7 +206,7 @@ _this_pid = os.getpid()
 
 
 def _forked() -> None:
-    global _this_pid
+    global _this_pid  # noqa: PLW0603 (kept current across fork, read on every store call)
     _this_pid = os.getpid()
 
 
@@ -425,7 +425,7 @@ def _decode(key: str, raw: object, filename: object, accessed_at: object) -> Ent
         else:
             request_time, response_time, length, tags, stored_at = rest
             inline = None
-    except Exception:  # whatever the column holds, garbage is a corrupt entry, nothing more
+    except Exception:  # noqa: BLE001 (whatever the column holds, garbage is a corrupt entry, nothing more)
         return None
     if (
         fmt not in (_RECORD_FORMAT, _RECORD_INLINE)
@@ -1481,7 +1481,7 @@ class Store:
         for then in waiting:
             try:
                 then()
-            except Exception:
+            except Exception:  # noqa: BLE001 (one callback failing must not stop the others)
                 self._log.failure("cache store: a callback after commit failed")
 
     def flush(self) -> None:

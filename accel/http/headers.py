@@ -78,7 +78,7 @@ def split_list(values: Iterable[bytes]) -> list[bytes]:
     return out
 
 
-class Headers:
+class Headers:  # noqa: PLW1641 (mutable, so unhashable: defining __eq__ sets __hash__ to None)
     """An ordered list of ``(name, value)`` byte pairs; names lower-case.
 
     Cheap to build from a parser (``Headers(pairs)`` takes the list as is)
@@ -103,7 +103,7 @@ class Headers:
         return len(self._pairs)
 
     def __contains__(self, name: bytes) -> bool:
-        for n, _ in self._pairs:
+        for n, _ in self._pairs:  # noqa: SIM110 (a loop is cheaper than any() over a generator)
             if n == name:
                 return True
         return False

@@ -342,7 +342,7 @@ def _persistent(version: bytes, connection: list[bytes] | None) -> bool:
 
 def _has_token(values: list[bytes], token: bytes) -> bool:
     """Whether the comma-separated list fields contain ``token`` (any case)."""
-    for element in split_list(values):
+    for element in split_list(values):  # noqa: SIM110 (a loop is cheaper than any() over a generator)
         if element.lower() == token:
             return True
     return False
@@ -483,7 +483,7 @@ class _RequestBody:
         if sink is not None and not self._paused and not self._buffer:
             try:
                 sink.data(data)
-            except Exception:
+            except Exception:  # noqa: BLE001 (the handler's error, answered as such)
                 proto._handler_failed(self._exchange, Failure())
             return
         self._buffer.append(data)
@@ -504,7 +504,7 @@ class _RequestBody:
             self._told = True
             try:
                 self._sink.fail(error)
-            except Exception:
+            except Exception:  # noqa: BLE001 (logged; the connection goes on)
                 _log.failure("request body sink failed", Failure())
 
     def _flush(self) -> None:
@@ -521,7 +521,7 @@ class _RequestBody:
             if self._complete and not buffer and not self._told:
                 self._told = True
                 sink.end()
-        except Exception:
+        except Exception:  # noqa: BLE001 (the handler's error, answered as such)
             proto._handler_failed(self._exchange, Failure())
         proto._update_reading()
 
@@ -796,7 +796,7 @@ class _Exchange:
         for callback in callbacks or ():
             try:
                 callback()
-            except Exception:
+            except Exception:  # noqa: BLE001 (one callback failing must not stop the others)
                 _log.failure("on_disconnect callback failed for {line}", Failure(), line=self._line())
 
 
@@ -1369,7 +1369,7 @@ class HTTPServerProtocol(Protocol):
         keep_alive = _persistent(version, fields.get(b"connection")) and not self._stopping
 
         backlogged = self._draining or self._backlogged()
-        if (
+        if (  # noqa: SIM102 (whether the fast path may answer, then its attempt)
             length == 0
             and (method == b"GET" or method == b"HEAD")
             and self._fast_path is not None
@@ -1568,7 +1568,7 @@ class HTTPServerProtocol(Protocol):
         assert self._fast_path is not None
         try:
             answer = self._fast_path(self.factory, method, authority, path, query, pairs, connection)
-        except Exception:
+        except Exception:  # noqa: BLE001 (the general path still answers)
             _log.failure("fast path failed; taking the general path", Failure())
             return False
         if answer is None:
@@ -1609,7 +1609,7 @@ class HTTPServerProtocol(Protocol):
                 else:
                     request = self._request(method, target, path, query, version, pairs, authority)
                     access_log(request, status, sent, self._last_rx, now, notes)
-            except Exception:
+            except Exception:  # noqa: BLE001 (a logging error must not break the connection)
                 _log.failure("access log hook failed", Failure())
         if keep_alive:
             self._idle_deadline = now + self._idle_timeout
@@ -1747,7 +1747,7 @@ class HTTPServerProtocol(Protocol):
         assert exchange.request is not None
         try:
             self._handler.handle(exchange.request, exchange)
-        except Exception:
+        except Exception:  # noqa: BLE001 (the handler's error, answered as such)
             self._handler_failed(exchange, Failure())
 
     def _handler_failed(self, exchange: _Exchange | None, failure: Failure) -> None:
@@ -1881,7 +1881,7 @@ class HTTPServerProtocol(Protocol):
                 now,
                 exchange.log,
             )
-        except Exception:
+        except Exception:  # noqa: BLE001 (a logging error must not break the connection)
             _log.failure("access log hook failed", Failure())
 
     def _wind_down(self) -> None:

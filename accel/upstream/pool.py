@@ -466,7 +466,7 @@ class _Call:
         self._on_response = self._on_failure = None
         try:
             on_response(response)
-        except Exception:
+        except Exception:  # noqa: BLE001 (as a Deferred callback's error: logged)
             # What a Deferred's callback raising would be (logged, the
             # origin connection left to the body's reader), not an error
             # of the origin connection delivering the head.
