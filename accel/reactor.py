@@ -63,9 +63,9 @@ if EPollReactor is not None:
         def listenSSL(
             self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = ""
         ) -> Any:
-            """As Twisted's (TLS over :meth:`listenTCP`), with :class:`accel.tls.TLSServer`
+            """As Twisted's (TLS over :meth:`listenTCP`), with :class:`accel.tls.TLSConnection`
             connections, which send each write's records at once."""
-            listening = self.listenTCP(port, tls.TLSServerFactory(contextFactory, False, factory), backlog, interface)
+            listening = self.listenTCP(port, tls.TLSFactory(contextFactory, False, factory), backlog, interface)
             listening._type = "TLS"
             return listening
 

@@ -74,7 +74,7 @@ from zope.interface import implementer
 
 from accel.config import MAX_WORKERS, Config, unshareable_listener, with_backlog
 from accel.reactor import install, installed
-from accel.tls import TLSServerFactory
+from accel.tls import TLSFactory
 
 __all__ = [
     "Listener",
@@ -217,7 +217,7 @@ def serving_factory(description: str, factory: Any, reactor: Any) -> Any:
         return factory
     endpoint = serverFromString(reactor, description)
     # SSL4ServerEndpoint keeps the context factory it parsed privately.
-    return TLSServerFactory(endpoint._sslContextFactory, False, factory)  # type: ignore[attr-defined]
+    return TLSFactory(endpoint._sslContextFactory, False, factory)  # type: ignore[attr-defined]
 
 
 class ListenerService(Service):

@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from accel import directwrite
 from accel.http.server import HTTPServerFactory, HTTPServerProtocol, ServerLimits
 from accel.reactor import Reactor
-from accel.tls import TLSServerFactory
+from accel.tls import TLSFactory
 from tests.test_ports import _pump
 from tests.test_server import answer
 
@@ -61,7 +61,7 @@ class Serving:
             self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         else:
             # As accel's listenSSL.
-            wrapped = TLSServerFactory(tls, False, self.factory, reactor)
+            wrapped = TLSFactory(tls, False, self.factory, reactor)
             self.port = reactor.listenTCP(0, wrapped, interface="127.0.0.1")
 
     def connect(self) -> socket.socket:

@@ -112,10 +112,10 @@ def served(accel_reactor: Reactor, tmp_path: Any) -> Iterator[Served]:
 
 def test_listen_ssl_makes_tls_server_connections_over_lean_ports(served: Served) -> None:
     """accel's ``listenSSL`` wraps each connection of an :class:`accel.ports.Port`
-    in a :class:`accel.tls.TLSServer`, and the two sides talk."""
+    in a :class:`accel.tls.TLSConnection`, and the two sides talk."""
     served.handshake()
     assert isinstance(served.port, ports.Port)
-    assert type(served.layer) is tls.TLSServer
+    assert type(served.layer) is tls.TLSConnection
     assert isinstance(served.layer.transport, ports.Server)
 
 
@@ -185,15 +185,39 @@ def test_close_sends_close_notify_after_what_was_written(served: Served) -> None
 
 
 def test_workers_wrap_inherited_ssl_sockets_in_the_same_layer(tmp_path: Any, accel_reactor: Reactor) -> None:
-    """A worker serving an inherited ``ssl:`` socket makes TLSServer connections too."""
+    """A worker serving an inherited ``ssl:`` socket makes TLSConnection connections too."""
     pem, _ = _self_signed(str(tmp_path))
     (tmp_path / "server.pem").write_bytes(pem)
     served = serving_factory(f"ssl:0:privateKey={tmp_path / 'server.pem'}", Factory(), accel_reactor)
-    assert isinstance(served, tls.TLSServerFactory) and served.protocol is tls.TLSServer
+    assert isinstance(served, tls.TLSFactory) and served.protocol is tls.TLSConnection
+
+
+def test_a_client_endpoint_wraps_its_connection_in_the_same_layer(served: Served, tmp_path: Any) -> None:
+    """tls_client_endpoint (how accel reaches https origins) makes a verified
+    TLSConnection whose writes leave at once, as wrapClientTLS would with
+    Twisted's layer."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    reactor = served.reactor
+    ca = Certificate.loadPEM((tmp_path / "ca.pem").read_bytes())  # written by _self_signed
+    endpoint = tls.tls_client_endpoint(
+        optionsForClientTLS("127.0.0.1", trustRoot=ca),
+        TCP4ClientEndpoint(reactor, "127.0.0.1", served.port.getHost().port),
+    )
+    connected: list[Any] = []
+    endpoint.connect(Factory.forProtocol(Recorder)).addCallback(connected.append)
+    _pump(reactor, lambda: bool(connected) and len(served.protocols) == 2)
+    (client,) = connected
+    assert type(client.transport) is tls.TLSConnection
+    client.transport.write(b"hello")
+    _pump(reactor, lambda: served.protocols[1].received == b"hello")
+    client.transport.loseConnection()
+    _pump(reactor, lambda: client.lost)
 
 
 def test_the_twisted_internals_it_overrides_are_there() -> None:
-    """TLSServer replaces ``_write`` and ``_flushSendBIO`` and uses the state
+    """TLSConnection replaces ``_write`` and ``_flushSendBIO`` and uses the state
     they use; if Twisted renames them, this says so before anything misbehaves."""
     for name in ("_write", "_flushSendBIO", "_bufferedWrite", "_tlsShutdownFinished"):
         assert callable(getattr(TLSMemoryBIOProtocol, name))

@@ -1624,3 +1624,17 @@ class SocketTests(TestCase):
         pool = self.pool(Origin.parse(url, ca_file=ca_path))
         response = await self.get(pool)
         self.assertEqual(await read(response), b"hello from tls")
+
+    @TLS_SERVER_WARNINGS
+    async def test_https_origin_connections_send_each_request_at_once(self):
+        """An https origin's connection is accel's TLS layer (accel.tls), which
+        sends a request's records when it is written, not a turn later; it is
+        kept and reused."""
+        from accel.tls import TLSConnection
+
+        url, ca_path = self.tls_origin()
+        pool = self.pool(Origin.parse(url, ca_file=ca_path))
+        for _ in range(2):
+            self.assertEqual(await read(await self.get(pool)), b"hello from tls")
+        (connection,) = pool._homes[0].idle
+        self.assertIs(type(connection.transport), TLSConnection)

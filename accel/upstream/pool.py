@@ -45,7 +45,6 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     UNIXClientEndpoint,
-    wrapClientTLS,
 )
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import (
@@ -65,6 +64,7 @@ from twisted.python.failure import Failure
 
 from accel.http.headers import Headers
 from accel.http.model import EMPTY_BODY, BodySource
+from accel.tls import tls_client_endpoint
 from accel.upstream.connection import (
     Exchange,
     OriginConnection,
@@ -160,9 +160,7 @@ def _endpoint(origin: Origin, reactor: object, timeout: float) -> IStreamClientE
         endpoint = HostnameEndpoint(reactor, origin.host, origin.port, timeout=timeout)
     if origin.tls:
         trust = None if origin.ca_file is None else _trust_root(origin.ca_file)
-        endpoint = wrapClientTLS(
-            optionsForClientTLS(origin.host, trustRoot=trust), endpoint
-        )
+        endpoint = tls_client_endpoint(optionsForClientTLS(origin.host, trustRoot=trust), endpoint)
     return endpoint
 
 
