@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attrs import define, field, frozen
+from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -86,27 +86,55 @@ class Fill:
     done: bool = field(default=False)
 
 
-@frozen
 class _Shared:
     """A fill being stored, published for collapsed requests to follow.
 
     What every follower needs to answer as the leader's client is answered:
     the head (less ``Age`` and ``Cache-Status``, which are each follower's
-    own), the variant it is, and the ages to compute ``Age`` from.
+    own), the variant it is, and the ages to compute ``Age`` from. Never
+    changed once published. A plain class with slots: one is built per
+    stored miss, and a frozen attrs class sets each field through
+    ``object.__setattr__``.
     """
 
-    feed: Feed
-    status: int
-    reason: bytes
-    #: The leader's client's response fields, without Age and Cache-Status.
-    headers: Headers
-    #: The fields as stored, to decide on and to compute ages from.
-    stored: Headers
-    vary: tuple[bytes, ...]
-    secondary: bytes
-    request_time: float
-    response_time: float
-    fwd: str
+    __slots__ = (
+        "feed",
+        "fwd",
+        "headers",
+        "reason",
+        "request_time",
+        "response_time",
+        "secondary",
+        "status",
+        "stored",
+        "vary",
+    )
+
+    def __init__(
+        self,
+        feed: Feed,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        stored: Headers,
+        vary: tuple[bytes, ...],
+        secondary: bytes,
+        request_time: float,
+        response_time: float,
+        fwd: str,
+    ) -> None:
+        self.feed = feed
+        self.status = status
+        self.reason = reason
+        #: The leader's client's response fields, without Age and Cache-Status.
+        self.headers = headers
+        #: The fields as stored, to decide on and to compute ages from.
+        self.stored = stored
+        self.vary = vary
+        self.secondary = secondary
+        self.request_time = request_time
+        self.response_time = response_time
+        self.fwd = fwd
 
 
 #: How the accelerator answers a lookup from a stored entry:

@@ -174,7 +174,6 @@ import mmap
 import os
 import pickle
 import random
-import secrets
 import sqlite3
 import time
 import zlib
@@ -517,7 +516,7 @@ class BodyWriter:
     so the caller can keep streaming to its client regardless.
     """
 
-    def __init__(self, store: Store, template: Entry, expected_length: int | None, token: str | None) -> None:
+    def __init__(self, store: Store, template: _Template, expected_length: int | None, token: str | None) -> None:
         self._store = store
         self._template = template
         self._expected = expected_length
@@ -706,6 +705,21 @@ class Generations:
 #: The parameters of :data:`_INSERT` for one row: key, store_time,
 #: access_time, tag, size, mode, filename, value.
 _RowParams = tuple[str, float, float, "str | None", int, int, str, object]
+
+
+class _Template(NamedTuple):
+    """What :meth:`Store.begin` knows of the entry a :class:`BodyWriter` stores:
+    the fields of its :class:`Entry` but those the commit sets."""
+
+    primary: str
+    secondary: bytes
+    vary: tuple[bytes, ...]
+    status: int
+    reason: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    request_time: float
+    response_time: float
+    tags: tuple[str, ...]
 
 
 class _Row(NamedTuple):
@@ -956,22 +970,22 @@ class Store:
         Raises ``ValueError`` only for a ``primary`` containing NUL (a bug in
         the caller); storage failures give a writer that stores nothing.
         """
-        template = Entry(
-            primary=primary,
-            secondary=secondary,
-            vary=tuple(vary),
-            status=status,
-            reason=reason,
-            headers=tuple(headers),
-            request_time=request_time,
-            response_time=response_time,
-            length=0,
-            body_id="",
-            tags=tuple(tags),
-            stored_at=0.0,
+        if "\0" in primary:  # validated now, not at commit (as _variant_key would)
+            raise ValueError(f"expected a primary cache key without NUL, got {primary!r}")
+        template = _Template(
+            primary,
+            secondary,
+            tuple(vary),
+            status,
+            reason,
+            tuple(headers),
+            request_time,
+            response_time,
+            tuple(tags),
         )
-        _variant_key(primary, secondary)  # validate now, not at commit
-        token = secrets.token_hex(16) if self._usable() else None
+        # The token names the spool file and the body: 128 random bits, as
+        # secrets.token_hex(16) gives, without its two calls.
+        token = os.urandom(16).hex() if self._usable() else None
         return BodyWriter(self, template, expected_length, token)
 
     def update(
@@ -1395,7 +1409,7 @@ class Store:
             os.unlink(self._spool_path(token))
 
     def _commit(
-        self, template: Entry, length: int, inline: bytes | None, f: io.FileIO | None, token: str
+        self, template: _Template, length: int, inline: bytes | None, f: io.FileIO | None, token: str
     ) -> Entry | None:
         """Queue the row of ``template`` with a body of ``length`` bytes: the body
         ``inline`` in the record, or in its body file, moved in from the spool
@@ -1407,8 +1421,8 @@ class Store:
                 self._discard_spool(f, token)
             return None
         now = time.time()  # diskcache's store_time and access_time are wall-clock
-        # The template's fields named one by one: attrs' evolve() would read
-        # each through getattr first, twice the cost of this constructor.
+        # The only Entry of a stored response: Store.begin keeps its fields
+        # in a plain tuple, as a frozen attrs class costs a call per field.
         entry = Entry(
             primary=template.primary,
             secondary=template.secondary,
