@@ -81,7 +81,7 @@ def cache_rules(settings: cfg.CacheSettings) -> CacheRules | None:
         recipe=KeyRecipe(query=query, headers=settings.key_headers),
         range_fetch_max=settings.range_fetch_max,
         max_ranges=settings.max_ranges,
-        strip=tuple(strip),
+        strip=frozenset(strip),
     )
 
 

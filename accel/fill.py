@@ -64,6 +64,9 @@ _HEAD = b"HEAD"
 #: A request with no fields: what any client could have asked.
 _NO_FIELDS = Headers()
 
+#: :data:`~accel.answers.CONDITIONAL_FIELDS`, as a set built once.
+_CONDITIONAL = frozenset(CONDITIONAL_FIELDS)
+
 _ORIGIN_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
 
 
@@ -186,7 +189,7 @@ class Filler:
         lk = fill.lookup
         request = lk.request
         headers = request_headers_for_origin(request, lk.route.forwarding)
-        headers.remove(*CONDITIONAL_FIELDS)
+        headers.discard(_CONDITIONAL)
         if conditional is not None:
             for name, value in conditional:
                 headers.add(name, value)
@@ -330,7 +333,7 @@ class Filler:
                 fill.request_time,
                 response_time,
                 response.body.length,
-                tuple(t.decode("latin-1") for t in verdict.tags),
+                tuple(t.decode("latin-1") for t in verdict.tags) if verdict.tags else (),
             )
         # Whether others may get this response from the cache: when only this
         # request kept it out (its no-store, its Authorization), other
@@ -513,5 +516,5 @@ def _client_fields(response: OriginResponse, lk: Lookup) -> Headers:
     """The fields of ``response`` as its clients get them, less ``Age`` and
     ``Cache-Status`` (each client's own): the route's stripped fields removed."""
     out = response_headers_for_client(response.headers, response.version, lk.route.forwarding)
-    out.remove(*lk.rules.strip)
+    out.discard(lk.rules.strip)
     return out

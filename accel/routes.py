@@ -9,7 +9,7 @@ the modules it uses).
 
 from __future__ import annotations
 
-from attrs import define, frozen
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 
 from accel.cache import policy
@@ -57,8 +57,11 @@ class CacheRules:
     max_ranges: int = 100
     #: Fields for this cache alone (RFC 9213), removed before responses
     #: go downstream: accel's targeted field, and CDN-Cache-Control when the
-    #: operator says this is the last CDN hop.
-    strip: tuple[bytes, ...] = (b"accel-cache-control",)
+    #: operator says this is the last CDN hop. A set, built once, for
+    #: :meth:`Headers.discard <accel.http.headers.Headers.discard>`.
+    strip: frozenset[bytes] = field(
+        default=frozenset({b"accel-cache-control"}), converter=frozenset
+    )
 
 
 @define

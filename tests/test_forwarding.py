@@ -330,3 +330,20 @@ def test_one_pass_forwarding_matches_the_rules_applied_one_at_a_time(
     r.method, r.authority, r.scheme = method, authority, scheme
     policy = ForwardingPolicy.from_strings(["10.0.0.0/8"], host=host.decode() if host else None)
     assert request_headers_for_origin(r, policy) == _reference_headers_for_origin(r, policy)
+
+
+_NAMES = st.sampled_from([b"age", b"etag", b"range", b"if-match", b"set-cookie", b"x-a"])
+
+
+@given(
+    fields=st.lists(st.tuples(_NAMES, st.binary(max_size=4)), max_size=10),
+    drop=st.frozensets(_NAMES, max_size=4),
+)
+def test_discard_removes_what_remove_removes(fields, drop):
+    """``Headers.discard(a set)`` leaves exactly what ``remove(*the names)``
+    leaves: every line of the named fields gone, the others in order."""
+    by_remove, by_discard = Headers(list(fields)), Headers(list(fields))
+    by_remove.remove(*drop)
+    by_discard.discard(drop)
+    assert by_discard == by_remove
+    assert [p for p in fields if p[0] not in drop] == by_discard.pairs

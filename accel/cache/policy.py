@@ -119,6 +119,7 @@ SAFE_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE
 
 #: Fields never stored (RFC 9111 section 3.1) beyond the hop-by-hop ones.
 _NOT_STORED = (b"proxy-authentication-info",)
+_NOT_STORED_SET = frozenset(_NOT_STORED)
 
 
 def _lower_name(name: bytes | None) -> bytes | None:
@@ -588,7 +589,10 @@ def stored_headers(response_headers: Headers, entry: Storable, response_time: fl
     section 6.6.1), so that the stored response's age stays computable.
     """
     out = response_headers.without_hop_by_hop()
-    out.remove(*_NOT_STORED, *entry.strip_fields)
+    if entry.strip_fields:
+        out.remove(*_NOT_STORED, *entry.strip_fields)
+    else:
+        out.discard(_NOT_STORED_SET)
     if b"date" not in out:
         out.add(b"date", _date_field(math.floor(response_time)))
     return out

@@ -454,10 +454,10 @@ def _decode(key: str, raw: object, filename: object, accessed_at: object) -> Ent
     )
 
 
-@frozen
-class _Spooled:
+class _Spooled(NamedTuple):
     """A complete body, ready to become a row: in the spool file at ``path``,
-    or (``path`` is ``None``) already in ``record``."""
+    or (``path`` is ``None``) already in ``record``. (One per stored
+    response: a named tuple costs less to build than a frozen attrs class.)"""
 
     path: str | None
     body_id: str
