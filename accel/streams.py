@@ -296,8 +296,9 @@ class Feed:
         if not writer.active:
             self._end(whole=False)
             return
-        for follower in list(self._followers):
-            follower.grown()
+        if self._followers:  # most fills have none: no copy of an empty list
+            for follower in list(self._followers):
+                follower.grown()
 
     def commit(self) -> object:
         writer = self._writer
