@@ -30,6 +30,7 @@ Answering from the store and plain forwarding are the accelerator's
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import itemgetter
 
 from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred
@@ -66,6 +67,8 @@ _NO_FIELDS = Headers()
 
 #: :data:`~accel.answers.CONDITIONAL_FIELDS`, as a set built once.
 _CONDITIONAL = frozenset(CONDITIONAL_FIELDS)
+
+_NAME = itemgetter(0)
 
 _ORIGIN_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -387,7 +390,8 @@ class Filler:
             b"cache-status",
             self._fetched_status(fill.fwd, response.status, cacheable, lk.collapsed),
         )
-        if response.status == 200:
+        if response.status == 200 and not _CONDITIONAL.isdisjoint(map(_NAME, request.headers.pairs)):
+            # (Checked in C first: most requests have no precondition.)
             precondition = policy.evaluate_conditionals(
                 request.method, request.headers, response.status, out, response_time
             )

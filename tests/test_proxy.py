@@ -222,6 +222,29 @@ class TestRevalidation:
         assert r.status == 304
         assert get(proxy).body == b"x" and len(upstream.calls) == 1
 
+    @pytest.mark.parametrize(
+        ("field", "value", "status"),
+        [
+            (b"If-Match", b'"other"', 412),
+            (b"If-Unmodified-Since", b"Sat, 01 Jan 2000 00:00:00 GMT", 412),
+            (b"If-None-Match", b'"abc"', 304),
+            (b"If-Modified-Since", b"Fri, 01 Jan 2038 00:00:00 GMT", 304),
+        ],
+    )
+    def test_each_precondition_on_a_miss_is_answered_by_accel(self, clock, store, field, value, status):
+        """RFC 9110 13.2.2: whichever precondition field a miss carries, accel
+        evaluates it against the fetched response (and still stores it)."""
+        upstream = FakeUpstream(auto=always(headers=dated(
+            (b"Cache-Control", b"max-age=60"),
+            (b"ETag", b'"abc"'),
+            (b"Last-Modified", b"Mon, 01 Jan 2001 00:00:00 GMT"),
+        )))  # fmt: skip
+        proxy = make_proxy(clock, store, upstream)
+        r = get(proxy, headers=[(field, value)])
+        assert field.lower() not in upstream.calls[0].headers
+        assert r.status == status
+        assert get(proxy).body == b"x" and len(upstream.calls) == 1
+
 
 class TestStale:
     def test_stale_if_error_serves_stale_when_the_origin_is_down(self, clock, store):
