@@ -10,7 +10,8 @@
 Starts a trivial origin (``/1k``, ``/64k``, ``/100k`` and ``/1m``, ``Cache-Control: max-age=86400``)
 and accel in front of it, in this process, exactly as ``twistd accel`` wires
 it (``accel.app.make_service``), with an access log to a file. It primes both
-objects, prints ``ready on 127.0.0.1:PORT``, and serves until killed. Not a
+objects, prints ``ready on 127.0.0.1:PORT``, and serves until stopped
+(SIGTERM or SIGINT), then removes its temporary files unless ``--keep``. Not a
 test: a measuring stick. Compare with ``bench/raw_baseline.py`` run back to
 back (``bench/compare.py`` does both).
 """
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import urllib.request
+from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 
@@ -94,6 +97,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--access-log", default=None, help="default: a temporary file")
     parser.add_argument("--reactor", choices=("accel", "epoll"), default="accel",
                         help="as twistd accel (default) or Twisted's")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the cache directory (and default access log) when stopped")
     args = parser.parse_args(argv)
 
     if args.reactor == "accel":
@@ -103,10 +108,19 @@ def main(argv: list[str]) -> None:
     install()
     from twisted.internet import reactor
 
+    work = tempfile.mkdtemp(prefix="accel-bench-")
+    try:
+        _serve(args, reactor, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace, reactor: Any, work: str) -> None:
+    """Start the origin and accel in ``reactor`` with its files in ``work``, and run it."""
     from accel.app import make_service
     from accel.tap import Options
 
-    work = tempfile.mkdtemp(prefix="accel-bench-")
     origin = reactor.listenTCP(0, Factory.forProtocol(_Origin), interface="127.0.0.1")
     options = Options()
     options.parseOptions(
