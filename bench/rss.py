@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -157,6 +158,7 @@ async def main(argv: list[str]) -> None:
         ],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
     )  # fmt: skip
+    keep = False
     try:
         for _ in range(100):
             try:
@@ -168,6 +170,7 @@ async def main(argv: list[str]) -> None:
             except OSError:
                 await asyncio.sleep(0.1)
         else:
+            keep = True  # for its log
             raise SystemExit(f"accel did not start; see {work}/twistd.log")
         print(f"accel pid {proc.pid}, started:        {_rss(proc.pid)}", flush=True)
 
@@ -198,6 +201,8 @@ async def main(argv: list[str]) -> None:
         proc.terminate()
         proc.wait()
         server.close()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
