@@ -302,7 +302,7 @@ class HotHits:
         another process, damaged) is left to the general path to deal with.
         """
         try:
-            f = open(entry.path, "rb")  # noqa: SIM115 - the server closes it
+            f = open(entry.path, "rb", buffering=0)  # noqa: SIM115 - the server closes it
         except OSError:
             return None
         try:

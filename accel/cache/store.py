@@ -893,7 +893,7 @@ class Store:
             self._touch(entry)
             return io.BytesIO(entry.inline)
         try:
-            f = open(self.body_path(entry), "rb")  # noqa: SIM115 - caller closes
+            f = open(self.body_path(entry), "rb", buffering=0)  # noqa: SIM115 - caller closes
         except FileNotFoundError:
             self._drop_row(entry.key, entry.body_id)
             return None
