@@ -156,7 +156,9 @@ def format_fields(
             user_agent = value
     clf = _last_clf[1] if _last_clf[0] == int(started) else _clf_time(started)
     elapsed = finished - started
-    millis = _MILLIS[int(elapsed * 1000 + 0.5)] if 0.0 <= elapsed < 0.9995 else b"%.3f" % max(0.0, elapsed)
+    # Rounded as the table is indexed: just under 0.9995 s can round to 1000 ms.
+    ms = int(elapsed * 1000 + 0.5) if elapsed > 0.0 else 0
+    millis = _MILLIS[ms] if ms < 1000 else b"%.3f" % elapsed
     key = (method, target, version, status, sent, referer, user_agent, cache)
     middle = _MIDDLES.get(key)
     if middle is None:

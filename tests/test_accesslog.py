@@ -1,7 +1,9 @@
 """The access log (accel.accesslog)."""
 
+import math
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
@@ -171,6 +173,23 @@ def test_fields_are_written_as_the_combined_format_says(
     seconds = line[len(head) : -1]
     assert re.fullmatch(rb"[0-9]+\.[0-9]{3}", seconds)
     assert abs(float(seconds) - max(0.0, started + elapsed - started)) <= 0.0005 + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "written"),
+    [
+        (math.nextafter(0.9995, 0.0), b"0.999"),  # 999.5 ms once multiplied by 1000
+        (0.9995, b"1.000"),
+        (0.9994, b"0.999"),
+        (-0.25, b"0.000"),  # the clock stepped back
+        (12.3456, b"12.346"),
+    ],
+)
+def test_request_time_rounds_to_the_millisecond_near_a_second(elapsed, written):
+    """A request time just under a second is written rounded, as any other:
+    the table of millisecond strings is never indexed past its end."""
+    line = format_fields(b"192.0.2.1", b"GET", b"/", b"1.1", [], 200, 0, 0.0, elapsed, b"-")
+    assert line.endswith(b" " + written + b"\n")
 
 
 def test_remembered_lines_differ_where_their_requests_do():
