@@ -409,7 +409,7 @@ def test_response_head_fields_are_read_as_the_rules_say(pairs, version):
     from accel.upstream.connection import Exchange
 
     exchange = Exchange(_Connection(), None, b"GET", b"", EMPTY_BODY)  # type: ignore[arg-type]
-    exchange._parser.feed_data(b"HTTP/%s 200 OK\r\n" % version)  # status and version only
+    exchange.data_received(b"HTTP/%s 200 OK\r\n" % version)  # status and version only
     exchange._pairs = list(pairs)
     expected = _framing_by_the_rules(pairs, version)
     if expected is None:
@@ -421,6 +421,143 @@ def test_response_head_fields_are_read_as_the_rules_say(pairs, version):
     assert (exchange._framing.value, exchange._persistent) == (framing, persistent)
     assert exchange._response.body.length == length
     assert exchange._response.headers.pairs == pairs
+
+
+class _Recorder:
+    """A BodySink that records what it is told (no Deferred to leave unhandled)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.outcome = "open"
+
+    def data(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def end(self) -> None:
+        self.outcome = "end"
+
+    def fail(self, reason: Exception) -> None:
+        self.outcome = f"{type(reason).__name__}: {reason}"
+
+
+def _answer_in_one_read(raw: bytes, method: bytes, whole: bool) -> tuple[object, ...]:
+    """One request through a pool, answered with ``raw`` in one read: what the
+    caller was told, the body it read, and what became of the connection.
+    ``whole=False`` turns the whole-response reading off: llhttp reads it all."""
+    reactor = MemoryReactorClock()
+    pool = OriginPool([ORIGIN], reactor, UpstreamSettings(max_headers=6))
+    told: list[tuple[object, ...]] = []
+    sink = _Recorder()
+
+    def response(r: OriginResponse) -> None:
+        told.append((r.status, r.reason, r.version, r.headers.pairs, r.body.length))
+        r.body.deliver(sink)
+
+    def failed(failure: Failure) -> None:
+        told.append((type(failure.value).__name__, str(failure.value)))
+
+    pool.send(method, b"/", Headers([(b"host", b"h")]), EMPTY_BODY, None, response, failed)
+    host, port, factory, _, _ = reactor.tcpClients.pop(0)
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    if not whole:
+        protocol._wrappedProtocol.exchange._read_whole = lambda data: False
+    protocol.dataReceived(raw)
+    return (
+        told,
+        b"".join(sink.chunks),
+        sink.outcome,
+        transport.disconnecting,
+        transport.disconnected,
+        pool.idle_connections(ORIGIN),
+    )
+
+
+_FIELD_NAMES = [
+    b"Content-Type", b"connection", b"Connection", b"Transfer-Encoding", b"Upgrade",
+    b"Content-Length", b"Keep-Alive", b"X-A", b"x_b",
+]  # fmt: skip
+_FIELD_VALUES = [
+    b"text/plain", b"close", b" close", b"keep-alive", b"Keep-Alive, x", b"chunked",
+    b"a b \t ", b"", b"\t", b"\xff", b"5", b"upgrade", b"h2c", b"0",
+]  # fmt: skip
+
+
+def _one_byte_changed(draw: st.DrawFn, raw: bytes) -> bytes:
+    """``raw``, or (half the time) with one byte replaced by one that matters to framing."""
+    if not raw or draw(st.booleans()):
+        return raw
+    at = draw(st.integers(0, len(raw) - 1))
+    byte = draw(st.sampled_from(b" \t\r\n:\x00\x7f\x80A1"))
+    return raw[:at] + bytes([byte]) + raw[at + 1 :]
+
+
+@st.composite
+def plain_responses(draw: st.DrawFn) -> bytes:
+    """Responses of the kind read whole without llhttp, sometimes with one byte changed."""
+    version = draw(st.sampled_from([b"1.1", b"1.0"]))
+    status = draw(st.sampled_from([b"200", b"204", b"206", b"304", b"404", b"599"]))
+    reason = draw(st.sampled_from([b" OK", b" ", b" Not Modified", b" a  b "]))
+    body = b"b" * draw(st.integers(0, 12))
+    values = [b"text/plain", b"close", b" close", b"keep-alive", b"Keep-Alive, x", b"a b \t ", b"", b"\t"]
+    names = [b"Content-Type", b"connection", b"Connection", b"Keep-Alive", b"X-A"]
+    fields = draw(st.lists(st.tuples(st.sampled_from(names), st.sampled_from(values)), max_size=6))
+    if status in (b"204", b"304"):
+        body = b""
+    fields.insert(draw(st.integers(0, len(fields))), (b"Content-Length", b"%d" % len(body)))
+    head = b"HTTP/%s %s%s\r\n%s\r\n" % (
+        version, status, reason, b"".join(b"%s: %s\r\n" % field for field in fields)
+    )
+    return _one_byte_changed(draw, head + body)
+
+
+@st.composite
+def origin_responses(draw: st.DrawFn) -> bytes:
+    """Responses in one read of any kind: other framing, versions, statuses,
+    field bytes, missing or extra bytes, sometimes with one byte changed."""
+    version = draw(st.sampled_from([b"1.1", b"1.0", b"1.2", b"2.0"]))
+    status = draw(st.sampled_from([b"200", b"204", b"206", b"304", b"404", b"599", b"103", b"101", b"600"]))
+    reason = draw(st.sampled_from([b" OK", b" ", b"", b" Not Modified", b" O\tK", b" \xe9t\xe9"]))
+    body = b"b" * draw(st.integers(0, 12))
+    fields = draw(st.lists(st.tuples(st.sampled_from(_FIELD_NAMES), st.sampled_from(_FIELD_VALUES)), max_size=6))
+    length = draw(st.sampled_from([b"%d" % len(body), b"%d" % len(body), b"%d " % len(body), b"1x", None]))
+    if length is not None:
+        fields.insert(draw(st.integers(0, len(fields))), (b"Content-Length", length))
+    head = b"HTTP/%s %s%s\r\n%s\r\n" % (
+        version, status, reason, b"".join(b"%s: %s\r\n" % field for field in fields)
+    )
+    raw = head + body + draw(st.sampled_from([b"", b"", b"x", b"HTTP/1.1 200 OK\r\n\r\n"]))
+    return _one_byte_changed(draw, raw[: len(raw) - draw(st.sampled_from([0, 0, 0, 1, len(body) + 2]))])
+
+
+@given(st.one_of(plain_responses(), origin_responses()), st.sampled_from([b"GET", b"HEAD"]))
+def test_a_whole_response_is_read_as_llhttp_reads_it(raw, method):
+    """Read as one plain response in one read or by llhttp, a response gives
+    the caller the same head or error and body, and its connection the same fate."""
+    assert _answer_in_one_read(raw, method, whole=True) == _answer_in_one_read(
+        raw, method, whole=False
+    )
+
+
+def test_a_whole_plain_response_skips_llhttp(monkeypatch):
+    """A plain response that arrives whole is read without an llhttp parser,
+    and its connection goes back to the pool."""
+    from accel.upstream import connection
+
+    def no_parser(_: object) -> None:
+        raise AssertionError("llhttp was asked to read a whole plain response")
+
+    monkeypatch.setattr(connection, "HttpResponseParser", no_parser)
+    told, body, outcome, _, disconnected, idle = _answer_in_one_read(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nabc",
+        b"GET",
+        whole=True,
+    )
+    assert told == [
+        (200, b"OK", b"1.1", [(b"content-type", b"text/plain"), (b"content-length", b"3")], 3)
+    ]
+    assert (body, outcome, disconnected, idle) == (b"abc", "end", False, 1)
 
 
 # -- clock-driven wire logic ---------------------------------------------------

@@ -13,6 +13,12 @@ head (``interim_received``), except ``100 Continue``, which answers an
 ``Expect`` the proxy does not forward; 101 is an error (no upgrade was
 asked for).
 
+Most responses need no parser at all: a final head of the plainest kind
+with one ``Content-Length``, arriving in the exchange's first read together
+with exactly the body it frames, is read with one regular expression
+(:meth:`Exchange._read_whole`); anything else goes to llhttp from its first
+byte.
+
 No request pipelining: a connection carries one exchange, so any byte after
 a complete response (or while the connection is idle in the pool) is a
 protocol violation and retires the connection.
@@ -92,6 +98,17 @@ _HEAD_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"[^\x00-\x20\x7f]+")
+#: A final response head of the plainest kind (:meth:`Exchange._read_whole`):
+#: HTTP/1.0 or 1.1, a status from 200 to 599, a reason of printable ASCII
+#: and space, field lines of a token, a colon and printable ASCII, space or
+#: HTAB only, CRLF line ends. A strict subset of what llhttp accepts.
+_SIMPLE_RESPONSE = re.compile(
+    rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\x20-\x7e]*+)\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[\t\x20-\x7e]*+\r\n)*+)\r\n"
+)
+_SIMPLE_VERSIONS = {b"1": b"1.1", b"0": b"1.0"}
+#: Content-Length values read without llhttp: digits, far below its overflow.
+_MAX_SIMPLE_LENGTH_DIGITS = 15
 
 
 def encode_fields(method: bytes, target: bytes, headers: Headers) -> tuple[bytes, bool]:
@@ -129,6 +146,15 @@ def encode_fields(method: bytes, target: bytes, headers: Headers) -> tuple[bytes
             f"expected a header field without CR or LF, got {name!r}: {value!r}"
         )
     return block, b"host" in names
+
+
+def _persists(version: bytes, connection: list[bytes] | None) -> bool:
+    """Whether a response's connection may carry another request (RFC 9112
+    section 9.3), from its version and ``Connection`` field values."""
+    if not connection:
+        return version != b"1.0"
+    tokens = {token.lower() for token in split_list(connection)}
+    return b"close" not in tokens and (version != b"1.0" or b"keep-alive" in tokens)
 
 
 def request_head(
@@ -400,6 +426,13 @@ class Exchange:
     _response_body: _ResponseBody | None = None
     _response: OriginResponse | None = None
     _body_received = 0
+    #: llhttp's reading of the response, made on the first read that
+    #: :meth:`_read_whole` does not take (the usual response needs none).
+    _parser: HttpResponseParser | None = None
+    #: The response's field lines so far (``on_message_begin`` starts them).
+    _pairs: list[tuple[bytes, bytes]]
+    #: Interim heads parsed but not yet handed to the listener.
+    _interims: deque[tuple[int, bytes, Headers]] | None = None
 
     def __init__(
         self,
@@ -418,10 +451,6 @@ class Exchange:
         self._settings = home.settings
         self._head = head
         self._body = body
-        self._parser: HttpResponseParser | None = HttpResponseParser(self)
-        self._pairs: list[tuple[bytes, bytes]] = []
-        #: Interim heads parsed but not yet handed to the listener.
-        self._interims: deque[tuple[int, bytes, Headers]] = deque()
 
     # -- driven by the pool and the connection ------------------------------
 
@@ -436,9 +465,14 @@ class Exchange:
         self._upload.start()
 
     def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            if not self.received and self._read_whole(data):
+                return
+            parser = self._parser = HttpResponseParser(self)
         self.received += len(data)
         try:
-            self._parser.feed_data(data)  # type: ignore[union-attr]
+            parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade) as exc:
             if not self._complete:
                 error = self._error or UpstreamProtocolError(
@@ -447,8 +481,9 @@ class Exchange:
                 self._fail(error)
                 return
             self._trailing = True
-        while self._interims:
-            self.listener.interim_received(self, *self._interims.popleft())
+        interims = self._interims
+        while interims:
+            self.listener.interim_received(self, *interims.popleft())
             if self._finished:
                 return  # the listener gave up (its client went away)
         if not self._head_done:
@@ -463,6 +498,77 @@ class Exchange:
         if self._reading and not self._complete:
             self.connection.watchdog.arm(self._settings.idle_timeout)
         self._dispatch()
+
+    def _read_whole(self, data: bytes) -> bool:
+        """Take ``data`` if it is one whole response of the plainest kind; whether it did.
+
+        Most origin answers arrive whole in the first read: a final head
+        (:data:`_SIMPLE_RESPONSE`) with one ``Content-Length`` and no
+        ``Transfer-Encoding`` or ``Upgrade``, then exactly the body it
+        frames (none for HEAD, 204 and 304) and nothing after it. Such a
+        response is read here with one regular expression, as llhttp's
+        callbacks would record it (field values keep their trailing
+        whitespace, as llhttp leaves it), without a parser. Anything else,
+        including a response cut short or followed by more bytes, is left
+        to llhttp from its first byte: nothing has been consumed then.
+        tests/test_upstream.py checks that both readings agree.
+        """
+        m = _SIMPLE_RESPONSE.match(data)
+        if m is None:
+            return False
+        minor, code, reason, block = m.groups()
+        length: int | None = None
+        connection: list[bytes] | None = None
+        pairs = []
+        for line in block.splitlines():
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            value = value.lstrip(b" \t")
+            if name in _HEAD_FIELDS:
+                if (
+                    name == b"content-length"
+                    and length is None
+                    and value.isdigit()
+                    and len(value) <= _MAX_SIMPLE_LENGTH_DIGITS
+                ):
+                    length = int(value)
+                elif name == b"connection":
+                    if connection is None:
+                        connection = [value]
+                    else:
+                        connection.append(value)
+                else:
+                    return False  # chunked, a repeated or odd length: llhttp's
+            elif name == b"upgrade":
+                return False
+            pairs.append((name, value))
+        if length is None or len(pairs) > self._settings.max_headers:
+            return False
+        status = int(code)
+        if self.method == b"HEAD" or status == 204 or status == 304:
+            framing, length = _Framing.NONE, 0
+        else:
+            framing = _Framing.LENGTH
+        start = m.end()
+        if len(data) - start != length:
+            return False
+        # The whole message is here: recorded as llhttp's callbacks and
+        # on_headers_complete would record it.
+        self.received = len(data)
+        version = _SIMPLE_VERSIONS[minor]
+        self._framing = framing
+        self._persistent = _persists(version, connection)
+        body = self._response_body = _ResponseBody(self, length)
+        self._response = OriginResponse(
+            status, reason, version, Headers(pairs), body, self._origin
+        )
+        self._head_done = True
+        if length:
+            self._body_received = length
+            body._buffer.append(data[start:])
+        self._complete = True
+        self._dispatch()
+        return True
 
     def connection_lost(self, reason: Failure) -> None:
         if self._finished:
@@ -563,6 +669,8 @@ class Exchange:
                 raise self._error
             self._interim = True
             if status != 100:
+                if self._interims is None:
+                    self._interims = deque()
                 self._interims.append((status, self._reason, Headers(self._pairs)))
             return
         pairs = self._pairs
@@ -601,15 +709,11 @@ class Exchange:
         else:
             framing, length = _Framing.CLOSE, None
         self._framing = framing
-        connection = fields.get(b"connection")
-        tokens = {token.lower() for token in split_list(connection)} if connection else set()
-        # RFC 9112 section 9.3.
-        self._persistent = b"close" not in tokens and (
-            version != "1.0" or b"keep-alive" in tokens
-        )
+        raw_version = version.encode("ascii")
+        self._persistent = _persists(raw_version, fields.get(b"connection"))
         body = self._response_body = _ResponseBody(self, length)
         self._response = OriginResponse(
-            status, self._reason, version.encode("ascii"), Headers(pairs), body, self._origin
+            status, self._reason, raw_version, Headers(pairs), body, self._origin
         )
         self._head_done = True
         if self.method == b"HEAD":
