@@ -674,7 +674,16 @@ class _Forward:
         out = response_headers_for_client(response.headers, response.version, route.forwarding)
         out.add(b"cache-status", self._proxy._forwarded_status(self._fwd, response.status))
         responder.start(response.status, response.reason, out)
-        OriginRelay(response, route, self._request, responder).start()
+        whole = response.whole_body()
+        if whole is None:
+            OriginRelay(response, route, self._request, responder).start()
+            return
+        # All of it came with the head (most small answers): written out at
+        # once, as the relay would write it, without a relay registered as
+        # the producer for its one write.
+        if whole:
+            responder.write(whole)
+        responder.finish()
 
     def failed(self, failure: Failure) -> None:
         """No answer from the origin: see :func:`accel.answers.answer_origin_failure`."""

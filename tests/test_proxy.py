@@ -8,6 +8,8 @@ counts origin requests where that is the point.
 from __future__ import annotations
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
 from accel.cache.collapse import Collapser
@@ -19,7 +21,7 @@ from accel.http.headers import Headers
 from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
-from accel.upstream import UpstreamBusy, UpstreamTimeout
+from accel.upstream import Origin, OriginPool, UpstreamBusy, UpstreamSettings, UpstreamTimeout
 from tests.fakes import T0, FakeResponder, FakeUpstream, always, end_turn, make_request, response
 from tests.test_byteranges import parse_multipart
 
@@ -992,3 +994,46 @@ class TestInterim:
         stale = get(proxy)
         assert stale.status == 200 and len(upstream.calls) == 2
         assert upstream.calls[1].interim is None
+
+
+class TestPassThroughOverAnOriginPool:
+    """Plain forwarding over a real :class:`~accel.upstream.OriginPool` on
+    ``StringTransport``\\ s: how the origin's body reaches the client."""
+
+    ORIGIN = Origin("http", "origin.test", 80)
+
+    def forward(self, answer: list[bytes]) -> tuple[FakeResponder, OriginPool]:
+        reactor = MemoryReactorClock()
+        pool = OriginPool([self.ORIGIN], reactor, UpstreamSettings())
+        router: Router[Route] = Router([(["*"], [("/", Route(upstream=pool, cache=None))])])
+        proxy = Accelerator(router, reactor, None)
+        client = FakeResponder()
+        proxy.handle(make_request(b"/a"), client)
+        host, port, factory, _, _ = reactor.tcpClients.pop(0)
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        protocol.makeConnection(StringTransport())
+        for data in answer:
+            protocol.dataReceived(data)
+        return client, pool
+
+    def test_a_body_that_comes_with_its_head_is_written_once_and_finished(self):
+        """An answer that arrives whole goes to the client whole, once, and
+        complete; no producer is left registered; the origin connection is pooled."""
+        client, pool = self.forward([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"])
+        assert (client.status, client.chunks, client.finished) == (200, [b"hello"], True)
+        assert client.header(b"content-length") == b"5" and client.producer is None
+        assert pool.idle_connections(self.ORIGIN) == 1
+
+    def test_a_body_in_pieces_is_relayed_as_it_comes(self):
+        """An answer whose body comes later is relayed, with back-pressure,
+        each piece as it arrives, and finished at its end."""
+        client, pool = self.forward(
+            [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe", b"llo"]
+        )
+        assert (client.status, client.chunks, client.finished) == (200, [b"he", b"llo"], True)
+        assert client.producer is None and pool.idle_connections(self.ORIGIN) == 1
+
+    def test_an_empty_answer_is_finished_without_a_write(self):
+        """A 204 (no body) is started and finished, nothing written."""
+        client, _ = self.forward([b"HTTP/1.1 204 No Content\r\n\r\n"])
+        assert (client.status, client.chunks, client.finished) == (204, [], True)

@@ -608,6 +608,45 @@ class MemoryTests(SynchronousTestCase):
         finally:
             gc.enable()
 
+    def test_a_body_that_came_whole_is_taken_at_once(self):
+        """A body that arrived with its head can be taken whole; it is then
+        done, as if read (it cannot be delivered too), its connection pooled."""
+        pool = self.make_pool()
+        d = self.get(pool)
+        protocol, _ = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+        response = self.successResultOf(d)
+        self.assertEqual(response.whole_body(), b"abc")
+        self.assertIsNone(response.whole_body())
+        with self.assertRaises(RuntimeError):
+            response.body.deliver(Sink())
+        self.assertEqual(pool.idle_connections(ORIGIN), 1)
+
+    def test_a_body_still_to_come_is_not_taken(self):
+        """A body not all there is not taken: it is delivered as usual, whole."""
+        pool = self.make_pool()
+        d = self.get(pool)
+        protocol, _ = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab")
+        response = self.successResultOf(d)
+        self.assertIsNone(response.whole_body())
+        sink = Sink()
+        response.body.deliver(sink)
+        protocol.dataReceived(b"c")
+        self.assertEqual(self.successResultOf(sink.done), b"abc")
+
+    def test_a_body_being_read_is_not_taken(self):
+        """Once delivered to a sink, a body is the sink's: never taken whole."""
+        pool = self.make_pool()
+        d = self.get(pool)
+        protocol, _ = self.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+        response = self.successResultOf(d)
+        sink = Sink()
+        response.body.deliver(sink)
+        self.assertIsNone(response.whole_body())
+        self.assertEqual(self.successResultOf(sink.done), b"abc")
+
     def test_a_response_is_delivered_in_a_write_batch(self):
         """The head and the body that arrive in one read are delivered inside
         one directwrite batch: what the proxy writes to its client for them

@@ -201,6 +201,19 @@ class OriginResponse:
     body: BodySource
     origin: Origin
 
+    def whole_body(self) -> bytes | None:
+        """The whole body, taken, if all of it came with the head and none was read.
+
+        Most small answers arrive whole in one read: the caller can then
+        write it out at once instead of relaying it with back-pressure.
+        The body is done afterwards, as if a sink had read it to its end
+        (the connection is already pooled or closed). ``None`` when some of
+        it is still to come (or came and went: delivered, discarded), or the
+        body is not an origin connection's: deliver it as usual.
+        """
+        body = self.body
+        return body.take_whole() if type(body) is _ResponseBody else None
+
 
 class ExchangeListener(Protocol):
     """Who started an exchange: told once, head or failure, before any body byte.
@@ -908,6 +921,16 @@ class _ResponseBody:
         self._done = True
         self._buffer.clear()
         self._exchange.discard_body()
+
+    def take_whole(self) -> bytes | None:
+        """See :meth:`OriginResponse.whole_body`."""
+        if self._outcome is not _END or self._sink is not None or self._done:
+            return None
+        self._done = True
+        buffer = self._buffer
+        whole = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
+        return whole
 
     def _flush(self) -> None:
         sink = self._sink
