@@ -252,21 +252,25 @@ class _Watchdog:
     a clock read per event rather than a timer per event.
     """
 
-    __slots__ = ("_call", "_callback", "_clock", "_deadline")
+    __slots__ = ("_call", "_callback", "_clock", "_deadline", "_due")
 
     def __init__(self, clock: IReactorTime, callback: Callable[[], None]) -> None:
         self._clock = clock
         self._callback = callback
         self._deadline: float | None = None
         self._call: IDelayedCall | None = None
+        #: When ``_call`` is due (its ``getTime()``, kept: arm runs twice a request).
+        self._due = 0.0
 
     def arm(self, timeout: float) -> None:
         self._deadline = deadline = self._clock.seconds() + timeout
         call = self._call
         if call is None:
-            self._call = self._clock.callLater(timeout, self._fire)
-        elif call.getTime() > deadline:
+            call = self._call = self._clock.callLater(timeout, self._fire)
+            self._due = call.getTime()
+        elif self._due > deadline:
             call.reset(timeout)
+            self._due = call.getTime()
 
     def disarm(self) -> None:
         self._deadline = None
@@ -283,7 +287,8 @@ class _Watchdog:
             return
         remaining = self._deadline - self._clock.seconds()
         if remaining > 0:
-            self._call = self._clock.callLater(remaining, self._fire)
+            call = self._call = self._clock.callLater(remaining, self._fire)
+            self._due = call.getTime()
             return
         self._deadline = None
         self._callback()
