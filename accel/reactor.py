@@ -14,7 +14,8 @@ disconnects a selectable whose ``doRead`` or ``doWrite`` raised) directly,
 and logs, as ``callWithLogger`` does, anything that escapes it. accel logs
 with :class:`twisted.logger.Logger`, which never reads that context; only a
 legacy ``log.msg`` made inside an event (some of Twisted's own) loses its
-prefix and is labelled ``-``.
+prefix and is labelled ``-``. :meth:`Reactor.timeout` reckons how long a
+poll may wait as its parent does, without two calls to builtins per turn.
 
 ``twistd accel`` installs it unless the reactor is already chosen (twistd's
 ``--reactor`` option, or an import of :mod:`twisted.internet.reactor`
@@ -40,6 +41,9 @@ except ImportError:  # pragma: no cover - no epoll on this platform
     EPollReactor = None  # type: ignore[assignment,misc]
 
 __all__ = ["Reactor", "install", "install_default", "installed"]
+
+#: The longest poll, in seconds, as Twisted's ``ReactorBase.timeout`` has it.
+_LONGEST_WAIT = 2147483
 
 
 if EPollReactor is not None:
@@ -125,6 +129,23 @@ if EPollReactor is not None:
                     ports.end_of_event(closing)
 
         doIteration = doPoll
+
+        def timeout(self) -> float | None:
+            """How long the next poll may wait: ``ReactorBase.timeout``'s value.
+
+            Without its ``max(0, min(longest, delay))``: the builtins parse
+            their arguments as keywords-capable calls, about 900 instructions
+            each, twice a reactor turn (four turns a pass-through request).
+            """
+            self._insertNewDelayedCalls()
+            pending = self._pendingTimedCalls
+            if not pending:
+                return None
+            delay = pending[0].time - self.seconds()
+            if delay <= 0:
+                return 0
+            # 2 ** 31 / 1000: the milliseconds epoll_wait takes as a C int.
+            return delay if delay < _LONGEST_WAIT else _LONGEST_WAIT  # noqa: FURB136 (min() is the call avoided)
 
 else:  # pragma: no cover
     Reactor = None  # type: ignore[assignment,misc]

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 import pytest
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import log
@@ -211,3 +212,34 @@ class InstallTests(SynchronousTestCase):
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
         out = run.stdout
         self.assertEqual(out.split(), ["accel.reactor", "True"])
+
+
+
+@pytest.mark.parametrize(
+    ("delays", "elapsed"),
+    [
+        ([], 0.0),
+        ([0.0], 0.0),
+        ([0.0], 5.0),
+        ([0.5], 0.2),
+        ([0.5, 3.0], 0.0),
+        ([3.0, 0.25], 1.0),
+        ([2147483.0], 0.0),
+        ([2147484.5], 0.0),
+        ([1e12], 3.0),
+    ],
+)
+def test_the_poll_timeout_is_twisteds(delays: list[float], elapsed: float) -> None:
+    """How long a turn may wait for events is what Twisted's ``timeout``
+    reckons (value and type), whatever calls are pending and however late."""
+    reactor = Reactor()
+    try:
+        now = [1000.0]
+        reactor.seconds = lambda: now[0]
+        for delay in delays:
+            reactor.callLater(delay, lambda: None)
+        now[0] += elapsed
+        ours, twisteds = reactor.timeout(), EPollReactor.timeout(reactor)
+        assert (ours, type(ours)) == (twisteds, type(twisteds))
+    finally:
+        reactor._poller.close()
