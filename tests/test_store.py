@@ -918,6 +918,56 @@ def test_inline_rows_count_towards_the_size_limit(tmp_path: Path) -> None:
     assert files(tmp_path) == []
 
 
+def _pragma(directory: Path, name: str) -> int:
+    with sqlite3.connect(directory / "cache.db") as con:
+        ((value,),) = con.execute(f"PRAGMA {name}")
+    return int(value)
+
+
+def test_a_new_database_has_no_pointer_map(tmp_path: Path) -> None:
+    """A database the store creates is made with ``auto_vacuum = NONE`` (no pointer-map pages to
+    write with each new page), and diskcache's Settings say so."""
+    store = make_store(tmp_path)
+    put(store, b"body")
+    assert _pragma(tmp_path, "auto_vacuum") == 0
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        ((recorded,),) = con.execute("SELECT value FROM Settings WHERE key = 'sqlite_auto_vacuum'")
+    assert recorded == 0
+
+
+def test_an_existing_database_keeps_its_vacuum_mode(tmp_path: Path) -> None:
+    """A database made before (diskcache's ``auto_vacuum = FULL``) is opened as it is, and
+    stores, evicts and frees its pages as before."""
+    diskcache.Cache(str(tmp_path), eviction_policy="least-recently-used").close()
+    store = make_store(tmp_path, size_limit=MiB)
+    for i in range(300):
+        put(store, os.urandom(10 * KiB), primary=f"{URL}/{i}")
+    assert _pragma(tmp_path, "auto_vacuum") == 1
+    assert _pragma(tmp_path, "freelist_count") == 0
+    entries = store.stats()["entries"]
+    assert isinstance(entries, int) and 50 < entries < 150
+    assert store.lookup(f"{URL}/299") != [] and store.lookup(f"{URL}/0") == []
+    store.close()
+    assert make_store(tmp_path, size_limit=MiB).lookup(f"{URL}/299") != []
+    assert _pragma(tmp_path, "auto_vacuum") == 1
+
+
+def test_free_pages_are_room_for_new_rows(tmp_path: Path) -> None:
+    """Pages freed by evictions and purges stay in the database file, and are reused: the size
+    estimate does not count them, so rows that fit within the limit are all kept."""
+    store = make_store(tmp_path, size_limit=MiB)
+    for i in range(200):
+        put(store, os.urandom(10 * KiB), primary=f"{URL}/old{i}")
+    store.purge_all()
+    assert _pragma(tmp_path, "freelist_count") > 100
+    volume = store.stats()["volume"]
+    assert isinstance(volume, int) and volume < 200 * KiB
+    for i in range(60):
+        put(store, os.urandom(10 * KiB), primary=f"{URL}/new{i}")
+    assert all(store.lookup(f"{URL}/new{i}") for i in range(60))
+    assert store.stats()["entries"] == 60
+
+
 @given(
     size=st.integers(0, 3 * INLINE_MAX),
     chunks=st.lists(st.integers(1, INLINE_MAX + 100), min_size=1, max_size=8),

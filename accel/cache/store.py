@@ -137,6 +137,26 @@ exceeds its limit by at most that 1 % (1 MiB) per worker process, plus the
 database's page granularity; a miss of 1 KiB reads the estimate about once
 in 700 inserts with a limit of 1 GiB.
 
+Database pages
+--------------
+diskcache makes its databases with ``auto_vacuum = FULL``: SQLite then
+keeps pointer-map pages, one more page to write to the log with every
+transaction that allocates a page (a new row of 1 KiB, one in three), and
+at the end of every transaction that frees pages (an eviction, a purge) it
+moves the file's last pages into the holes and truncates it. The store
+makes the databases it creates with ``auto_vacuum = NONE`` instead: freed
+pages go to SQLite's free list, in the same transaction, and the rows
+stored next take them. The size estimate counts the pages in use (all but
+the free ones), so the file keeps the largest size it reached (about the
+size limit, or what it held before the limit was lowered) while what it
+holds stays within the limit. A database made before keeps ``FULL``
+(SQLite changes the mode of a database that has tables only by rebuilding
+it, ``VACUUM``), has no free pages once a transaction ends, and works as it
+always did; several processes opening a new directory at once agree, as
+whichever creates the first table fixes the mode for all. Crash safety does
+not depend on the mode: the free list is part of the database, written
+through the same log and transactions.
+
 Change stamps
 -------------
 Readers that skip the database for fresh hits (the proxy's hot tier, one per
@@ -254,9 +274,14 @@ _REPLACE = (
     "UPDATE Cache SET store_time = ?, expire_time = NULL, access_time = ?, access_count = 0,"
     " tag = ?, size = ?, mode = ?, filename = ?, value = ? WHERE rowid = ?"
 )
-#: diskcache's size estimate (``Cache.volume``): the database's pages and the body files.
+#: The store's size estimate: the database's pages in use (all of them but
+#: the free ones, which later rows reuse) and the body files. diskcache's
+#: ``Cache.volume`` counts the free pages too; in a database with
+#: ``auto_vacuum = FULL`` (diskcache's default) there are none at the end of
+#: a transaction, so both agree there (see Database pages).
 _VOLUME = (
-    "SELECT (SELECT page_count FROM pragma_page_count()) * (SELECT page_size FROM pragma_page_size())"
+    "SELECT ((SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()))"
+    " * (SELECT page_size FROM pragma_page_size())"
     " + (SELECT value FROM Settings WHERE key = 'size')"
 )
 #: diskcache's least-recently-used eviction, as a batched delete.
@@ -264,7 +289,9 @@ _CULL = (
     "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache ORDER BY access_time LIMIT ?)"
     " RETURNING filename"
 )
-#: Rows evicted per statement (diskcache's ``cull_limit``), and statements per
+#: SQLite's ``auto_vacuum`` mode of the databases the store creates (see Database pages).
+_AUTO_VACUUM_NONE = 0
+#: Rows evicted per statement (as diskcache's ``cull_limit``), and statements per
 #: cull at most, so that a store far over its limit (after the limit was
 #: lowered) sheds it over several inserts rather than in one long pause.
 _CULL_BATCH = 10
@@ -1096,7 +1123,7 @@ class Store:
                     ).fetchall()
                 )
                 entries, body_bytes = totals.get("count"), totals.get("size")
-                volume = self._cache.volume()
+                ((volume,),) = self._con.execute(_VOLUME).fetchall()
             except _ERRORS:
                 pass  # stats are best effort; the next real operation reports the failure
         pending = self._pending
@@ -1140,17 +1167,28 @@ class Store:
 
     def _open(self) -> None:
         os.makedirs(self._spool, exist_ok=True)
+        settings: dict[str, object] = {}
+        if not os.path.exists(os.path.join(self._directory, DBNAME)):
+            # A new database keeps no pointer-map pages (see Database pages);
+            # one that exists keeps the mode it was made with (diskcache's
+            # Settings say which, and SQLite ignores a change once tables exist).
+            settings["sqlite_auto_vacuum"] = _AUTO_VACUUM_NONE
         cache = diskcache.Cache(
             self._directory,
             timeout=self._timeout,
             disk=_SpoolDisk,
             size_limit=self._size_limit,
             eviction_policy="least-recently-used",
+            # The store evicts by its own estimate (_cull); diskcache's, in
+            # the one Cache.set the store makes (the recovery probe), would
+            # count the free pages of the database as used.
+            cull_limit=0,
             # SQLite's own default page cache (2 MiB) rather than diskcache's
             # 32 MiB: the index is read through the OS page cache anyway, and
             # 32 MiB per worker was most of the resident growth with 100,000
             # entries (bench/rss.py).
             sqlite_cache_size=512,
+            **settings,
         )
         try:
             con = sqlite3.connect(
