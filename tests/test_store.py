@@ -968,6 +968,44 @@ def test_free_pages_are_room_for_new_rows(tmp_path: Path) -> None:
     assert store.stats()["entries"] == 60
 
 
+def test_removals_look_for_a_body_file_only_where_there_is_one(tmp_path: Path) -> None:
+    """Replacing, evicting and purging rows removes the body files of rows that have one, and
+    asks the file system about no other (a body kept in its row has no file)."""
+    store = make_store(tmp_path, size_limit=MiB)
+    assert store._cache is not None
+    disk = store._cache.disk
+    removed: list[str] = []
+
+    def remove(name: str) -> None:
+        removed.append(name)
+        type(disk).remove(disk, name)
+
+    disk.remove = remove  # type: ignore[method-assign]
+    filed = {e.body_id for i in range(3) if (e := put(store, large(b"%d" % i), primary=f"{URL}/file{i}"))}
+    put(store, b"inline", primary=f"{URL}/file0")  # replaces a body in a file
+    put(store, b"inline", primary=f"{URL}/row0")
+    put(store, b"again", primary=f"{URL}/row0")  # replaces a body in its row
+    for i in range(200):
+        put(store, os.urandom(8 * KiB), primary=f"{URL}/evicted{i}")  # evicts rows of both kinds
+    store.purge_all()
+    assert sorted(removed) == sorted(filed)
+    assert body_files(tmp_path) == []
+
+
+def test_diskcache_reads_a_body_kept_in_its_row_as_a_value_in_its_row(tmp_path: Path) -> None:
+    """A row whose body is kept in it has diskcache's mode for a value in its row: diskcache's
+    own ``get`` returns its record and opens no file."""
+    store = make_store(tmp_path)
+    entry = put(store, b"inline")
+    assert entry is not None
+    cache = diskcache.Cache(str(tmp_path))
+    try:
+        record = cache.get(entry.key)
+    finally:
+        cache.close()
+    assert isinstance(record, bytes) and pickle.loads(record)[-1] == b"inline"
+
+
 @given(
     size=st.integers(0, 3 * INLINE_MAX),
     chunks=st.lists(st.integers(1, INLINE_MAX + 100), min_size=1, max_size=8),

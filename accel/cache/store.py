@@ -21,7 +21,10 @@ file. Either way the row's ``filename`` is a fresh name of diskcache's
 two-level shape (``ab/cd/<hex>.val``), which identifies the stored version
 (:attr:`Entry.body_id`): a body in the row simply has no file of that name,
 so the compare-and-set statements below, and diskcache's removals (which
-ignore a missing file), treat both kinds alike. The row's ``tag`` column holds
+ignore a missing file), treat both kinds alike. Its row's ``mode`` is
+diskcache's ``MODE_RAW`` (a value kept in its row; ``MODE_BINARY`` for a body
+in a file), so the store's own removals (evictions, purges, replacements)
+look for a file only where there is one. The row's ``tag`` column holds
 the entry's surrogate keys as a JSON array. diskcache allows one tag per key,
 so triggers keep an ``AccelTag(tag, row)`` table in step with the Cache table
 on every insert, update and delete, *including* diskcache's own evictions:
@@ -202,7 +205,7 @@ from typing import Any, BinaryIO, NamedTuple, Protocol
 
 import diskcache
 from attrs import evolve, field, frozen
-from diskcache.core import DBNAME, MODE_BINARY, UNKNOWN
+from diskcache.core import DBNAME, MODE_BINARY, MODE_RAW, UNKNOWN
 from twisted.logger import Logger
 
 from accel.cache.memory import MemoryTier
@@ -268,7 +271,14 @@ _INSERT = (
     " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, ?, ?, ?, ?, ?)"
     " ON CONFLICT (key, raw) DO NOTHING"
 )
-_SELECT_ROW = "SELECT rowid, filename FROM Cache WHERE key = ? AND raw = 1"
+#: Of each row a statement removes: the name of its body file, or NULL for a
+#: body kept in the row (``MODE_RAW``: no file to remove). Rows stored before
+#: the mode said so have ``MODE_BINARY`` either way; removing the file they
+#: name finds none, as it always did.
+_BODY_FILE = f"CASE mode WHEN {MODE_RAW} THEN NULL ELSE filename END"
+#: Appended to a ``DELETE``: the body files of the rows it deleted.
+_RETURNING_FILES = f" RETURNING {_BODY_FILE}"
+_SELECT_ROW = f"SELECT rowid, {_BODY_FILE} FROM Cache WHERE key = ? AND raw = 1"
 #: A stored row replaced, as ``diskcache.Cache.set`` replaces it.
 _REPLACE = (
     "UPDATE Cache SET store_time = ?, expire_time = NULL, access_time = ?, access_count = 0,"
@@ -287,7 +297,7 @@ _VOLUME = (
 #: diskcache's least-recently-used eviction, as a batched delete.
 _CULL = (
     "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache ORDER BY access_time LIMIT ?)"
-    " RETURNING filename"
+    + _RETURNING_FILES
 )
 #: SQLite's ``auto_vacuum`` mode of the databases the store creates (see Database pages).
 _AUTO_VACUUM_NONE = 0
@@ -499,8 +509,9 @@ class _SpoolDisk(diskcache.Disk):
     name and stores the metadata record in the row's ``value`` column; every
     other value is handled as diskcache always does. A body that is in the
     record creates no file: its row names a file that does not exist (which
-    ``Disk.remove`` ignores when the row goes) and counts 0 bytes in the
-    ``size`` column, as diskcache's own values kept in rows do, since the
+    ``Disk.remove`` ignores when the row goes), has the mode of diskcache's
+    own values kept in rows (``MODE_RAW``: ``Cache.get`` returns the record)
+    and counts 0 bytes in the ``size`` column, as they do, since the
     database's pages, which the size limit counts, hold it.
     """
 
@@ -513,7 +524,7 @@ class _SpoolDisk(diskcache.Disk):
         if not isinstance(value, _Spooled):
             return super().store(value, read, key=key)
         if value.path is None:
-            return 0, MODE_BINARY, value.body_id, sqlite3.Binary(value.record)
+            return 0, MODE_RAW, value.body_id, sqlite3.Binary(value.record)
         filename, full_path = self.filename(key, value)
         for attempt in range(10):
             # Another process's Disk.remove may prune the empty parent between
@@ -1077,8 +1088,8 @@ class Store:
         then runs when it recovers).
         """
         return self._purge(
-            "DELETE FROM Cache WHERE rowid IN"
-            " (SELECT row FROM AccelTag WHERE tag = ? LIMIT ?) RETURNING filename",
+            "DELETE FROM Cache WHERE rowid IN (SELECT row FROM AccelTag WHERE tag = ? LIMIT ?)"
+            + _RETURNING_FILES,
             (tag,),
             what=f"tag {tag!r}",
         )
@@ -1091,7 +1102,7 @@ class Store:
         low, high = _key_range(prefix)
         return self._purge(
             "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache"
-            " WHERE key >= ? AND key < ? AND raw = 1 LIMIT ?) RETURNING filename",
+            " WHERE key >= ? AND key < ? AND raw = 1 LIMIT ?)" + _RETURNING_FILES,
             (low, high),
             what=f"prefix {prefix!r}",
         )
@@ -1384,14 +1395,14 @@ class Store:
         count = 0
         while n := self._delete_batch(
             "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache"
-            " WHERE key >= ? AND key < ? AND raw = 1 LIMIT ?) RETURNING filename",
+            " WHERE key >= ? AND key < ? AND raw = 1 LIMIT ?)" + _RETURNING_FILES,
             (low, high),
         ):
             count += n
         return count
 
     def _delete_batch(self, statement: str, args: tuple[str, ...], limit: int = _PURGE_BATCH) -> int:
-        """Run one batched ``DELETE ... RETURNING filename``; remove the files after commit."""
+        """Run one batched ``DELETE ...`` :data:`_RETURNING_FILES`; remove the files after commit."""
         assert self._con is not None and self._cache is not None
         filenames = [name for (name,) in self._con.execute(statement, (*args, limit)).fetchall()]
         for name in filenames:
@@ -1414,17 +1425,18 @@ class Store:
             where += " AND value = ?"
             params.append(value)
         try:
-            cursor = self._con.execute(f"DELETE FROM Cache WHERE {where}", params)
+            deleted = self._con.execute(f"DELETE FROM Cache WHERE {where}{_RETURNING_FILES}", params).fetchall()
         except _ERRORS as e:
             self._degrade(e)
             return False
-        if cursor.rowcount:
+        if deleted:
             self._changed(key[len(_VARIANT) : key.rindex("\0")])
-            if isinstance(filename, str):
-                self._cache.disk.remove(filename)
+            ((name,),) = deleted
+            if isinstance(name, str):
+                self._cache.disk.remove(name)
                 if self._memory is not None:
-                    self._memory.discard(filename)
-        return bool(cursor.rowcount)
+                    self._memory.discard(name)
+        return bool(deleted)
 
     def _spool_path(self, name: str) -> str:
         return os.path.join(self._spool, name + ".part")
