@@ -311,6 +311,35 @@ def test_a_lowered_limit_is_shed_over_several_inserts(tmp_path: Path) -> None:
     assert isinstance(volume, int) and volume <= 256 * KiB
 
 
+def test_a_cull_commits_its_batches_together_and_then_removes_their_files(tmp_path: Path) -> None:
+    """Evicting many rows at once (a lowered limit) deletes them in batches within one
+    transaction, and removes their body files once it is committed."""
+    store = make_store(tmp_path)
+    for i in range(60):
+        put(store, large(b"%d" % i) if i % 2 else b"inline", primary=f"{URL}/{i}")
+    store.close()
+    store = make_store(tmp_path, size_limit=256 * KiB)
+    assert store._con is not None and store._cache is not None
+    statements: list[str] = []
+    store._con.set_trace_callback(statements.append)
+    files_when_removed: list[int] = []
+    disk = store._cache.disk
+
+    def remove(name: str) -> None:
+        files_when_removed.append(len(_rows(tmp_path)))
+        type(disk).remove(disk, name)
+
+    disk.remove = remove  # type: ignore[method-assign]
+    put(store, b"first", primary=f"{URL}/first")
+    culls = [s for s in statements if s.startswith("DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache ORDER BY")]
+    assert len(culls) > 1
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    entries = store.stats()["entries"]
+    assert isinstance(entries, int) and entries < 61
+    assert files_when_removed and set(files_when_removed) == {entries}  # the rows were gone by then
+    assert len(body_files(tmp_path)) == sum(1 for i in range(1, 60, 2) if store.lookup(f"{URL}/{i}"))
+
+
 def test_diskcache_reads_and_culls_what_the_store_writes(tmp_path: Path) -> None:
     """diskcache itself sees the rows as its own: it reads their records and files, and its
     cull() evicts them least recently used first, keeping its totals and the tag index."""

@@ -135,7 +135,8 @@ reads it once the rows this process inserted since the last reading hold 1 %
 of the limit (at most 1 MiB; the first insert reads it too), and then evicts
 the least recently used rows, ten per statement, until the estimate is
 within the limit (at most a hundred per insert, so a limit lowered by a
-restart is shed over a few inserts, not in one long pause). So the store
+restart is shed over a few inserts, not in one long pause), all of one
+reading's statements in one transaction, which commits once. So the store
 exceeds its limit by at most that 1 % (1 MiB) per worker process, plus the
 database's page granularity; a miss of 1 KiB reads the estimate about once
 in 700 inserts with a limit of 1 GiB.
@@ -1403,14 +1404,19 @@ class Store:
 
     def _delete_batch(self, statement: str, args: tuple[str, ...], limit: int = _PURGE_BATCH) -> int:
         """Run one batched ``DELETE ...`` :data:`_RETURNING_FILES`; remove the files after commit."""
-        assert self._con is not None and self._cache is not None
-        filenames = [name for (name,) in self._con.execute(statement, (*args, limit)).fetchall()]
-        for name in filenames:
+        assert self._con is not None
+        deleted = self._con.execute(statement, (*args, limit)).fetchall()
+        self._remove_files(deleted)
+        return len(deleted)
+
+    def _remove_files(self, deleted: list[tuple[str | None]]) -> None:
+        """Remove the body files of rows deleted (as :data:`_RETURNING_FILES` gives them)."""
+        assert self._cache is not None
+        for (name,) in deleted:
             if name is not None:
                 self._cache.disk.remove(name)
                 if self._memory is not None:
                     self._memory.discard(name)
-        return len(filenames)
 
     def _drop_row(self, key: str, filename: object, value: object = None, *, counted: bool = True) -> bool:
         """Delete the row of ``key`` if it is still this version (same file, same record)."""
@@ -1672,18 +1678,43 @@ class Store:
         return [old] if isinstance(old, str) and old != filename else []
 
     def _cull(self) -> None:
-        """Evict least recently used rows while the store is over its size limit (see Eviction)."""
+        """Evict least recently used rows while the store is over its size limit (see Eviction).
+
+        The estimate is read first without the write lock (most readings
+        find the store within its limit); if over, the batches and the
+        readings between them (which count the rows deleted before, this
+        connection's own changes) run in one transaction, so the deletions
+        share one commit. The body files go once it is committed.
+        """
         self._unculled = 0
-        assert self._con is not None
+        con = self._con
+        assert con is not None
+        deleted: list[tuple[str | None]] = []
         try:
-            for _ in range(_CULL_ROUNDS):
-                ((volume,),) = self._con.execute(_VOLUME).fetchall()
-                if volume <= self._size_limit or not self._delete_batch(_CULL, (), _CULL_BATCH):
-                    return
+            ((volume,),) = con.execute(_VOLUME).fetchall()
+            if volume <= self._size_limit:
+                return
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                for _ in range(_CULL_ROUNDS):
+                    ((volume,),) = con.execute(_VOLUME).fetchall()
+                    if volume <= self._size_limit:
+                        break
+                    batch = con.execute(_CULL, (_CULL_BATCH,)).fetchall()
+                    if not batch:
+                        break
+                    deleted += batch
+                else:
+                    self._unculled = self._cull_slack  # still over the limit: go on after the next insert
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
         except _ERRORS as e:
             self._degrade(e)
             return
-        self._unculled = self._cull_slack  # still over the limit: go on after the next insert
+        self._remove_files(deleted)
 
     def _trim_variants(self, keep: Entry) -> None:
         """Drop the least recently used variants of ``keep.primary`` past the bound."""
