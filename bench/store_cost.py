@@ -1,6 +1,7 @@
 """What the disk store costs a miss: CPU per stored response, and per lookup.
 
     taskset -c 0 python bench/store_cost.py [--entries 3000] [--runs 3] [--sizes 0,1024,65536] [--group 1]
+                                            [--size-limit BYTES]
 
 A :class:`accel.cache.store.Store` on a fresh directory (under ``--dir``,
 default the system's temporary directory), as ``twistd accel`` opens it,
@@ -16,6 +17,11 @@ directory (noise only adds time):
   turn is a ``task.Clock`` advanced by 0 here);
 * ``lookup``: :meth:`Store.lookup` of a stored key, the indexed read a hit
   that is not in the hot tier starts with.
+
+With ``--size-limit``, the store is that small and is first filled with
+``--entries`` stores beyond it, so the stores measured each evict about as
+much as they add, as in a cache that is full (the lookups then find some
+keys evicted).
 
 CPU time of this process, user and system apart (``resource.getrusage``),
 divided by the operations, so time spent waiting for the CPU does not count.
@@ -63,14 +69,17 @@ def _store(store: Store, clock: Clock, count: int, body: bytes, first: int, grou
         raise SystemExit(f"store_cost: nothing stored ({store.last_error})")
 
 
-def measure(size: int, entries: int, parent: str | None, group: int) -> tuple[float, float, float, float]:
+def measure(
+    size: int, entries: int, parent: str | None, group: int, limit: int | None
+) -> tuple[float, float, float, float]:
     """(user, system) microseconds per store of a ``size``-byte body, then per lookup."""
     directory = tempfile.mkdtemp(prefix="accel-store-cost-", dir=parent)
     try:
         clock = Clock()
-        store = Store(directory, 1 << 40, clock)
+        store = Store(directory, 1 << 40 if limit is None else limit, clock)
         body = b"x" * size
-        _store(store, clock, 200, body, 10**9, group)  # warm: the database, the page cache
+        # Warm: the database, the page cache (and, under a limit, a full store).
+        _store(store, clock, 200 if limit is None else entries, body, 10**9, group)
         u0, s0 = _cpu()
         _store(store, clock, entries, body, 0, group)
         u1, s1 = _cpu()
@@ -91,11 +100,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--sizes", default="0,1024,65536", help="body sizes in bytes, comma-separated")
     parser.add_argument("--dir", default=None, help="where the store directories are made")
     parser.add_argument("--group", type=int, default=1, help="stores per reactor turn (per transaction)")
+    parser.add_argument("--size-limit", type=int, default=None, help="the store's limit in bytes (a full store)")
     args = parser.parse_args(argv)
     print(f"{'row':<14} {'user us':>9} {'sys us':>9} {'total us':>9}")
     lookups: list[tuple[float, float]] = []
     for size in (int(s) for s in args.sizes.split(",")):
-        runs = [measure(size, args.entries, args.dir, args.group) for _ in range(args.runs)]
+        runs = [measure(size, args.entries, args.dir, args.group, args.size_limit) for _ in range(args.runs)]
         user, system, lu, ls = min(runs, key=lambda r: r[0] + r[1])
         lookups.extend((r[2], r[3]) for r in runs)
         print(f"{'store ' + str(size):<14} {user:9.0f} {system:9.0f} {user + system:9.0f}")
