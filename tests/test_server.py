@@ -1065,6 +1065,114 @@ def test_body_timeout_408():
     assert only_response(t).status == 408 and t.disconnecting
 
 
+def _open_on(factory: HTTPServerFactory) -> tuple[HTTPServerProtocol, StringTransport]:
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def _gone(proto: HTTPServerProtocol, transport: StringTransport) -> None:
+    transport.loseConnection()
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_each_silent_connection_times_out_at_its_own_deadline():
+    """New connections share one timed call for their first look, yet each
+    silent one closes at its own header_timeout, whatever closed before it."""
+    clock = MemoryReactorClock()
+    factory = HTTPServerFactory(Recorder(), clock, limits=ServerLimits(header_timeout=10))
+    first = _open_on(factory)
+    clock.advance(3)
+    second = _open_on(factory)
+    clock.advance(3)
+    third = _open_on(factory)
+    _gone(*first)
+    clock.advance(6.5)  # 9.5 s after the second opened
+    assert not second[1].disconnecting
+    clock.advance(0.5)
+    assert second[1].disconnecting and not third[1].disconnecting
+    clock.advance(2.5)
+    assert not third[1].disconnecting
+    clock.advance(0.5)
+    assert third[1].disconnecting and third[1].value() == b""
+
+
+def test_a_shorter_header_timeout_after_a_reload_is_not_late():
+    """A connection accepted after a reload that shortened header_timeout
+    times out at its own deadline, before one accepted earlier."""
+    clock = MemoryReactorClock()
+    h = Recorder()
+    factory = HTTPServerFactory(h, clock, limits=ServerLimits(header_timeout=10))
+    _, early = _open_on(factory)
+    factory.reconfigure(h, limits=ServerLimits(header_timeout=2))
+    _, late = _open_on(factory)
+    clock.advance(2)
+    assert late.disconnecting and not early.disconnecting
+    clock.advance(8)
+    assert early.disconnecting
+
+
+def test_a_clock_that_went_back_does_not_make_a_timeout_late():
+    """A connection accepted after the clock went back gets its full
+    header_timeout, and no more."""
+    clock = MemoryReactorClock()
+    factory = HTTPServerFactory(Recorder(), clock, limits=ServerLimits(header_timeout=10))
+    clock.advance(100)
+    _open_on(factory)
+    clock.rightNow -= 50
+    _, late = _open_on(factory)
+    clock.advance(9.9)
+    assert not late.disconnecting
+    clock.advance(0.1)
+    assert late.disconnecting
+
+
+def test_content_timeout_shorter_than_the_first_look():
+    """body_timeout below header_timeout applies to content that stalls right
+    after the connection opens."""
+    h = Recorder(auto=False)
+    proto, t, clock, _ = connect(h, header_timeout=10, body_timeout=2)
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    h.requests[0].body.deliver(Sink())
+    clock.advance(1.9)
+    assert not t.disconnecting
+    clock.advance(0.1)
+    assert only_response(t).status == 408 and t.disconnecting
+
+
+def test_connections_that_closed_are_not_kept_for_their_timeout():
+    """Closed connections waiting for their first look do not pile up: the
+    factory holds a bounded number of them, however many came and went."""
+    clock = MemoryReactorClock()
+    factory = HTTPServerFactory(Recorder(), clock, limits=ServerLimits(header_timeout=10))
+    _, silent = _open_on(factory)  # holds the head of the queue
+    for _ in range(1000):
+        proto, t = _open_on(factory)
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        _gone(proto, t)
+    assert len(factory._new) < 200
+    clock.advance(10)
+    assert silent.disconnecting
+    assert len(factory._new) == 0
+
+
+def test_a_failing_watchdog_does_not_stop_the_others():
+    """An error in one connection's first look is logged; the next connection
+    due is still looked at."""
+    clock = MemoryReactorClock()
+    factory = HTTPServerFactory(Recorder(), clock, limits=ServerLimits(header_timeout=10))
+    broken, _ = _open_on(factory)
+    _, other = _open_on(factory)
+
+    def fail() -> None:
+        raise RuntimeError("watchdog")
+
+    broken._on_timer = fail
+    clock.advance(10)
+    assert other.disconnecting
+
+
 # --- Pure helpers ---
 
 

@@ -39,6 +39,7 @@ same framing (:class:`_AfterUpgrade`), so the content is read as content.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 import socket
@@ -89,6 +90,16 @@ AccessLog = Callable[[Request, int, int, float, float, dict[str, str]], None]
 #: that a stop or a reload does not close a keep-alive connection under a
 #: request the client has just sent (see ``HTTPServerProtocol._wind_down``).
 _DRAIN_IDLE_GRACE = 1.0
+
+
+class _Queued(enum.Enum):
+    """A connection's watchdog waits in its factory's queue of new connections
+    (see ``HTTPServerFactory._watch_new``), not in a timed call of its own."""
+
+    QUEUED = "queued"
+
+
+_QUEUED = _Queued.QUEUED
 
 #: ``fast_path(factory, method, authority, path, query, pairs, connection)``
 #: may answer a GET or HEAD without content (only those are offered) before any :class:`Request` is
@@ -903,6 +914,7 @@ class HTTPServerProtocol(Protocol):
         "_error",
         "_fast_path",
         "_fields",
+        "_first_look",
         "_generation",
         "_handler",
         "_head_since",
@@ -993,7 +1005,11 @@ class HTTPServerProtocol(Protocol):
         self._reading_paused = False
         self._read_closed = False
         self._closing = False
-        self._timer: IDelayedCall | None = None
+        #: The watchdog: a timed call, the factory's queue (_QUEUED), or none.
+        self._timer: IDelayedCall | _Queued | None = None
+        #: When the factory's queue of new connections has the watchdog look
+        #: (while ``_timer`` is _QUEUED).
+        self._first_look = 0.0
         #: Since when bytes have waited for the client without its socket
         #: becoming writable (``None``: none wait), and how many times it had
         #: then (see _watch_sending).
@@ -1030,11 +1046,11 @@ class HTTPServerProtocol(Protocol):
             self._over_limit = not self.factory._admit(self._client)
             self._counted = True
         now = self._clock.seconds()
-        self._idle_deadline = now + self._limits.header_timeout
-        self._timer = self._clock.callLater(
-            min(self._limits.header_timeout, self._idle_timeout), self._on_timer
-        )
+        header_timeout = self._limits.header_timeout
+        self._idle_deadline = now + header_timeout
         factory = self.factory
+        first = header_timeout if header_timeout < self._idle_timeout else self._idle_timeout  # noqa: FURB136 (3.11's min() is many times dearer, per connection)
+        factory._watch_new(self, now + first, now)
         factory._open.add(self)
         if factory.stopping:
             self._wind_down()  # accepted as the listener stopped: its last request, if any
@@ -2097,6 +2113,11 @@ class HTTPServerProtocol(Protocol):
     def _arm(self, deadline: float) -> None:
         """Make sure the watchdog fires no later than ``deadline``."""
         timer = self._timer
+        if timer is _QUEUED:
+            if self._first_look <= deadline:
+                return
+            self._cancel_timer()  # leaves the queue, for a timed call of its own
+            timer = None
         if timer is None:
             if not self._closing:
                 delay = min(deadline - self._clock.seconds(), self._idle_timeout)
@@ -2159,7 +2180,9 @@ class HTTPServerProtocol(Protocol):
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
+        if timer is _QUEUED:
+            self.factory._unwatch_new()
+        elif timer is not None and timer.active():
             timer.cancel()
 
 
@@ -2216,6 +2239,13 @@ class HTTPServerFactory(ServerFactory):
         self.server_line = b"server: %s\r\n" % server_name if server_name else b""
         self._date_second = -1
         self._date_line = b""
+        #: New connections whose watchdog has yet to look, in the order of
+        #: their first looks (see _watch_new), and how many of them left early.
+        self._new: deque[HTTPServerProtocol] = deque()
+        self._new_gone = 0
+        #: The latest first look queued, and the timed call for the earliest.
+        self._new_last = float("-inf")
+        self._new_call: IDelayedCall | None = None
 
     def reconfigure(
         self,
@@ -2267,6 +2297,70 @@ class HTTPServerFactory(ServerFactory):
             self._connections[client] = count
         else:
             del self._connections[client]
+
+    def _watch_new(self, proto: HTTPServerProtocol, at: float, now: float) -> None:
+        """Have the watchdog of ``proto``, a new connection, first look at ``at``.
+
+        Every connection's watchdog is armed when it opens (the header
+        timeout), and most connections that send one request close long
+        before it would fire: a timed call each (a ``DelayedCall`` built,
+        heaped and cancelled) cost a sixth of such a connection's
+        instructions (docs/performance.rst). The first look comes a fixed
+        time after the connection opens, so the connections enter a queue in
+        the order of their looks, and one timed call, for the head of the
+        queue, serves them all (:meth:`_look_new`). A connection that closes
+        or arms a timer of its own leaves the queue (:meth:`_unwatch_new`).
+        A look that would come before one already queued (the clock went
+        back, a reload shortened the timeouts) takes a timed call of its own
+        instead, so that none is late.
+        """
+        if at < self._new_last:
+            proto._timer = self.clock.callLater(at - now, proto._on_timer)
+            return
+        self._new_last = proto._first_look = at
+        proto._timer = _QUEUED
+        self._new.append(proto)
+        if self._new_call is None:
+            self._new_call = self.clock.callLater(at - now, self._look_new)
+
+    def _unwatch_new(self) -> None:
+        """A connection left the queue of new ones before its look (its
+        ``_timer`` is no longer _QUEUED).
+
+        It stays in the queue, passed over when reached, until such
+        connections are over half of the queue: then the queue keeps the
+        others only (what is left in it costs memory, not time).
+        """
+        gone = self._new_gone + 1
+        queue = self._new
+        if gone > 64 and gone > len(queue) >> 1:
+            waiting = [proto for proto in queue if proto._timer is _QUEUED]
+            queue.clear()
+            queue.extend(waiting)
+            gone = 0
+        self._new_gone = gone
+
+    def _look_new(self) -> None:
+        """The first look of the queued new connections that are due."""
+        self._new_call = None
+        queue = self._new
+        clock = self.clock
+        while queue:
+            proto = queue[0]
+            if proto._timer is not _QUEUED:
+                queue.popleft()
+                self._new_gone -= 1
+                continue
+            now = clock.seconds()
+            if proto._first_look > now:
+                self._new_call = clock.callLater(proto._first_look - now, self._look_new)
+                return
+            queue.popleft()
+            proto._timer = None
+            try:
+                proto._on_timer()
+            except Exception:  # noqa: BLE001 (as the reactor's timed calls: log, look at the others)
+                _log.failure("connection watchdog failed", Failure())
 
     @property
     def open_connections(self) -> int:
@@ -2327,6 +2421,11 @@ class HTTPServerFactory(ServerFactory):
         deadline, self._drain_deadline = self._drain_deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()
+        look, self._new_call = self._new_call, None
+        if look is not None and look.active():
+            look.cancel()  # only connections gone are left in the queue
+        self._new.clear()
+        self._new_gone = 0
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             waiter.callback(None)
