@@ -1157,6 +1157,29 @@ def test_connections_that_closed_are_not_kept_for_their_timeout():
     assert len(factory._new) == 0
 
 
+def test_a_stopped_listener_leaves_no_timer_once_its_connections_are_gone():
+    """When the last listener using the factory stops, the timed call of the
+    queue of new connections goes with it if they have all closed."""
+    clock = MemoryReactorClock()
+    factory = HTTPServerFactory(Recorder(), clock)
+    factory.doStart()
+    _gone(*_open_on(factory))
+    factory.doStop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_stopped_listener_keeps_the_timeout_of_a_connection_still_open():
+    """A connection still waiting for its first request when its listener
+    stops is still closed at header_timeout."""
+    clock = MemoryReactorClock()
+    factory = HTTPServerFactory(Recorder(), clock, limits=ServerLimits(header_timeout=10))
+    factory.doStart()
+    _, silent = _open_on(factory)
+    factory.doStop()
+    clock.advance(10)
+    assert silent.disconnecting
+
+
 def test_a_failing_watchdog_does_not_stop_the_others():
     """An error in one connection's first look is logged; the next connection
     due is still looked at."""

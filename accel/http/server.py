@@ -2340,6 +2340,21 @@ class HTTPServerFactory(ServerFactory):
             gone = 0
         self._new_gone = gone
 
+    def stopFactory(self) -> None:
+        """The last listener using the factory has stopped: the timed call of
+        the queue of new connections goes too, unless one still waits in it."""
+        if any(proto._timer is _QUEUED for proto in self._new):
+            return
+        self._forget_new()
+
+    def _forget_new(self) -> None:
+        """Empty the queue of new connections (none waits in it) and cancel its timed call."""
+        look, self._new_call = self._new_call, None
+        if look is not None and look.active():
+            look.cancel()
+        self._new.clear()
+        self._new_gone = 0
+
     def _look_new(self) -> None:
         """The first look of the queued new connections that are due."""
         self._new_call = None
@@ -2421,11 +2436,7 @@ class HTTPServerFactory(ServerFactory):
         deadline, self._drain_deadline = self._drain_deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()
-        look, self._new_call = self._new_call, None
-        if look is not None and look.active():
-            look.cancel()  # only connections gone are left in the queue
-        self._new.clear()
-        self._new_gone = 0
+        self._forget_new()  # only connections gone are left in it
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             waiter.callback(None)
