@@ -12,7 +12,10 @@ spend much of it on things accel does not use:
   a ``repr``, that are needed only if something logs or prints it;
 * ``loseConnection`` with nothing left to send still registers the socket
   for writing and closes it on the reactor's next turn, after an empty
-  ``send``: two ``epoll_ctl`` calls, a ``send`` and a turn per connection.
+  ``send``: two ``epoll_ctl`` calls, a ``send`` and a turn per connection;
+* a connection is registered with epoll as it is accepted and read on a
+  later turn, although its client's first bytes (a request, a TLS
+  ClientHello) have usually arrived by then.
 
 :class:`Port` accepts with the listening socket's ``_accept`` directly and
 leaves every error to Twisted's own ``doRead`` (which reserves a descriptor
@@ -28,9 +31,16 @@ not a turn later. Anything written or registered meanwhile sends the
 connection down Twisted's usual path. The close is Twisted's orderly one
 (``shutdown``, ``close``, the protocol's ``connectionLost`` with
 ``ConnectionDone``). ``getPeer`` returns the address the factory was given
-instead of building another. ``doWrite`` counts its calls
-(:attr:`Server.writable`), the one thing added: how the HTTP server tells a
-client that reads slowly from one that has stopped reading. The UNIX classes
+instead of building another. On accel's reactor, :class:`Port` reads each
+connection as it accepts it (:meth:`Server._read_first`, the reactor's own
+read, after ``connectionMade``), and registers it with epoll only then, if
+its protocol still reads: a request that came with its connection is
+answered in the accepting event, and a connection closed there is never
+registered at all (no ``epoll_ctl``, no second turn). A protocol that
+pauses in ``connectionMade`` is not read until it resumes. ``doWrite``
+counts its calls (:attr:`Server.writable`), the one thing added: how the
+HTTP server tells a client that reads slowly from one that has stopped
+reading. The UNIX classes
 differ in the same ways (but for ``getPeer``).
 
 Only :class:`accel.reactor.Reactor` makes these (``listenTCP``,
@@ -46,7 +56,9 @@ and ``unix.Server.__init__`` do, but for ``logstr`` and ``repstr``; the
 close at the end of an event leaves what ``tcp.Connection.connectionLost``
 leaves (``_shouldShutdown``, ``_aborting``); :meth:`Port.doRead` keeps
 ``numberAccepts`` and ``sessionno`` as ``tcp.Port.doRead`` does, and
-builds addresses with ``_buildAddr``; ``FileDescriptor`` keeps unsent
+builds addresses with ``_buildAddr``; the epoll reactor reads a ready
+socket with ``_doReadOrWrite`` (given ``_POLL_IN``) and maps descriptors
+to what it watches in ``_selectables``; ``FileDescriptor`` keeps unsent
 bytes in ``dataBuffer`` and ``_tempDataLen`` (as :mod:`accel.directwrite`
 also assumes), a UNIX connection its descriptors in ``_sendmsgQueue``, and
 a connection that started TLS says so in ``TLS``.
@@ -100,11 +112,24 @@ class _LeanServer:
     writable: int = 0
     #: The address the accepting port built the protocol for (Server.getPeer).
     _peer: Any = None
+    #: Between the accept and the first read (:meth:`_read_first`): the
+    #: socket is not registered with the reactor yet. ``stopReading`` then
+    #: only records that it is not to be read; ``startReading`` registers it.
+    _unregistered: bool = False
+    _wants_reading: bool = True
 
     def _lean_init(
-        self, sock: Socket, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any
+        self,
+        sock: Socket,
+        protocol: Any,
+        client: Any,
+        server: Any,
+        sessionno: int,
+        reactor: Any,
+        reading: bool = True,
     ) -> None:
-        """``tcp.Server.__init__`` without formatting ``logstr`` and ``repstr``."""
+        """``tcp.Server.__init__`` without formatting ``logstr`` and ``repstr``;
+        without ``reading``, the socket is read first by :meth:`_read_first`."""
         # FileDescriptor.__init__ (given a reactor), tcp.Connection.__init__:
         self.reactor = reactor
         self._tempDataBuffer: list[bytes] = []
@@ -121,8 +146,51 @@ class _LeanServer:
         self.client = client
         self.sessionno = sessionno
         self.hostname = client[0]
-        self.startReading()  # type: ignore[attr-defined]
+        if reading:
+            self.startReading()
+        else:
+            self._unregistered = True
         self.connected = 1
+
+    def startReading(self) -> None:
+        """As Twisted's (the first read, if still to come, then registers nothing more)."""
+        if self._unregistered:
+            self._unregistered = False
+        self.reactor.addReader(self)
+
+    def stopReading(self) -> None:
+        """As Twisted's; before the first read, only recorded."""
+        if self._unregistered:
+            self._wants_reading = False
+            return
+        self.reactor.removeReader(self)
+
+    def _read_first(self) -> None:
+        """Read what the client sent with its connection, then have the reactor
+        watch the socket if the protocol still reads.
+
+        Clients send their first bytes (a request, a TLS ClientHello) as
+        soon as the connection is open, and by the time it is accepted they
+        have usually arrived. Read now, in the accepting event, they save
+        the reactor a turn, and a connection answered and closed in it (one
+        request with ``Connection: close``) is never registered with epoll:
+        two ``epoll_ctl`` calls fewer. The read is the reactor's own
+        (``_doReadOrWrite``, as for a readable socket): nothing there is
+        ``EAGAIN``, an error or an end disconnects as usual.
+        """
+        if not self._unregistered:
+            return  # registered by the protocol meanwhile: the reactor reads it
+        if not (self._wants_reading and self.connected):
+            self._unregistered = False  # paused, closing or closed already
+            return
+        reactor = self.reactor
+        try:
+            reactor._doReadOrWrite(self, self.fileno(), reactor._POLL_IN)
+        finally:
+            unregistered = self._unregistered
+            self._unregistered = False
+        if unregistered and self._wants_reading and self.connected:
+            reactor.addReader(self)
 
     @property
     def logstr(self) -> str:
@@ -192,7 +260,7 @@ class _LeanServer:
         ):
             tcp.Server.loseConnection(self)  # type: ignore[arg-type]
             return
-        self.stopReading()  # type: ignore[attr-defined]
+        self.stopReading()
         self.disconnecting = 1
         pending.append(self)
 
@@ -213,9 +281,11 @@ class _LeanServer:
         # apply: there is no producer, and the close is orderly.
         self.disconnected = 1
         self.connected = 0
-        self.stopReading()  # type: ignore[attr-defined]
-        self.stopWriting()  # type: ignore[attr-defined]
         skt = self.socket
+        watched = getattr(self.reactor, "_selectables", None)  # epoll's: fd -> selectable
+        if watched is None or watched.get(skt.fileno()) is self:
+            self.stopReading()
+            self.stopWriting()  # type: ignore[attr-defined]
         try:
             if self._shouldShutdown:
                 skt.shutdown(socket.SHUT_RDWR)
@@ -252,19 +322,33 @@ class Server(_LeanServer, tcp.Server):  # type: ignore[misc]
         return peer
 
     def __init__(
-        self, sock: Socket, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any
+        self,
+        sock: Socket,
+        protocol: Any,
+        client: Any,
+        server: Any,
+        sessionno: int,
+        reactor: Any,
+        reading: bool = True,
     ) -> None:
-        self._lean_init(sock, protocol, client, server, sessionno, reactor)
+        self._lean_init(sock, protocol, client, server, sessionno, reactor, reading)
 
 
 class UNIXServer(_LeanServer, unix.Server):  # type: ignore[misc]
     """A UNIX connection accepted by :class:`UNIXPort` (see the module docstring)."""
 
     def __init__(
-        self, sock: Socket, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any
+        self,
+        sock: Socket,
+        protocol: Any,
+        client: Any,
+        server: Any,
+        sessionno: int,
+        reactor: Any,
+        reading: bool = True,
     ) -> None:
         unix._SendmsgMixin.__init__(self)
-        self._lean_init(sock, protocol, (client, None), server, sessionno, reactor)
+        self._lean_init(sock, protocol, (client, None), server, sessionno, reactor, reading)
 
     def _nothing_to_send(self) -> bool:
         """... and no descriptors waiting to be sent (``sendFileDescriptor``)."""
@@ -282,12 +366,16 @@ class _LeanPort:
     numberAccepts: int
     sessionno: int
     _socket_args: tuple[int, int, int] = (0, 0, 0)
+    #: Whether connections are read as they are accepted (Server._read_first):
+    #: on accel's reactor (which closes at the end of an event), not others.
+    _read_at_accept = False
 
     def startListening(self) -> None:
         super().startListening()  # type: ignore[misc]
         listening = self.socket
         # Plain integers, once: socket.accept converts them to enums per socket.
         self._socket_args = (int(listening.family), socket.SOCK_STREAM, listening.proto)
+        self._read_at_accept = getattr(self.reactor, "_closing", None) is not None
 
     def doRead(self) -> None:
         """Accept up to ``numberAccepts`` connections, as ``tcp.Port.doRead`` does, more cheaply."""
@@ -300,6 +388,7 @@ class _LeanPort:
             make_address = self._buildAddr  # type: ignore[attr-defined]
             transport = self.transport
             reactor = self.reactor
+            read_now = self._read_at_accept
             while accepted < limit:
                 try:
                     fd, addr = accept()
@@ -322,9 +411,16 @@ class _LeanPort:
                     continue
                 number = self.sessionno
                 self.sessionno = number + 1
-                connection = transport(skt, protocol, addr, self, number, reactor)
+                connection = transport(skt, protocol, addr, self, number, reactor, not read_now)
                 connection._peer = peer  # its getPeer: the same address, not built again
                 protocol.makeConnection(connection)
+                if read_now:
+                    try:
+                        connection._read_first()
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException:  # noqa: BLE001 (as accel's reactor: log, go on accepting)
+                        log.err(system=connection.logstr)
             # Scale the accepts per turn to the traffic, as Twisted does.
             self.numberAccepts = limit + 20 if accepted == limit else max(1, accepted)
         except BaseException:  # noqa: BLE001 (as Twisted's tcp.Port.doRead: log, keep accepting)

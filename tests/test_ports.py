@@ -288,6 +288,142 @@ def test_close_happens_in_the_event_that_answers(reactor: Reactor) -> None:
         client.close()
 
 
+class _Registrations:
+    """Spies on a reactor's epoll: the descriptors it is asked to register."""
+
+    def __init__(self, reactor: Reactor) -> None:
+        self.fds: list[int] = []
+        self._real = reactor._poller
+        reactor._poller = self
+
+    def register(self, fd: int, flags: int) -> None:
+        self.fds.append(fd)
+        self._real.register(fd, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _arrived(port: Any, data: bytes, shut: bool = False) -> socket.socket:
+    """A client connected to ``port`` that has sent ``data`` (and shut its side
+    if ``shut``), all before the server has accepted it."""
+    client = _tcp(port)()
+    if data:
+        client.sendall(data)
+    if shut:
+        client.shutdown(socket.SHUT_WR)
+    return client
+
+
+def test_a_request_sent_with_the_connection_is_answered_as_it_is_accepted(reactor: Reactor) -> None:
+    """A request there when its connection is accepted is read, answered and
+    closed in the accepting event: its socket is never registered with epoll."""
+    factory = _http(reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = _arrived(port, _CLOSE)
+    spy = _Registrations(reactor)
+    try:
+        reactor.doIteration(5)  # the listening socket's event: accept, read, answer, close
+        assert factory.open_connections == 0 and spy.fds == []
+        client.settimeout(10)
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n\r\nhit")
+    finally:
+        reactor._poller = spy._real
+        client.close()
+
+
+def test_a_connection_with_nothing_sent_yet_is_watched_for_its_request(reactor: Reactor) -> None:
+    """A connection accepted before its request arrives is registered, and its
+    request is read when it comes."""
+    factory = _http(reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = _arrived(port, b"")
+    try:
+        _pump(reactor, lambda: factory.open_connections == 1)
+        assert any(getattr(r, "protocol", None) is not None for r in reactor.getReaders())
+        answer = _in_thread(reactor, lambda: _exchange(lambda: client, _CLOSE))
+        assert answer.endswith(b"\r\n\r\nhit")
+    finally:
+        client.close()
+
+
+def test_a_protocol_paused_as_it_is_made_is_read_only_once_resumed(reactor: Reactor) -> None:
+    """A protocol that pauses its transport in connectionMade gets nothing
+    at the accept, even if its client's bytes are there, and gets them once
+    it resumes."""
+    received: list[bytes] = []
+    made: list[Any] = []
+
+    class Paused(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.pauseProducing()
+            made.append(self)
+
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Paused), interface="127.0.0.1")
+    client = _arrived(port, b"early")
+    try:
+        _pump(reactor, lambda: bool(made))
+        for _ in range(3):
+            reactor.doIteration(0.01)
+        assert received == [] and made[0].transport not in reactor.getReaders()
+        made[0].transport.resumeProducing()
+        _pump(reactor, lambda: bool(received))
+        assert received == [b"early"]
+    finally:
+        client.close()
+
+
+def test_a_connection_closed_before_its_accept_is_lost_at_once(reactor: Reactor) -> None:
+    """A client gone before the server accepted it: the first read finds the
+    end, and the protocol hears ConnectionDone in the accepting event."""
+    lost: list[Any] = []
+
+    class Lost(Protocol):
+        def connectionLost(self, reason: Any) -> None:
+            lost.append(reason)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Lost), interface="127.0.0.1")
+    _arrived(port, b"", shut=True).close()
+    _pump(reactor, lambda: bool(lost))
+    assert [r.type for r in lost] == [ConnectionDone]
+    assert all(getattr(r, "protocol", None) is None for r in reactor.getReaders())
+
+
+def test_a_first_read_that_raises_drops_that_connection_only(reactor: Reactor) -> None:
+    """A protocol whose first dataReceived raises is logged and disconnected;
+    the connections accepted with it are served."""
+    served: list[bytes] = []
+    lost: list[Any] = []
+
+    class Picky(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            if data == b"bad":
+                raise RuntimeError("first read went wrong")
+            served.append(data)
+
+        def connectionLost(self, reason: Any) -> None:
+            lost.append(reason)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Picky), interface="127.0.0.1")
+    clients = [_arrived(port, data) for data in (b"bad", b"good")]
+    events: list[dict[str, Any]] = []
+    log.addObserver(events.append)
+    try:
+        _pump(reactor, lambda: bool(served) and bool(lost))
+    finally:
+        log.removeObserver(events.append)
+        for client in clients:
+            client.close()
+    assert served == [b"good"] and len(lost) == 1
+    assert any(e.get("isError") and "first read went wrong" in str(e.get("failure")) for e in events)
+
+
 def test_pipelined_request_after_close_does_not_cut_the_answer(reactor: Reactor) -> None:
     """A client that pipelines a request behind ``Connection: close`` gets the whole
     first answer, and nothing for the second."""
