@@ -117,6 +117,9 @@ class _LeanServer:
     #: only records that it is not to be read; ``startReading`` registers it.
     _unregistered: bool = False
     _wants_reading: bool = True
+    #: The socket is known to have ``TCP_NODELAY``: inherited from the
+    #: listening socket (Port), until ``setTcpNoDelay`` is called otherwise.
+    _no_delay: bool = False
 
     def _lean_init(
         self,
@@ -164,6 +167,13 @@ class _LeanServer:
             self._wants_reading = False
             return
         self.reactor.removeReader(self)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """As Twisted's, but nothing to do to turn on what the socket has already."""
+        if enabled and self._no_delay:
+            return
+        self._no_delay = False
+        tcp.Connection.setTcpNoDelay(self, enabled)  # type: ignore[arg-type]
 
     def _read_first(self) -> None:
         """Read what the client sent with its connection, then have the reactor
@@ -366,6 +376,9 @@ class _LeanPort:
     numberAccepts: int
     sessionno: int
     _socket_args: tuple[int, int, int] = (0, 0, 0)
+    #: Whether the listening socket has ``TCP_NODELAY``, which (on Linux)
+    #: the sockets it accepts inherit: see :class:`Port`.
+    _no_delay = False
     #: Whether connections are read as they are accepted (Server._read_first):
     #: on accel's reactor (which closes at the end of an event), not others.
     _read_at_accept = False
@@ -389,6 +402,7 @@ class _LeanPort:
             transport = self.transport
             reactor = self.reactor
             read_now = self._read_at_accept
+            no_delay = self._no_delay
             while accepted < limit:
                 try:
                     fd, addr = accept()
@@ -413,6 +427,8 @@ class _LeanPort:
                 self.sessionno = number + 1
                 connection = transport(skt, protocol, addr, self, number, reactor, not read_now)
                 connection._peer = peer  # its getPeer: the same address, not built again
+                if no_delay:
+                    connection._no_delay = True
                 protocol.makeConnection(connection)
                 if read_now:
                     try:
@@ -428,9 +444,24 @@ class _LeanPort:
 
 
 class Port(_LeanPort, tcp.Port):
-    """A TCP listening port whose connections are :class:`Server` (see the module docstring)."""
+    """A TCP listening port whose connections are :class:`Server` (see the module docstring).
+
+    Its socket has ``TCP_NODELAY``, so that every connection it accepts has
+    it from the start (Linux copies it to accepted sockets): a protocol that
+    turns Nagle's algorithm off, as accel's HTTP server does, makes no
+    ``setsockopt`` call per connection (:meth:`Server.setTcpNoDelay`).
+    """
 
     transport = Server
+
+    def startListening(self) -> None:
+        super().startListening()
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # then each connection sets it, if its protocol asks
+        else:
+            self._no_delay = True
 
 
 class UNIXPort(_LeanPort, unix.Port):

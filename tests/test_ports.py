@@ -424,6 +424,55 @@ def test_a_first_read_that_raises_drops_that_connection_only(reactor: Reactor) -
     assert any(e.get("isError") and "first read went wrong" in str(e.get("failure")) for e in events)
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_accepted_connections_have_tcp_nodelay_from_the_listening_socket(reactor: Reactor, host: str) -> None:
+    """The kernel copies the listening socket's TCP_NODELAY to each socket it
+    accepts: a connection has it without a setsockopt of its own, and says so."""
+    made: list[Any] = []
+
+    class Made(Protocol):
+        def connectionMade(self) -> None:
+            made.append(self.transport)
+
+    try:
+        port = reactor.listenTCP(0, Factory.forProtocol(Made), interface=host)
+    except OSError:
+        pytest.skip(f"no {host} here")
+    assert port.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    client = socket.create_connection((host, port.getHost().port))
+    try:
+        _pump(reactor, lambda: bool(made))
+        transport = made[0]
+        assert transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert transport.getTcpNoDelay()
+    finally:
+        client.close()
+
+
+def test_tcp_nodelay_turned_off_and_on_again_is_set_each_time(reactor: Reactor) -> None:
+    """setTcpNoDelay still turns Nagle's algorithm off and on when asked:
+    only turning on what the socket already has is skipped."""
+    made: list[Any] = []
+
+    class Made(Protocol):
+        def connectionMade(self) -> None:
+            made.append(self.transport)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Made), interface="127.0.0.1")
+    client = _tcp(port)()
+    try:
+        _pump(reactor, lambda: bool(made))
+        transport = made[0]
+        transport.setTcpNoDelay(True)
+        assert transport.getTcpNoDelay()
+        transport.setTcpNoDelay(False)
+        assert not transport.getTcpNoDelay()
+        transport.setTcpNoDelay(True)
+        assert transport.getTcpNoDelay()
+    finally:
+        client.close()
+
+
 def test_pipelined_request_after_close_does_not_cut_the_answer(reactor: Reactor) -> None:
     """A client that pipelines a request behind ``Connection: close`` gets the whole
     first answer, and nothing for the second."""
