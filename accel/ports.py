@@ -7,7 +7,8 @@ spend much of it on things accel does not use:
 
 * ``Port.doRead`` sets up a buffering logging context for every batch of
   accepts, and ``socket.accept`` converts the listening socket's family and
-  type to enums for every socket it builds;
+  type to enums for every socket it builds, a :class:`socket.socket` whose
+  ``__init__`` and ``close`` are Python wrappers around the C object's;
 * ``Server.__init__`` formats two strings per connection, a log prefix and
   a ``repr``, that are needed only if something logs or prints it;
 * ``loseConnection`` with nothing left to send still registers the socket
@@ -17,10 +18,13 @@ spend much of it on things accel does not use:
   later turn, although its client's first bytes (a request, a TLS
   ClientHello) have usually arrived by then.
 
-:class:`Port` accepts with the listening socket's ``_accept`` directly and
-leaves every error to Twisted's own ``doRead`` (which reserves a descriptor
-for ``EMFILE``, logs the others and scales the number of accepts per
-turn): an accept that fails with anything but ``EAGAIN`` is retried there.
+:class:`Port` accepts with the listening socket's ``_accept`` directly,
+wraps each descriptor in the C socket object (``_socket.socket``, the base
+of :class:`socket.socket`: every method Twisted and accel call on a
+connection's socket is its own), and leaves every error to Twisted's own
+``doRead`` (which reserves a descriptor for ``EMFILE``, logs the others and
+scales the number of accepts per turn): an accept that fails with anything
+but ``EAGAIN`` is retried there.
 :class:`Server` computes ``logstr`` and ``repr`` when asked. Its
 :meth:`~Server.loseConnection`, when Twisted's write buffer is empty and no
 producer is registered (accel writes past that buffer: see
@@ -66,6 +70,7 @@ a connection that started TLS says so in ``TLS``.
 
 from __future__ import annotations
 
+import _socket
 import socket
 from socket import socket as Socket  # noqa: N812 (the class, apart from the module)
 from typing import Any
@@ -413,7 +418,7 @@ class _LeanPort:
                     tcp.Port.doRead(self)  # type: ignore[arg-type]
                     return
                 accepted += 1
-                skt = socket.socket(family, kind, proto, fd)
+                skt = _socket.socket(family, kind, proto, fd)
                 if family == socket.AF_INET6:
                     # As Twisted: the scope id goes into the host.
                     host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)

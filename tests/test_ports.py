@@ -153,6 +153,26 @@ def test_port_reads_what_twisted_port_reads() -> None:
     assert results[0][0][0] == (3, 3)  # 100 allowed, 3 taken: scaled down to 3
 
 
+def test_accepted_sockets_have_what_twisted_and_accel_use() -> None:
+    """ports.Port wraps accepted descriptors in the C socket object, not
+    socket.socket: every method a connection's socket is asked for (by
+    Twisted's transports, accel.directwrite and the HTTP server) is there."""
+    port = ports.Port(0, Factory.forProtocol(Protocol), 50, "127.0.0.1", MemoryReactor())
+    port.startListening()
+    address = port.getHost()
+    client = socket.create_connection((address.host, address.port))
+    try:
+        port.doRead()
+        (transport,) = [r for r in port.reactor.readers if isinstance(r, ports.Server)]
+        used = ["recv", "send", "sendmsg", "recvmsg", "shutdown", "close", "fileno", "setblocking",
+                "setsockopt", "getsockopt", "getpeername", "getsockname"]  # fmt: skip
+        assert all(callable(getattr(transport.socket, name)) for name in used)
+        assert transport.socket.family == socket.AF_INET and transport.getTcpNoDelay()
+    finally:
+        client.close()
+        port.connectionLost(Failure(ConnectionDone()))
+
+
 class _FailingAccepts:
     """A listening socket whose accepts fail with ``error``."""
 
