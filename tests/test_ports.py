@@ -173,6 +173,34 @@ def test_accepted_sockets_have_what_twisted_and_accel_use() -> None:
         port.connectionLost(Failure(ConnectionDone()))
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_peer_addresses_are_twisteds(host: str) -> None:
+    """The address ports.Port builds for a client is the one tcp.Port builds:
+    same class, equal, same hash and repr."""
+    built = []
+    for cls in (tcp.Port, ports.Port):
+        addresses: list[Any] = []
+        factory = Factory.forProtocol(Protocol)
+        factory.buildProtocol = lambda addr, addresses=addresses: addresses.append(addr) or Protocol()  # type: ignore[method-assign]
+        try:
+            port = cls(0, factory, 50, host, MemoryReactor())
+            port.startListening()
+        except OSError:
+            pytest.skip(f"no {host} here")
+        client = socket.create_connection((host, port.getHost().port))
+        port.doRead()
+        (peer,) = addresses
+        built.append(peer)
+        assert (peer.host, peer.port) == client.getsockname()[:2]
+        client.close()
+        port.connectionLost(Failure(ConnectionDone()))
+    theirs, ours = built
+    ours_like_theirs = type(theirs)(*[getattr(ours, name) for name in vars(theirs)])
+    assert type(ours) is type(ours_like_theirs) and ours == ours_like_theirs
+    assert hash(ours) == hash(ours_like_theirs) and repr(ours) == repr(ours_like_theirs)
+    assert vars(ours) == vars(ours_like_theirs)
+
+
 class _FailingAccepts:
     """A listening socket whose accepts fail with ``error``."""
 
