@@ -27,6 +27,7 @@ from accel.http.server import (
     HTTPServerProtocol,
     RequestBodyError,
     ServerLimits,
+    _persistent,
     split_target,
     valid_host,
 )
@@ -1212,6 +1213,28 @@ def test_valid_hosts(host):
 def test_invalid_hosts(host):
     """Anything else is refused."""
     assert not valid_host(host)
+
+
+@pytest.mark.parametrize(
+    ("version", "fields", "persistent"),
+    [
+        (b"1.1", None, True),
+        (b"1.1", [b"close"], False),
+        (b"1.1", [b"Close"], False),
+        (b"1.1", [b"keep-alive, CLOSE"], False),
+        (b"1.1", [b"upgrade", b"close"], False),
+        (b"1.1", [b"closed"], True),
+        (b"1.1", [b'"close"'], True),
+        (b"1.0", None, False),
+        (b"1.0", [b"Keep-Alive"], True),
+        (b"1.0", [b"keep-alive", b"close"], False),
+        (b"1.0", [b"keep-alive-ish"], False),
+    ],
+)
+def test_persistence_from_connection_fields(version, fields, persistent):
+    """RFC 9112 section 9.3: close (any case, alone or in a list, on any
+    line) ends an HTTP/1.1 connection; HTTP/1.0 persists with keep-alive only."""
+    assert _persistent(version, fields) is persistent
 
 
 def test_split_target_forms():

@@ -353,6 +353,9 @@ def _persistent(version: bytes, connection: list[bytes] | None) -> bool:
 
 def _has_token(values: list[bytes], token: bytes) -> bool:
     """Whether the comma-separated list fields contain ``token`` (any case)."""
+    for value in values:
+        if value.lower() == token:  # the usual field: that one token (OWS is stripped)
+            return True
     for element in split_list(values):  # noqa: SIM110 (a loop is cheaper than any() over a generator)
         if element.lower() == token:
             return True
@@ -1030,8 +1033,8 @@ class HTTPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         # No parser yet (see _new_parser): most connections never need one.
         transport = self.transport
-        self._socket = directwrite.plain_socket(transport)
-        self._send_queue = directwrite.send_queue(transport)
+        sock = self._socket = directwrite.plain_socket(transport)
+        self._send_queue = transport if sock is not None else directwrite.send_queue(transport)
         peer = transport.getPeer()
         if isinstance(peer, UNIXAddress):
             self._client = "unix"
@@ -1062,19 +1065,20 @@ class HTTPServerProtocol(Protocol):
         if self._counted:
             self._counted = False
             self.factory._release(self._client)
-        error = reason.value if isinstance(reason.value, Exception) else ConnectionDone()
         active = self._active
-        if active is not None and active._state != _DONE:
-            if not active._status:
-                # Gone before its answer started: logged as nginx logs it.
-                active._status = CLIENT_CLOSED_REQUEST
-            active._lost()
-            self._access(active, self._clock.seconds())
-        parsing = self._parsing
-        if parsing is not None and parsing.body is not None:
-            parsing.body._fail(error)
-        if active is not None and active.body is not None:
-            active.body._fail(error)
+        if active is not None or self._parsing is not None:
+            error = reason.value if isinstance(reason.value, Exception) else ConnectionDone()
+            if active is not None and active._state != _DONE:
+                if not active._status:
+                    # Gone before its answer started: logged as nginx logs it.
+                    active._status = CLIENT_CLOSED_REQUEST
+                active._lost()
+                self._access(active, self._clock.seconds())
+            parsing = self._parsing
+            if parsing is not None and parsing.body is not None:
+                parsing.body._fail(error)
+            if active is not None and active.body is not None:
+                active.body._fail(error)
         self._queue.clear()
         self._active = self._parsing = None
         self._parser = None  # break the parser <-> protocol cycle
