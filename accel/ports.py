@@ -60,9 +60,7 @@ and ``unix.Server.__init__`` do, but for ``logstr`` and ``repstr``; the
 close at the end of an event leaves what ``tcp.Connection.connectionLost``
 leaves (``_shouldShutdown``, ``_aborting``); :meth:`Port.doRead` keeps
 ``numberAccepts`` and ``sessionno`` as ``tcp.Port.doRead`` does, and
-builds addresses with ``_buildAddr`` (an :class:`IPv4Address`, an attrs
-class with an instance dictionary, as that does less the check of its
-constant type); the epoll reactor reads a ready
+builds addresses with ``_buildAddr``; the epoll reactor reads a ready
 socket with ``_doReadOrWrite`` (given ``_POLL_IN``) and maps descriptors
 to what it watches in ``_selectables``; ``FileDescriptor`` keeps unsent
 bytes in ``dataBuffer`` and ``_tempDataLen`` (as :mod:`accel.directwrite`
@@ -78,7 +76,6 @@ from socket import socket as Socket  # noqa: N812 (the class, apart from the mod
 from typing import Any
 
 from twisted.internet import address, tcp, unix
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.python import log
 from twisted.python.failure import Failure
@@ -88,9 +85,6 @@ __all__ = ["Port", "Server", "UNIXPort", "UNIXServer", "end_of_event"]
 #: Why a connection closed by :class:`Server` ended: one value, as Twisted's
 #: reactor passes one to every connection whose ``doWrite`` closes it.
 _DONE = Failure(ConnectionDone())
-
-_new = object.__new__
-
 
 class _LeanServer:
     """What :class:`Server` and :class:`UNIXServer` change in Twisted's server transports."""
@@ -409,7 +403,6 @@ class _LeanPort:
             family, kind, proto = self._socket_args
             build = self.factory.buildProtocol
             make_address = self._buildAddr  # type: ignore[attr-defined]
-            ipv4 = family == socket.AF_INET  # a TCP port's clients are IPv4Address
             transport = self.transport
             reactor = self.reactor
             read_now = self._read_at_accept
@@ -429,14 +422,7 @@ class _LeanPort:
                     # As Twisted: the scope id goes into the host.
                     host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
                     addr = (host[0], *addr[1:])
-                if ipv4:
-                    # IPv4Address("TCP", *addr) without attrs' check of the
-                    # constant "TCP": two Python calls fewer per connection.
-                    peer = _new(IPv4Address)
-                    peer.type = "TCP"
-                    peer.host, peer.port = addr
-                else:
-                    peer = make_address(addr)
+                peer = make_address(addr)
                 protocol = build(peer)
                 if protocol is None:
                     skt.close()
