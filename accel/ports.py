@@ -121,9 +121,6 @@ class _LeanServer:
     #: only records that it is not to be read; ``startReading`` registers it.
     _unregistered: bool = False
     _wants_reading: bool = True
-    #: The socket is known to have ``TCP_NODELAY``: inherited from the
-    #: listening socket (Port), until ``setTcpNoDelay`` is called otherwise.
-    _no_delay: bool = False
 
     def _lean_init(
         self,
@@ -171,13 +168,6 @@ class _LeanServer:
             self._wants_reading = False
             return
         self.reactor.removeReader(self)
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        """As Twisted's, but nothing to do to turn on what the socket has already."""
-        if enabled and self._no_delay:
-            return
-        self._no_delay = False
-        tcp.Connection.setTcpNoDelay(self, enabled)  # type: ignore[arg-type]
 
     def _read_first(self) -> None:
         """Read what the client sent with its connection, then have the reactor
@@ -323,6 +313,20 @@ class _LeanServer:
 
 class Server(_LeanServer, tcp.Server):  # type: ignore[misc]
     """A TCP connection accepted by :class:`Port` (see the module docstring)."""
+
+    #: The socket is known to have ``TCP_NODELAY``: inherited from the
+    #: listening socket (Port), until ``setTcpNoDelay`` is called otherwise.
+    _no_delay: bool = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """As Twisted's, but nothing to do to turn on what the socket has already.
+
+        Only here: a UNIX connection's (``unix.Server``'s) does nothing.
+        """
+        if enabled and self._no_delay:
+            return
+        self._no_delay = False
+        tcp.Connection.setTcpNoDelay(self, enabled)  # type: ignore[arg-type]
 
     def getPeer(self) -> Any:
         """The client's address: the one the factory was given to build the protocol.

@@ -632,6 +632,33 @@ def test_unix_listener_answers_and_closes(reactor: Reactor, tmp_path: Any) -> No
     assert all(answer.endswith(b"\r\n\r\nhit") for answer in answers)
 
 
+def test_unix_connections_ignore_tcp_nodelay_quietly(reactor: Reactor, tmp_path: Any) -> None:
+    """setTcpNoDelay on a UNIX connection does nothing and logs nothing, as
+    Twisted's unix.Server: twisted.web's HTTPChannel (the demo origin) calls
+    it on every connection; TCP's would log an error for each."""
+    made: list[Any] = []
+
+    class Made(Protocol):
+        def connectionMade(self) -> None:
+            made.append(self.transport)
+
+    path = str(tmp_path / "quiet.sock")
+    reactor.listenUNIX(path, Factory.forProtocol(Made))
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    events: list[dict[str, Any]] = []
+    log.addObserver(events.append)
+    try:
+        _pump(reactor, lambda: bool(made))
+        made[0].setTcpNoDelay(True)
+        made[0].setTcpNoDelay(False)
+    finally:
+        log.removeObserver(events.append)
+        client.close()
+    assert isinstance(made[0], ports.UNIXServer)
+    assert [e for e in events if e.get("isError")] == []
+
+
 def test_adopted_listener_answers_and_closes(reactor: Reactor) -> None:
     """adoptStreamPort (how workers serve inherited sockets) makes a ports.Port."""
     listening = socket.create_server(("127.0.0.1", 0))
