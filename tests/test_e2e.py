@@ -113,6 +113,7 @@ def test_default_run_proxies_and_caches_the_demo_origin(tmp_path: Path) -> None:
     output = (tmp_path / "accel.log").read_text("latin-1")
     logged = re.findall(r'^unix - - \[[^]]+\] "GET / HTTP/1.1" 200 \d+ "-" "[^"]*" (\w+) ', output, re.MULTILINE)
     assert logged == ["MISS", "HIT"], output[-2000:]
+    assert "Traceback" not in output, output[-3000:]  # the demo origin's connections too
 
 
 def test_unix_socket_origin_is_fetched_once_for_many_hits(tmp_path: Path) -> None:
