@@ -13,6 +13,8 @@ fields; then:
   stale-if-error) serves that response;
 * a storable response streams to the client and into the store at once
   (:class:`~accel.streams.Relay`) and is kept only if the body arrived whole;
+  a body that came whole with its head (most small ones) is stored and
+  answered without a relay, the client's answer sent once it is committed;
   the client's own conditionals are answered by accel;
 * whether or not it is stored, the fill's end tells the
   :class:`~accel.cache.collapse.Collapser`, so that requests waiting on the
@@ -35,6 +37,7 @@ from operator import itemgetter
 from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from accel.answers import (
@@ -71,6 +74,8 @@ _CONDITIONAL = frozenset(CONDITIONAL_FIELDS)
 _NAME = itemgetter(0)
 
 _ORIGIN_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
+
+_log = Logger()
 
 
 @define(slots=True)
@@ -417,8 +422,19 @@ class Filler:
                 response.body.discard()
                 self._finish_fill(fill, cacheable=cacheable)
             return
-        responder.start(response.status, response.reason, out)
-        OriginRelay(response, lk.route, request, responder, tee, done).start()
+        whole = response.whole_body()
+        if whole is None:
+            responder.start(response.status, response.reason, out)
+            OriginRelay(response, lk.route, request, responder, tee, done).start()
+            return
+        # All of it came with the head (most small answers): stored and
+        # answered at once, without a relay registered as the client
+        # transport's producer for one write.
+        answer = _Whole(self, fill, cacheable, responder, response.status, response.reason, out, whole)
+        if tee is None or not _store_whole(tee, whole):
+            answer.send()
+        else:
+            tee.when_committed(answer.send)
 
     def follow(self, lk: Lookup, handle: object) -> bool:
         """Answer ``lk`` from a fill while it streams; False if it cannot.
@@ -514,6 +530,75 @@ class _Fetch:
         if self.cancel is not None:
             self.cancel()
         self._filler._finish_fill(self._fill, cacheable=True)
+
+
+class _Whole:
+    """The answer to a fill's client when the whole body came with the head.
+
+    Sent by :meth:`send`, head and body together, once the stored entry is
+    committed (:meth:`BodyWriter.when_committed
+    <accel.streams.BodyWriter.when_committed>`), as :class:`~accel.streams.Relay`
+    sends the last chunk of a stored body: at the end of the reactor turn,
+    or at once when nothing is being stored. Then the fill ends.
+    """
+
+    __slots__ = ("body", "cacheable", "fill", "filler", "headers", "reason", "responder", "status")
+
+    def __init__(
+        self,
+        filler: Filler,
+        fill: Fill,
+        cacheable: bool,
+        responder: Responder,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        body: bytes,
+    ) -> None:
+        self.filler = filler
+        self.fill = fill
+        self.cacheable = cacheable
+        self.responder = responder
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+    def send(self) -> None:
+        """Answer the client (nothing, if it left), then end the fill."""
+        responder = self.responder
+        responder.start(self.status, self.reason, self.headers)
+        if self.body:
+            responder.write(self.body)
+        responder.finish()
+        self.filler._finish_fill(self.fill, self.cacheable)
+
+
+def _store_whole(writer: BodyWriter, body: bytes) -> bool:
+    """Write the whole ``body`` to ``writer`` and commit it; whether it was committed.
+
+    As :class:`~accel.streams.Relay` does with a body that streams: a writer
+    that fails is logged and dropped, the client being answered all the same,
+    without storing. The writer itself keeps only a body of the length
+    declared (:meth:`accel.cache.store.BodyWriter.commit`); a
+    :class:`~accel.streams.Feed` tells its followers how it ended.
+    """
+    try:
+        if body:
+            writer.write(body)
+    except Exception:  # noqa: BLE001 (the client is still served, without storing)
+        _log.failure("store write failed; continuing without storing")
+        try:
+            writer.abort()
+        except Exception:  # noqa: BLE001 (logged; the response goes on)
+            _log.failure("store abort failed")
+        return False
+    try:
+        writer.commit()
+    except Exception:  # noqa: BLE001 (the client is still served, without storing)
+        _log.failure("store commit failed")
+        return False
+    return True
 
 
 def _client_fields(response: OriginResponse, lk: Lookup) -> Headers:
