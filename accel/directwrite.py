@@ -11,10 +11,12 @@ the transport, which sends it in order when it can, pausing producers as
 usual, or finds the error and closes.
 
 :func:`batched` holds writes back for the length of one event: while an
-origin's bytes are delivered, or a request is handled, a client
+origin's bytes are delivered, a request is handled, or what waits for the
+store's commit at the end of a reactor turn runs, a client
 connection written to (a response's head, its body, the end of its chunked
 coding) keeps what it is given and sends it all at once when the event is
-handled (:func:`hold`). A small response relayed from an origin, or served
+handled (:func:`hold`). A small response relayed from an origin (stored on
+its way or not), or served
 from the cache on the general path, thus leaves in one ``send`` rather than
 one for its head and one for its body, without waiting for anything that
 has not already arrived.
@@ -194,7 +196,8 @@ def batched(handle: Callable[[_T], object], event: _T) -> None:
     """``handle(event)``, then the flushes of the writes it held back (:func:`hold`).
 
     For an event that may write to connections in pieces: an origin
-    connection's bytes, a request handed to the proxy. Inside another
+    connection's bytes, a request handed to the proxy, the store's
+    callbacks after a commit. Inside another
     batch, it is part of that one.
     """
     global _flushes  # noqa: PLW0603 (the batch in progress, at most one)

@@ -539,7 +539,9 @@ class _Whole:
     committed (:meth:`BodyWriter.when_committed
     <accel.streams.BodyWriter.when_committed>`), as :class:`~accel.streams.Relay`
     sends the last chunk of a stored body: at the end of the reactor turn,
-    or at once when nothing is being stored. Then the fill ends.
+    in one ``send`` (the store calls what waits for its commit as one
+    :func:`~accel.directwrite.batched` event), or at once when nothing is
+    being stored (in the batch of the origin's delivery). Then the fill ends.
     """
 
     __slots__ = ("body", "cacheable", "fill", "filler", "headers", "reason", "responder", "status")

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 
+from accel import directwrite
 from accel.cache.memory import MemoryTier
 from accel.cache.store import (
     _GROUP_MAX,
@@ -1338,6 +1339,27 @@ def test_when_committed_is_at_once_if_nothing_waits(tmp_path: Path) -> None:
     store.lookup(URL)
     settled.when_committed(lambda: calls.append("settled"))
     assert calls == ["short", "settled"]
+
+
+def test_what_waits_for_a_commit_writes_as_one_event(tmp_path: Path) -> None:
+    """The callbacks after a turn's commit run as one directwrite batch: the
+    writes they hold back are sent once all of them have run, in order
+    (a client's head and body in one send), before the turn ends."""
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    calls: list[str] = []
+    for name in ("a", "b"):
+        writer = _writer(store, b"body", primary=f"{URL}/{name}")
+        writer.commit()
+
+        def then(name: str = name) -> None:
+            held = directwrite.hold(lambda: calls.append(f"flush {name}"))
+            calls.append(f"{name} held" if held else f"{name} sent")
+
+        writer.when_committed(then)
+    clock.advance(0)
+    assert calls == ["a held", "b held", "flush a", "flush b"]
+    assert directwrite.hold(lambda: None) is False  # the batch is over
 
 
 def test_when_committed_is_called_after_a_failed_commit(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from accel.cache.collapse import Collapser
 from accel.cache.keys import primary_key
 from accel.cache.store import INLINE_MAX, Store
 from accel.http.dates import format_http_date
+from accel.http.server import HTTPServerFactory
 from accel.proxy import Accelerator
 from accel.routes import CacheRules, Route
 from accel.routing import Router
@@ -277,3 +278,37 @@ def test_the_clients_precondition_is_answered_and_the_body_stored(reactor, cache
     assert (client.status, client.finished) == (304, True)
     assert proxy.ask().body == b"hello" and proxy.sent().count(b"GET ") == 1
 
+
+class _Sends(StringTransport):
+    """A client's transport that notes each write it is given (a ``send`` each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sends: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sends.append(data)
+        super().write(data)
+
+    def writeSequence(self, seq: list[bytes]) -> None:
+        self.write(b"".join(seq))
+
+
+def test_the_clients_head_and_body_leave_in_one_write(reactor, cache):
+    """Over the real server protocol: a small stored miss's response, head
+    and body, reaches the client's transport in one write, at the end of the
+    turn, and the connection then answers its next request (a hit)."""
+    proxy = Proxy(reactor, cache)
+    server = HTTPServerFactory(proxy.accel, reactor).buildProtocol(None)
+    client = _Sends()
+    server.makeConnection(client)
+    server.dataReceived(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    proxy.origin(answer(b"hello"))
+    assert client.sends == []
+    end_turn(reactor)
+    assert len(client.sends) == 1
+    head, _, body = client.sends[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"hello"
+    server.dataReceived(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert len(client.sends) == 2 and client.sends[1].endswith(b"\r\n\r\nhello")
+    server.connectionLost(Failure(ConnectionDone()))

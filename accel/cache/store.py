@@ -104,7 +104,9 @@ nothing was stored). :class:`accel.streams.Relay` sends a stored
 response's last bytes (the byte that completes a declared length, the final
 chunk of a chunked body) from there, and the followers of a fill
 (:class:`accel.streams.Feed`) hold their last byte until then too: no
-client has a whole stored response before every process finds it. A
+client has a whole stored response before every process finds it. They
+are called as one :func:`accel.directwrite.batched` event, so a small
+stored response, head and body, leaves in one ``send``. A
 response that is not stored is not held. If the transaction fails, the
 store degrades (below) and removes the queued rows' body files: none of the
 turn's rows is stored, and what waited for them is called all the same, so
@@ -209,6 +211,7 @@ from attrs import evolve, field, frozen
 from diskcache.core import DBNAME, MODE_BINARY, MODE_RAW, UNKNOWN
 from twisted.logger import Logger
 
+from accel import directwrite
 from accel.cache.memory import MemoryTier
 
 __all__ = [
@@ -1544,10 +1547,18 @@ class Store:
         """Call what waits for the rows committed so far, each once; one that
         raises is logged and does not keep the others waiting.
 
+        They run as one :func:`~accel.directwrite.batched` event: what they
+        write to a client connection (a stored response's last bytes, or a
+        small one's head and body) leaves in one ``send`` per connection
+        once they all have run, before the reactor waits for more.
         What is queued while they run (a response completed, the client's
         next request stored at once) waits for the next flush.
         """
         waiting, self._committed = self._committed, []
+        if waiting:
+            directwrite.batched(self._call_each, waiting)
+
+    def _call_each(self, waiting: list[Callable[[], None]]) -> None:
         for then in waiting:
             try:
                 then()
