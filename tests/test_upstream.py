@@ -476,11 +476,16 @@ def _answer_in_one_read(raw: bytes, method: bytes, whole: bool) -> tuple[object,
 
 _FIELD_NAMES = [
     b"Content-Type", b"connection", b"Connection", b"Transfer-Encoding", b"Upgrade",
-    b"Content-Length", b"Keep-Alive", b"X-A", b"x_b",
+    b"Content-Length", b"Keep-Alive", b"X-A", b"x_b", b"X-A ", b" X-A",
 ]  # fmt: skip
 _FIELD_VALUES = [
     b"text/plain", b"close", b" close", b"keep-alive", b"Keep-Alive, x", b"chunked",
-    b"a b \t ", b"", b"\t", b"\xff", b"5", b"upgrade", b"h2c", b"0",
+    b"a b \t ", b"", b"\t", b"\xff", b"5", b"upgrade", b"h2c", b"0", b"a\r\n b",
+    b"a\x00", b"\x7f", b"a\rb",
+]  # fmt: skip
+#: Content-Length values of ``n`` bytes, in forms llhttp reads and forms it refuses.
+_LENGTH_FORMS = [
+    b"%d", b"%d", b"%d ", b"1x", b"0%d", b"+%d", b" %d", b"%d, %d", b"%d,%d", b"%015d", b"%016d",
 ]  # fmt: skip
 
 
@@ -518,11 +523,12 @@ def origin_responses(draw: st.DrawFn) -> bytes:
     field bytes, missing or extra bytes, sometimes with one byte changed."""
     version = draw(st.sampled_from([b"1.1", b"1.0", b"1.2", b"2.0"]))
     status = draw(st.sampled_from([b"200", b"204", b"206", b"304", b"404", b"599", b"103", b"101", b"600"]))
-    reason = draw(st.sampled_from([b" OK", b" ", b"", b" Not Modified", b" O\tK", b" \xe9t\xe9"]))
+    reason = draw(st.sampled_from([b" OK", b" ", b"", b" Not Modified", b" O\tK", b" \xe9t\xe9", b"  OK", b" O\x7fK"]))
     body = b"b" * draw(st.integers(0, 12))
     fields = draw(st.lists(st.tuples(st.sampled_from(_FIELD_NAMES), st.sampled_from(_FIELD_VALUES)), max_size=6))
-    length = draw(st.sampled_from([b"%d" % len(body), b"%d" % len(body), b"%d " % len(body), b"1x", None]))
-    if length is not None:
+    form = draw(st.sampled_from([*_LENGTH_FORMS, None]))
+    if form is not None:
+        length = form % ((len(body),) * form.count(b"%"))
         fields.insert(draw(st.integers(0, len(fields))), (b"Content-Length", length))
     head = b"HTTP/%s %s%s\r\n%s\r\n" % (
         version, status, reason, b"".join(b"%s: %s\r\n" % field for field in fields)
