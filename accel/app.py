@@ -9,8 +9,10 @@ Everything it builds takes the reactor as an argument.
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -278,6 +280,14 @@ class _FrozenStartUp(Service):
             return result
 
         retired.addBoth(refreeze)
+
+
+def _remove_socket_path(path: str) -> None:
+    """Remove a UNIX listener's path the workers shared, unless gone already."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class _Closer(Service):
@@ -689,6 +699,11 @@ def make_service(
         for group in sockets:
             for sock in set(group):
                 closer.add(sock.close)
+            path = group[0].getsockname() if group[0].family == socket.AF_UNIX else None
+            if isinstance(path, str) and path:
+                # The workers' ports leave it (accel.ports.UNIXPort): removed
+                # here, once, when the last of them has stopped.
+                closer.add(lambda path=path: _remove_socket_path(path))
         listeners = [Listener(group[0].fileno(), group[0].family) for group in sockets]
         pool = WorkerPool(reactor, evolve(config, workers=1), [list(w) for w in zip(*sockets, strict=True)][1:])
         pool.setServiceParent(stopping)

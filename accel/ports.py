@@ -473,9 +473,33 @@ class Port(_LeanPort, tcp.Port):
 
 
 class UNIXPort(_LeanPort, unix.Port):
-    """A UNIX listening port whose connections are :class:`UNIXServer` (see the module docstring)."""
+    """A UNIX listening port whose connections are :class:`UNIXServer` (see the module docstring).
+
+    One made from a socket already listening (``adoptStreamPort``: a
+    worker's inherited listener) leaves the socket's path when it stops,
+    where Twisted's removes it, and closes its descriptor without the
+    ``shutdown`` Twisted makes first, which would stop the socket itself
+    accepting: the socket and its path belong to the process that bound
+    them, and the other workers, and those a reload starts, still accept on
+    them (:mod:`accel.workers`; the parent removes the path as it stops).
+    """
 
     transport = UNIXServer
+    #: Made from a socket already listening: its path is not this port's to remove.
+    _adopted = False
+
+    @classmethod
+    def _fromListeningDescriptor(cls, reactor: Any, fd: int, factory: Any) -> UNIXPort:  # noqa: N802 (Twisted's name)
+        port = super()._fromListeningDescriptor(reactor, fd, factory)
+        port._adopted = True
+        port._shouldShutdown = False
+        return port
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._adopted:
+            tcp.Port.connectionLost(self, reason)  # unix.Port's, but for the unlink
+        else:
+            super().connectionLost(reason)
 
 
 def end_of_event(pending: list[Any]) -> None:

@@ -11,6 +11,7 @@ Twisted's own TCP and UNIX conformance suites also run against these ports
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import ssl
 import threading
@@ -669,6 +670,29 @@ def test_adopted_listener_answers_and_closes(reactor: Reactor) -> None:
         address = listening.getsockname()
         answer = _in_thread(reactor, lambda: _exchange(lambda: socket.create_connection(address), _CLOSE))
         assert answer.endswith(b"\r\n\r\nhit")
+    finally:
+        listening.close()
+
+
+def test_an_adopted_unix_listener_leaves_its_path_when_it_stops(reactor: Reactor, tmp_path: Any) -> None:
+    """A UNIX socket adopted (a worker's inherited listener) keeps its path, and
+    still accepts, when the port stops: both belong to the process that bound
+    it, and other workers, or those a reload starts, still accept on it."""
+    path = str(tmp_path / "shared.sock")
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(path)
+    listening.listen(5)
+    listening.setblocking(False)
+    try:
+        port = reactor.adoptStreamPort(listening.fileno(), socket.AF_UNIX, _http(reactor))
+        stopped = port.stopListening()
+        done: list[object] = []
+        stopped.addBoth(done.append)
+        _pump(reactor, lambda: bool(done))
+        assert done == [None]
+        assert os.path.exists(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)  # refused if the socket was shut down
     finally:
         listening.close()
 
