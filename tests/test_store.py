@@ -1447,3 +1447,27 @@ def test_a_young_orphan_left_at_open_is_swept_a_minute_later(tmp_path: Path) -> 
     assert body is not None
     body.close()
     store.close()
+
+
+def test_a_body_directory_pruned_by_another_process_while_made_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's removal of a body file prunes its empty directories (``Disk.remove``):
+    if it prunes the first level while this one makes the second (``makedirs`` then fails with
+    ``FileNotFoundError``), the directories are made again and the body stored, not the store
+    degraded."""
+    store = make_store(tmp_path)
+    makedirs = os.makedirs
+    pruned: list[str] = []
+
+    def racing_makedirs(name: str, mode: int = 0o777, exist_ok: bool = False) -> None:
+        if not pruned and str(tmp_path) in name and "spool" not in name:
+            pruned.append(name)
+            raise FileNotFoundError(2, "No such file or directory", name)  # the parent went meanwhile
+        makedirs(name, mode, exist_ok)
+
+    monkeypatch.setattr(os, "makedirs", racing_makedirs)
+    body = large(b"raced")
+    entry = put(store, body)
+    assert pruned and store.healthy, store.last_error
+    assert entry is not None and read(store, entry) == body

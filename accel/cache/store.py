@@ -531,10 +531,11 @@ class _SpoolDisk(diskcache.Disk):
             return 0, MODE_RAW, value.body_id, sqlite3.Binary(value.record)
         filename, full_path = self.filename(key, value)
         for attempt in range(10):
-            # Another process's Disk.remove may prune the empty parent between
-            # makedirs and rename; try again, as diskcache's own _write does.
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            # Another process's Disk.remove may prune the empty directories
+            # within makedirs or between it and rename; try again, as
+            # diskcache's own _write does.
             try:
+                os.makedirs(os.path.dirname(full_path), exist_ok=True)
                 os.rename(value.path, full_path)
                 break
             except FileNotFoundError:
