@@ -1471,3 +1471,34 @@ def test_a_body_directory_pruned_by_another_process_while_made_is_made_again(
     entry = put(store, body)
     assert pruned and store.healthy, store.last_error
     assert entry is not None and read(store, entry) == body
+
+
+def test_churn_of_mixed_sizes_stays_within_the_limit_and_leaves_no_stray_file(tmp_path: Path) -> None:
+    """Far more stored than the limit, bodies in rows and in files (some large), keys stored again
+    and again: the estimate stays within the limit plus one reading's slack, the database file
+    stops growing (freed pages are reused), what is kept is served whole and every body file
+    belongs to a row (evicted and replaced bodies are removed)."""
+    limit = 2 * MiB
+    store = make_store(tmp_path, size_limit=limit)
+    rnd = random.Random(7)
+    latest: dict[str, bytes] = {}
+    sizes: list[int] = []
+    for i in range(1200):
+        size = rnd.choice([rnd.randint(0, INLINE_MAX), rnd.randint(INLINE_MAX + 1, 100 * KiB), 400 * KiB])
+        primary = f"{URL}/{rnd.randrange(200)}"
+        latest[primary] = body = (b"%d." % i * (size // 2 + 1))[:size]
+        put(store, body, primary=primary)
+        volume = store.stats()["volume"]
+        assert isinstance(volume, int) and volume <= limit + limit // 100 + 4 * KiB
+        if i % 300 == 299:
+            sizes.append((tmp_path / "cache.db").stat().st_size)
+    assert sizes[-1] == sizes[-2]
+    kept = 0
+    for primary, body in latest.items():
+        for entry in store.lookup(primary):
+            assert (entry.inline if entry.inline is not None else read(store, entry)) == body
+            kept += 1
+    assert kept == store.stats()["entries"] and kept > 5
+    with sqlite3.connect(tmp_path / "cache.db") as con:
+        named = {name for (name,) in con.execute("SELECT filename FROM Cache WHERE mode != 1")}
+    assert set(body_files(tmp_path)) == named

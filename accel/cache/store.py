@@ -140,7 +140,10 @@ within the limit (at most a hundred per insert, so a limit lowered by a
 restart is shed over a few inserts, not in one long pause), all of one
 reading's statements in one transaction, which commits once. So the store
 exceeds its limit by at most that 1 % (1 MiB) per worker process, plus the
-database's page granularity; a miss of 1 KiB reads the estimate about once
+database's page granularity, and, after a body larger than the hundred
+least recently used rows together (a large file in a cache of small ones),
+by what those hundred rows did not free, until the next inserts shed it,
+a hundred rows each; a miss of 1 KiB reads the estimate about once
 in 700 inserts with a limit of 1 GiB.
 
 Database pages
