@@ -384,6 +384,29 @@ def test_a_request_sent_with_the_connection_is_answered_as_it_is_accepted(reacto
         client.close()
 
 
+def test_connections_read_at_accept_are_accepted_a_bounded_batch_at_a_time(reactor: Reactor) -> None:
+    """A port that answers connections as it accepts them takes at most
+    READ_AT_ACCEPT_BATCH in one event, however many wait and however large
+    Twisted's batch has grown: the rest wait for the next event, after the
+    reactor has looked at its other sockets."""
+    built: list[Any] = []
+    factory = Factory.forProtocol(Protocol)
+    build = factory.buildProtocol
+    factory.buildProtocol = lambda addr: built.append(addr) or build(addr)  # type: ignore[method-assign]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port.numberAccepts = 1000
+    waiting = ports.READ_AT_ACCEPT_BATCH + 5
+    clients = [_tcp(port)() for _ in range(waiting)]
+    try:
+        port.doRead()
+        assert len(built) == ports.READ_AT_ACCEPT_BATCH
+        port.doRead()
+        assert len(built) == waiting
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_a_connection_with_nothing_sent_yet_is_watched_for_its_request(reactor: Reactor) -> None:
     """A connection accepted before its request arrives is registered, and its
     request is read when it comes."""
